@@ -1,0 +1,239 @@
+"""One frozen configuration for a training run, validated once.
+
+`task.py` builds a `Config` from flags and the environment; every other module receives only the
+part it needs (`cfg.data`, `cfg.model`, a `Phase`, `cfg.runtime`). `Config.__post_init__` is the
+single place where user mistakes in settings are caught: it raises `ConfigError`, whose message
+names the flag and the fix, and `task.py` prints it as one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Optional, Tuple, Union
+
+from trainer import backbones
+
+PHASE_NAMES = ("frozen", "finetune")
+BN_MODES = ("frozen", "trainable")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+AUGMENT = ("none", "flip", "randaugment")
+MIN_IMAGE_SIZE = 32
+
+
+class ConfigError(ValueError):
+    """A setting the user must change; the message says which flag and how."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Where the images are and how they become tensors.
+
+    Attributes:
+      train_data: TFRecord glob (data contract in docs/data.md) or an image folder with one
+        subfolder per class; local or gs://.
+      eval_data: the same for validation, or None.
+      class_names: the class names, in label order (from labels.txt or the folder names).
+      image_size: side of the square model input in pixels.
+      label_offset: subtracted from `image/class/label` (1 for Google's ImageNet shards).
+      augment: training augmentation: none, flip (random horizontal flip) or randaugment.
+      cache: cache decoded records in memory (small datasets only).
+      shuffle_buffer: examples in the training shuffle buffer.
+      seed: shuffling and augmentation seed.
+      num_train_examples / num_eval_examples: known example counts (dataset.json), or None.
+    """
+    train_data: str
+    eval_data: Optional[str]
+    class_names: Tuple[str, ...]
+    image_size: int
+    label_offset: int = 0
+    augment: str = "flip"
+    cache: bool = False
+    shuffle_buffer: int = 1024
+    seed: int = 0
+    num_train_examples: Optional[int] = None
+    num_eval_examples: Optional[int] = None
+
+    def __post_init__(self):
+        _check(bool(self.train_data), "--train_data is empty: pass a TFRecord glob or an image folder")
+        _check(len(self.class_names) >= 2,
+               f"only {len(self.class_names)} class(es) found in the labels: a classifier needs at "
+               "least 2; check --labels or the class folders of --train_data")
+        _check(len(set(self.class_names)) == len(self.class_names),
+               "labels.txt repeats a class name: each line must name a different class")
+        _check(self.image_size >= MIN_IMAGE_SIZE,
+               f"--image_size={self.image_size} is below {MIN_IMAGE_SIZE}: EfficientNet downsamples "
+               f"32x, pass --image_size={MIN_IMAGE_SIZE} or more")
+        _check(self.augment in AUGMENT, f"--augment={self.augment}: choose one of {', '.join(AUGMENT)}")
+        _check(self.label_offset >= 0, "--label_offset must be 0 or more")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """The network: a registered backbone, its starting weights and the classification head.
+
+    Attributes:
+      backbone: a name from `backbones.REGISTRY`, e.g. efficientnet-b0.
+      weights: imagenet, noisy-student, none, or a path/gs:// URL of a Keras HDF5 weights file.
+      num_classes: width of the softmax head.
+      image_size: input side in pixels.
+      dropout: dropout rate before the head's Dense layer.
+      bn: frozen (BatchNormalization in inference mode in both phases) or trainable (the seed
+        blog's variant: BN layers train even while the rest of the backbone is frozen).
+    """
+    backbone: str
+    weights: str
+    num_classes: int
+    image_size: int
+    dropout: float = 0.2
+    bn: str = "frozen"
+
+    def __post_init__(self):
+        _check(self.backbone in backbones.REGISTRY,
+               f"--backbone={self.backbone} is unknown: choose one of {', '.join(backbones.REGISTRY)}")
+        spec = backbones.REGISTRY[self.backbone]
+        _check(self.weights in spec.named_weights + ("none",) or _looks_like_path(self.weights),
+               f"--weights={self.weights}: {self.backbone} takes "
+               f"{', '.join(spec.named_weights + ('none',))} or the path of a weights file")
+        _check(0.0 <= self.dropout < 1.0, f"--dropout={self.dropout} must be in [0, 1)")
+        _check(self.bn in BN_MODES, f"--bn={self.bn}: choose one of {', '.join(BN_MODES)}")
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.endswith((".h5", ".hdf5", ".keras"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One training phase; the run is `for phase in cfg.phases`.
+
+    Attributes:
+      name: frozen (only the head trains) or finetune (the backbone opens per `unfreeze`).
+      epochs: maximum epochs; 0 skips the phase.
+      batch_size: global batch size, or "auto" for the memory plan to choose.
+      learning_rate: peak learning rate at `base_batch_size`; scaled linearly with the batch.
+      unfreeze: none (frozen phase), all, or top:N (the top N EfficientNet blocks).
+      early_stopping_patience: epochs without improvement before the phase stops.
+      warmup_epochs: linear warmup before the cosine decay, in epochs.
+    """
+    name: str
+    epochs: int
+    batch_size: Union[int, str]
+    learning_rate: float
+    unfreeze: str = "none"
+    early_stopping_patience: int = 3
+    warmup_epochs: float = 0.0
+    base_batch_size: int = 0
+
+    def __post_init__(self):
+        _check(self.name in PHASE_NAMES, f"unknown phase {self.name}")
+        _check(self.epochs >= 0, f"--{self.name}_epochs must be 0 or more")
+        _check(self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0),
+               f"--{self.name}_batch_size={self.batch_size}: pass a positive number or auto")
+        _check(self.learning_rate > 0, f"--{self.name}_learning_rate must be positive")
+        _check(self.early_stopping_patience >= 0, "--early_stopping_patience must be 0 or more")
+        _check(self.warmup_epochs >= 0, "--warmup_epochs must be 0 or more")
+        if self.name == "frozen":
+            _check(self.unfreeze == "none", "the frozen phase trains the head only")
+        else:
+            _check(self.unfreeze == "all" or re.fullmatch(r"top:[1-9]\d*", self.unfreeze) is not None,
+                   f"--unfreeze={self.unfreeze}: pass all or top:N with N a positive number of blocks")
+
+    @property
+    def top_blocks(self) -> Optional[int]:
+        """N of top:N, None for all, 0 for the frozen phase."""
+        if self.unfreeze == "none":
+            return 0
+        return None if self.unfreeze == "all" else int(self.unfreeze.split(":")[1])
+
+    def with_batch_size(self, batch_size: int) -> "Phase":
+        return dataclasses.replace(self, batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how the run executes.
+
+    Attributes:
+      model_dir: output folder (local or gs://).
+      strategy: auto, default, mirrored, multi_worker or tpu.
+      tpu: TPU name or grpc:// address, or None.
+      mixed_precision: none, mixed_float16 or mixed_bfloat16.
+      jit_compile: compile the train step with XLA.
+      steps_per_epoch: cap on steps per epoch, or None for a full pass.
+      seed: global random seed.
+      overwrite: start afresh even if model_dir holds a run.
+      memory_budget_gb: device memory to plan batches for, or None to detect.
+      max_batch_size: cap for automatic batch sizes.
+      accumulate_steps: gradient accumulation steps.
+      tensorboard_dir / checkpoint_dir: override the defaults under model_dir (Vertex AI sets them).
+    """
+    model_dir: str
+    strategy: str = "auto"
+    tpu: Optional[str] = None
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    steps_per_epoch: Optional[int] = None
+    seed: int = 0
+    overwrite: bool = False
+    memory_budget_gb: Optional[float] = None
+    max_batch_size: int = 256
+    accumulate_steps: int = 1
+    tensorboard_dir: Optional[str] = None
+    checkpoint_dir: Optional[str] = None
+
+    def __post_init__(self):
+        _check(bool(self.model_dir), "--model_dir is empty: pass a folder (local or gs://) or set AIP_MODEL_DIR")
+        _check(self.strategy in STRATEGIES, f"--strategy={self.strategy}: choose one of {', '.join(STRATEGIES)}")
+        _check(self.mixed_precision in MIXED_PRECISION,
+               f"--mixed_precision={self.mixed_precision}: choose one of {', '.join(MIXED_PRECISION)}")
+        _check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "--steps_per_epoch must be positive")
+        _check(self.memory_budget_gb is None or self.memory_budget_gb > 0, "--memory_budget_gb must be positive")
+        _check(self.max_batch_size > 0, "--max_batch_size must be positive")
+        _check(self.accumulate_steps >= 1, "--accumulate_steps must be 1 or more")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: Data
+    model: Model
+    phases: Tuple[Phase, ...]
+    runtime: Runtime
+
+    def __post_init__(self):
+        _check(self.data.image_size == self.model.image_size, "data and model image sizes differ")
+        _check(self.data.num_classes == self.model.num_classes, "data and model class counts differ")
+        _check(sum(p.epochs for p in self.phases) > 0,
+               "--frozen_epochs and --finetune_epochs are both 0: nothing to train")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        data = dict(d["data"], class_names=tuple(d["data"]["class_names"]))
+        return cls(data=Data(**data), model=Model(**d["model"]),
+                   phases=tuple(Phase(**p) for p in d["phases"]), runtime=Runtime(**d["runtime"]))
+
+    def run_identity(self) -> dict:
+        """The settings that make two runs the same run (resume) rather than different ones.
+
+        Batch sizes, epochs, steps, the strategy and output locations may change between a run
+        and its restart (e.g. a different machine count); what the weights mean may not.
+        """
+        return {"backbone": self.model.backbone, "num_classes": self.model.num_classes,
+                "class_names": list(self.data.class_names), "image_size": self.model.image_size,
+                "bn": self.model.bn, "phases": [[p.name, p.unfreeze] for p in self.phases]}
