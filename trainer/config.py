@@ -102,14 +102,15 @@ class Model:
         _check(self.backbone in backbones.REGISTRY,
                f"--backbone={self.backbone} is unknown: choose one of {', '.join(backbones.REGISTRY)}")
         spec = backbones.REGISTRY[self.backbone]
-        _check(self.weights in spec.named_weights + ("none",) or _looks_like_path(self.weights),
+        _check(self.weights in spec.named_weights + ("none",) or is_weights_file(self.weights),
                f"--weights={self.weights}: {self.backbone} takes "
                f"{', '.join(spec.named_weights + ('none',))} or the path of a weights file")
         _check(0.0 <= self.dropout < 1.0, f"--dropout={self.dropout} must be in [0, 1)")
         _check(self.bn in BN_MODES, f"--bn={self.bn}: choose one of {', '.join(BN_MODES)}")
 
 
-def _looks_like_path(value: str) -> bool:
+def is_weights_file(value: str) -> bool:
+    """True when --weights names a file (local or gs://) rather than a named set of weights."""
     return "/" in value or value.endswith((".h5", ".hdf5", ".keras"))
 
 

@@ -1,0 +1,219 @@
+"""The classifier: a registered backbone, preprocessing inside the model, and a softmax head.
+
+The only module that knows layer names. `set_trainable` encodes the fine-tuning rules once:
+which layers train in which phase, and that BatchNormalization stays in inference mode unless
+the user asks for the seed blog's variant (`bn="trainable"`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict, List, Optional
+
+import h5py
+import numpy as np
+import tf_keras as keras
+
+from trainer import backbones, fileio
+from trainer.config import Model, Phase, is_weights_file
+
+FEATURES_LAYER = "avg_pool"
+HEAD_LAYER = "head_dense"
+_BLOCK_RE = re.compile(r"^(block\d+[a-z]+)_")
+# ImageNet statistics of the `efficientnet` package's preprocess_input (mode="torch").
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(ValueError):
+    """Backbone weights that cannot be had or do not fit; the message says how to fix it."""
+
+
+def build_classifier(model_cfg: Model) -> keras.Model:
+    """Builds image (0..255 float pixels) -> class probabilities, with the backbone nested.
+
+    The backbone is one nested layer so that `backbone.trainable` flips it as a whole. With
+    `bn="frozen"` it is called with `training=False`, so its BatchNormalization layers (and
+    drop-connect) run in inference mode in every phase, as the Keras transfer-learning guide
+    recommends; with `bn="trainable"` it follows the training flag, which is what lets the
+    seed blog's trainable BN layers update their statistics.
+    """
+    spec = backbones.get(model_cfg.backbone)
+    size = model_cfg.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    x = _preprocessing(spec)(inputs)
+    backbone = _build_backbone(spec, image_size=size, weights=model_cfg.weights)
+    x = backbone(x, training=False if model_cfg.bn == "frozen" else None)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
+    x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(model_cfg.num_classes, activation="softmax", dtype="float32",
+                                 name=HEAD_LAYER)(x)
+    model = keras.Model(inputs, outputs, name=f"{spec.name}-classifier")
+    if is_weights_file(model_cfg.weights):
+        load_weights_file(model, model_cfg.weights, num_classes=model_cfg.num_classes)
+    return model
+
+
+def _preprocessing(spec: backbones.BackboneSpec) -> keras.layers.Layer:
+    """Pixel normalization as a layer, so the export needs nothing outside the graph."""
+    if spec.preprocessing == "builtin":
+        return keras.layers.Identity(name="preprocessing")
+    return keras.layers.Normalization(
+        mean=[255.0 * m for m in _IMAGENET_MEAN],
+        variance=[(255.0 * s) ** 2 for s in _IMAGENET_STD], name="preprocessing")
+
+
+def _build_backbone(spec: backbones.BackboneSpec, *, image_size: int, weights: str) -> keras.Model:
+    named = weights if weights in spec.named_weights else None
+    kwargs = dict(include_top=False, weights=named, input_shape=(image_size, image_size, 3))
+    if spec.family == "efficientnet":
+        import efficientnet.tfkeras as efn  # pylint: disable=import-outside-toplevel
+        constructor = getattr(efn, spec.constructor)
+    else:
+        constructor = getattr(keras.applications, spec.constructor)
+        kwargs["include_preprocessing"] = True
+    try:
+        backbone = constructor(**kwargs)
+    except Exception as e:  # pylint: disable=broad-except  # the download is the only thing that fails here
+        if named is None:
+            raise
+        raise WeightsError(
+            f"could not download the {named} weights of {spec.name} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}); on a machine without internet, stage the notop weights "
+            f"file (backbone.save_weights('x.h5') format) and pass --weights=PATH or gs://BUCKET/x.h5") from None
+    backbone._name = spec.name  # pylint: disable=protected-access  # a stable name to find it by
+    return backbone
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The nested backbone model of a classifier built by `build_classifier`."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def load_weights_file(model: keras.Model, path: str, *, num_classes: int) -> None:
+    """Loads a Keras HDF5 weights file: the backbone's notop weights or a whole classifier's.
+
+    A notop file (`backbone.save_weights('x.h5')`, the format of the official downloads) goes
+    into the backbone; a file saved from a whole classifier of this package (it holds our head
+    layer) goes into the whole model, so a previous run can be a starting point.
+    """
+    local = fileio.local_copy(path, suffix=".h5")
+    try:
+        with h5py.File(local, "r") as f:
+            names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs.get("layer_names", [])]
+            head_classes = _head_classes(f) if HEAD_LAYER in names else None
+    except (OSError, KeyError) as e:
+        raise WeightsError(f"--weights={path} is not a Keras HDF5 weights file ({e}); pass the file "
+                           "that backbone.save_weights('x.h5') writes") from None
+    if head_classes is not None and head_classes != num_classes:
+        raise WeightsError(f"--weights={path} is a classifier for {head_classes} classes but the data has "
+                           f"{num_classes}; pass the backbone's notop weights file instead")
+    target = model if head_classes is not None else backbone_of(model)
+    try:
+        target.load_weights(local)
+    except (ValueError, KeyError) as e:
+        raise WeightsError(f"--weights={path} does not fit {target.name} ({str(e).splitlines()[0][:160]}); "
+                           "pass a notop weights file saved from the same backbone") from None
+
+
+def _head_classes(f: "h5py.File") -> Optional[int]:
+    group = f[HEAD_LAYER]
+    for name in group.attrs.get("weight_names", []):
+        name = name.decode() if isinstance(name, bytes) else name
+        if "kernel" in name:
+            return int(group[name].shape[-1])
+    return None
+
+
+def block_names(backbone: keras.Model) -> List[str]:
+    """EfficientNet block prefixes (block1a, block2a, ...) in network order."""
+    seen: Dict[str, None] = {}
+    for layer in backbone.layers:
+        match = _BLOCK_RE.match(layer.name)
+        if match:
+            seen.setdefault(match.group(1))
+    return list(seen)
+
+
+def set_trainable(model: keras.Model, *, phase: Phase, bn: str) -> None:
+    """Applies the phase's fine-tuning rules; the caller must recompile afterwards.
+
+    frozen: only the head trains (with bn="trainable", the backbone's BN layers too — the seed
+    blog's workaround, kept for comparison). finetune: all of the backbone, or its top N blocks
+    and the layers after them, trains; BN layers stay frozen unless bn="trainable".
+    """
+    backbone = backbone_of(model)
+    top = phase.top_blocks
+    backbone.trainable = True
+    if top == 0:
+        for layer in backbone.layers:
+            layer.trainable = bn == "trainable" and _is_bn(layer)
+        if bn == "frozen":
+            backbone.trainable = False
+        return
+    if top is not None:
+        _freeze_below_top_blocks(backbone, top)
+    if bn == "frozen":
+        for layer in backbone.layers:
+            if _is_bn(layer):
+                layer.trainable = False
+
+
+def _freeze_below_top_blocks(backbone: keras.Model, top: int) -> None:
+    blocks = block_names(backbone)
+    if top > len(blocks):
+        raise WeightsError(f"--unfreeze=top:{top} but {backbone.name} has {len(blocks)} blocks; "
+                           f"pass --unfreeze=top:N with N <= {len(blocks)}, or --unfreeze=all")
+    first_open = blocks[len(blocks) - top]
+    opened = False
+    for layer in backbone.layers:
+        match = _BLOCK_RE.match(layer.name)
+        if match and match.group(1) == first_open:
+            opened = True
+        layer.trainable = opened
+
+
+def _is_bn(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def parameter_counts(model: keras.Model) -> Dict[str, int]:
+    """Total / trainable / non-trainable parameter counts, as model.summary() reports them."""
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    non_trainable = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
+
+
+def build_float32_copy(model: keras.Model, model_cfg: Model) -> keras.Model:
+    """The same network and weights in float32, for export after mixed-precision training."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_classifier(_without_weights(model_cfg))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy_weights(src=model, dst=copy)
+    return copy
+
+
+def copy_weights(*, src: keras.Model, dst: keras.Model) -> None:
+    """Copies layer by layer: a model's flat weight order depends on its trainable flags."""
+    for a, b in zip(_leaf_layers(src), _leaf_layers(dst)):
+        b.set_weights(a.get_weights())
+
+
+def _leaf_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _without_weights(model_cfg: Model) -> Model:
+    return dataclasses.replace(model_cfg, weights="none")
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """image -> pooled embedding (before dropout): what the `features` signature serves."""
+    return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
