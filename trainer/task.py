@@ -1,0 +1,132 @@
+"""python -m trainer.task: the training entry point.
+
+The only reader of flags and of the cloud environment (AIP_MODEL_DIR, AIP_CHECKPOINT_DIR,
+AIP_TENSORBOARD_LOG_DIR; TF_CONFIG / CLUSTER_SPEC are read by distribute.py's resolvers). It
+builds one Config and hands it to train.run. A user mistake ends in one line on stderr and exit
+status 2, before anything is written to --model_dir.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from trainer import backbones, config
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("train_data", None, "Training data: TFRecord glob or image folder (local or gs://).")
+flags.DEFINE_string("eval_data", None, "Validation data, same forms as --train_data.")
+flags.DEFINE_string("labels", None, "labels.txt (one class a line); default: beside --train_data.")
+flags.DEFINE_integer("label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
+flags.DEFINE_string("model_dir", None, "Output folder (local or gs://); default $AIP_MODEL_DIR.")
+flags.DEFINE_string("checkpoint_dir", None, "Checkpoints; default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints.")
+flags.DEFINE_string("tensorboard_dir", None, "TensorBoard logs; default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs.")
+flags.DEFINE_enum("backbone", "efficientnet-b0", list(backbones.REGISTRY), "Backbone.")
+flags.DEFINE_string("weights", "imagenet", "imagenet, noisy-student, none, or a weights file path / gs:// URL.")
+flags.DEFINE_integer("image_size", 0, "Input side in pixels; 0 = the backbone's native size.")
+flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
+flags.DEFINE_integer("frozen_epochs", 5, "Epochs of the frozen phase (head only); 0 skips it.")
+flags.DEFINE_integer("finetune_epochs", 10, "Epochs of the fine-tune phase; 0 skips it.")
+flags.DEFINE_string("frozen_batch_size", "64", "Global batch size of the frozen phase, or auto.")
+flags.DEFINE_string("finetune_batch_size", "16", "Global batch size of the fine-tune phase, or auto.")
+flags.DEFINE_float("frozen_learning_rate", 1e-3, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
+flags.DEFINE_float("finetune_learning_rate", 1e-4, "Peak learning rate of the fine-tune phase at --lr_base_batch_size.")
+flags.DEFINE_integer("lr_base_batch_size", 64,
+                     "Batch size the learning rates are given for; they scale linearly with the global batch. "
+                     "0 = use them as given.")
+flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup before the cosine decay, in epochs (at most half a phase).")
+flags.DEFINE_string("unfreeze", "all", "Fine-tune phase: all, or top:N EfficientNet blocks.")
+flags.DEFINE_enum("bn", "frozen", list(config.BN_MODES),
+                  "frozen: BatchNormalization in inference mode in both phases; trainable: the seed blog's variant.")
+flags.DEFINE_integer("early_stopping_patience", 3, "Epochs without improvement before a phase stops; 0 = off.")
+flags.DEFINE_integer("steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
+flags.DEFINE_enum("augment", "flip", list(config.AUGMENT), "Training augmentation.")
+flags.DEFINE_bool("cache", False, "Cache decoded training records in memory (small datasets).")
+flags.DEFINE_enum("strategy", "auto", list(config.STRATEGIES), "Distribution strategy.")
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (default $TPU_NAME).")
+flags.DEFINE_enum("mixed_precision", "none", list(config.MIXED_PRECISION), "Mixed-precision policy.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA (for GPUs/TPUs).")
+flags.DEFINE_float("memory_budget_gb", None, "Device memory to plan auto batch sizes for; default detected.")
+flags.DEFINE_integer("max_batch_size", 256, "Cap on auto batch sizes.")
+flags.DEFINE_integer("accumulate_steps", 1, "Gradient accumulation steps.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool("overwrite", False, "Start afresh even if --model_dir holds a run.")
+flags.DEFINE_bool("plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
+                  "rates), write plan.json, and exit without training.")
+
+
+def _batch_size(value: str, flag: str):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise config.ConfigError(f"--{flag}={value}: pass a positive number or auto") from None
+
+
+def build_config(f=FLAGS, env=os.environ) -> config.Config:
+    """One validated Config from flags and the Vertex AI environment; reads the data's labels."""
+    from trainer import data  # pylint: disable=import-outside-toplevel  # TensorFlow loads here
+    if not f.train_data:
+        raise config.ConfigError("--train_data is required: pass a TFRecord glob or an image folder")
+    model_dir = f.model_dir or env.get("AIP_MODEL_DIR")
+    if not model_dir:
+        raise config.ConfigError("--model_dir is required (or set AIP_MODEL_DIR): pass an output folder")
+    spec = backbones.REGISTRY[f.backbone]
+    image_size = f.image_size or spec.native_size
+    class_names = data.resolve_class_names(f.train_data, f.labels)
+    data_cfg = config.Data(
+        train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
+        label_offset=f.label_offset, augment=f.augment, cache=f.cache, seed=f.seed,
+        num_train_examples=data.count_examples(f.train_data),
+        num_eval_examples=data.count_examples(f.eval_data) if f.eval_data else None)
+    for path in filter(None, (f.train_data, f.eval_data)):
+        data.check_labels(path, class_names=class_names, label_offset=f.label_offset)
+    model_cfg = config.Model(backbone=f.backbone, weights=f.weights, num_classes=len(class_names),
+                             image_size=image_size, dropout=f.dropout, bn=f.bn)
+    common = dict(early_stopping_patience=f.early_stopping_patience, warmup_epochs=f.warmup_epochs,
+                  base_batch_size=f.lr_base_batch_size)
+    phases = (
+        config.Phase(name="frozen", epochs=f.frozen_epochs, unfreeze="none", learning_rate=f.frozen_learning_rate,
+                     batch_size=_batch_size(f.frozen_batch_size, "frozen_batch_size"), **common),
+        config.Phase(name="finetune", epochs=f.finetune_epochs, unfreeze=f.unfreeze,
+                     learning_rate=f.finetune_learning_rate,
+                     batch_size=_batch_size(f.finetune_batch_size, "finetune_batch_size"), **common),
+    )
+    runtime = config.Runtime(
+        model_dir=model_dir, strategy=f.strategy, tpu=f.tpu, mixed_precision=f.mixed_precision,
+        jit_compile=f.jit_compile, steps_per_epoch=f.steps_per_epoch, seed=f.seed, overwrite=f.overwrite,
+        memory_budget_gb=f.memory_budget_gb, max_batch_size=f.max_batch_size, accumulate_steps=f.accumulate_steps,
+        tensorboard_dir=f.tensorboard_dir or env.get("AIP_TENSORBOARD_LOG_DIR"),
+        checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"))
+    return config.Config(data=data_cfg, model=model_cfg, phases=phases, runtime=runtime)
+
+
+def user_errors() -> tuple:
+    """The exception types that mean 'the user must change something': one line, exit 2."""
+    from trainer import data, model  # pylint: disable=import-outside-toplevel
+    return (config.ConfigError, data.DataError, model.WeightsError)
+
+
+def main(argv):
+    del argv
+    from trainer import train  # pylint: disable=import-outside-toplevel
+    try:
+        result = train.run(build_config(), plan_only=FLAGS.plan_only)
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if result.export_dir:
+        logging.info("exported %s", result.export_dir)
+        print(f"export: {result.export_dir}")
+
+
+def run_main():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
