@@ -1,0 +1,509 @@
+"""python -m trainer.prepare: an image folder (or a CSV of path,label rows) -> TFRecord shards.
+
+    python -m trainer.prepare --input_dir=IMAGES --output_dir=DATA --validation_fraction=0.1 \
+        [--num_shards=N | --shard_size_mb=M] [--seed=S] [--csv=FILE]
+
+writes, per the data contract (docs/data.md), `train-00000-of-0000N.tfrecord` and
+`validation-...` shards, `labels.txt` (sorted class names) and `dataset.json` (counts per split
+and class, every skipped file with its reason).
+
+Every file is read and decoded once, in parallel, to check it; a file that is empty, truncated,
+not an image, or an image TensorFlow cannot decode is skipped and listed with its reason. A
+valid image keeps its bytes and gets the `image/format` its content says (a PNG named .jpg is
+stored as PNG), so nothing is re-encoded and nothing loses quality. The split is stratified over
+the valid images. Output is written under a temporary sibling folder and swapped into place
+when complete, so an interrupted run leaves the previous output as it was.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv as csv_lib
+import dataclasses
+import io
+import math
+import os
+import random
+import re
+import sys
+import time
+import uuid
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import app, flags, logging
+
+import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+from trainer import data
+
+SPLITS = ("train", "validation")
+DEFAULT_SHARD_SIZE_MB = 100
+_SHARD_RE = re.compile(r"^(train|validation)-\d{5}-of-\d{5}\.tfrecord$")
+_OWN_FILES = (data.LABELS_FILE, data.INFO_FILE)
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+          (b"GIF89a", "GIF"), (b"BM", "BMP"))
+_EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One input file and the class it belongs to."""
+    path: str
+    class_name: str
+    name: str  # the path shown to people and stored as image/filename (relative to the input)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """What decoding a file once told us."""
+    source: Source
+    reason: str = ""          # why it is skipped; empty when valid
+    format: str = ""
+    height: int = 0
+    width: int = 0
+    num_bytes: int = 0
+    note: str = ""            # e.g. a misnamed file that is kept
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+# --------------------------------------------------------------------------- listing inputs
+
+def list_folder(input_dir: str) -> Tuple[List[Source], List[dict]]:
+    """Every file under the class subfolders of `input_dir`; files elsewhere are reported."""
+    if not tf.io.gfile.isdir(input_dir):
+        raise data.DataError(f"--input_dir {input_dir} is not a folder: pass a folder with one "
+                             "subfolder of images per class, or --csv")
+    sources, skipped = [], []
+    for entry in sorted(tf.io.gfile.listdir(input_dir)):
+        entry = entry.rstrip("/")
+        full = os.path.join(input_dir, entry)
+        if not tf.io.gfile.isdir(full):
+            skipped.append({"path": entry, "reason": "not inside a class folder"})
+            continue
+        if entry.startswith("."):
+            skipped.append({"path": entry + "/", "reason": "hidden folder"})
+            continue
+        for root, _, files in tf.io.gfile.walk(full):
+            for f in sorted(files):
+                path = os.path.join(root, f)
+                sources.append(Source(path=path, class_name=entry,
+                                      name=os.path.relpath(path, input_dir)))
+    return sources, skipped
+
+
+def list_csv(csv_path: str) -> Tuple[List[Source], List[dict]]:
+    """Rows `path,label` (an optional header `path,label`); relative paths are relative to the
+    CSV's folder, so a CSV can travel with its images (local or gs://)."""
+    if not tf.io.gfile.exists(csv_path):
+        raise data.DataError(f"--csv {csv_path} does not exist: pass a file of path,label rows")
+    with tf.io.gfile.GFile(csv_path, "r") as f:
+        rows = list(csv_lib.reader(io.StringIO(f.read())))
+    base = os.path.dirname(csv_path)
+    sources, skipped = [], []
+    for number, row in enumerate(rows, start=1):
+        row = [c.strip() for c in row]
+        if not row or not any(row) or (number == 1 and [c.lower() for c in row[:2]] == ["path", "label"]):
+            continue
+        if len(row) != 2 or not row[0] or not row[1]:
+            raise data.DataError(f"--csv {csv_path} line {number} is {','.join(row)!r}: each row "
+                                 "must be path,label")
+        path = row[0] if (data.is_absolute(row[0])) else os.path.join(base, row[0])
+        sources.append(Source(path=path, class_name=row[1], name=row[0]))
+    return sources, skipped
+
+
+# --------------------------------------------------------------------------- checking
+
+def sniff_format(head: bytes) -> str:
+    """The image format the first bytes announce, or '' when none we read."""
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    return ""
+
+
+def check_image(source: Source) -> Checked:
+    """Reads and decodes one file, once, with the decoder the trainer will use."""
+    try:
+        with tf.io.gfile.GFile(source.path, "rb") as f:
+            content = f.read()
+    except tf.errors.OpError as e:
+        return Checked(source, reason=f"unreadable: {e.message.splitlines()[0]}")
+    if not content:
+        return Checked(source, reason="empty file")
+    fmt = sniff_format(content[:8])
+    if not fmt:
+        return Checked(source, reason="not an image (content is not JPEG, PNG, GIF or BMP)")
+    try:
+        shape = tf.io.decode_image(content, channels=3, expand_animations=False).shape
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        first = e.message.splitlines()[0] if e.message else type(e).__name__
+        return Checked(source, reason=f"{fmt} that does not decode (truncated or corrupt): {first}")
+    ext = os.path.splitext(source.path)[1].lower()
+    note = ""
+    if _EXT_FORMAT.get(ext, fmt) != fmt:
+        note = f"named {ext} but its content is {fmt}: stored with image/format {fmt}"
+    return Checked(source, format=fmt, height=int(shape[0]), width=int(shape[1]),
+                   num_bytes=len(content), note=note)
+
+
+def check_all(sources: Sequence[Source], *, num_workers: int) -> List[Checked]:
+    """`check_image` over all sources on `num_workers` threads (TensorFlow's decoders release
+    the GIL, so threads use every core), with a progress bar."""
+    bar = _progress(len(sources), "checking")
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
+        for checked in pool.map(check_image, sources):
+            results.append(checked)
+            bar.add(1)
+    return results
+
+
+# --------------------------------------------------------------------------- planning
+
+def split_stratified(items: Sequence[Checked], *, validation_fraction: float,
+                     seed: int) -> Dict[str, List[Checked]]:
+    """Per class, round(n * fraction) valid images go to validation, clamped so a class with
+    at least 2 images appears in both splits (when the fraction is above 0)."""
+    by_class = collections.defaultdict(list)
+    for item in items:
+        by_class[item.source.class_name].append(item)
+    splits = {"train": [], "validation": []}
+    for name in sorted(by_class):
+        members = sorted(by_class[name], key=lambda c: c.source.name)
+        random.Random(f"{seed}/{name}").shuffle(members)
+        n_val = round(len(members) * validation_fraction)
+        if validation_fraction > 0 and len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        splits["validation"] += members[:n_val]
+        splits["train"] += members[n_val:]
+    for name, members in splits.items():  # mix classes inside every shard
+        random.Random(f"{seed}/{name}").shuffle(members)
+    return {name: members for name, members in splits.items() if members}
+
+
+def shard_counts(splits: Dict[str, List[Checked]], *, num_shards: Optional[int],
+                 shard_size_mb: Optional[float]) -> Dict[str, int]:
+    """Shards per split: `num_shards` for train and validation in proportion to its size, or
+    enough shards of about `shard_size_mb` each; never more shards than examples."""
+    counts = {}
+    n_train = len(splits.get("train", ()))
+    for name, members in splits.items():
+        if num_shards:
+            n = num_shards if name == "train" else round(num_shards * len(members) / max(n_train, 1))
+        else:
+            total = sum(c.num_bytes for c in members) / 2 ** 20
+            n = math.ceil(total / (shard_size_mb or DEFAULT_SHARD_SIZE_MB))
+        counts[name] = min(max(n, 1), len(members))
+    return counts
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+# --------------------------------------------------------------------------- writing
+
+def _int64(v):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+
+def _bytes(v: bytes):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+
+def build_example(checked: Checked, content: bytes, *, label: int) -> tf.train.Example:
+    """A tf.Example with the feature keys of Google's ImageNet TFRecords."""
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": _bytes(content),
+        "image/format": _bytes(checked.format.encode()),
+        "image/class/label": _int64(label),
+        "image/class/text": _bytes(checked.source.class_name.encode()),
+        "image/filename": _bytes(checked.source.name.encode()),
+        "image/height": _int64(checked.height),
+        "image/width": _int64(checked.width),
+        "image/channels": _int64(3),
+    }))
+
+
+def write_shard(path: str, members: Sequence[Checked], *, class_index: Dict[str, int],
+                bar) -> None:
+    """Writes one shard; the image bytes are copied as they are (already checked)."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for checked in members:
+            with tf.io.gfile.GFile(checked.source.path, "rb") as f:
+                content = f.read()
+            example = build_example(checked, content, label=class_index[checked.source.class_name])
+            writer.write(example.SerializeToString())
+            bar.add(1)
+
+
+def write_all(folder: str, splits: Dict[str, List[Checked]], counts: Dict[str, int], *,
+              class_index: Dict[str, int], num_workers: int) -> Dict[str, List[str]]:
+    """All shards of all splits, one shard per thread; returns the file names per split."""
+    jobs, names = [], {}
+    for split, members in splits.items():
+        n = counts[split]
+        names[split] = [shard_name(split, i, n) for i in range(n)]
+        for i in range(n):  # contiguous, near-equal slices
+            jobs.append((os.path.join(folder, names[split][i]),
+                         members[len(members) * i // n: len(members) * (i + 1) // n]))
+    bar = _progress(sum(len(m) for m in splits.values()), "writing")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
+        futures = [pool.submit(write_shard, p, m, class_index=class_index, bar=bar) for p, m in jobs]
+        for future in futures:
+            future.result()
+    return names
+
+
+def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, List[Checked]],
+               files: Dict[str, List[str]], skipped: List[dict], notes: List[dict],
+               validation_fraction: float, seed: int) -> dict:
+    """The dataset.json content: what is where, and what was left out and why."""
+    formats = collections.Counter(c.format for members in splits.values() for c in members)
+    return {
+        "format_version": 1,
+        "created_by": "trainer.prepare",
+        "source": source,
+        "class_names": list(class_names),
+        "num_classes": len(class_names),
+        "validation_fraction": validation_fraction,
+        "seed": seed,
+        "splits": {split: {
+            "num_examples": len(members),
+            "num_shards": len(files[split]),
+            "files": files[split],
+            "per_class": {name: sum(c.source.class_name == name for c in members)
+                          for name in class_names},
+        } for split, members in splits.items()},
+        "formats": dict(sorted(formats.items())),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "notes": notes,
+    }
+
+
+# --------------------------------------------------------------------------- atomic output
+
+def _check_output_dir(output_dir: str) -> None:
+    """Refuses a folder holding anything prepare did not write: the swap replaces it whole."""
+    if not tf.io.gfile.exists(output_dir):
+        return
+    if not tf.io.gfile.isdir(output_dir):
+        raise data.DataError(f"--output_dir {output_dir} is a file: pass a folder")
+    foreign = [n.rstrip("/") for n in tf.io.gfile.listdir(output_dir)
+               if n.rstrip("/") not in _OWN_FILES and not _SHARD_RE.match(n.rstrip("/"))]
+    if foreign:
+        raise data.DataError(f"--output_dir {output_dir} holds files prepare did not write "
+                             f"({', '.join(sorted(foreign)[:3])}): pass an empty or new folder, "
+                             "since prepare replaces the folder's content")
+
+
+def _sibling(output_dir: str, tag: str) -> str:
+    parent, base = os.path.split(output_dir.rstrip("/"))
+    return os.path.join(parent, f".{base}.prepare-{tag}-{uuid.uuid4().hex[:8]}")
+
+
+def _leftovers(output_dir: str, tag: str) -> List[str]:
+    parent, base = os.path.split(output_dir.rstrip("/"))
+    return [p.rstrip("/") for p in tf.io.gfile.glob(os.path.join(parent, f".{base}.prepare-{tag}-*"))]
+
+
+def _recover(output_dir: str) -> None:
+    """Cleans up after a run killed mid-way: deletes its temporary folder, and puts a previous
+    output back if the kill fell between the two renames of the swap."""
+    for tmp in _leftovers(output_dir, "tmp"):
+        logging.warning("removing %s, left by an interrupted prepare", tmp)
+        tf.io.gfile.rmtree(tmp)
+    for old in _leftovers(output_dir, "old"):
+        if not tf.io.gfile.exists(output_dir):
+            logging.warning("restoring %s from %s (an interrupted prepare)", output_dir, old)
+            tf.io.gfile.rename(old, output_dir)
+        else:
+            tf.io.gfile.rmtree(old)
+
+
+def _swap_into_place(tmp: str, output_dir: str) -> None:
+    """Replaces `output_dir` by the complete `tmp`: on a local disk two directory renames, so
+    a reader sees the old set or the new one, never a mix. On gs:// a rename copies objects,
+    so the old set is moved away first: an interrupted swap leaves a partial new set (without
+    dataset.json, written last) but never old and new shards together."""
+    old = None
+    if tf.io.gfile.exists(output_dir):
+        old = _sibling(output_dir, "old")
+        tf.io.gfile.rename(output_dir, old)
+    tf.io.gfile.rename(tmp, output_dir)
+    if old:
+        tf.io.gfile.rmtree(old)
+
+
+# --------------------------------------------------------------------------- the whole run
+
+def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: float,
+            num_shards: Optional[int] = None, shard_size_mb: Optional[float] = None,
+            seed: int = 0, csv: Optional[str] = None, num_workers: Optional[int] = None) -> dict:
+    """Prepares TFRecord shards, labels.txt and dataset.json; returns the dataset.json content.
+
+    Raises:
+      DataError: bad arguments, no valid image at all, or a class left without images.
+    """
+    _validate_args(input_dir=input_dir, csv=csv, output_dir=output_dir,
+                   validation_fraction=validation_fraction, num_shards=num_shards,
+                   shard_size_mb=shard_size_mb)
+    num_workers = num_workers or os.cpu_count() or 1
+    sources, skipped = list_csv(csv) if csv else list_folder(input_dir)
+    if not sources:
+        raise data.DataError(f"no file found in {csv or input_dir}: pass a folder with one "
+                             "subfolder of images per class (or a CSV of path,label rows)")
+    checked = check_all(sources, num_workers=num_workers)
+    valid = [c for c in checked if c.ok]
+    skipped += [{"path": c.source.name, "reason": c.reason} for c in checked if not c.ok]
+    class_names = _class_names(sources, valid, source=csv or input_dir)
+    splits = split_stratified(valid, validation_fraction=validation_fraction, seed=seed)
+    counts = shard_counts(splits, num_shards=num_shards, shard_size_mb=shard_size_mb)
+    _recover(output_dir)
+    tmp = _sibling(output_dir, "tmp")
+    tf.io.gfile.makedirs(tmp)
+    try:
+        files = write_all(tmp, splits, counts, class_index={n: i for i, n in enumerate(class_names)},
+                          num_workers=num_workers)
+        info = build_info(source=csv or input_dir, class_names=class_names, splits=splits,
+                          files=files, skipped=skipped,
+                          notes=[{"path": c.source.name, "note": c.note} for c in valid if c.note],
+                          validation_fraction=validation_fraction, seed=seed)
+        _write_text(os.path.join(tmp, data.LABELS_FILE), "".join(n + "\n" for n in class_names))
+        _write_text(os.path.join(tmp, data.INFO_FILE), _to_json(info))
+        _swap_into_place(tmp, output_dir)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+    return info
+
+
+def _validate_args(*, input_dir, csv, output_dir, validation_fraction, num_shards,
+                   shard_size_mb) -> None:
+    if bool(input_dir) == bool(csv):
+        raise data.DataError("pass exactly one of --input_dir (a folder of class folders) and "
+                             "--csv (a file of path,label rows)")
+    if not output_dir:
+        raise data.DataError("--output_dir is empty: pass the folder to write the shards to")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise data.DataError(f"--validation_fraction={validation_fraction} must be in [0, 1), "
+                             "e.g. 0.1")
+    if num_shards is not None and shard_size_mb is not None:
+        raise data.DataError("pass --num_shards or --shard_size_mb, not both")
+    if num_shards is not None and num_shards < 1:
+        raise data.DataError(f"--num_shards={num_shards} must be 1 or more")
+    if shard_size_mb is not None and shard_size_mb <= 0:
+        raise data.DataError(f"--shard_size_mb={shard_size_mb} must be positive")
+    if input_dir and _inside(output_dir, input_dir):
+        raise data.DataError(f"--output_dir {output_dir} is inside --input_dir {input_dir}: it "
+                             "would be read as a class folder; write the shards elsewhere")
+    _check_output_dir(output_dir)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = path.rstrip("/") + "/", folder.rstrip("/") + "/"
+    if not data.is_absolute(path):
+        path, folder = os.path.abspath(path) + "/", os.path.abspath(folder) + "/"
+    return path.startswith(folder)
+
+
+def _class_names(sources: Sequence[Source], valid: Sequence[Checked], *, source: str):
+    """Sorted class names; a class whose every file was skipped is an error, not a silent
+    drop that would renumber the labels."""
+    names = sorted({s.class_name for s in sources})
+    if not valid:
+        raise data.DataError(f"no valid image in {source} ({len(sources)} files, all skipped as "
+                             "empty, truncated or not images): check the input")
+    present = {c.source.class_name for c in valid}
+    empty = [n for n in names if n not in present]
+    if empty:
+        raise data.DataError(f"class {empty[0]!r} in {source} has no valid image "
+                             f"({len(empty)} such class(es)): add images or remove the class")
+    if len(names) < 2:
+        raise data.DataError(f"only one class ({names[0]!r}) in {source}: a classifier needs at "
+                             "least 2 class folders (or labels)")
+    return names
+
+
+def _write_text(path: str, text: str) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
+def _to_json(obj) -> str:
+    import json
+    return json.dumps(obj, indent=2) + "\n"
+
+
+class _Bar:
+    """A thread-safe progress bar (tf_keras' Progbar) that stays silent for tiny inputs."""
+
+    def __init__(self, total: int, label: str):
+        import threading
+        import tf_keras as keras
+        self._lock = threading.Lock()
+        self._bar = keras.utils.Progbar(total, unit_name=label) if total else None
+
+    def add(self, n: int) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.add(n)
+
+
+def _progress(total: int, label: str) -> _Bar:
+    if total:
+        logging.info("%s %d files", label, total)
+    return _Bar(total, label)
+
+
+def _summary(info: dict, *, output_dir: str, seconds: float) -> str:
+    parts = [f"{s}: {v['num_examples']} images in {v['num_shards']} shard(s)"
+             for s, v in info["splits"].items()]
+    return (f"wrote {output_dir}: {info['num_classes']} classes; {'; '.join(parts)}; "
+            f"skipped {info['num_skipped']} file(s) (reasons in dataset.json); {seconds:.1f} s")
+
+
+# --------------------------------------------------------------------------- command line
+
+flags.DEFINE_string("input_dir", None, "Folder (local or gs://) with one subfolder of images per class.")
+flags.DEFINE_string("csv", None, "Instead of --input_dir: a CSV of path,label rows.")
+flags.DEFINE_string("output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
+flags.DEFINE_float("validation_fraction", 0.1, "Fraction of each class held out for validation.")
+flags.DEFINE_integer("num_shards", None, "Train shards (validation gets a proportional number).")
+flags.DEFINE_float("shard_size_mb", None, f"Target shard size instead of --num_shards "
+                   f"(default {DEFAULT_SHARD_SIZE_MB} MB).")
+flags.DEFINE_integer("seed", 0, "Seed of the split and of the order inside shards.")
+flags.DEFINE_integer("num_workers", None, "Parallel threads (default: the number of cores).")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    start = time.time()
+    try:
+        info = prepare(input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
+                       validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
+                       shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
+                       num_workers=FLAGS.num_workers)
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for item in info["skipped"]:
+        logging.warning("skipped %s: %s", item["path"], item["reason"])
+    print(_summary(info, output_dir=FLAGS.output_dir, seconds=time.time() - start))
+
+
+def run_main() -> None:
+    """Console-script entry point (effnet-prepare)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
