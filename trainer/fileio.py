@@ -1,7 +1,11 @@
 """File I/O that works the same on local disk and gs://, through tf.io.gfile.
 
-Every output the trainer writes goes through here so that it is written to a temporary name and
-moved into place when complete: a crash never leaves half a file behind.
+Every small output the trainer writes (config, history, state, plots) goes through here so that
+a reader sees the old file or the new one, never half a file: on local disk it is written to a
+temporary sibling and renamed into place; on gs:// it is uploaded in place, because a Cloud
+Storage upload is already atomic (the new object appears only once the upload completes) and a
+rename there is a copy plus a delete — twice the requests, and a stray temporary object if the
+job dies in between. See docs/gcs.md.
 """
 from __future__ import annotations
 
@@ -39,13 +43,22 @@ def read_json(path: str):
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary sibling renamed into place."""
+    """Writes `text` to `path` atomically (see the module docstring)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes `data` to `path` atomically: in place on gs://, else through a renamed sibling."""
+    if is_gcs(path):
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(data)
+        return
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -54,7 +67,11 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def local_copy(path: str, suffix: str = "") -> str:
-    """A local path holding the file at `path`: itself if local, else a downloaded temp copy."""
+    """A local path holding the file at `path`: itself if local, else a downloaded temp copy.
+
+    For readers that need a real file (h5py for Keras HDF5 weights). The copy is left in the
+    temp folder; it is small next to what a training run writes.
+    """
     if not is_gcs(path):
         return path
     fd, local = tempfile.mkstemp(suffix=suffix or os.path.splitext(path)[1])
