@@ -1,0 +1,430 @@
+"""The cloud side: the sdist, the container recipe, Cloud Build and Vertex AI job submission.
+
+Nothing here reaches the network: submissions go to a stub HTTP server on 127.0.0.1 through
+submit_job.py's --api_endpoint, the sdist is installed into a fresh venv that borrows this
+environment's already-installed dependencies, and the Dockerfile/cloudbuild.yaml are checked
+statically plus by running the parts of them that need no Docker daemon.
+"""
+import http.server
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import site
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SUBMIT = REPO / "scripts" / "submit_job.py"
+SCHEMA = json.loads((REPO / "tests" / "schemas" / "custom_job.schema.json").read_text())
+TRAIN_DATA = "--train_data=gs://data-bucket/shapes/train-*.tfrecord"
+BASE = ("--project=my-proj", "--region=us-central1", "--staging_bucket=gs://my-staging")
+IMAGE = "us-central1-docker.pkg.dev/my-proj/ml/effnet-trainer:abc1234"
+
+
+def _env(**extra):
+    """This environment without proxies (the stub is local) plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update(NO_PROXY="127.0.0.1,localhost", **extra)
+    return env
+
+
+def run_submit(*flags, trainer_args=(TRAIN_DATA,)):
+    cmd = [sys.executable, str(SUBMIT), *flags, "--", *trainer_args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)
+
+
+def validate(job):
+    jsonschema.Draft202012Validator(SCHEMA).validate(job)
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    """Answers POSTs with the server's next (status, body) and records every request."""
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        self.server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+        status, payload = self.server.reply
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def vertex_stub(tmp_path):
+    """(server, extra submit flags): a fake Vertex AI endpoint and a token file for it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    server.requests = []
+    server.reply = (200, {"name": "projects/123/locations/us-central1/customJobs/987", "state": "JOB_STATE_PENDING"})
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = tmp_path / "token"
+    token.write_text("test-token\n")
+    yield server, (f"--api_endpoint=http://127.0.0.1:{server.server_address[1]}", f"--access_token_file={token}")
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def submit_lib():
+    spec = importlib.util.spec_from_file_location("submit_job", SUBMIT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+# --- Vertex AI job bodies. ---
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu", "multi-gpu", "multi-worker", "tpu"])
+@pytest.mark.parametrize("route", ["container", "package"])
+def test_each_preset_dry_run_is_a_valid_custom_job(preset, route):
+    route_flags = (f"--image_uri={IMAGE}",) if route == "container" else (
+        "--package", *(() if preset == "cpu" else ("--executor_image_uri=us-docker.pkg.dev/my-proj/ml/tf221:1",)))
+    result = run_submit(f"--preset={preset}", *BASE, *route_flags, "--display_name=t1", "--dry_run", "--spot")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)  # stdout is the body and nothing else
+    validate(job)
+    pools = job["jobSpec"]["workerPoolSpecs"]
+    assert pools[0]["replicaCount"] == 1  # the chief pool comes first, with one replica
+    assert len(pools) == (2 if preset == "multi-worker" else 1)
+    task = pools[0]["containerSpec"] if route == "container" else pools[0]["pythonPackageSpec"]
+    assert task["args"][-1] == TRAIN_DATA  # the user's trainer flags come last, so they win
+    if route == "package":
+        assert task["pythonModule"] == "trainer.task"
+        assert task["packageUris"] == ["gs://my-staging/packages/t1/effnet_trainer-0.1.0.tar.gz"]
+    assert job["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://my-staging/runs/t1"}
+    assert job["jobSpec"]["scheduling"] == {"strategy": "SPOT", "restartJobOnWorkerRestart": True}
+    machine = pools[0]["machineSpec"]
+    expected = {"cpu": (None, "--strategy"), "gpu": ("NVIDIA_TESLA_T4", "--strategy"),
+                "multi-gpu": ("NVIDIA_TESLA_T4", "--strategy=mirrored"),
+                "multi-worker": ("NVIDIA_TESLA_T4", "--strategy=multi_worker"), "tpu": (None, "--strategy=tpu")}
+    accelerator, strategy = expected[preset]
+    assert machine.get("acceleratorType") == accelerator
+    assert any(a.startswith(strategy) for a in task["args"]) == (preset not in ("cpu", "gpu"))
+    if preset == "tpu":
+        assert machine["tpuTopology"] == "2x2" and "--tpu=local" in task["args"]
+
+
+def test_multi_worker_replica_count_sizes_the_second_pool():
+    result = run_submit("--preset=multi-worker", *BASE, f"--image_uri={IMAGE}", "--replica_count=3", "--dry_run",
+                        "--service_account=trainer@my-proj.iam.gserviceaccount.com")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    validate(job)
+    chief, workers = job["jobSpec"]["workerPoolSpecs"]
+    assert (chief["replicaCount"], workers["replicaCount"]) == (1, 3)
+    assert chief["machineSpec"] == workers["machineSpec"]
+    assert job["jobSpec"]["serviceAccount"] == "trainer@my-proj.iam.gserviceaccount.com"
+
+
+def test_overrides_fill_in_what_a_machine_implies(submit_lib):
+    a2 = submit_lib.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
+                                   staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="a2-highgpu-2g",
+                                   trainer_args=[TRAIN_DATA])
+    assert (a2.accelerator_type, a2.accelerator_count) == ("NVIDIA_TESLA_A100", 2)
+    v5e = submit_lib.build_job_spec(preset="tpu", project="my-proj", region="us-central1",
+                                    staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="ct5lp-hightpu-8t",
+                                    trainer_args=[TRAIN_DATA])
+    assert (v5e.tpu_topology, v5e.accelerator_type) == ("2x4", "")
+    cpu = submit_lib.build_job_spec(preset="gpu", project="my-proj", region="europe-west4",
+                                    staging_bucket="gs://bkt", package=True, machine_type="n2-standard-16",
+                                    trainer_args=[TRAIN_DATA])
+    assert (cpu.accelerator_type, cpu.accelerator_count) == ("", 0)
+    assert cpu.executor_image_uri.startswith("europe-docker.pkg.dev/vertex-ai/training/tf-cpu.")
+    validate(submit_lib.build_custom_job(cpu))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda j: j["jobSpec"]["workerPoolSpecs"][0].update(machine_spec={"machine_type": "n1-standard-4"}),
+    lambda j: j["jobSpec"]["workerPoolSpecs"][0].update(pythonPackageSpec={
+        "executorImageUri": "x", "packageUris": ["gs://b/p.tar.gz"], "pythonModule": "trainer.task"}),
+    lambda j: j["jobSpec"]["workerPoolSpecs"][0]["machineSpec"].pop("machineType"),
+    lambda j: j["jobSpec"]["workerPoolSpecs"][0]["diskSpec"].update(bootDiskSizeGb=50),
+    lambda j: j["jobSpec"]["workerPoolSpecs"][0]["machineSpec"].update(acceleratorType="T4"),
+    lambda j: j["jobSpec"].update(scheduling={"strategy": "PREEMPTIBLE"}),
+    lambda j: j["jobSpec"]["baseOutputDirectory"].update(outputUriPrefix="/local/dir"),
+    lambda j: j.update(state="JOB_STATE_RUNNING"),
+], ids=["snake_case", "two_tasks", "no_machine_type", "small_disk", "bad_accelerator", "bad_strategy",
+        "local_output", "output_only_field"])
+def test_schema_refuses_bodies_vertex_would_refuse(submit_lib, mutate):
+    spec = submit_lib.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
+                                     staging_bucket="gs://bkt", image_uri=IMAGE, trainer_args=[TRAIN_DATA])
+    job = submit_lib.build_custom_job(spec)
+    validate(job)
+    mutate(job)
+    with pytest.raises(jsonschema.ValidationError):
+        validate(job)
+
+
+# --- Refusals happen before anything is sent; submissions send exactly the dry-run body. ---
+
+@pytest.mark.parametrize("flags,trainer_args,says", [
+    (("--preset=gpu", "--machine_type=n1-standard-8", "--accelerator_type=TPU_V3", "--accelerator_count=8"),
+     (TRAIN_DATA,), "machine_type=cloud-tpu"),
+    (("--preset=gpu", "--accelerator_type=NVIDIA_TESLA_V100", "--accelerator_count=3"),
+     (TRAIN_DATA,), "takes 1, 2, 4 or 8 NVIDIA_TESLA_V100"),
+    (("--preset=multi-gpu", "--accelerator_count=3"), (TRAIN_DATA,), "takes 1, 2 or 4 NVIDIA_TESLA_T4"),
+    (("--preset=gpu", "--machine_type=a2-highgpu-1g", "--accelerator_type=NVIDIA_TESLA_T4"),
+     (TRAIN_DATA,), "comes with exactly 1 NVIDIA_TESLA_A100"),
+    (("--preset=cpu", "--machine_type=e2-standard-8", "--accelerator_type=NVIDIA_L4"), (TRAIN_DATA,),
+     "takes no GPUs"),
+    (("--preset=tpu", "--tpu_topology=4x4"), (TRAIN_DATA,), "multi-host"),
+    (("--preset=tpu", "--machine_type=cloud-tpu", "--accelerator_type=TPU_V3", "--accelerator_count=32"),
+     (TRAIN_DATA,), "--accelerator_count=8"),
+    (("--preset=tpu", "--replica_count=2"), (TRAIN_DATA,), "--replica_count"),
+    (("--preset=gpu", "--machine_type=n1-superfast-8"), (TRAIN_DATA,), "not a Vertex AI training machine type"),
+    (("--preset=gpu",), ("--train_data=/home/me/train",), "local path"),
+    (("--preset=gpu",), ("--eval_data=gs://b/v",), "lack --train_data"),
+    (("--preset=gpu", "--package"), (TRAIN_DATA,), "TF 2.17"),
+])
+def test_impossible_requests_are_refused_before_anything_is_sent(vertex_stub, flags, trainer_args, says):
+    server, connect = vertex_stub
+    image = () if "--package" in flags else (f"--image_uri={IMAGE}",)
+    result = run_submit(*flags, *BASE, *image, *connect, trainer_args=trainer_args)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert server.requests == []
+
+
+def test_flag_mistakes_are_one_line():
+    result = subprocess.run([sys.executable, str(SUBMIT), "--preset=gpu", *BASE, TRAIN_DATA],
+                            capture_output=True, text=True, env=_env(), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("submit_job.py: error: Unknown command line flag 'train_data' "
+                                      "(trainer flags go after `--`)")
+
+
+def test_submission_posts_the_dry_run_body_with_credentials(vertex_stub):
+    server, connect = vertex_stub
+    flags = ("--preset=multi-worker", *BASE, f"--image_uri={IMAGE}", "--display_name=run-7", "--spot")
+    dry = run_submit(*flags, "--dry_run")
+    sent = run_submit(*flags, *connect)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.strip() == "projects/123/locations/us-central1/customJobs/987"
+    [request] = server.requests
+    assert request["path"] == "/v1/projects/my-proj/locations/us-central1/customJobs"
+    assert request["headers"]["authorization"] == "Bearer test-token"
+    assert request["headers"]["content-type"].startswith("application/json")
+    assert request["body"] == dry.stdout  # --dry_run printed exactly what is sent
+
+
+def test_api_refusals_are_one_line(vertex_stub):
+    server, connect = vertex_stub
+    server.reply = (403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                    "message": "Permission 'aiplatform.customJobs.create' denied\non project"}})
+    result = run_submit("--preset=cpu", *BASE, f"--image_uri={IMAGE}", *connect)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "submit_job.py: error: Vertex AI refused the job: HTTP 403 PERMISSION_DENIED: "
+        "Permission 'aiplatform.customJobs.create' denied on project"]
+    assert len(server.requests) == 1
+
+
+# --- The package: builds, installs into a fresh venv, runs the entry point. ---
+
+def _checkout_copy(dest: Path) -> Path:
+    """The files a clean checkout would have (tracked or not ignored), so builds leave REPO alone."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_sdist_installs_into_a_fresh_venv_and_the_trainer_runs(tmp_path, submit_lib, monkeypatch):
+    source = _checkout_copy(tmp_path / "src")
+    monkeypatch.setattr(submit_lib, "_REPO_ROOT", str(source))
+    sdist = Path(submit_lib.build_sdist(out_dir=str(tmp_path / "dist")))  # what --package uploads
+    assert sdist.name.endswith("-0.1.0.tar.gz")
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    fresh_site = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    # Dependencies (TensorFlow...) come from this environment's site-packages, already installed:
+    # plain path lines, so its .pth files (our own editable install among them) stay inactive.
+    Path(fresh_site, "_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation",
+                    str(sdist)], check=True, cwd=tmp_path, env=_env(), timeout=300)
+    where = subprocess.run([str(python), "-c", "import trainer, serving; print(trainer.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(fresh_site)
+    for cmd in ([str(python), "-m", "trainer.task", "--helpfull"], [str(venv / "bin" / "effnet-train"), "--helpfull"]):
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode in (0, 1), result.stderr[-2000:]  # absl exits 1 after printing help
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "--train_data" in result.stdout and "--[no]plan_only" in result.stdout
+
+
+# --- The trainer reads what Vertex AI sets. ---
+
+_BUILD_CONFIG = """
+import dataclasses, json, os, sys
+import trainer.task as task
+getattr(task, "define_flags", lambda: None)()  # flags are defined on demand since the CLI split
+task.FLAGS(["task"] + sys.argv[1:])
+print(json.dumps(dataclasses.asdict(task.build_config(env=os.environ).runtime)))
+"""
+
+
+def test_aip_variables_reach_the_config_unless_flags_override(tmp_path):
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), (i * 90, 30, 200)).save(tmp_path / "images" / name / f"{i}.jpg")
+    aip = {"AIP_MODEL_DIR": "gs://out/run/model/", "AIP_CHECKPOINT_DIR": "gs://out/run/checkpoints/",
+           "AIP_TENSORBOARD_LOG_DIR": "gs://out/run/logs/"}
+    common = [f"--train_data={tmp_path / 'images'}", "--weights=none", "--image_size=32"]
+    runs = {}
+    for case, extra in (("env", []), ("flags", [f"--model_dir={tmp_path}/m", f"--checkpoint_dir={tmp_path}/c",
+                                                f"--tensorboard_dir={tmp_path}/t"])):
+        result = subprocess.run([sys.executable, "-c", _BUILD_CONFIG, *common, *extra], capture_output=True,
+                                text=True, env=_env(**aip), cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[case] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (runs["env"]["model_dir"], runs["env"]["checkpoint_dir"], runs["env"]["tensorboard_dir"]) == (
+        aip["AIP_MODEL_DIR"], aip["AIP_CHECKPOINT_DIR"], aip["AIP_TENSORBOARD_LOG_DIR"])
+    assert (runs["flags"]["model_dir"], runs["flags"]["checkpoint_dir"], runs["flags"]["tensorboard_dir"]) == (
+        f"{tmp_path}/m", f"{tmp_path}/c", f"{tmp_path}/t")
+
+
+def test_train_local_sh_sets_up_the_vertex_layout(tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, os, sys; print(json.dumps("
+                           "{\"argv\": sys.argv[1:], \"env\": {k: os.environ.get(k) for k in (\"AIP_MODEL_DIR\", "
+                           "\"AIP_CHECKPOINT_DIR\", \"AIP_TENSORBOARD_LOG_DIR\", \"CUDA_VISIBLE_DEVICES\")}}))' \"$@\"\n")
+    fake_python.chmod(0o755)
+    script = str(REPO / "scripts" / "train_local.sh")
+    env = _env(PYTHON=str(fake_python))
+    ok = subprocess.run([script, f"--output_dir={tmp_path}/out/", "--cpu", "--", TRAIN_DATA, "--plan_only"],
+                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    seen = json.loads(ok.stdout)
+    assert seen["argv"] == ["-m", "trainer.task", TRAIN_DATA, "--plan_only"]
+    assert seen["env"] == {"AIP_MODEL_DIR": f"{tmp_path}/out/model/", "AIP_CHECKPOINT_DIR": f"{tmp_path}/out/checkpoints/",
+                           "AIP_TENSORBOARD_LOG_DIR": f"{tmp_path}/out/logs/", "CUDA_VISIBLE_DEVICES": "-1"}
+    bad = subprocess.run([script, "--gpus=2", "--", TRAIN_DATA], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "unknown option --gpus=2" in bad.stderr
+
+
+# --- Cloud Build. ---
+
+def _cloudbuild():
+    return yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+
+
+def _named_files(step) -> set:
+    """Repository files a step's command line names (outputs under dist/ excluded)."""
+    words = []
+    for arg in step.get("args", []):
+        words += shlex.split(arg) if " " in arg else [arg]
+    names = set()
+    for word in words:
+        value = word.split("=", 1)[1] if word.startswith("--") and "=" in word else word
+        if "$" in value or "://" in value or value.startswith("-") or value.startswith("dist/"):
+            continue
+        if value == "Dockerfile" or re.fullmatch(r"[\w.-]+(/[\w.-]+)*\.(py|sh|yaml|toml|cfg|txt)", value):
+            names.add(value)
+    return names
+
+
+def test_cloudbuild_parses_and_names_only_files_that_exist():
+    build = _cloudbuild()
+    text = (REPO / "cloudbuild.yaml").read_text()
+    ids = [step["id"] for step in build["steps"]]
+    assert len(set(ids)) == len(ids)
+    for i, step in enumerate(build["steps"]):
+        assert set(step.get("waitFor", [])) <= set(ids[:i]) | {"-"}, step["id"]
+    named = set().union(*(_named_files(step) for step in build["steps"]))
+    assert {"scripts/test.sh", "scripts/submit_job.py", "setup.py", "Dockerfile"} <= named
+    assert sorted(n for n in named if not (REPO / n).is_file()) == []
+    used = set(re.findall(r"\$\{(_[A-Z_]+)\}", text))
+    assert {"_REGION", "_REPOSITORY", "_IMAGE"} <= used and used == set(build["substitutions"])
+    image = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/${_IMAGE}"
+    assert f"{image}:$SHORT_SHA" in build["images"]
+    assert f"--tag={image}:$SHORT_SHA" in next(s for s in build["steps"] if s["id"] == "build")["args"]
+    lines = text.splitlines()
+    for n, line in enumerate(lines):  # every step is commented
+        if line.startswith("- id:"):
+            assert lines[n - 1].startswith("#"), line
+
+
+def test_cloudbuild_submit_step_makes_a_valid_job():
+    step = next(s for s in _cloudbuild()["steps"] if s["id"] == "submit")
+    values = {"${_SUBMIT_PRESET}": "multi-gpu", "$PROJECT_ID": "my-proj", "${_REGION}": "us-central1",
+              "${_STAGING_BUCKET}": "gs://my-staging", "${_REPOSITORY}": "ml", "${_IMAGE}": "effnet-trainer",
+              "$SHORT_SHA": "abc1234", "$BUILD_ID": "b-1", "${_TRAINER_ARGS}": TRAIN_DATA}
+    script = step["args"][-1]
+    for key, value in values.items():
+        script = script.replace(key, value)
+    command = shlex.split(script[script.index("python scripts/submit_job.py"):])
+    split = command.index("--")
+    command = [sys.executable, *command[1:split], "--dry_run", *command[split:]]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    validate(job)
+    assert job["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == (
+        "us-central1-docker.pkg.dev/my-proj/ml/effnet-trainer:abc1234")
+
+
+# --- The container recipe. ---
+
+def _docker_ignored(path: str, patterns) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path or a parent folder wins."""
+    prefixes = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 2)]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.lstrip("!").strip("/")
+        regex = re.escape(glob).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerfile_installs_the_package_cache_friendly(tmp_path):
+    text = (REPO / "Dockerfile").read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    entry = next(line for line in instructions if line.startswith("ENTRYPOINT"))
+    assert json.loads(entry.split(" ", 1)[1]) == ["python", "-m", "trainer.task"]
+    tf_pin = re.search(r'"tensorflow==(\d+\.\d+)\.\*"', (REPO / "setup.py").read_text()).group(1)
+    assert re.search(rf"ARG BASE_IMAGE=tensorflow/tensorflow:{re.escape(tf_pin)}\.\d+-gpu", text)
+    patterns = [p for p in (REPO / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
+    copies = [line.split()[1:-1] for line in instructions if line.startswith("COPY")]
+    sources = [src.rstrip("/") for srcs in copies for src in srcs]
+    for src in sources:
+        assert (REPO / src).exists(), src
+        assert not _docker_ignored(src, patterns), f"{src} is excluded by .dockerignore"
+    assert _docker_ignored("tests/test_cloud.py", patterns) and _docker_ignored(".venv/bin/python", patterns)
+    assert _docker_ignored("trainer/__pycache__/task.cpython-311.pyc", patterns)
+    # The dependency layer comes before the code, and setup.py works with only what it copies.
+    first_run = next(i for i, line in enumerate(instructions) if line.startswith("RUN"))
+    early = [src for line in instructions[:first_run] if line.startswith("COPY") for src in line.split()[1:-1]]
+    assert "trainer/" not in early and any(line.startswith("COPY trainer/ ") for line in instructions[first_run:])
+    for src in early:
+        (tmp_path / src).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / src, tmp_path / src)
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)], cwd=tmp_path,
+                   check=True, capture_output=True, timeout=120)
+    requires = (tmp_path / "effnet_trainer.egg-info" / "requires.txt").read_text()
+    assert f"tensorflow=={tf_pin}.*" in requires
