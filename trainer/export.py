@@ -1,0 +1,257 @@
+"""SavedModel export for TF Serving: `export_base/<version>/` with the serving signatures.
+
+`export_saved_model` is what training calls at the end; `python -m trainer.export
+--model_dir=DIR [--checkpoint=CKPT] [--version=N]` re-exports a checkpoint without training.
+
+The export is written to a non-numeric sibling (`export_base/.tmp-<id>`) and moved into place
+when complete: TF Serving only loads numeric folder names (its file-system source parses the
+child names as int64), so it never sees a half-written version. Versions are integers; left
+out, the next one after the highest numeric folder already there (1 for the first), so TF
+Serving's default `latest` policy rolls to the new export on its own.
+
+Contract (docs/serving.md): signatures `serving_default`, `classify`, `features`, labels in
+`assets/labels.txt`, warmup records in `assets.extra/tf_serving_warmup_requests`, float32
+throughout.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import app, flags, logging
+
+from serving import signatures
+from trainer import fileio
+from trainer import model as model_lib
+
+_VERSION_RE = re.compile(r"^\d+$")
+_VERIFY_TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked; the message says how to fix it."""
+
+
+def export_saved_model(model: keras.Model, *, class_names: Sequence[str], image_size: int,
+                       export_base: str, version: Optional[int] = None,
+                       verify: bool = True) -> str:
+    """Writes the serving SavedModel to `export_base/<version>/` and returns that path.
+
+    Args:
+      model: float32 classifier from `trainer.model.build_classifier` (0..255 pixels in,
+        softmax out); after mixed-precision training pass its float32 copy.
+      class_names: class names in label order; written to assets/labels.txt.
+      image_size: the model's input side in pixels.
+      export_base: the folder TF Serving watches (local or gs://).
+      version: the version number; None for the next integer after the existing ones.
+      verify: reload the written export and check it answers like `model` before publishing.
+
+    Raises:
+      ExportError: the model, the class names or the version do not fit.
+    """
+    _check_model(model, num_classes=len(class_names), image_size=image_size)
+    _check_class_names(class_names)
+    version = _choose_version(export_base, version)
+    final = fileio.join(export_base, str(version))
+    tmp = fileio.join(export_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    progress = keras.utils.Progbar(4, stateful_metrics=[], unit_name="step")
+    try:
+        _write_saved_model(model, class_names=class_names, image_size=image_size, path=tmp)
+        progress.update(1)
+        _write_warmup(tmp, image_size=image_size)
+        progress.update(2)
+        if verify:
+            _verify(tmp, model=model, class_names=class_names, image_size=image_size)
+        progress.update(3)
+        _publish(tmp, final)
+        progress.update(4)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+    logging.info("Exported version %d to %s", version, final)
+    return final
+
+
+def _check_model(model: keras.Model, *, num_classes: int, image_size: int) -> None:
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ExportError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                          "export a classifier from trainer.model.build_classifier")
+    in_shape = tuple(model.inputs[0].shape)
+    if in_shape[1:] != (image_size, image_size, 3):
+        raise ExportError(f"the model takes images of shape {in_shape[1:]} but image_size={image_size}; "
+                          "pass the image size the model was built with")
+    out_classes = model.outputs[0].shape[-1]
+    if out_classes != num_classes:
+        raise ExportError(f"the model predicts {out_classes} classes but {num_classes} class names were "
+                          "given; pass the labels.txt the model was trained with")
+    mixed = sorted({layer.dtype_policy.name for layer in _leaf_layers(model)
+                    if layer.dtype_policy.compute_dtype != "float32"})
+    if mixed or model.outputs[0].dtype != tf.float32:
+        raise ExportError(f"the model computes in {', '.join(mixed) or model.outputs[0].dtype.name}; export "
+                          "the float32 copy (trainer.model.build_float32_copy): TF Serving's Classify needs "
+                          "float scores and a mixed-precision graph is slower on CPU")
+
+
+def _leaf_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _check_class_names(class_names: Sequence[str]) -> None:
+    bad = [repr(n) for n in class_names if not isinstance(n, str) or not n.strip() or "\n" in n or "\r" in n]
+    if bad:
+        raise ExportError(f"class names {', '.join(bad[:3])} cannot be lines of labels.txt: each class "
+                          "name must be a non-empty single line")
+    if len(set(class_names)) != len(class_names):
+        raise ExportError("class names repeat: each line of labels.txt must name a different class")
+
+
+def _existing_versions(export_base: str) -> list:
+    if not tf.io.gfile.isdir(export_base):
+        return []
+    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(export_base)
+                  if _VERSION_RE.match(n.rstrip("/")))
+
+
+def _choose_version(export_base: str, version: Optional[int]) -> int:
+    existing = _existing_versions(export_base)
+    following = (existing[-1] + 1) if existing else 1
+    if version is None:
+        return following
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
+        raise ExportError(f"--version={version!r}: pass a non-negative integer (TF Serving loads only "
+                          "numeric version folders)")
+    if int(version) in existing:
+        raise ExportError(f"{fileio.join(export_base, str(version))} already exists and TF Serving may be "
+                          f"serving it: pass --version={following} or leave --version out")
+    return int(version)
+
+
+def _write_saved_model(model: keras.Model, *, class_names: Sequence[str], image_size: int,
+                       path: str) -> None:
+    labels_dir = tempfile.mkdtemp(prefix="labels-")
+    try:
+        labels_path = os.path.join(labels_dir, signatures.LABELS_FILENAME)
+        with open(labels_path, "w", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in class_names))
+        module = signatures.ServingModule(
+            model, features_model=model_lib.feature_model(model), labels_path=labels_path,
+            image_size=image_size, num_classes=len(class_names))
+        # Custom-gradient tracing is for fine-tuning a reloaded model; serving never takes
+        # gradients, and skipping it saves a third of the save time.
+        tf.saved_model.save(module, path, signatures=module.signatures(),
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    finally:
+        shutil.rmtree(labels_dir, ignore_errors=True)
+    _rewrite_method_names(path)
+
+
+def _rewrite_method_names(path: str) -> None:
+    pb_path = fileio.join(path, "saved_model.pb")
+    with tf.io.gfile.GFile(pb_path, "rb") as f:
+        rewritten = signatures.set_classify_method_name(f.read())
+    with tf.io.gfile.GFile(pb_path, "wb") as f:
+        f.write(rewritten)
+    # The fingerprint is a hash of saved_model.pb: rewrite it to match (the same call
+    # tf.saved_model.save makes).
+    from tensorflow.python.saved_model import fingerprinting_utils  # pylint: disable=import-outside-toplevel
+    fingerprinting_utils.write_fingerprint(path)
+
+
+def _write_warmup(path: str, *, image_size: int) -> None:
+    extra = fileio.join(path, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.TFRecordWriter(fileio.join(extra, signatures.WARMUP_FILENAME)) as writer:
+        for record in signatures.warmup_records(image_size=image_size):
+            writer.write(record)
+
+
+def _verify(path: str, *, model: keras.Model, class_names: Sequence[str], image_size: int) -> None:
+    """Reloads the export and checks it answers like the in-memory model on the warmup image."""
+    loaded = tf.saved_model.load(path)
+    image = signatures.warmup_image(image_size=image_size)
+    out = loaded.signatures[signatures.SERVING_DEFAULT](image_bytes=tf.constant([image]))
+    pixels = signatures.decode_batch(tf.constant([image]), image_size=image_size)
+    expected = model(pixels, training=False).numpy()
+    got = out["probabilities"].numpy()
+    if not np.allclose(got, expected, atol=_VERIFY_TOLERANCE):
+        raise ExportError(f"the reloaded export differs from the model by {np.abs(got - expected).max():.2g}; "
+                          "this is a bug, please report it with the model's config.json")
+    best = class_names[int(np.argmax(expected[0]))]
+    if out["classes"].numpy()[0, 0].decode("utf-8") != best:
+        raise ExportError("the export's labels do not follow the class order; this is a bug, please report it")
+    classify = loaded.signatures[signatures.CLASSIFY](inputs=tf.constant([signatures.image_example(image)]))
+    features = loaded.signatures[signatures.FEATURES](image_bytes=tf.constant([image]))["features"]
+    if classify["classes"].shape[0] != 1 or features.shape[0] != 1:
+        raise ExportError("the export's classify or features signature answered the wrong batch; "
+                          "this is a bug, please report it")
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Moves the finished export into its numeric folder.
+
+    Locally a single rename, atomic. On GCS a "rename" copies object by object, so
+    saved_model.pb goes last: a TF Serving poll that lands mid-copy finds no SavedModel yet and
+    retries, instead of loading half a model.
+    """
+    if not fileio.is_gcs(tmp):
+        tf.io.gfile.rename(tmp, final, overwrite=False)
+        return
+    files = [fileio.join(d, f) for d, _, fs in tf.io.gfile.walk(tmp) for f in fs]
+    files.sort(key=lambda p: os.path.basename(p) == "saved_model.pb")
+    for src in files:
+        dst = final + src[len(tmp):]
+        tf.io.gfile.makedirs(os.path.dirname(dst))
+        tf.io.gfile.copy(src, dst, overwrite=False)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Training output folder holding config.json and checkpoints.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint to export; default: the latest in model_dir.")
+flags.DEFINE_integer("version", None, "Version number; default: the next after the existing ones.")
+flags.DEFINE_string("export_base", None, "Where version folders go; default: MODEL_DIR/export.")
+
+
+def main(argv) -> None:
+    del argv
+    if not FLAGS.model_dir:
+        _fail("--model_dir is required: pass the training output folder (local or gs://)")
+    from trainer import train  # pylint: disable=import-outside-toplevel  # heavy; CLI only
+    try:
+        model, cfg = train.restore_trained_model(FLAGS.model_dir, FLAGS.checkpoint)
+        path = export_saved_model(
+            model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
+            export_base=FLAGS.export_base or fileio.join(FLAGS.model_dir, "export"),
+            version=FLAGS.version)
+    except (ValueError, FileNotFoundError, tf.errors.OpError) as e:
+        _fail(f"export failed: {_one_line(e)}")
+    print(path)
+
+
+def _one_line(error: Exception) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return " ".join(text.split())[:500]
+
+
+def _fail(message: str) -> None:
+    print(f"trainer.export: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run_main() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
