@@ -456,9 +456,10 @@ def stage_package(*, package_uri: str, timeout: float = 120.0) -> str:
         sdist = build_sdist(out_dir=tmp)
         try:
             return gcs.upload_file(sdist, package_uri, timeout=timeout)
-        except Exception as e:  # pylint: disable=broad-except  # any failure here is one line for the user
-            raise SubmitError(f"could not upload the sdist to {package_uri}: {_one_line(e)}; check the bucket "
-                              "name and that your account may write to it") from None
+        except gcs.GcsError as e:  # already says what failed and how to fix it
+            raise SubmitError(_one_line(e)) from None
+        except Exception as e:  # pylint: disable=broad-except  # any other failure is one line too
+            raise SubmitError(f"could not upload the sdist to {package_uri}: {_one_line(e)}") from None
 
 
 def build_session(*, access_token_file: Optional[str] = None):

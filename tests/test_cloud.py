@@ -15,7 +15,9 @@ import shutil
 import site
 import subprocess
 import sys
+import tarfile
 import threading
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -272,6 +274,47 @@ def test_sdist_installs_into_a_fresh_venv_and_the_trainer_runs(tmp_path, submit_
         assert result.returncode in (0, 1), result.stderr[-2000:]  # absl exits 1 after printing help
         assert "Traceback" not in result.stderr, result.stderr[-2000:]
         assert "--train_data" in result.stdout and "--[no]plan_only" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def gcs_front():
+    """The GCS test front (tests/testing/gcs_front.py), used only through subprocess environments."""
+    from tests.testing.gcs_front import GcsFront  # pylint: disable=import-outside-toplevel
+    front = GcsFront().start()
+    yield front
+    front.stop()
+
+
+def _read_object(front, url: str) -> bytes:
+    from google.auth.credentials import AnonymousCredentials  # pylint: disable=import-outside-toplevel
+    from google.cloud import storage  # pylint: disable=import-outside-toplevel
+    client = storage.Client(project="test", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": f"http://127.0.0.1:{front.emulator_port}"})
+    bucket, name = url[len("gs://"):].split("/", 1)
+    return client.bucket(bucket).blob(name).download_as_bytes()
+
+
+def test_package_mode_stages_the_sdist_then_submits_it(tmp_path, vertex_stub, gcs_front):
+    server, connect = vertex_stub
+    bucket = gcs_front.create_bucket(f"staging-{uuid.uuid4().hex[:8]}")
+    script = _checkout_copy(tmp_path / "src") / "scripts" / "submit_job.py"  # builds there, not in REPO
+    env = {**_env(), **gcs_front.env}
+    command = [sys.executable, str(script), "--preset=cpu", *BASE[:2], "--package", "--display_name=pkg-1", *connect]
+    missing = subprocess.run([*command, "--staging_bucket=gs://no-such-bucket", "--", TRAIN_DATA],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode == 2 and "gs://no-such-bucket" in missing.stderr, missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and server.requests == []
+    staged = subprocess.run([*command, f"--staging_bucket={bucket}", "--", TRAIN_DATA], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert staged.returncode == 0, staged.stderr[-2000:]
+    [request] = server.requests
+    spec = json.loads(request["body"])["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]
+    assert spec["packageUris"] == [f"{bucket}/packages/pkg-1/effnet_trainer-0.1.0.tar.gz"]
+    archive = tmp_path / "staged.tar.gz"
+    archive.write_bytes(_read_object(gcs_front, spec["packageUris"][0]))
+    with tarfile.open(archive) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"setup.py", "trainer/__init__.py", "trainer/task.py", "serving/__init__.py"} <= names
 
 
 # --- The trainer reads what Vertex AI sets. ---
