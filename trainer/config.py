@@ -99,14 +99,18 @@ class Model:
     bn: str = "frozen"
 
     def __post_init__(self):
-        _check(self.backbone in backbones.REGISTRY,
-               f"--backbone={self.backbone} is unknown: choose one of {', '.join(backbones.REGISTRY)}")
-        spec = backbones.REGISTRY[self.backbone]
+        spec = backbone_spec(self.backbone)
         _check(self.weights in spec.named_weights + ("none",) or is_weights_file(self.weights),
                f"--weights={self.weights}: {self.backbone} takes "
                f"{', '.join(spec.named_weights + ('none',))} or the path of a weights file")
         _check(0.0 <= self.dropout < 1.0, f"--dropout={self.dropout} must be in [0, 1)")
         _check(self.bn in BN_MODES, f"--bn={self.bn}: choose one of {', '.join(BN_MODES)}")
+
+
+def backbone_spec(name: str) -> backbones.BackboneSpec:
+    """The registry entry for --backbone, or a ConfigError listing the choices."""
+    _check(name in backbones.REGISTRY, f"--backbone={name} is unknown: choose one of {', '.join(backbones.REGISTRY)}")
+    return backbones.REGISTRY[name]
 
 
 def is_weights_file(value: str) -> bool:

@@ -123,6 +123,11 @@ def checkpoint_prefix(cfg: Config, phase_name: str) -> str:
     return fileio.join(root, phase_name, "weights")
 
 
+def checkpoint_of(model_dir: str, phase_name: str) -> str:
+    """The checkpoint prefix a finished phase of the run in `model_dir` saved."""
+    return _read_state(model_dir)[phase_name]
+
+
 def _read_state(model_dir: str) -> Dict[str, str]:
     """Finished phases in order, each with its checkpoint prefix."""
     path = fileio.join(model_dir, STATE_FILE)
@@ -189,7 +194,7 @@ def _datasets(cfg: Config, *, strategy, batch_size: int) -> Tuple[tf.data.Datase
 
 def _callbacks(cfg: Config, *, phase: Phase, recorder: "HistoryRecorder", has_eval: bool, chief: bool) -> list:
     monitor = "val_loss" if has_eval else "loss"
-    callbacks: list = [recorder]
+    callbacks: list = [recorder, data.SkippedRecordsLogger()]
     if phase.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=phase.early_stopping_patience,
                                                        restore_best_weights=True, verbose=1))

@@ -1,0 +1,142 @@
+"""The training CLI: end to end on a temporary folder, and every bad input of the contract.
+
+A bad input must end in exit status 2 and ONE line on stderr naming the problem and the fix,
+no traceback, and nothing written to model_dir.
+"""
+import os
+import subprocess
+import sys
+
+import h5py
+import pytest
+import tf_keras as keras
+
+from tests.conftest import IMAGE_SIZE
+from tests.test_train import train_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "trainer.task", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=600)
+
+
+def error_lines(stderr: str):
+    """stderr lines that are ours (TensorFlow's C++ start-up chatter aside)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+
+
+def assert_one_clear_line(result, *words):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
+    """Image-folder input straight into the trainer, both phases, export; then --plan_only."""
+    model_dir = tmp_path / "run"
+    result = cli(f"--train_data={demo_images}", f"--model_dir={model_dir}", "--weights=none",
+                 f"--image_size={IMAGE_SIZE}", "--frozen_epochs=1", "--finetune_epochs=1", "--steps_per_epoch=2",
+                 "--frozen_batch_size=8", "--finetune_batch_size=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "export: " in result.stdout
+    assert (model_dir / "history.json").exists() and len(os.listdir(model_dir / "export")) == 1
+    plan = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path / 'plan'}", "--weights=none",
+               f"--image_size={IMAGE_SIZE}", "--plan_only")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "phase frozen" in plan.stderr and "phase finetune" in plan.stderr
+    assert "trainable params" in plan.stderr
+    assert not (tmp_path / "plan" / "config.json").exists()
+
+
+def test_unknown_backbone_is_one_line(tmp_path, demo_images):
+    result = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path}", "--backbone=efficientnet-b9")
+    assert_one_clear_line(result, "--backbone=efficientnet-b9", "efficientnet-b0")
+    assert not os.listdir(tmp_path)
+
+
+def write_labels(path, names):
+    path.write_text("".join(f"{n}\n" for n in names))
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing_path": (lambda tmp, rec, imgs: [f"--train_data={tmp}/nowhere"], "nowhere"),
+    "empty_folder": (lambda tmp, rec, imgs: [f"--train_data={(tmp / 'empty').mkdir() or tmp / 'empty'}"], "empty"),
+    "glob_matches_nothing": (lambda tmp, rec, imgs: [f"--train_data={rec}/nothing-*.tfrecord"], "nothing-*"),
+    "labels_disagree": (lambda tmp, rec, imgs: [f"--train_data={rec}/train-*.tfrecord",
+                                                f"--labels={write_labels(tmp / 'l.txt', ['a', 'b', 'c'])}"], "label"),
+    "image_size_below_32": (lambda tmp, rec, imgs: [f"--train_data={rec}/train-*.tfrecord", "--image_size=16"],
+                            "--image_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(case, tmp_path, demo_records, demo_images, capsys):
+    make_args, word = BAD_INPUTS[case]
+    model_dir = tmp_path / "model"
+    code = train_cli(model_dir, demo_records, "none", *make_args(tmp_path, demo_records, demo_images))
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and word in lines[0], err[-2000:]
+    assert not model_dir.exists() or not os.listdir(model_dir)
+
+
+def save_weights_of(path, *, backbone, classes=None):
+    """A weights file of another backbone (notop) or of a whole classifier with `classes` classes."""
+    from trainer import config, model as model_lib
+    model = model_lib.build_classifier(config.Model(backbone=backbone, weights="none", num_classes=classes or 2,
+                                                    image_size=IMAGE_SIZE))
+    (model if classes else model_lib.backbone_of(model)).save_weights(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("backbone,classes,word", [("efficientnet-b1", None, "does not fit"),
+                                                    ("efficientnet-b0", 3, "3 classes")])
+def test_weights_file_that_does_not_fit(tmp_path, demo_records, capsys, backbone, classes, word):
+    weights = save_weights_of(tmp_path / "w.h5", backbone=backbone, classes=classes)
+    model_dir = tmp_path / "model"
+    code = train_cli(model_dir, demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0")
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and word in lines[0] and "--weights" in lines[0], err[-2000:]
+    assert not model_dir.exists() or not os.listdir(model_dir)
+
+
+def test_classifier_weights_of_same_class_count_load(tmp_path, demo_records):
+    """A whole classifier's weights (a previous run's) are a valid starting point."""
+    weights = save_weights_of(tmp_path / "w.h5", backbone="efficientnet-b0", classes=4)
+    with h5py.File(weights) as f:
+        assert "head_dense" in [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+    assert train_cli(tmp_path / "model", demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0",
+                     "--steps_per_epoch=1") == 0
+
+
+def test_model_dir_of_another_run(tmp_path, demo_records, capsys):
+    model_dir = tmp_path / "model"
+    assert train_cli(model_dir, demo_records, "none", "--frozen_epochs=1", "--finetune_epochs=0",
+                     "--steps_per_epoch=1") == 0
+    before = sorted(os.listdir(model_dir))
+    code = train_cli(model_dir, demo_records, "none", "--frozen_epochs=1", "--finetune_epochs=0",
+                     "--steps_per_epoch=1", "--bn=trainable")
+    err = capsys.readouterr().err
+    assert code == 2 and "--overwrite" in error_lines(err)[0], err[-2000:]
+    assert sorted(os.listdir(model_dir)) == before
+    assert train_cli(model_dir, demo_records, "none", "--frozen_epochs=1", "--finetune_epochs=0",
+                     "--steps_per_epoch=1", "--bn=trainable", "--overwrite") == 0
+    assert '"bn": "trainable"' in (model_dir / "config.json").read_text()
+
+
+def test_imagenet_weights_offline_say_how_to_pass_a_file(tmp_path, demo_records, capsys, monkeypatch):
+    """No internet here: the real download path is kept, and its failure says what to do."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    code = train_cli(tmp_path / "model", demo_records, "imagenet", "--frozen_epochs=1", "--finetune_epochs=0")
+    err = capsys.readouterr().err
+    assert code == 2
+    line = error_lines(err)[0]
+    assert "imagenet" in line and "--weights=PATH" in line, line
