@@ -380,13 +380,14 @@ def default_executor_image(*, region: str, machine_type: str, accelerator: str) 
     """The prebuilt TensorFlow training container for the Python-package route.
 
     Vertex AI's newest prebuilt TensorFlow training images carry TF 2.17; installing this package
-    upgrades TensorFlow inside them to 2.21, which is fine on CPUs. Their CUDA libraries are
-    2.17's, which TF 2.21 cannot load, and there is no TF 2.21 TPU image at all, so accelerators
-    need a container of our own (the Dockerfile) or an explicit --executor_image_uri.
+    upgrades TensorFlow inside them to 2.21, which is fine on CPUs. Their CUDA/cuDNN libraries
+    are the ones TF 2.17 was built against, not 2.21's (it may silently fall back to the CPU), and
+    there is no TF 2.21 TPU image at all, so accelerators need a container of our own (the
+    Dockerfile) or an explicit --executor_image_uri.
     """
     if accelerator or machine_type == "cloud-tpu" or machine_type.startswith("ct"):
         raise SubmitError(f"--package on {accelerator or machine_type}: Vertex AI's prebuilt TensorFlow "
-                          "containers stop at TF 2.17 (no TF 2.21 CUDA or TPU libraries); build the Dockerfile "
+                          "containers stop at TF 2.17 (its CUDA libraries, no TPU image for 2.21); build the Dockerfile "
                           "and pass --image_uri, or pass --executor_image_uri of a TF 2.21 image")
     prefix = "europe" if region.startswith("europe") else "asia" if region.startswith(
         ("asia", "australia", "me-")) else "us"
