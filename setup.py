@@ -14,6 +14,9 @@ REQUIRED = [
     "tensorflow-serving-api==2.21.*",
     "protobuf<8",
     "google-cloud-storage>=2.10",
+    # scripts/submit_job.py talks to the Vertex AI REST API with these (also needed by the above).
+    "google-auth>=2.20",
+    "requests>=2.31",
     "absl-py>=2.0",
     "matplotlib>=3.7",
     "pillow>=10.0",
@@ -23,6 +26,7 @@ TESTS = [
     "gcp-storage-emulator==2026.7.19",
     "cryptography>=42",
     "jsonschema>=4",
+    "pyyaml>=6",
 ]
 
 setup(
