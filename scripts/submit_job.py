@@ -266,7 +266,7 @@ class JobSpec:
                f"--boot_disk_type={self.boot_disk_type}: choose one of {', '.join(BOOT_DISK_TYPES)}")
         _check(100 <= self.boot_disk_size_gb <= 64000,
                f"--boot_disk_size_gb={self.boot_disk_size_gb} must be between 100 and 64000")
-        _check(self.workers >= 0, "--replica_count must be 1 or more")
+        _check(self.workers >= 0, f"workers={self.workers} must be 0 or more")
         _check(not self.workers or not self.is_tpu, "TPU jobs run one replica in one worker pool: drop "
                "--replica_count or use --preset=multi-worker with GPUs")
         if not self.skip_machine_check:
@@ -328,6 +328,8 @@ def build_job_spec(*, preset: str, project: str, region: str, staging_bucket: st
            f"--staging_bucket={staging_bucket} must be a gs://BUCKET URL the job may write to")
     _check(replica_count is None or preset == "multi-worker",
            f"--replica_count sets the worker pool of --preset=multi-worker; --preset={preset} runs one machine")
+    _check(replica_count is None or replica_count >= 1,
+           f"--replica_count={replica_count}: the worker pool needs 1 or more machines (the chief is extra)")
     _check(not (image_uri and (package or package_uri)), "pass either --image_uri or --package, not both")
     base = PRESETS[preset]
     machine, accelerator, count, topology = _resolve_machine(

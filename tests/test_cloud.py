@@ -189,6 +189,7 @@ def test_schema_refuses_bodies_vertex_would_refuse(submit_lib, mutate):
     (("--preset=tpu", "--machine_type=cloud-tpu", "--accelerator_type=TPU_V3", "--accelerator_count=32"),
      (TRAIN_DATA,), "--accelerator_count=8"),
     (("--preset=tpu", "--replica_count=2"), (TRAIN_DATA,), "--replica_count"),
+    (("--preset=multi-worker", "--replica_count=0"), (TRAIN_DATA,), "1 or more machines"),
     (("--preset=gpu", "--machine_type=n1-superfast-8"), (TRAIN_DATA,), "not a Vertex AI training machine type"),
     (("--preset=gpu",), ("--train_data=/home/me/train",), "local path"),
     (("--preset=gpu",), ("--eval_data=gs://b/v",), "lack --train_data"),
