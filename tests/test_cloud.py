@@ -320,12 +320,15 @@ def test_package_mode_stages_the_sdist_then_submits_it(tmp_path, vertex_stub, gc
 
 # --- The trainer reads what Vertex AI sets. ---
 
-_BUILD_CONFIG = """
+_BUILD_CONFIGS = """
 import dataclasses, json, os, sys
 import trainer.task as task
 getattr(task, "define_flags", lambda: None)()  # flags are defined on demand since the CLI split
-task.FLAGS(["task"] + sys.argv[1:])
-print(json.dumps(dataclasses.asdict(task.build_config(env=os.environ).runtime)))
+runtimes = []
+for argv in json.loads(sys.argv[1]):  # one process, one TensorFlow import, several configs
+    task.FLAGS(["task"] + argv)
+    runtimes.append(dataclasses.asdict(task.build_config(env=os.environ).runtime))
+print(json.dumps(runtimes))
 """
 
 
@@ -338,16 +341,14 @@ def test_aip_variables_reach_the_config_unless_flags_override(tmp_path):
     aip = {"AIP_MODEL_DIR": "gs://out/run/model/", "AIP_CHECKPOINT_DIR": "gs://out/run/checkpoints/",
            "AIP_TENSORBOARD_LOG_DIR": "gs://out/run/logs/"}
     common = [f"--train_data={tmp_path / 'images'}", "--weights=none", "--image_size=32"]
-    runs = {}
-    for case, extra in (("env", []), ("flags", [f"--model_dir={tmp_path}/m", f"--checkpoint_dir={tmp_path}/c",
-                                                f"--tensorboard_dir={tmp_path}/t"])):
-        result = subprocess.run([sys.executable, "-c", _BUILD_CONFIG, *common, *extra], capture_output=True,
-                                text=True, env=_env(**aip), cwd=tmp_path, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs[case] = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (runs["env"]["model_dir"], runs["env"]["checkpoint_dir"], runs["env"]["tensorboard_dir"]) == (
+    flagged = [f"--model_dir={tmp_path}/m", f"--checkpoint_dir={tmp_path}/c", f"--tensorboard_dir={tmp_path}/t"]
+    result = subprocess.run([sys.executable, "-c", _BUILD_CONFIGS, json.dumps([common, common + flagged])],
+                            capture_output=True, text=True, env=_env(**aip), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from_env, from_flags = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (from_env["model_dir"], from_env["checkpoint_dir"], from_env["tensorboard_dir"]) == (
         aip["AIP_MODEL_DIR"], aip["AIP_CHECKPOINT_DIR"], aip["AIP_TENSORBOARD_LOG_DIR"])
-    assert (runs["flags"]["model_dir"], runs["flags"]["checkpoint_dir"], runs["flags"]["tensorboard_dir"]) == (
+    assert (from_flags["model_dir"], from_flags["checkpoint_dir"], from_flags["tensorboard_dir"]) == (
         f"{tmp_path}/m", f"{tmp_path}/c", f"{tmp_path}/t")
 
 
