@@ -217,10 +217,17 @@ def _publish(tmp: str, final: str) -> None:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Training output folder holding config.json and checkpoints.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint to export; default: the latest in model_dir.")
-flags.DEFINE_integer("version", None, "Version number; default: the next after the existing ones.")
-flags.DEFINE_string("export_base", None, "Where version folders go; default: MODEL_DIR/export.")
+
+
+def define_flags() -> None:
+    """Defines the flags; only when run as a command, so importing this module beside another
+    entry point (the trainer, tests) defines no clashing flags."""
+    if "checkpoint" in FLAGS:
+        return
+    flags.DEFINE_string("model_dir", None, "Training output folder holding config.json and checkpoints.")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint to export; default: the latest in model_dir.")
+    flags.DEFINE_integer("version", None, "Version number; default: the next after the existing ones.")
+    flags.DEFINE_string("export_base", None, "Where version folders go; default: MODEL_DIR/export.")
 
 
 def main(argv) -> None:
@@ -250,6 +257,7 @@ def _fail(message: str) -> None:
 
 
 def run_main() -> None:
+    define_flags()
     app.run(main)
 
 
