@@ -15,6 +15,7 @@ throughout.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from absl import app, flags, logging
+from absl import logging
 
 from serving import signatures
 from trainer import fileio
@@ -216,34 +217,31 @@ def _publish(tmp: str, final: str) -> None:
         tf.io.gfile.copy(src, dst, overwrite=False)
 
 
-FLAGS = flags.FLAGS
+def build_parser() -> argparse.ArgumentParser:
+    from serving.client import OneLineArgumentParser  # pylint: disable=import-outside-toplevel
+    parser = OneLineArgumentParser(prog="python -m trainer.export",
+                                     description="Re-export a trained run's checkpoint as a TF Serving SavedModel.")
+    parser.add_argument("--model_dir", required=True, help="training output folder (config.json, checkpoints)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint prefix; default: the last finished phase")
+    parser.add_argument("--version", type=int, default=None, help="version number; default: the next one")
+    parser.add_argument("--export_base", default=None, help="where version folders go; default: MODEL_DIR/export")
+    return parser
 
 
-def define_flags() -> None:
-    """Defines the flags; only when run as a command, so importing this module beside another
-    entry point (the trainer, tests) defines no clashing flags."""
-    if "checkpoint" in FLAGS:
-        return
-    flags.DEFINE_string("model_dir", None, "Training output folder holding config.json and checkpoints.")
-    flags.DEFINE_string("checkpoint", None, "Checkpoint to export; default: the latest in model_dir.")
-    flags.DEFINE_integer("version", None, "Version number; default: the next after the existing ones.")
-    flags.DEFINE_string("export_base", None, "Where version folders go; default: MODEL_DIR/export.")
-
-
-def main(argv) -> None:
-    del argv
-    if not FLAGS.model_dir:
-        _fail("--model_dir is required: pass the training output folder (local or gs://)")
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the CLI; prints the export's path and returns 0, or one error line and 1."""
+    args = build_parser().parse_args(argv)
     from trainer import train  # pylint: disable=import-outside-toplevel  # heavy; CLI only
     try:
-        model, cfg = train.restore_trained_model(FLAGS.model_dir, FLAGS.checkpoint)
+        model, cfg = train.restore_trained_model(args.model_dir, args.checkpoint)
         path = export_saved_model(
             model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
-            export_base=FLAGS.export_base or fileio.join(FLAGS.model_dir, "export"),
-            version=FLAGS.version)
+            export_base=args.export_base or fileio.join(args.model_dir, "export"), version=args.version)
     except (ValueError, FileNotFoundError, tf.errors.OpError) as e:
-        _fail(f"export failed: {_one_line(e)}")
+        print(f"trainer.export: export failed: {_one_line(e)}", file=sys.stderr)
+        return 1
     print(path)
+    return 0
 
 
 def _one_line(error: Exception) -> str:
@@ -251,14 +249,9 @@ def _one_line(error: Exception) -> str:
     return " ".join(text.split())[:500]
 
 
-def _fail(message: str) -> None:
-    print(f"trainer.export: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
 def run_main() -> None:
-    define_flags()
-    app.run(main)
+    logging.use_absl_handler()
+    sys.exit(main())
 
 
 if __name__ == "__main__":

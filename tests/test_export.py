@@ -1,0 +1,212 @@
+"""trainer.export: the SavedModel's contract, its loaders, its warmup file and its versioning.
+
+The B0 export is `serving_server.tiny_export` (shared with test_serving.py). Versioning,
+failure and input checks use a small conv net with the same contract (0..255 pixels in,
+softmax out, a GlobalAveragePooling2D named avg_pool), which exports in seconds.
+"""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
+
+from serving import signatures  # noqa: E402
+from tests.testing import serving_server  # noqa: E402
+from trainer import config, data, export, model as model_lib  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32
+
+
+def jpeg(seed, size=(50, 36)):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def small_net(num_classes, *, size=SIZE, dtype_policy=None):
+    """The classifier contract on a few-layer conv net (exports in seconds)."""
+    if dtype_policy:
+        keras.mixed_precision.set_global_policy(dtype_policy)
+    try:
+        inputs = keras.Input((size, size, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D(name=model_lib.FEATURES_LAYER)(x)
+        x = keras.layers.Dropout(0.2)(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+        return keras.Model(inputs, outputs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="module")
+def exported():
+    return serving_server.tiny_export(num_classes=3, image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def servable(exported):
+    _, _, _, path = exported
+    return serving_server._Servable("effnet", 1, path)  # pylint: disable=protected-access
+
+
+def test_signatures_carry_the_documented_keys_and_method_names(exported):
+    _, names, _, path = exported
+    defs = signatures.read_signature_defs(path)
+    assert {"serving_default", "classify", "features"} <= set(defs)
+
+    def keys(sig):
+        return ({k: (tf.as_dtype(v.dtype).name, [d.size for d in v.tensor_shape.dim]) for k, v in sig.inputs.items()},
+                {k: (tf.as_dtype(v.dtype).name, [d.size for d in v.tensor_shape.dim]) for k, v in sig.outputs.items()})
+    assert keys(defs["serving_default"]) == (
+        {"image_bytes": ("string", [-1])},
+        {"probabilities": ("float32", [-1, 3]), "classes": ("string", [-1, 3]), "scores": ("float32", [-1, 3])})
+    assert keys(defs["classify"]) == ({"inputs": ("string", [-1])},
+                                      {"classes": ("string", [-1, 3]), "scores": ("float32", [-1, 3])})
+    assert keys(defs["features"]) == ({"image_bytes": ("string", [-1])}, {"features": ("float32", [-1, 1280])})
+    assert defs["classify"].method_name == "tensorflow/serving/classify"
+    assert defs["serving_default"].method_name == defs["features"].method_name == "tensorflow/serving/predict"
+    with open(os.path.join(path, "assets", "labels.txt"), encoding="utf-8") as f:
+        assert f.read().splitlines() == names
+    assert os.path.basename(path) == "1"
+    assert not [n for n in os.listdir(os.path.dirname(path)) if n != "1"]  # no temporaries left
+
+
+def test_serving_default_matches_keras_on_the_same_pixels(exported, servable):
+    model, names, _, _ = exported
+    images = [jpeg(1), jpeg(2, size=(20, 70)), jpeg(3, size=(32, 32))]
+    pixels = tf.stack([data.decode_for_eval(tf.constant(b), SIZE) for b in images])
+    expected = model(pixels, training=False).numpy()
+    out = servable.loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    best = [names[i] for i in expected.argmax(1)]
+    assert [row[0].decode() for row in out["classes"].numpy()] == best
+    features = servable.loaded.signatures["features"](image_bytes=tf.constant(images))["features"].numpy()
+    assert features.shape == (3, 1280) and features.dtype == np.float32
+    np.testing.assert_allclose(features, model_lib.feature_model(model)(pixels, training=False).numpy(), atol=1e-4)
+    classify = servable.loaded.signatures["classify"](inputs=tf.constant([signatures.image_example(b) for b in images]))
+    assert classify["classes"].numpy().tolist() == out["classes"].numpy().tolist()
+
+
+def test_loads_through_the_tf1_loader_too(exported, servable):
+    _, _, _, path = exported
+    image = jpeg(4)
+    ref = servable.loaded.signatures["serving_default"](image_bytes=tf.constant([image]))
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+        sig = meta.signature_def["serving_default"]
+        out = session.run({k: v.name for k, v in sig.outputs.items()}, {sig.inputs["image_bytes"].name: [image]})
+        cls = meta.signature_def["classify"]
+        assert cls.method_name == "tensorflow/serving/classify"
+        classified = session.run(cls.outputs["classes"].name,
+                                 {cls.inputs["inputs"].name: [signatures.image_example(image)]})
+    np.testing.assert_allclose(out["probabilities"], ref["probabilities"].numpy(), atol=1e-6)
+    assert out["classes"].tolist() == ref["classes"].numpy().tolist() == classified.tolist()
+
+
+def test_warmup_file_parses_and_replays_every_signature_at_every_batch_size(exported, servable):
+    _, _, _, path = exported
+    seen = set()
+    for record in tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if log.WhichOneof("log_type") == "predict_log":
+            request = log.predict_log.request
+            seen.add((request.model_spec.signature_name, request.inputs["image_bytes"].tensor_shape.dim[0].size))
+        else:
+            request = log.classify_log.request
+            seen.add((request.model_spec.signature_name, len(request.input.example_list.examples)))
+    assert seen == {(s, b) for s in signatures.SIGNATURE_NAMES for b in signatures.ALLOWED_BATCH_SIZES}
+    assert serving_server.replay_warmup(servable, method_name_check=True) == len(seen)
+
+
+def test_top_k_is_five_when_there_are_more_classes(tmp_path):
+    names = [f"c{i}" for i in range(7)]
+    path = export.export_saved_model(small_net(7), class_names=names, image_size=SIZE, export_base=str(tmp_path))
+    out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([jpeg(5)]))
+    assert out["classes"].shape == (1, 5) and out["scores"].shape == (1, 5)
+    assert out["probabilities"].shape == (1, 7)
+    assert set(c.decode() for c in out["classes"].numpy()[0]) <= set(names)
+
+
+def test_versions_count_up_and_existing_ones_are_never_overwritten(tmp_path):
+    base = tmp_path / "export"
+    for name in ("3", "notes", ".tmp-7-crashed"):
+        (base / name).mkdir(parents=True)
+    net = small_net(2)
+    path = export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), verify=False)
+    assert path == str(base / "4")
+    assert sorted(os.listdir(base)) == [".tmp-7-crashed", "3", "4", "notes"]
+    assert sorted(os.listdir(path)) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables"]
+    with pytest.raises(export.ExportError, match="already exists.*--version=5"):
+        export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), version=4)
+    assert export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base),
+                                     version=10, verify=False) == str(base / "10")
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(export, "_write_warmup", broken)
+    with pytest.raises(OSError):
+        export.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model="mixed"), "float32 copy"),
+    (dict(class_names=["a", "b", "c"]), "predicts 2 classes but 3 class names"),
+    (dict(image_size=64), "image_size=64"),
+    (dict(class_names=["a", "a"]), "repeat"),
+    (dict(class_names=["a", "b\nc"]), "single line"),
+    (dict(version=-1), "non-negative integer"),
+])
+def test_bad_inputs_are_refused_before_writing(tmp_path, kwargs, message):
+    model = small_net(2, dtype_policy="mixed_float16") if kwargs.pop("model", None) else small_net(2)
+    args = {**dict(class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path / "export")), **kwargs}
+    with pytest.raises(export.ExportError, match=message):
+        export.export_saved_model(model, **args)
+    assert not (tmp_path / "export").exists()
+
+
+def test_cli_reexports_a_run(tmp_path, monkeypatch, capsys):
+    from trainer import train
+    cfg = config.Config(
+        data=config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=SIZE),
+        model=config.Model(backbone="efficientnet-b0", weights="none", num_classes=2, image_size=SIZE),
+        phases=(config.Phase(name="frozen", epochs=1, batch_size=2, learning_rate=0.1),),
+        runtime=config.Runtime(model_dir=str(tmp_path)))
+    asked = []
+
+    def restore(model_dir, checkpoint=None):
+        asked.append((model_dir, checkpoint))
+        return small_net(2), cfg
+    monkeypatch.setattr(train, "restore_trained_model", restore)
+    assert export.main([f"--model_dir={tmp_path}", "--checkpoint=ckpt-7", "--version=3"]) == 0
+    assert asked == [(str(tmp_path), "ckpt-7")]
+    assert capsys.readouterr().out.strip().endswith(os.path.join(str(tmp_path), "export", "3"))
+    assert export.main([f"--model_dir={tmp_path}", "--version=3"]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
+    proc = subprocess.run([sys.executable, "-m", "trainer.export", f"--model_dir={tmp_path / 'nothing'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("trainer.export:")]
+    assert len(errors) == 1 and "config.json" in errors[0], proc.stderr
+    with pytest.raises(SystemExit) as e:
+        export.main([])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model_dir" in err[0]
