@@ -132,7 +132,7 @@ def check_image(source: Source) -> Checked:
         with tf.io.gfile.GFile(source.path, "rb") as f:
             content = f.read()
     except tf.errors.OpError as e:
-        return Checked(source, reason=f"unreadable: {e.message.splitlines()[0]}")
+        return Checked(source, reason=f"unreadable: {_op_message(e)}")
     if not content:
         return Checked(source, reason="empty file")
     fmt = sniff_format(content[:8])
@@ -140,15 +140,21 @@ def check_image(source: Source) -> Checked:
         return Checked(source, reason="not an image (content is not JPEG, PNG, GIF or BMP)")
     try:
         shape = tf.io.decode_image(content, channels=3, expand_animations=False).shape
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        first = e.message.splitlines()[0] if e.message else type(e).__name__
-        return Checked(source, reason=f"{fmt} that does not decode (truncated or corrupt): {first}")
+    except tf.errors.OpError as e:
+        return Checked(source, reason=f"{fmt} that does not decode (truncated or corrupt): "
+                                      f"{_op_message(e)}")
     ext = os.path.splitext(source.path)[1].lower()
     note = ""
     if _EXT_FORMAT.get(ext, fmt) != fmt:
         note = f"named {ext} but its content is {fmt}: stored with image/format {fmt}"
     return Checked(source, format=fmt, height=int(shape[0]), width=int(shape[1]),
                    num_bytes=len(content), note=note)
+
+
+def _op_message(error: tf.errors.OpError) -> str:
+    """The human part of a TensorFlow op error: no function-node prefix, no op suffix."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
+    return re.sub(r"\s*\[Op:.*$", "", text.splitlines()[0] if text else "").strip()
 
 
 def check_all(sources: Sequence[Source], *, num_workers: int) -> List[Checked]:
@@ -471,15 +477,22 @@ def _summary(info: dict, *, output_dir: str, seconds: float) -> str:
 
 # --------------------------------------------------------------------------- command line
 
-flags.DEFINE_string("input_dir", None, "Folder (local or gs://) with one subfolder of images per class.")
-flags.DEFINE_string("csv", None, "Instead of --input_dir: a CSV of path,label rows.")
-flags.DEFINE_string("output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
-flags.DEFINE_float("validation_fraction", 0.1, "Fraction of each class held out for validation.")
-flags.DEFINE_integer("num_shards", None, "Train shards (validation gets a proportional number).")
-flags.DEFINE_float("shard_size_mb", None, f"Target shard size instead of --num_shards "
-                   f"(default {DEFAULT_SHARD_SIZE_MB} MB).")
-flags.DEFINE_integer("seed", 0, "Seed of the split and of the order inside shards.")
-flags.DEFINE_integer("num_workers", None, "Parallel threads (default: the number of cores).")
+def define_flags() -> None:
+    """Defines this CLI's flags; only when it runs as a command, so that importing the module
+    beside another entry point (tests, the demo) defines no clashing flags."""
+    if "input_dir" in flags.FLAGS:
+        return
+    flags.DEFINE_string("input_dir", None, "Folder (local or gs://) with one subfolder of images per class.")
+    flags.DEFINE_string("csv", None, "Instead of --input_dir: a CSV of path,label rows.")
+    flags.DEFINE_string("output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
+    flags.DEFINE_float("validation_fraction", 0.1, "Fraction of each class held out for validation.")
+    flags.DEFINE_integer("num_shards", None, "Train shards (validation gets a proportional number).")
+    flags.DEFINE_float("shard_size_mb", None, f"Target shard size instead of --num_shards "
+                       f"(default {DEFAULT_SHARD_SIZE_MB} MB).")
+    flags.DEFINE_integer("seed", 0, "Seed of the split and of the order inside shards.")
+    flags.DEFINE_integer("num_workers", None, "Parallel threads (default: the number of cores).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -502,6 +515,7 @@ def main(argv) -> None:
 
 def run_main() -> None:
     """Console-script entry point (effnet-prepare)."""
+    define_flags()
     app.run(main)
 
 

@@ -1,0 +1,205 @@
+"""Input-pipeline throughput: is the reader only as slow as JPEG decoding forces it to be?
+
+    python bench/input_pipeline.py [--images=2000] [--workdir=DIR] [--keep]
+
+Generates N photo-like JPEGs (about 500x375, tens of KB each) in 10 class folders, prepares
+them into TFRecords with trainer.prepare, then measures, one after another in this one process
+and each after a warm-up batch, the images per second delivered at 224x224, batch 32, by:
+
+  (a) tf_keras ImageDataGenerator.flow_from_directory with random flips (the seed blog's era),
+  (b) tf_keras.utils.image_dataset_from_directory + random flip + prefetch,
+  (c) our reader (trainer.data.build_dataset, training split: random crop decoding only the
+      crop, flip, batch, prefetch) over the prepared TFRecords,
+  (d) the ceiling: JPEG decoding alone, in parallel on all cores, over the same bytes in memory,
+
+each timed in --rounds interleaved windows of N images (the median is reported), then the B0
+frozen-phase training step's images/s at 224 px (base frozen, training=False) and the number of cores that would feed a GPU at NVIDIA's published B0 rate. The last three lines
+are the ratios `ratio_vs_imagedatagenerator`, `ratio_vs_image_dataset_from_directory` and
+`fraction_of_decode_ceiling`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging
+
+import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer import config, data, prepare
+
+IMAGE_SIZE = 224
+BATCH_SIZE = 32
+NUM_CLASSES = 10
+# The training throughput of EfficientNet-B0 on one A100 with mixed precision that issue 3 quotes
+# from NVIDIA's published figures; a round number to show where the bottleneck moves.
+A100_B0_IMAGES_PER_S = 3450
+
+flags.DEFINE_integer("images", 2000, "JPEGs to generate.")
+flags.DEFINE_string("workdir", None, "Folder for the images and shards (default: a temp folder).")
+flags.DEFINE_bool("keep", False, "Keep the generated images and shards.")
+flags.DEFINE_integer("rounds", 3, "Timed windows of --images images per method (median).")
+flags.DEFINE_integer("b0_steps", 4, "Timed B0 frozen-phase steps (batch 16) after a warm-up.")
+FLAGS = flags.FLAGS
+
+
+def make_photo(rng: np.random.Generator, *, height: int = 375, width: int = 500) -> np.ndarray:
+    """A photo-like uint8 image: smooth colour fields plus fine texture, so JPEG sizes resemble
+    real photos (tens of KB at quality 90) rather than flat or pure-noise extremes."""
+    coarse = rng.uniform(0, 255, size=(6, 8, 3)).astype(np.float32)
+    smooth = tf.image.resize(coarse[None], [height, width], method="bicubic")[0].numpy()
+    texture = rng.normal(0, 18, size=(height, width, 1)).astype(np.float32)
+    edges = (np.sin(np.arange(width) / rng.uniform(3, 12)) * 25)[None, :, None]
+    return np.clip(smooth + texture + edges, 0, 255).astype(np.uint8)
+
+
+def generate(folder: str, *, count: int, seed: int = 0) -> int:
+    """Writes `count` JPEGs into NUM_CLASSES class folders; returns the total bytes."""
+    rng = np.random.default_rng(seed)
+    total = 0
+    bar = keras.utils.Progbar(count, unit_name="generated")
+    for i in range(count):
+        cls = os.path.join(folder, f"class{i % NUM_CLASSES:02d}")
+        os.makedirs(cls, exist_ok=True)
+        encoded = tf.io.encode_jpeg(make_photo(rng), quality=90).numpy()
+        with open(os.path.join(cls, f"img{i:05d}.jpg"), "wb") as f:
+            f.write(encoded)
+        total += len(encoded)
+        bar.add(1)
+    return total
+
+
+class Meter:
+    """Images/s of one input method over windows of `images` images.
+
+    Every window starts a fresh iterator and times from just after its first (warm-up) batch,
+    so no method banks work in prefetch buffers while another is timed. The benchmark times
+    every method once per round, rounds interleaved, and reports the median: on a shared
+    machine the load changes over a minute, and interleaving spreads it evenly.
+    """
+
+    def __init__(self, iterable):
+        self._iterable = iterable
+        self.rates = []
+
+    def window(self, images: int) -> None:
+        it = iter(self._iterable)
+        next(it)
+        seen, start = 0, time.perf_counter()
+        while seen < images:
+            seen += _batch_len(next(it))
+        self.rates.append(seen / (time.perf_counter() - start))
+        del it
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.rates))
+
+
+def _batch_len(batch) -> int:
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(x.shape[0])
+
+
+def image_data_generator(folder: str):
+    gen = keras.preprocessing.image.ImageDataGenerator(horizontal_flip=True)
+    return gen.flow_from_directory(folder, target_size=(IMAGE_SIZE, IMAGE_SIZE),
+                                   batch_size=BATCH_SIZE, class_mode="sparse", seed=0)
+
+
+def image_dataset_from_directory(folder: str):
+    ds = keras.utils.image_dataset_from_directory(folder, image_size=(IMAGE_SIZE, IMAGE_SIZE),
+                                                  batch_size=BATCH_SIZE, seed=0)
+    ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y),
+                num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.repeat()
+
+
+def our_reader(shards: str, class_names):
+    cfg = config.Data(train_data=shards, eval_data=None, class_names=tuple(class_names),
+                      image_size=IMAGE_SIZE, augment="flip")
+    return data.build_dataset(cfg, split="train", batch_size=BATCH_SIZE, repeat=True)
+
+
+def decode_ceiling(folder: str):
+    """Full JPEG decode, nothing else, on all cores, from bytes already in memory."""
+    paths = sorted(tf.io.gfile.glob(os.path.join(folder, "*", "*.jpg")))
+    blobs = [tf.io.read_file(p).numpy() for p in paths]
+    ds = tf.data.Dataset.from_tensor_slices(blobs).repeat()
+    ds = ds.map(lambda b: tf.shape(tf.io.decode_jpeg(b, channels=3)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    options = tf.data.Options()
+    options.deterministic = False
+    return ds.batch(BATCH_SIZE).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def measure_b0_frozen_step(*, steps: int, batch_size: int = 16) -> float:
+    """Images/s of the frozen phase's train step: B0 base frozen, in inference mode."""
+    from efficientnet.tfkeras import EfficientNetB0  # noqa: PLC0415
+    base = EfficientNetB0(include_top=False, weights=None,
+                          input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    base.trainable = False
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
+    model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES, activation="softmax")(x))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3))
+    y = np.arange(batch_size) % NUM_CLASSES
+    model.train_on_batch(x, y)  # warm-up: tracing
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.images < 4 * BATCH_SIZE:
+        raise app.UsageError(f"--images must be at least {4 * BATCH_SIZE}")
+    workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="bench_input_")
+    images_dir, shards_dir = os.path.join(workdir, "images"), os.path.join(workdir, "shards")
+    try:
+        total = generate(images_dir, count=FLAGS.images)
+        info = prepare.prepare(input_dir=images_dir, output_dir=shards_dir, validation_fraction=0.0,
+                               shard_size_mb=8)
+        n, cores = FLAGS.images, os.cpu_count() or 1
+        print(f"load_average={os.getloadavg()[0]:.1f} images={n} "
+              f"mean_jpeg_kb={total / n / 1024:.1f} size={IMAGE_SIZE} batch={BATCH_SIZE} cores={cores} "
+              f"shards={info['splits']['train']['num_shards']}")
+        meters = {"image_data_generator": Meter(image_data_generator(images_dir)),
+                  "image_dataset_from_directory": Meter(image_dataset_from_directory(images_dir)),
+                  "our_reader": Meter(our_reader(os.path.join(shards_dir, "train-*"),
+                                                 info["class_names"])),
+                  "decode_ceiling": Meter(decode_ceiling(images_dir))}
+        for _ in range(FLAGS.rounds):
+            for meter in meters.values():
+                meter.window(n)
+        for name, meter in meters.items():
+            print(f"{name}_img_per_s={meter.median:.0f} "
+                  f"(rounds: {', '.join(f'{r:.0f}' for r in meter.rates)})")
+        a, b, c, d = (meters[k].median for k in meters)
+        step = measure_b0_frozen_step(steps=FLAGS.b0_steps)
+        print(f"b0_frozen_train_step_img_per_s={step:.1f} (our reader: {c:.0f}; "
+              f"{'the model' if step < c else 'the input'} is the bottleneck here)")
+        print(f"cores_to_feed_a100_b0={A100_B0_IMAGES_PER_S / (c / cores):.0f} "
+              f"(at {c / cores:.0f} img/s per core for {A100_B0_IMAGES_PER_S} img/s)")
+        print(f"load_average_after={os.getloadavg()[0]:.1f}")
+        print(f"ratio_vs_imagedatagenerator={c / a:.2f}")
+        print(f"ratio_vs_image_dataset_from_directory={c / b:.2f}")
+        print(f"fraction_of_decode_ceiling={c / d:.2f}")
+    finally:
+        if not FLAGS.keep and not FLAGS.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.WARNING)
+    app.run(main)
