@@ -30,7 +30,7 @@ def train_cli(model_dir, records, weights, *extra):
     task.FLAGS.unparse_flags()
     task.FLAGS(argv)
     try:
-        task.main([])
+        task.main(["trainer.task"])
     except SystemExit as e:
         return e.code
     return 0
