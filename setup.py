@@ -10,6 +10,7 @@ _VERSION = re.search(r'__version__ = "([^"]+)"',
 REQUIRED = [
     "tensorflow==2.21.*",
     "tf-keras==2.21.*",
+    "tensorboard==2.21.*",
     "efficientnet==1.1.1",
     "tensorflow-serving-api==2.21.*",
     "protobuf<8",
