@@ -93,20 +93,12 @@ def _check_model(model: keras.Model, *, num_classes: int, image_size: int) -> No
     if out_classes != num_classes:
         raise ExportError(f"the model predicts {out_classes} classes but {num_classes} class names were "
                           "given; pass the labels.txt the model was trained with")
-    mixed = sorted({layer.dtype_policy.name for layer in _leaf_layers(model)
+    mixed = sorted({layer.dtype_policy.name for layer in model_lib.leaf_layers(model)
                     if layer.dtype_policy.compute_dtype != "float32"})
     if mixed or model.outputs[0].dtype != tf.float32:
         raise ExportError(f"the model computes in {', '.join(mixed) or model.outputs[0].dtype.name}; export "
                           "the float32 copy (trainer.model.build_float32_copy): TF Serving's Classify needs "
                           "float scores and a mixed-precision graph is slower on CPU")
-
-
-def _leaf_layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
 
 
 def _check_class_names(class_names: Sequence[str]) -> None:

@@ -198,14 +198,15 @@ def build_float32_copy(model: keras.Model, model_cfg: Model) -> keras.Model:
 
 def copy_weights(*, src: keras.Model, dst: keras.Model) -> None:
     """Copies layer by layer: a model's flat weight order depends on its trainable flags."""
-    for a, b in zip(_leaf_layers(src), _leaf_layers(dst)):
+    for a, b in zip(leaf_layers(src), leaf_layers(dst)):
         b.set_weights(a.get_weights())
 
 
-def _leaf_layers(model: keras.Model):
+def leaf_layers(model: keras.Model):
+    """Every non-model layer, nested backbones walked into, in network order."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
+            yield from leaf_layers(layer)
         else:
             yield layer
 
