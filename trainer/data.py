@@ -706,10 +706,13 @@ def rand_augment(image: tf.Tensor, *, seed, num_layers: int = RANDAUGMENT_LAYERS
     (rotation up to 30 degrees, shear 0.3, translation 45 % of the side, enhancements 1 +/- 0.9).
     """
     seeds = tf.random.experimental.stateless_split(seed, 2 * num_layers)
-    for layer in range(num_layers):
-        op = tf.random.stateless_uniform([], seeds[2 * layer], 0, len(_RANDAUGMENT_OPS), tf.int32)
-        sign = tf.where(tf.random.stateless_uniform([], seeds[2 * layer + 1]) < 0.5, -1.0, 1.0)
-        level = sign * magnitude / 10.0
-        image = tf.switch_case(op, [lambda f=f: f(image, level) for f in _RANDAUGMENT_OPS])
-        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), [None, None, 3])
+    level = magnitude / 10.0
+
+    def layer(i, image):  # one traced body for all layers: tracing 14 branches once, not per layer
+        op = tf.random.stateless_uniform([], seeds[2 * i], 0, len(_RANDAUGMENT_OPS), tf.int32)
+        sign = tf.where(tf.random.stateless_uniform([], seeds[2 * i + 1]) < 0.5, -1.0, 1.0)
+        image = tf.switch_case(op, [lambda f=f: f(image, sign * level) for f in _RANDAUGMENT_OPS])
+        return i + 1, tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), image.shape)
+
+    _, image = tf.while_loop(lambda i, _: i < num_layers, layer, [tf.constant(0), image])
     return image

@@ -1,0 +1,259 @@
+"""trainer.data: locating data, label checks, the reader, sharding, skipped records.
+
+Shards are written here record by record (not through prepare) so that tests can plant bad
+records; images are 24x32 px, batches tiny.
+"""
+import io
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import trainer  # noqa: F401
+import tensorflow as tf
+
+from trainer import config, data
+
+SIZE = 32
+
+
+def _pixels(seed: int, shape=(24, 32, 3)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    base, slope = rng.uniform(30, 220, 3), rng.uniform(-2, 2, (2, 3))
+    return np.clip(base + y[..., None] * slope[0] + x[..., None] * slope[1], 0, 255).astype(np.uint8)
+
+
+def _encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt)
+    return buf.getvalue()
+
+
+def _example(image: bytes, label: int, text: str = "") -> bytes:
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    if text:
+        feature["image/class/text"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_shards(folder, records_per_shard, *, classes, split="train"):
+    """Writes shards of (image bytes, label[, text]) tuples, plus labels.txt."""
+    os.makedirs(folder, exist_ok=True)
+    n = len(records_per_shard)
+    for i, records in enumerate(records_per_shard):
+        with tf.io.TFRecordWriter(os.path.join(folder, f"{split}-{i:05d}-of-{n:05d}.tfrecord")) as w:
+            for record in records:
+                w.write(_example(*record))
+    with open(os.path.join(folder, "labels.txt"), "w") as f:
+        f.write("".join(c + "\n" for c in classes))
+    return os.path.join(str(folder), f"{split}-*")
+
+
+def _cfg(train, *, classes, eval_data=None, **kwargs):
+    return config.Data(train_data=str(train), eval_data=eval_data and str(eval_data),
+                       class_names=tuple(classes), image_size=SIZE, **kwargs)
+
+
+def _labels(ds) -> list:
+    return [int(v) for _, y in ds for v in y.numpy()]
+
+
+@pytest.fixture
+def unique_shards(tmp_path):
+    """12 records, each the only one of its class (so a label identifies a record), in 4 shards."""
+    classes = [f"c{i:02d}" for i in range(12)]
+    shards = [[(_encode(_pixels(i)), i, classes[i]) for i in range(s, 12, 4)] for s in range(4)]
+    return _write_shards(tmp_path / "u", shards, classes=classes), classes
+
+
+# --------------------------------------------------------------------------- locating data
+
+def test_class_names_from_labels_file_beside_shards_or_folders(tmp_path, unique_shards):
+    glob, classes = unique_shards
+    assert data.resolve_class_names(glob) == tuple(classes)
+    (tmp_path / "mine.txt").write_text("x\n\ny\n")
+    assert data.resolve_class_names(glob, str(tmp_path / "mine.txt")) == ("x", "y")
+    for name in ("zebra", "ant"):
+        os.makedirs(tmp_path / "folder" / name)
+    assert data.resolve_class_names(str(tmp_path / "folder")) == ("ant", "zebra")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(data.DataError, match="is empty"):
+        data.resolve_class_names(glob, str(tmp_path / "empty.txt"))
+    os.makedirs(tmp_path / "bare")
+    with pytest.raises(data.DataError, match="no labels.txt beside"):
+        data.resolve_class_names(str(tmp_path / "bare" / "train-*"))
+
+
+def test_count_examples_from_dataset_json_or_by_counting(tmp_path, unique_shards):
+    glob, _ = unique_shards
+    assert data.count_examples(glob) == 12
+    folder = os.path.dirname(glob)
+    files = sorted(os.listdir(folder))
+    info = {"splits": {"train": {"num_examples": 99, "files": [f for f in files if f.startswith("train")]}}}
+    (tmp_path / "u" / "dataset.json").write_text(json.dumps(info))
+    assert data.read_dataset_info(glob)["splits"]["train"]["num_examples"] == 99
+    assert data.count_examples(glob) == 99  # trusted when it names exactly the matched shards
+    assert data.count_examples(os.path.join(folder, "train-0000[01]-*")) == 6  # a subset: counted
+
+
+@pytest.mark.parametrize("path, message", [
+    ("{tmp}/nowhere/train-*", "matches no file"),
+    ("{tmp}/missing_folder", "does not exist"),
+    ("{tmp}/empty_folder", "without class subfolders"),
+])
+def test_missing_or_empty_paths_fail_with_one_line(tmp_path, path, message):
+    os.makedirs(tmp_path / "empty_folder")
+    path = path.format(tmp=tmp_path)
+    cfg = config.Data(train_data=path, eval_data=path, class_names=("a", "b"), image_size=SIZE)
+    for call in (lambda: data.count_examples(path),
+                 lambda: data.build_dataset(cfg, split="train", batch_size=2),
+                 lambda: data.build_dataset(cfg, split="eval", batch_size=2)):
+        with pytest.raises(data.DataError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)
+    with pytest.raises(data.DataError, match="empty"):
+        data.count_examples("")
+
+
+def test_check_labels_names_the_file(tmp_path, unique_shards):
+    glob, classes = unique_shards
+    data.check_labels(glob, class_names=classes)
+    with pytest.raises(data.DataError, match=r"label 8 in .*train-00000-of-00004.tfrecord is outside \[0, 8\)"):
+        data.check_labels(glob, class_names=classes[:8])
+    renamed = classes[:5] + ["wrong"] + classes[6:]
+    with pytest.raises(data.DataError, match=r"label 5 in .*train-00001-of-00004.tfrecord says 'c05' "
+                                             r"but labels.txt line 6 is 'wrong'"):
+        data.check_labels(glob, class_names=renamed)
+    one_based = _write_shards(tmp_path / "ob", [[(_encode(_pixels(0)), 1), (_encode(_pixels(1)), 2)]],
+                              classes=["a", "b"])
+    data.check_labels(one_based, class_names=["a", "b"], label_offset=1)
+    with pytest.raises(data.DataError, match="--label_offset=1"):
+        data.check_labels(one_based, class_names=["a", "b"])
+
+
+# --------------------------------------------------------------------------- the reader
+
+def test_train_and_eval_batches(tmp_path, unique_shards):
+    glob, classes = unique_shards
+    for augment in ("none", "flip"):
+        cfg = _cfg(glob, classes=classes, eval_data=glob, augment=augment)
+        images, labels = next(iter(data.build_dataset(cfg, split="train", batch_size=5)))
+        assert images.shape == (5, SIZE, SIZE, 3) and images.dtype == tf.float32
+        assert labels.dtype == tf.int32
+        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+        assert float(tf.reduce_max(images)) > 1.0  # 0..255, not normalized
+    ds = data.build_dataset(cfg, split="eval", batch_size=5, drop_remainder=True)
+    assert ds.element_spec[0].shape.as_list() == [5, SIZE, SIZE, 3]
+    first, second = list(ds), list(ds)
+    assert len(first) == 2  # 12 records, remainder dropped
+    for (x1, y1), (x2, y2) in zip(first, second):
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+    train = data.build_dataset(cfg, split="train", batch_size=5, repeat=True)
+    assert len(_labels(train.take(5))) == 25
+
+
+def test_rand_augment_operations_keep_shape_and_range(tmp_path):
+    image = tf.constant(_pixels(3, (SIZE, SIZE, 3)), tf.float32)
+    for index, op in enumerate(data._RANDAUGMENT_OPS):
+        out = op(image, 0.9).numpy()
+        assert out.shape == (SIZE, SIZE, 3) and 0.0 <= out.min() and out.max() <= 255.0
+        assert index == 0 or np.abs(out - image.numpy()).mean() > 0.5, index
+    seed = tf.constant([3, 4], tf.int64)
+    once, again = (data.rand_augment(image, seed=seed).numpy() for _ in range(2))
+    np.testing.assert_array_equal(once, again)
+    glob = _write_shards(tmp_path / "ra", [[(_encode(_pixels(i)), i % 2) for i in range(4)]], classes="ab")
+    images, _ = next(iter(data.build_dataset(_cfg(glob, classes="ab", augment="randaugment"),
+                                             split="train", batch_size=4)))
+    assert images.shape == (4, SIZE, SIZE, 3) and float(tf.reduce_max(images)) <= 255.0
+
+
+def test_eval_pixels_match_decode_for_eval(tmp_path):
+    pixels = [_pixels(i) for i in range(3)]
+    glob = _write_shards(tmp_path / "s", [[(_encode(p, "PNG"), i) for i, p in enumerate(pixels)]],
+                         classes=["a", "b", "c"])
+    images, labels = next(iter(data.build_dataset(
+        _cfg(glob, classes="abc", eval_data=glob), split="eval", batch_size=3)))
+    for image, label in zip(images.numpy(), labels.numpy()):
+        expected = data.decode_for_eval(tf.constant(_encode(pixels[label], "PNG")), SIZE).numpy()
+        np.testing.assert_array_equal(image, expected)
+
+
+def test_decode_for_eval_reads_every_format_alike():
+    # Few colours, so GIF's palette is exact and every lossless format holds the same pixels.
+    array = np.zeros((40, 48, 3), np.uint8)
+    array[:, :24] = (200, 30, 30)
+    array[10:30, 24:] = (20, 180, 90)
+    outputs = {fmt: data.decode_for_eval(tf.constant(_encode(array, fmt)), SIZE).numpy()
+               for fmt in ("PNG", "GIF", "BMP", "JPEG")}
+    for fmt in ("GIF", "BMP"):
+        np.testing.assert_array_equal(outputs[fmt], outputs["PNG"])
+    assert np.abs(outputs["JPEG"] - outputs["PNG"]).mean() < 4.0
+    assert outputs["PNG"].shape == (SIZE, SIZE, 3) and outputs["PNG"].dtype == np.float32
+
+
+def test_image_folder_reads_like_shards(tmp_path):
+    for c, name in enumerate(("ant", "bee")):
+        os.makedirs(tmp_path / "f" / name)
+        for i in range(3):
+            (tmp_path / "f" / name / f"{i}.png").write_bytes(_encode(_pixels(10 * c + i), "PNG"))
+    (tmp_path / "f" / "ant" / "readme.txt").write_text("ignored: not an image extension")
+    folder = str(tmp_path / "f")
+    classes = data.resolve_class_names(folder)
+    assert data.count_examples(folder) == 6
+    cfg = _cfg(folder, classes=classes, eval_data=folder)
+    assert sorted(_labels(data.build_dataset(cfg, split="eval", batch_size=4))) == [0, 0, 0, 1, 1, 1]
+    assert sorted(_labels(data.build_dataset(cfg, split="train", batch_size=4))) == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(data.DataError, match="class folder 'bee'.*not in the labels"):
+        data.build_dataset(_cfg(folder, classes=("ant", "cow")), split="train", batch_size=2)
+
+
+@pytest.mark.parametrize("num_files, pipelines", [(4, 3), (1, 3)])
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_per_worker_sharding_is_disjoint_and_complete(unique_shards, num_files, pipelines, split):
+    glob, classes = unique_shards
+    expected = list(range(12))
+    if num_files == 1:  # fewer files than pipelines: sharded by record
+        glob, expected = glob.replace("train-*", "train-00000-*"), [0, 4, 8]
+    parts = []
+    for i in range(pipelines):
+        ctx = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=i,
+                                         num_replicas_in_sync=pipelines)
+        ds = data.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split=split,
+                                batch_size=2, input_context=ctx)
+        parts.append(_labels(ds))
+    assert all(parts)
+    assert sorted(sum(parts, [])) == expected  # complete, and no record twice
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path, caplog):
+    good = [(_encode(_pixels(i)), i % 2) for i in range(6)]
+    jpeg = _encode(_pixels(50))
+    bad = [(b"not an image at all", 0), (jpeg[:40], 1), (b"", 0), (_encode(_pixels(51)), 7)]
+    glob = _write_shards(tmp_path / "bad", [good[:3] + bad[:2], bad[2:] + good[3:]], classes=["a", "b"])
+    cfg = _cfg(glob, classes=("a", "b"), eval_data=glob)
+    for split in ("train", "eval"):
+        assert sorted(_labels(data.build_dataset(cfg, split=split, batch_size=4))) == [0, 0, 0, 1, 1, 1]
+        assert data.skipped_records(split) - _others(split, glob) == 4
+    # Read again: the same bad records are not counted twice.
+    list(data.build_dataset(cfg, split="train", batch_size=4, repeat=True).take(6))
+    assert data.skipped_records("train") - _others("train", glob) == 4
+    logger = data.SkippedRecordsLogger(splits=("train",))
+    with caplog.at_level(logging.INFO):
+        logger.on_epoch_end(0)
+        logger.on_epoch_end(1)
+    records = [r for r in caplog.records if "input skipped" in r.getMessage()]
+    assert records[0].getMessage().startswith("epoch 1: train input skipped")
+    assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]  # 4 new, then 0 new
+
+
+def _others(split: str, path: str) -> int:
+    """Skips counted for other data paths in this test process."""
+    return sum(c.count() for (s, p), c in data._COUNTERS.items() if s == split and p != path)
