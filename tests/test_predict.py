@@ -1,0 +1,127 @@
+"""Batch prediction and features through the tiny export: what the CLI writes is what the
+signatures answer, row for row, and a bad image is listed and skipped."""
+import contextlib
+import csv
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests.test_evaluate import export_base, loaded  # noqa: F401  # the shared tiny export
+from trainer import demo, predict
+
+TOP_K = 3
+
+
+def run_cli(*argv):
+    """Runs trainer.predict's main in-process; returns (exit code, stdout, stderr)."""
+    predict.define_flags()
+    predict.FLAGS.unparse_flags()
+    predict.FLAGS(["trainer.predict", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            predict.main(["trainer.predict"])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def inputs(demo_images, tmp_path_factory):
+    """2 JPEGs per class, a PNG elsewhere, and a broken .jpg matched by the same glob."""
+    root = tmp_path_factory.mktemp("inputs")
+    for name in demo.TASKS["shapes"]:
+        (root / name).mkdir()
+        for src in sorted(os.listdir(os.path.join(demo_images, name)))[:2]:
+            shutil.copy(os.path.join(demo_images, name, src), root / name / src)
+    (root / "cross" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (root / "extra").mkdir()
+    square = os.path.join(demo_images, "square")
+    with Image.open(os.path.join(square, sorted(os.listdir(square))[-1])) as im:
+        im.save(root / "extra" / "one.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cli_run(export_base, inputs, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("predict")
+    code, stdout, stderr = run_cli(
+        f"--model={export_base}", f"--input={inputs}/*/*.jpg,{inputs}/extra", f"--output={out}/preds.csv",
+        f"--features_output={out}/feats.npy", f"--top_k={TOP_K}", "--batch_size=4")
+    assert code == 0, stderr
+    with open(out / "preds.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    return rows, np.load(out / "feats.npy"), stdout, stderr
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_csv_rows_match_serving_default(cli_run, inputs, loaded):  # noqa: F811
+    rows, _, _, _ = cli_run
+    assert rows[0] == ["path", "class_1", "score_1", "class_2", "score_2", "class_3", "score_3"]
+    paths = [r[0] for r in rows[1:]]
+    expected_paths = sorted(str(p) for p in inputs.glob("*/*.jpg") if p.name != "broken.jpg")
+    assert paths == expected_paths + [str(inputs / "extra" / "one.png")]
+    served = loaded.serve(image_bytes=tf.constant([read(p) for p in paths]))
+    classes = served["classes"].numpy()[:, :TOP_K].astype(str)
+    scores = served["scores"].numpy()[:, :TOP_K]
+    np.testing.assert_array_equal(np.array([r[1::2] for r in rows[1:]]), classes)
+    np.testing.assert_allclose(np.array([r[2::2] for r in rows[1:]], float), scores, atol=1e-5)
+
+
+def test_features_rows_match_features_signature(cli_run, loaded):  # noqa: F811
+    rows, feats, _, _ = cli_run
+    paths = [r[0] for r in rows[1:]]
+    expected = loaded.features(image_bytes=tf.constant([read(p) for p in paths]))["features"].numpy()
+    assert feats.dtype == np.float32 and feats.shape == (len(paths), expected.shape[1])
+    np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
+    assert len({f.tobytes() for f in feats}) == len(paths)  # row i is image i's, not a copy
+
+
+def test_bad_image_listed_on_stderr_and_skipped(cli_run, inputs):
+    rows, _, stdout, stderr = cli_run
+    bad = str(inputs / "cross" / "broken.jpg")
+    assert bad not in [r[0] for r in rows]
+    assert "skipped 1 image(s)" in stderr and f"  {bad}: " in stderr
+    assert bad not in stdout
+
+
+def test_stdout_shows_top_k_per_image(cli_run):
+    rows, _, stdout, _ = cli_run
+    lines = stdout.splitlines()
+    for row in rows[1:]:
+        shown = [line for line in lines if line.startswith(row[0] + " ")]
+        assert len(shown) == 1, row[0]
+        assert f"{row[1]} {float(row[2]):.3f} | {row[3]} {float(row[4]):.3f} | {row[5]}" in shown[0]
+    assert f"wrote {len(rows) - 1} row(s)" in stdout
+
+
+def test_errors_are_one_line(export_base, inputs, tmp_path):  # noqa: F811
+    code, _, err = run_cli(f"--model={export_base}", f"--input={inputs}/nothing-*.jpg", f"--output={tmp_path}/p.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "matches no image file" in err
+    code, _, err = run_cli(f"--model={tmp_path}/none", f"--input={inputs}/extra", f"--output={tmp_path}/p.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
+    assert not os.path.exists(tmp_path / "p.csv")
+
+
+def test_list_inputs_expands_folders_and_globs_once(inputs):
+    (inputs / "extra" / "notes.txt").write_text("not an image")
+    paths = predict.list_inputs([str(inputs / "extra"), f"{inputs}/extra/*.png", str(inputs / "square")])
+    assert paths == [str(inputs / "extra" / "one.png")] + sorted(str(p) for p in (inputs / "square").glob("*.jpg"))
+
+
+def test_model_dir_resolves_to_newest_numeric_version(tmp_path):
+    for version in ("1", "2", "10", ".tmp-11-abc"):
+        (tmp_path / "export" / version).mkdir(parents=True)
+        (tmp_path / "export" / version / "saved_model.pb").write_bytes(b"")
+    assert predict.resolve_export_dir(str(tmp_path)) == str(tmp_path / "export" / "10")
+    assert predict.resolve_export_dir(str(tmp_path / "export" / "2")) == str(tmp_path / "export" / "2")

@@ -1,0 +1,336 @@
+"""Evaluation reports: the exported SavedModel over labelled data.
+
+    python -m trainer.evaluate --model=EXPORT_DIR|MODEL_DIR --data=GLOB|FOLDER --output_dir=DIR
+
+It measures what will be served: the raw encoded images (TFRecord `image/encoded`, or the files
+of a class-folder tree) go through the export's `serving_default` signature, the same decoding
+and network TF Serving runs, never a re-implementation of them. The report in DIR:
+
+  metrics.json            accuracy, top-k accuracy, macro and weighted precision/recall/F1,
+                          balanced accuracy, log loss, calibration error, most-confused pairs
+  per_class.csv           precision, recall, F1, support, predicted count per class
+  confusion_matrix.csv    raw counts (row: true, column: predicted), label order
+  confusion_matrix.png    row-normalised, sorted, labels thinned: readable with 100+ classes
+  confused_pairs.csv      the largest off-diagonal cells
+  worst.csv / worst_images.png   the examples given the lowest probability for their true class
+
+Undecodable images are skipped, counted (`skipped_images`) and listed in skipped.csv. Class
+names are the export's own (assets/labels.txt), so the report reads labels as the model does.
+`write_report` is what training calls for its validation split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import os
+import sys
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from absl import app, flags, logging
+import numpy as np
+
+import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
+import tensorflow as tf  # pylint: disable=wrong-import-order
+
+from trainer import data, fileio, predict, reports
+
+DEFAULT_BATCH_SIZE = predict.DEFAULT_BATCH_SIZE
+DEFAULT_WORST = 25
+DEFAULT_PAIRS = 20
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.csv"
+CONFUSION_CSV = "confusion_matrix.csv"
+CONFUSION_PNG = "confusion_matrix.png"
+PAIRS_FILE = "confused_pairs.csv"
+WORST_CSV = "worst.csv"
+WORST_PNG = "worst_images.png"
+SKIPPED_FILE = "skipped.csv"
+# TensorBoard image tag -> report file, for `report_images`.
+REPORT_IMAGES = {"confusion_matrix": CONFUSION_PNG, "worst_images": WORST_PNG}
+
+_RECORD_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+# A batch of labelled inputs: ((example id, label), bytes or None, why not).
+LabelledBatch = List[Tuple[Tuple[str, int], Optional[bytes], str]]
+
+
+# --------------------------------------------------------------------------- reading labelled data
+
+def _folder_batches(folder: str, *, class_names: Sequence[str],
+                    batch_size: int) -> Tuple[int, Iterator[LabelledBatch]]:
+    paths, labels = data.list_image_files(folder, class_names=class_names, what="--data")
+    label_of = dict(zip(paths, labels))
+
+    def batches():
+        for batch in predict.read_files(paths, batch_size=batch_size):
+            yield [((path, label_of[path]), image, why) for path, image, why in batch]
+    return len(paths), batches()
+
+
+def _record_dataset(files: Sequence[str], *, batch_size: int) -> tf.data.Dataset:
+    """(shard, index in shard, parsed features) batches, in file order: every example gets a
+    stable id even when the records carry no image/filename."""
+    def records(shard):
+        return tf.data.TFRecordDataset(shard).enumerate().map(lambda i, r: (shard, i, r))
+    ds = tf.data.Dataset.from_tensor_slices(list(files)).flat_map(records).batch(batch_size)
+    ds = ds.map(lambda s, i, r: (s, i, tf.io.parse_example(r, _RECORD_FEATURES)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(2)
+
+
+def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
+                    batch_size: int) -> Tuple[int, Iterator[LabelledBatch]]:
+    files = data.list_record_files(path, what="--data")
+    data.check_labels(path, class_names=class_names, label_offset=label_offset)
+    total = data.count_examples(path)
+
+    def batches():
+        for shards, indices, feats in _record_dataset(files, batch_size=batch_size).as_numpy_iterator():
+            batch = []
+            for shard, index, image, label, name in zip(shards, indices, feats["image/encoded"],
+                                                        feats["image/class/label"], feats["image/filename"]):
+                where = f"{os.path.basename(shard.decode())}#{index}"
+                label = int(label) - label_offset
+                if not 0 <= label < len(class_names):
+                    raise data.DataError(
+                        f"record {where} has label {label + label_offset}, outside [{label_offset}, "
+                        f"{len(class_names) + label_offset}) for the export's {len(class_names)} classes: "
+                        "pass the data the model was trained for, or --label_offset=1 for 1-based labels")
+                ident = name.decode("utf-8", "replace") or where
+                batch.append(((ident, label), image or None, "" if image else "no image/encoded"))
+            yield batch
+    return total, batches()
+
+
+def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int = 0,
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> Tuple[int, Iterator[LabelledBatch]]:
+    """The example count and the batches of a TFRecord glob or a class-folder tree.
+
+    Raises:
+      DataError: a path naming nothing, a class folder or label the export does not know.
+    """
+    if not path:
+        raise data.DataError("--data is empty: pass a TFRecord glob (DIR/validation-*) or a folder of class folders")
+    if data.is_image_folder(path):
+        return _folder_batches(path, class_names=class_names, batch_size=batch_size)
+    return _record_batches(path, class_names=class_names, label_offset=label_offset, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- running the export
+
+@dataclasses.dataclass
+class Evaluation:
+    """Raw answers of the export on labelled data: row i belongs to ids[i]."""
+    export_dir: str
+    class_names: Tuple[str, ...]
+    ids: List[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    skipped: List[Tuple[str, str]]
+    # The examples with the lowest probability for their true class, worst first:
+    # (id, label, probabilities row, encoded image).
+    worst: List[Tuple[str, int, np.ndarray, bytes]]
+
+
+class _WorstKeeper:
+    """Keeps the `n` examples with the lowest true-class probability, with their bytes, so the
+    report can show them without holding every image of the data in memory."""
+
+    def __init__(self, n: int):
+        self.n, self.heap, self.counter = n, [], itertools.count()
+
+    def add(self, ids, labels, probabilities, images) -> None:
+        for ident, label, probs, image in zip(ids, labels, probabilities, images):
+            heapq.heappush(self.heap, (-float(probs[label]), next(self.counter), ident, int(label), probs, image))
+            if len(self.heap) > self.n:
+                heapq.heappop(self.heap)
+
+    def worst_first(self) -> List[Tuple[str, int, np.ndarray, bytes]]:
+        return [(ident, label, probs, image) for _, _, ident, label, probs, image in sorted(self.heap, reverse=True)]
+
+
+def evaluate(model: Union[str, predict.Export], *, data_path: str, label_offset: int = 0,
+             batch_size: int = DEFAULT_BATCH_SIZE, worst: int = DEFAULT_WORST) -> Evaluation:
+    """Runs the export's serving_default over the labelled data at `data_path`.
+
+    Memory: the probabilities of every example (N x C float32: 200 MB for 50,000 images of
+    1,000 classes) and the bytes of the `worst` worst examples.
+    """
+    # The data is checked before the export loads (seconds to minutes), so a typo fails fast.
+    total, batches = labelled_batches(data_path, class_names=predict.class_names_of(model),
+                                      label_offset=label_offset, batch_size=batch_size)
+    export = predict.as_export(model)
+    keys, probabilities, skipped, keeper = [], [], [], _WorstKeeper(worst)
+    for batch in predict.run_batches(export, batches, total=total):
+        keeper.add([ident for ident, _ in batch.keys], [label for _, label in batch.keys],
+                   batch.probabilities, batch.images)
+        keys += batch.keys
+        probabilities.append(batch.probabilities)
+        skipped += [(ident, why) for (ident, _), why in batch.skipped]
+    return Evaluation(
+        export_dir=export.export_dir, class_names=export.class_names, ids=[ident for ident, _ in keys],
+        labels=np.array([label for _, label in keys], np.int64),
+        probabilities=predict.stack_rows(probabilities, width=len(export.class_names)),
+        skipped=skipped, worst=keeper.worst_first())
+
+
+# --------------------------------------------------------------------------- the report
+
+def _confusion_csv(confusion: np.ndarray, class_names: Sequence[str]) -> str:
+    rows = [[name] + [int(v) for v in confusion[i]] for i, name in enumerate(class_names)]
+    return reports.csv_text(["true \\ predicted"] + list(class_names), rows)
+
+
+def _worst_rows(ev: Evaluation, class_names: Sequence[str]) -> List[list]:
+    rows = []
+    for ident, label, probs, _ in ev.worst:
+        predicted = int(np.argmax(probs))
+        rows.append([ident, class_names[label], class_names[predicted], f"{probs[label]:.6f}",
+                     f"{probs[predicted]:.6f}"])
+    return rows
+
+
+def _write_worst(ev: Evaluation, *, class_names: Sequence[str], output_dir: str) -> None:
+    """worst.csv, and worst_images.png when there is any example to show."""
+    header = ("image", "true", "predicted", "true_probability", "predicted_probability")
+    rows = _worst_rows(ev, class_names)
+    fileio.write_text_atomic(fileio.join(output_dir, WORST_CSV), reports.csv_text(header, rows))
+    if not rows:
+        return
+    tiles = [(image, f"{os.path.basename(r[0])[:24]}\n{r[1]} -> {r[2]}\np(true)={float(r[3]):.2f}", r[1] != r[2])
+             for (_, _, _, image), r in zip(ev.worst, rows)]
+    reports.plot_image_grid(tiles, path=fileio.join(output_dir, WORST_PNG))
+
+
+def _write_tables(confusion: np.ndarray, *, class_names: Sequence[str], pairs: List[dict],
+                  ev: Evaluation, output_dir: str) -> None:
+    fileio.write_text_atomic(fileio.join(output_dir, PER_CLASS_FILE),
+                             reports.per_class_csv(confusion, class_names=class_names))
+    fileio.write_text_atomic(fileio.join(output_dir, CONFUSION_CSV), _confusion_csv(confusion, class_names))
+    fileio.write_text_atomic(fileio.join(output_dir, PAIRS_FILE), reports.csv_text(
+        ("true", "predicted", "count", "fraction"),
+        [(p["true"], p["predicted"], p["count"], f"{p['fraction']:.6f}") for p in pairs]))
+    if ev.skipped:
+        fileio.write_text_atomic(fileio.join(output_dir, SKIPPED_FILE),
+                                 reports.csv_text(("image", "reason"), ev.skipped))
+
+
+def write_report(model: Union[str, predict.Export], *, data_path: str, output_dir: str,
+                 batch_size: int = DEFAULT_BATCH_SIZE, label_offset: int = 0,
+                 top_k: int = reports.DEFAULT_TOP_K, worst: int = DEFAULT_WORST) -> dict:
+    """Evaluates the export on labelled data and writes the report into `output_dir`.
+
+    Args:
+      model: an export folder, a MODEL_DIR (its newest export), or a loaded `predict.Export`.
+      data_path: TFRecord glob or class-folder tree (local or gs://).
+      output_dir: where the report goes (local or gs://).
+      batch_size: images per serving call.
+      label_offset: subtracted from TFRecord labels (1 for Google's ImageNet shards).
+      top_k: k of the top-k accuracy.
+      worst: how many worst-classified images to list and show.
+
+    Returns:
+      The metrics, as written to metrics.json.
+
+    Raises:
+      DataError: bad data path, unknown classes or labels, or no decodable example.
+      PredictError: no usable export at `model`.
+    """
+    ev = evaluate(model, data_path=data_path, label_offset=label_offset, batch_size=batch_size, worst=worst)
+    if not ev.ids:
+        raise data.DataError(f"--data {data_path}: none of its {len(ev.skipped)} image(s) could be decoded; "
+                             "check the files are JPEG, PNG, GIF or BMP")
+    names = ev.class_names
+    metrics = reports.classification_metrics(labels=ev.labels, probabilities=ev.probabilities, top_k=top_k)
+    confusion = reports.confusion_matrix(labels=ev.labels, predictions=np.argmax(ev.probabilities, axis=1),
+                                         num_classes=len(names))
+    pairs = reports.most_confused_pairs(confusion, class_names=names, top=DEFAULT_PAIRS)
+    metrics.update(export_dir=ev.export_dir, data=data_path, skipped_images=len(ev.skipped),
+                   most_confused=pairs)
+    _write_tables(confusion, class_names=names, pairs=pairs, ev=ev, output_dir=output_dir)
+    reports.plot_confusion_matrix(confusion, class_names=names, path=fileio.join(output_dir, CONFUSION_PNG),
+                                  title=f"{len(names)} classes, accuracy {metrics['accuracy']:.1%}, "
+                                        "rows sorted by recall")
+    _write_worst(ev, class_names=names, output_dir=output_dir)
+    fileio.write_json_atomic(fileio.join(output_dir, METRICS_FILE), metrics)
+    logging.info("report for %d example(s) (%d skipped) written to %s", len(ev.ids), len(ev.skipped), output_dir)
+    return metrics
+
+
+def report_images(output_dir: str) -> Dict[str, str]:
+    """TensorBoard tag -> PNG path of a written report, for `reports.write_tensorboard`."""
+    found = {tag: fileio.join(output_dir, name) for tag, name in REPORT_IMAGES.items()}
+    return {tag: path for tag, path in found.items() if tf.io.gfile.exists(path)}
+
+
+def summary_lines(metrics: dict) -> List[str]:
+    """The headline numbers for a terminal."""
+    k = metrics["top_k"]
+    lines = [f"examples: {metrics['num_examples']} ({metrics['skipped_images']} skipped), "
+             f"classes: {metrics['num_classes']}",
+             f"accuracy: {metrics['accuracy']:.4f}  top-{k}: {metrics[f'top_{k}_accuracy']:.4f}  "
+             f"macro F1: {metrics['macro_f1']:.4f}  weighted F1: {metrics['weighted_f1']:.4f}"]
+    lines += [f"confused: {p['true']} -> {p['predicted']} x{p['count']} ({p['fraction']:.1%} of {p['true']})"
+              for p in metrics["most_confused"][:5]]
+    return lines
+
+
+# --------------------------------------------------------------------------- CLI
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the command's flags only when it runs as a command (or in tests), so that
+    importing it beside other entry points clashes with none."""
+    predict.define_shared_flags()
+    predict.define_missing({
+        "data": lambda: flags.DEFINE_string("data", None, "Labelled data: TFRecord glob or a folder of "
+                                                          "class folders (local or gs://)."),
+        "output_dir": lambda: flags.DEFINE_string("output_dir", None, "Where the report goes (local or gs://)."),
+        "label_offset": lambda: flags.DEFINE_integer("label_offset", 0, "Subtracted from image/class/label "
+                                                     "(1 for Google's ImageNet shards)."),
+        "worst": lambda: flags.DEFINE_integer("worst", DEFAULT_WORST, "Worst-classified images to list."),
+    })
+
+
+def _check_flags(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise predict.PredictError(f"unexpected argument(s) {' '.join(argv[1:])}: pass --data=GLOB|FOLDER")
+    for name, fix in (("model", "an export folder (MODEL_DIR/export/N) or a MODEL_DIR"),
+                      ("data", "a TFRecord glob or a folder of class folders"),
+                      ("output_dir", "the folder to write the report into")):
+        if not getattr(FLAGS, name):
+            raise predict.PredictError(f"--{name} is required: pass {fix}")
+    for name in ("batch_size", "top_k"):
+        if getattr(FLAGS, name) < 1:
+            raise predict.PredictError(f"--{name}={getattr(FLAGS, name)}: pass 1 or more")
+    if FLAGS.worst < 0 or FLAGS.label_offset < 0:
+        raise predict.PredictError("--worst and --label_offset must be 0 or more")
+
+
+def main(argv) -> None:
+    try:
+        _check_flags(argv)
+        metrics = write_report(FLAGS.model, data_path=FLAGS.data, output_dir=FLAGS.output_dir,
+                               batch_size=FLAGS.batch_size, label_offset=FLAGS.label_offset,
+                               top_k=FLAGS.top_k, worst=FLAGS.worst)
+    except (predict.PredictError, data.DataError, tf.errors.OpError, OSError) as e:
+        print(f"trainer.evaluate: {predict.one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(summary_lines(metrics)))
+    print(f"report: {FLAGS.output_dir}")
+
+
+def run_main() -> None:
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

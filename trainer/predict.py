@@ -1,0 +1,436 @@
+"""Batch prediction and feature extraction through the exported SavedModel.
+
+    python -m trainer.predict --model=EXPORT_DIR|MODEL_DIR --input=FILES|GLOB|FOLDER|gs://... \
+        --output=preds.csv [--features_output=feats.npy] [--top_k=K] [--batch_size=N]
+
+Runs the serving signatures themselves (`serving_default`, and `features` when asked), so the
+answers are exactly what TF Serving will answer: same decoding, same crop, same network. Writes
+one CSV row per image (path, then the top-k classes and scores), prints the same top-k per image
+on stdout, and with --features_output an [N, D] float32 .npy whose row i is the embedding of the
+CSV's row i. An image that cannot be read or decoded is listed on stderr and skipped: it gets no
+row, so rows and features stay aligned.
+
+The library side (`load_export`, `read_files`, `run_batches`) is shared with trainer.evaluate.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import io
+import os
+import re
+import sys
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from absl import app, flags, logging
+import numpy as np
+
+import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
+import tensorflow as tf  # pylint: disable=wrong-import-order
+import tf_keras as keras  # pylint: disable=wrong-import-order
+
+from serving import signatures
+from trainer import fileio, reports
+from trainer.data import IMAGE_EXTENSIONS
+
+_VERSION_RE = re.compile(r"^\d+$")
+_GLOB_CHARS = "*?["
+_READ_THREADS = 16
+DEFAULT_BATCH_SIZE = 32
+# Rows printed on stdout; the CSV always has them all.
+DEFAULT_PRINT_LIMIT = 100
+
+
+class PredictError(ValueError):
+    """A user mistake in what to predict with or on; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------- the export
+
+@dataclasses.dataclass
+class Export:
+    """A loaded serving SavedModel: its folder, class names and signature functions."""
+    export_dir: str
+    class_names: Tuple[str, ...]
+    serve: Callable
+    features: Callable
+    saved_model: object  # keeps the loaded object (and so the functions' variables) alive
+
+
+def resolve_export_dir(path: str) -> str:
+    """The SavedModel folder `path` names: itself, or the newest numeric version under it
+    (an export base such as MODEL_DIR/export) or under its export/ (a training run's MODEL_DIR).
+    """
+    path = str(path).rstrip("/")
+    if not path:
+        raise PredictError("--model is empty: pass an export folder (MODEL_DIR/export/1) or a MODEL_DIR")
+    if tf.io.gfile.exists(fileio.join(path, "saved_model.pb")):
+        return path
+    for base in (path, fileio.join(path, "export")):
+        if tf.io.gfile.isdir(base):
+            versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(base) if _VERSION_RE.match(n.rstrip("/"))]
+            if versions:
+                return resolve_export_dir(fileio.join(base, str(max(versions))))
+    what = "does not exist" if not tf.io.gfile.exists(path) else "holds no saved_model.pb and no export/<version>/"
+    raise PredictError(f"--model={path} {what}: pass an export folder (MODEL_DIR/export/<version>) or "
+                       "the MODEL_DIR of a finished training run")
+
+
+def export_class_names(path: str) -> Tuple[str, Tuple[str, ...]]:
+    """The export folder `path` names and its class names, without loading the model (cheap:
+    callers check their other inputs before paying for the load)."""
+    export_dir = resolve_export_dir(path)
+    labels_path = fileio.join(export_dir, "assets", signatures.LABELS_FILENAME)
+    if not tf.io.gfile.exists(labels_path):
+        raise PredictError(f"{export_dir} has no assets/{signatures.LABELS_FILENAME}: it is not an export of "
+                           "this trainer; re-export it with python -m trainer.export --model_dir=MODEL_DIR")
+    return export_dir, tuple(line.strip() for line in fileio.read_text(labels_path).splitlines() if line.strip())
+
+
+def load_export(path: str) -> Export:
+    """Loads the export `path` names (see `resolve_export_dir`) with its labels.txt."""
+    export_dir, class_names = export_class_names(path)
+    logging.info("loading %s", export_dir)
+    loaded = tf.saved_model.load(export_dir)
+    missing = [n for n in (signatures.SERVING_DEFAULT, signatures.FEATURES) if n not in loaded.signatures]
+    if missing:
+        raise PredictError(f"{export_dir} lacks the signature(s) {', '.join(missing)}: re-export it with "
+                           "python -m trainer.export --model_dir=MODEL_DIR")
+    return Export(export_dir=export_dir, class_names=class_names,
+                  serve=loaded.signatures[signatures.SERVING_DEFAULT],
+                  features=loaded.signatures[signatures.FEATURES], saved_model=loaded)
+
+
+def as_export(model: Union[str, Export]) -> Export:
+    return model if isinstance(model, Export) else load_export(model)
+
+
+def class_names_of(model: Union[str, Export]) -> Tuple[str, ...]:
+    """The class names of a loaded export or of an export path (without loading it)."""
+    return model.class_names if isinstance(model, Export) else export_class_names(model)[1]
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _has_glob(path: str) -> bool:
+    return any(c in path for c in _GLOB_CHARS)
+
+
+def _is_image(name: str) -> bool:
+    base = os.path.basename(name)
+    return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
+
+
+def _folder_images(folder: str) -> List[str]:
+    found = []
+    for root, _, files in tf.io.gfile.walk(folder):
+        found += [fileio.join(root, f) for f in files if _is_image(f)]
+    return sorted(found)
+
+
+def list_inputs(specs: Sequence[str]) -> List[str]:
+    """The image paths named by files, globs and folders (searched recursively for .jpg .jpeg
+    .png .gif .bmp), local or gs://, in the order given, each path once.
+
+    Raises:
+      PredictError: a spec that names nothing, so a typo is not a silently smaller run.
+    """
+    paths: List[str] = []
+    for spec in filter(None, (s.strip() for s in specs)):
+        if _has_glob(spec):
+            matched = sorted(p for p in tf.io.gfile.glob(spec) if not tf.io.gfile.isdir(p))
+        elif tf.io.gfile.isdir(spec):
+            matched = _folder_images(spec)
+        else:
+            matched = [spec] if tf.io.gfile.exists(spec) else []
+        if not matched:
+            raise PredictError(f"--input {spec} matches no image file: check the path or glob (quote globs, "
+                               "e.g. --input='DIR/*/*.jpg'); folders are searched for .jpg .jpeg .png .gif .bmp")
+        paths += matched
+    if not paths:
+        raise PredictError("--input is empty: pass image files, a glob or a folder (local or gs://)")
+    return list(dict.fromkeys(paths))
+
+
+def _read(path: str) -> Tuple[Optional[bytes], str]:
+    """(bytes, '') or (None, why) for one file."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except (tf.errors.OpError, OSError) as e:
+        return None, one_line(e)
+    return (data, "") if data else (None, "empty file")
+
+
+def read_files(paths: Sequence[str], *, batch_size: int,
+               ahead: int = 2) -> Iterator[List[Tuple[str, Optional[bytes], str]]]:
+    """Batches of (path, bytes or None, why not), read by a thread pool `ahead` batches in
+    advance, so reading (slow on gs://) overlaps the model and memory stays bounded."""
+    starts = iter(range(0, len(paths), batch_size))
+    queue: collections.deque = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
+        def submit_next() -> None:
+            start = next(starts, None)
+            if start is not None:
+                queue.append([(p, pool.submit(_read, p)) for p in paths[start:start + batch_size]])
+        for _ in range(ahead):
+            submit_next()
+        while queue:
+            batch = queue.popleft()
+            submit_next()
+            yield [(p, *future.result()) for p, future in batch]
+
+
+# --------------------------------------------------------------------------- running the export
+
+@dataclasses.dataclass
+class Batch:
+    """The export's answers for the good images of one input batch, in input order.
+
+    `keys` are the callers' (e.g. paths), `skipped` holds (key, reason) of the bad images.
+    """
+    keys: list
+    images: List[bytes]
+    probabilities: np.ndarray
+    features: Optional[np.ndarray]
+    skipped: List[Tuple[object, str]]
+
+
+def _call(fn: Callable, images: Sequence[bytes], output: str) -> np.ndarray:
+    return fn(image_bytes=tf.constant(list(images), tf.string))[output].numpy()
+
+
+def _good_subset(export: Export, keys: list, images: List[bytes]) -> Tuple[list, List[bytes], list]:
+    """One image at a time, to find which of a failed batch the export cannot decode."""
+    good_keys, good_images, skipped = [], [], []
+    for key, image in zip(keys, images):
+        try:
+            _call(export.serve, [image], "probabilities")
+        except tf.errors.InvalidArgumentError as e:
+            skipped.append((key, one_line(e)))
+            continue
+        good_keys.append(key)
+        good_images.append(image)
+    return good_keys, good_images, skipped
+
+
+def predict_batch(export: Export, keys: list, images: List[bytes], *, with_features: bool) -> Batch:
+    """Runs `serving_default` (and `features`) on one batch.
+
+    An undecodable image fails the whole call (TF Serving answers INVALID_ARGUMENT the same
+    way); only then are the images tried one by one and the bad ones skipped, so good input
+    costs one call per batch.
+    """
+    skipped: list = []
+    try:
+        probabilities = _call(export.serve, images, "probabilities") if images else None
+    except tf.errors.InvalidArgumentError:
+        keys, images, skipped = _good_subset(export, keys, images)
+        probabilities = _call(export.serve, images, "probabilities") if images else None
+    if probabilities is None:
+        probabilities = np.zeros((0, len(export.class_names)), np.float32)
+    features = None
+    if with_features:
+        features = _call(export.features, images, "features") if images else None
+    return Batch(keys=keys, images=images, probabilities=probabilities, features=features, skipped=skipped)
+
+
+def run_batches(export: Export, batches: Iterable[List[Tuple[object, Optional[bytes], str]]], *,
+                total: int, with_features: bool = False) -> Iterator[Batch]:
+    """Predicts batches of (key, bytes or None, why not), with a progress bar over `total`."""
+    progress = keras.utils.Progbar(total, unit_name="image")
+    done = 0
+    for batch in batches:
+        unreadable = [(key, why) for key, data, why in batch if data is None]
+        readable = [(key, data) for key, data, _ in batch if data is not None]
+        result = predict_batch(export, [k for k, _ in readable], [d for _, d in readable],
+                               with_features=with_features)
+        result.skipped = unreadable + result.skipped
+        done += len(batch)
+        progress.update(done)
+        yield result
+
+
+@dataclasses.dataclass
+class Predictions:
+    """All answers of a run, row i for paths[i]; `skipped` lists (path, reason)."""
+    paths: List[str]
+    probabilities: np.ndarray
+    features: Optional[np.ndarray]
+    skipped: List[Tuple[str, str]]
+
+
+def predict_files(model: Union[str, Export], paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                  with_features: bool = False) -> Predictions:
+    """The export's probabilities (and features) for image files, bad images skipped."""
+    export = as_export(model)
+    kept, probabilities, features, skipped = [], [], [], []
+    for batch in run_batches(export, read_files(list(paths), batch_size=batch_size), total=len(paths),
+                             with_features=with_features):
+        kept += batch.keys
+        probabilities.append(batch.probabilities)
+        features.append(batch.features)
+        skipped += batch.skipped
+    return Predictions(
+        paths=kept, probabilities=stack_rows(probabilities, width=len(export.class_names)),
+        features=stack_rows(features, width=0) if with_features else None, skipped=skipped)
+
+
+def stack_rows(parts: Sequence[Optional[np.ndarray]], *, width: int) -> np.ndarray:
+    """The row blocks of all batches as one float32 array; [0, width] when there is none."""
+    parts = [p for p in parts if p is not None]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, width), np.float32)
+
+
+# --------------------------------------------------------------------------- outputs
+
+def top_k_rows(predictions: Predictions, *, class_names: Sequence[str], top_k: int) -> List[list]:
+    """[path, class_1, score_1, ..., class_k, score_k] per image, most probable first."""
+    top = reports.top_k_indices(predictions.probabilities, top_k)
+    rows = []
+    for path, probs, indices in zip(predictions.paths, predictions.probabilities, top):
+        row = [path]
+        for i in indices:
+            row += [class_names[i], f"{probs[i]:.6f}"]
+        rows.append(row)
+    return rows
+
+
+def csv_header(top_k: int) -> List[str]:
+    return ["path"] + [f"{what}_{i}" for i in range(1, top_k + 1) for what in ("class", "score")]
+
+
+def write_features(path: str, features: np.ndarray) -> None:
+    """The [N, D] float32 array as .npy, atomically (local or gs://)."""
+    buf = io.BytesIO()
+    np.save(buf, features.astype(np.float32), allow_pickle=False)
+    fileio.write_bytes_atomic(path, buf.getvalue())
+
+
+def format_rows(rows: Sequence[list], *, limit: int) -> str:
+    """The top-k per image for a reader: 'path  class 0.912 | class 0.051 | ...'."""
+    shown = rows if limit < 0 else rows[:limit]
+    width = min(max((len(r[0]) for r in shown), default=0), 80)
+    lines = []
+    for row in shown:
+        pairs = " | ".join(f"{row[i]} {float(row[i + 1]):.3f}" for i in range(1, len(row), 2))
+        lines.append(f"{row[0]:<{width}}  {pairs}")
+    if len(rows) > len(shown):
+        lines.append(f"... {len(rows) - len(shown)} more row(s) in the CSV")
+    return "\n".join(lines)
+
+
+def one_line(error: Exception) -> str:
+    """An exception as one short line for a person: TensorFlow's graph-location noise
+    ('Graph execution error', 'Detected at node', '[[{{node ...}}]]') left out."""
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
+    kept = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(noise)]
+    text = " ".join(kept) or text
+    return " ".join(text.split())[:300]
+
+
+# --------------------------------------------------------------------------- CLI
+
+FLAGS = flags.FLAGS
+
+
+def define_missing(definitions: dict) -> None:
+    """Runs the flag definitions whose names are not defined yet: trainer.predict and
+    trainer.evaluate share --model, --batch_size and --top_k in one process (tests)."""
+    for name, define in definitions.items():
+        if name not in FLAGS:
+            define()
+
+
+def define_shared_flags() -> None:
+    """--model, --batch_size and --top_k, as trainer.evaluate uses them too."""
+    define_missing({
+        "model": lambda: flags.DEFINE_string("model", None, "Export folder (MODEL_DIR/export/N) or MODEL_DIR: "
+                                                            "its newest numeric export is used."),
+        "batch_size": lambda: flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per call."),
+        "top_k": lambda: flags.DEFINE_integer("top_k", reports.DEFAULT_TOP_K, "Classes per image (capped at "
+                                                                              "the number of classes)."),
+    })
+
+
+def define_flags() -> None:
+    """Defines the command's flags only when it runs as a command (or in tests), so that
+    importing it beside other entry points clashes with none."""
+    define_shared_flags()
+    define_missing({
+        "input": lambda: flags.DEFINE_list("input", [], "Images: comma-separated files, globs or folders "
+                                                        "(local or gs://); positional arguments add more."),
+        "output": lambda: flags.DEFINE_string("output", None, "The CSV to write (local or gs://)."),
+        "features_output": lambda: flags.DEFINE_string("features_output", None, "Also write the features "
+                                                       "(embeddings) as an [N, D] .npy; row i = CSV row i."),
+        "print_limit": lambda: flags.DEFINE_integer("print_limit", DEFAULT_PRINT_LIMIT, "Images printed on "
+                                                    "stdout (-1: all); the CSV has every row."),
+    })
+
+
+def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
+    """The input specs and batch size, or a PredictError naming the flag to fix."""
+    if not FLAGS.model:
+        raise PredictError("--model is required: pass an export folder (MODEL_DIR/export/N) or a MODEL_DIR")
+    if not FLAGS.output:
+        raise PredictError("--output is required: pass the CSV path to write (local or gs://)")
+    if FLAGS.top_k < 1:
+        raise PredictError(f"--top_k={FLAGS.top_k}: pass 1 or more")
+    if FLAGS.batch_size < 1:
+        raise PredictError(f"--batch_size={FLAGS.batch_size}: pass 1 or more")
+    specs = list(FLAGS.input) + list(argv[1:])
+    if not specs:
+        raise PredictError("--input is required: pass image files, a glob or a folder (local or gs://)")
+    return specs, FLAGS.batch_size
+
+
+def run(*, model: Union[str, Export], specs: Sequence[str], output: str, features_output: Optional[str], top_k: int,
+        batch_size: int, print_limit: int = DEFAULT_PRINT_LIMIT) -> Predictions:
+    """The command: predicts, writes the CSV (and .npy), prints rows and skipped images."""
+    paths = list_inputs(specs)
+    export = as_export(model)
+    k = min(top_k, len(export.class_names))
+    if k < top_k:
+        logging.info("--top_k=%d is more than the model's %d classes: writing %d", top_k, k, k)
+    predictions = predict_files(export, paths, batch_size=batch_size, with_features=bool(features_output))
+    _report_skipped(predictions.skipped)
+    if not predictions.paths:
+        raise PredictError(f"none of the {len(paths)} input image(s) could be read or decoded (see the list "
+                           "above): pass JPEG, PNG, GIF or BMP files")
+    rows = top_k_rows(predictions, class_names=export.class_names, top_k=k)
+    fileio.write_text_atomic(output, reports.csv_text(csv_header(k), rows))
+    if features_output:
+        write_features(features_output, predictions.features)
+    print(format_rows(rows, limit=print_limit))
+    print(f"wrote {len(rows)} row(s) to {output}" +
+          (f" and features {predictions.features.shape} to {features_output}" if features_output else ""))
+    return predictions
+
+
+def _report_skipped(skipped: Sequence[Tuple[str, str]]) -> None:
+    if not skipped:
+        return
+    lines = [f"skipped {len(skipped)} image(s) that could not be read or decoded:"]
+    lines += [f"  {path}: {why}" for path, why in skipped]
+    print("\n".join(lines), file=sys.stderr)
+
+
+def main(argv) -> None:
+    try:
+        specs, batch_size = _check_flags(argv)
+        run(model=FLAGS.model, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
+            top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit)
+    except (PredictError, tf.errors.OpError, OSError) as e:
+        print(f"trainer.predict: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_main() -> None:
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
