@@ -13,9 +13,15 @@ import pytest
 from PIL import Image
 
 import trainer  # noqa: F401
-import tensorflow as tf
+from tests.testing import gcs_front
+from tests.testing.gcs_front import gcs, gcs_bucket  # noqa: F401  (fixtures)
 
-from trainer import data, prepare
+for _key, _value in gcs_front.STATIC_ENV.items():  # before TensorFlow reads them at import
+    os.environ.setdefault(_key, _value)
+
+import tensorflow as tf  # noqa: E402
+
+from trainer import config, data, prepare  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
@@ -241,3 +247,22 @@ def test_output_dir_with_foreign_files_is_refused(tmp_path):
         prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
     assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+
+
+def test_gcs_output_is_replaced_whole_and_read_back(tmp_path, gcs_bucket):
+    _make_folder(tmp_path / "in", {"a": 3, "b": 3})
+    out = f"{gcs_bucket}/data"
+    for shards in (3, 2):
+        info = prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out,
+                               validation_fraction=0.0, num_shards=shards)
+    assert sorted(n.rstrip("/") for n in tf.io.gfile.listdir(out)) == [
+        "dataset.json", "labels.txt", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    assert [n for n in tf.io.gfile.listdir(gcs_bucket) if "prepare-" in n] == []
+    assert info["splits"]["train"]["files"] == ["train-00000-of-00002.tfrecord",
+                                                "train-00001-of-00002.tfrecord"]
+    glob = f"{out}/train-*"
+    cfg = config.Data(train_data=glob, eval_data=glob, class_names=data.resolve_class_names(glob),
+                      image_size=32)
+    assert data.count_examples(glob) == 6
+    labels = [int(v) for _, y in data.build_dataset(cfg, split="eval", batch_size=4) for v in y]
+    assert sorted(labels) == [0, 0, 0, 1, 1, 1]

@@ -35,7 +35,7 @@ from absl import app, flags, logging
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from trainer import data
+from trainer import data, fileio
 
 SPLITS = ("train", "validation")
 DEFAULT_SHARD_SIZE_MB = 100
@@ -320,31 +320,50 @@ def _leftovers(output_dir: str, tag: str) -> List[str]:
 
 
 def _recover(output_dir: str) -> None:
-    """Cleans up after a run killed mid-way: deletes its temporary folder, and puts a previous
-    output back if the kill fell between the two renames of the swap."""
+    """Cleans up after a run killed mid-way: deletes its temporary folder, and puts the
+    previous output back if the kill fell inside the swap (the output then lacks dataset.json,
+    which the swap moves in last)."""
     for tmp in _leftovers(output_dir, "tmp"):
         logging.warning("removing %s, left by an interrupted prepare", tmp)
         tf.io.gfile.rmtree(tmp)
     for old in _leftovers(output_dir, "old"):
-        if not tf.io.gfile.exists(output_dir):
-            logging.warning("restoring %s from %s (an interrupted prepare)", output_dir, old)
-            tf.io.gfile.rename(old, output_dir)
-        else:
+        if tf.io.gfile.exists(os.path.join(output_dir, data.INFO_FILE)):
             tf.io.gfile.rmtree(old)
+            continue
+        logging.warning("restoring %s from %s, left by an interrupted prepare", output_dir, old)
+        if tf.io.gfile.exists(output_dir):
+            tf.io.gfile.rmtree(output_dir)
+        _move_folder(old, output_dir)
 
 
 def _swap_into_place(tmp: str, output_dir: str) -> None:
-    """Replaces `output_dir` by the complete `tmp`: on a local disk two directory renames, so
-    a reader sees the old set or the new one, never a mix. On gs:// a rename copies objects,
-    so the old set is moved away first: an interrupted swap leaves a partial new set (without
-    dataset.json, written last) but never old and new shards together."""
-    old = None
-    if tf.io.gfile.exists(output_dir):
-        old = _sibling(output_dir, "old")
-        tf.io.gfile.rename(output_dir, old)
-    tf.io.gfile.rename(tmp, output_dir)
+    """Replaces `output_dir` by the complete `tmp`, so that a reader (or a crash) never meets
+    old and new shards together.
+
+    On a local disk: two directory renames. On gs:// a rename copies objects one by one, so
+    the old set is moved aside first, its dataset.json leaving first, and the new set is
+    moved in with dataset.json last: an interrupted swap leaves no dataset.json, which
+    `_recover` reads as "put the old set back".
+    """
+    old = _sibling(output_dir, "old") if tf.io.gfile.exists(output_dir) else None
+    if old:
+        _move_folder(output_dir, old, info_first=True)
+    _move_folder(tmp, output_dir)
     if old:
         tf.io.gfile.rmtree(old)
+
+
+def _move_folder(src: str, dst: str, *, info_first: bool = False) -> None:
+    """Renames folder `src` to `dst`; on gs:// file by file, dataset.json first or last."""
+    if not fileio.is_gcs(dst):
+        tf.io.gfile.rename(src, dst)
+        return
+    names = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(src))
+    names.sort(key=lambda n: (n == data.INFO_FILE) != info_first)
+    tf.io.gfile.makedirs(dst)
+    for name in names:
+        tf.io.gfile.rename(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
+    tf.io.gfile.rmtree(src)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -406,6 +425,9 @@ def _validate_args(*, input_dir, csv, output_dir, validation_fraction, num_shard
         raise data.DataError(f"--num_shards={num_shards} must be 1 or more")
     if shard_size_mb is not None and shard_size_mb <= 0:
         raise data.DataError(f"--shard_size_mb={shard_size_mb} must be positive")
+    if "://" in output_dir and os.path.dirname(output_dir.rstrip("/")).endswith(":"):
+        raise data.DataError(f"--output_dir {output_dir} is a root: pass a folder inside it, "
+                             "e.g. gs://bucket/data")
     if input_dir and _inside(output_dir, input_dir):
         raise data.DataError(f"--output_dir {output_dir} is inside --input_dir {input_dir}: it "
                              "would be read as a class folder; write the shards elsewhere")
@@ -454,7 +476,9 @@ class _Bar:
         import threading
         import tf_keras as keras
         self._lock = threading.Lock()
-        self._bar = keras.utils.Progbar(total, unit_name=label) if total else None
+        # One line per 30 s in logs (Vertex AI, CI); a live bar on a terminal.
+        interval = 0.1 if sys.stdout.isatty() else 30.0
+        self._bar = keras.utils.Progbar(total, unit_name=label, interval=interval) if total else None
 
     def add(self, n: int) -> None:
         if self._bar is not None:
