@@ -257,3 +257,17 @@ def test_bad_records_are_skipped_and_counted(tmp_path, caplog):
 def _others(split: str, path: str) -> int:
     """Skips counted for other data paths in this test process."""
     return sum(c.count() for (s, p), c in data._COUNTERS.items() if s == split and p != path)
+
+
+def test_corrupt_shard_framing_fails_start_up_checks_but_not_the_reader(tmp_path, unique_shards):
+    glob, classes = unique_shards
+    shard = os.path.join(os.path.dirname(glob), "train-00002-of-00004.tfrecord")
+    content = bytearray(open(shard, "rb").read())
+    content[len(content) // 2] ^= 0xFF  # inside the second of three records: a CRC mismatch
+    open(shard, "wb").write(bytes(content))
+    for check in (lambda: data.count_examples(glob), lambda: data.check_labels(glob, class_names=classes)):
+        with pytest.raises(data.DataError, match="cannot read the records of .*train-00002-of-00004"):
+            check()
+    labels = _labels(data.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split="eval",
+                                        batch_size=4))
+    assert sorted(labels) == sorted(set(range(12)) - {6, 10})  # the rest of that shard is lost

@@ -17,8 +17,10 @@ This module builds datasets only: it imports neither the model nor the strategy.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -179,7 +181,6 @@ def read_dataset_info(train_data: str) -> Optional[dict]:
     path = os.path.join(_shard_dir(train_data), INFO_FILE)
     if not tf.io.gfile.exists(path):
         return None
-    import json
     with tf.io.gfile.GFile(path, "r") as f:
         try:
             return json.loads(f.read())
@@ -203,8 +204,12 @@ def count_examples(path: str) -> int:
     """Examples behind a data path: dataset.json's count when it describes exactly the matched
     shards, else a count of records (or image files).
 
+    Shards without dataset.json larger than `_EXACT_COUNT_BYTES` in total (Google's ImageNet
+    shards: 140 GB) are not read through just to count: the count is estimated from the
+    records per byte of the first shard, and a warning says so.
+
     Raises:
-      DataError: missing path, glob matching nothing, or zero examples.
+      DataError: missing path, glob matching nothing, unreadable shard, or zero examples.
     """
     if is_image_folder(path):
         n = len(list_image_files(path, class_names=_class_dirs(path))[0])
@@ -212,11 +217,54 @@ def count_examples(path: str) -> int:
         files = list_record_files(path)
         n = _info_count(path, files)
         if n is None:
-            ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 16))
-            n = int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+            n = _count_records(files)
     if n == 0:
         raise DataError(f"{path} holds no examples: check the path or rerun trainer.prepare")
     return n
+
+
+_EXACT_COUNT_BYTES = 2 * 1024 ** 3
+
+
+def _count_records(files: Sequence[str]) -> int:
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    if sum(sizes) <= _EXACT_COUNT_BYTES or len(files) == 1:
+        return _read_count(files)
+    first = _read_count(files[:1])
+    estimate = round(first * sum(sizes) / max(sizes[0], 1))
+    logging.warning("%d shards, %.1f GB without dataset.json: estimated %d records from %s; "
+                    "write dataset.json (trainer.prepare does) or pass --steps_per_epoch",
+                    len(files), sum(sizes) / 1024 ** 3, estimate, files[0])
+    return estimate
+
+
+def _read_count(files: Sequence[str]) -> int:
+    ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(len(files), 16))
+    try:
+        return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    except tf.errors.OpError as e:
+        raise _unreadable(files, e) from None
+
+
+def _unreadable(files: Sequence[str], error: tf.errors.OpError) -> DataError:
+    """A DataError naming the first file that fails to read (found by reading them one by one,
+    on this error path only)."""
+    culprit, message = files[0], op_error_message(error)
+    if len(files) > 1:
+        for f in files:
+            try:
+                tf.data.TFRecordDataset(f).reduce(0, lambda count, _: count + 1)
+            except tf.errors.OpError as e:
+                culprit, message = f, op_error_message(e)
+                break
+    return DataError(f"cannot read the records of {culprit} ({message}): the shard is corrupt or "
+                     "truncated; rerun trainer.prepare, or remove it from the glob")
+
+
+def op_error_message(error: tf.errors.OpError) -> str:
+    """The human part of a TensorFlow op error: no function-node prefix, no op suffix."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
+    return re.sub(r"\s*\[Op:.*$", "", text.splitlines()[0] if text else "").strip()
 
 
 def check_labels(path: str, *, class_names: Sequence[str], label_offset: int = 0,
@@ -242,23 +290,31 @@ def check_labels(path: str, *, class_names: Sequence[str], label_offset: int = 0
         deterministic=True)
     ds = ds.take(max_records).batch(256).map(
         lambda f, r: (f, tf.io.parse_example(r, _CHECK_FEATURES)))
+    try:
+        for fnames, feats in ds.as_numpy_iterator():
+            for i, fname in enumerate(fnames):
+                _check_record(fname.decode(), {k: v[i] for k, v in feats.items()},
+                              class_names=class_names, label_offset=label_offset)
+    except tf.errors.OpError as e:
+        raise _unreadable(files, e) from None
+
+
+def _check_record(where: str, feats: dict, *, class_names: Sequence[str], label_offset: int):
     n = len(class_names)
-    for fnames, feats in ds.as_numpy_iterator():
-        labels = feats["image/class/label"] - label_offset
-        texts, synsets = feats["image/class/text"], feats["image/class/synset"]
-        for i, label in enumerate(labels):
-            where = fnames[i].decode()
-            if not 0 <= label < n:
-                raise DataError(
-                    f"label {int(label) + label_offset} in {where} is outside [{label_offset}, "
-                    f"{n + label_offset}) for the {n} classes of labels.txt: pass the matching "
-                    "--labels, or --label_offset=1 for 1-based labels (Google's ImageNet shards)")
-            names = {t.decode() for t in (texts[i], synsets[i]) if t}
-            if names and class_names[label] not in names:
-                raise DataError(
-                    f"label {int(label)} in {where} says {sorted(names)[0]!r} but labels.txt line "
-                    f"{label + 1} is {class_names[label]!r}: pass the labels.txt written with "
-                    "these shards (--labels) or rerun trainer.prepare")
+    label = int(feats["image/class/label"]) - label_offset
+    if not 0 <= label < n:
+        hint = ", or --label_offset=1 for 1-based labels (Google's ImageNet shards)" \
+            if label_offset == 0 and label == n else ""
+        raise DataError(
+            f"label {label + label_offset} in {where} is outside [{label_offset}, "
+            f"{n + label_offset}) for the {n} classes of labels.txt: pass the labels.txt written "
+            f"with these shards (--labels){hint}")
+    names = {t.decode() for t in (feats["image/class/text"], feats["image/class/synset"]) if t}
+    if names and class_names[label] not in names:
+        raise DataError(
+            f"label {label} in {where} says {sorted(names)[0]!r} but labels.txt line {label + 1} "
+            f"is {class_names[label]!r}: pass the labels.txt written with these shards (--labels) "
+            "or rerun trainer.prepare")
 
 
 # --------------------------------------------------------------------------- skipped records
@@ -277,7 +333,7 @@ class SkipCounter:
     """
 
     def __init__(self):
-        with tf.init_scope():
+        with tf.init_scope(), tf.device("/cpu:0"):  # lookup tables have CPU kernels only
             self.table = tf.lookup.experimental.MutableHashTable(
                 key_dtype=tf.int64, value_dtype=tf.int64, default_value=0)
 

@@ -132,7 +132,7 @@ def check_image(source: Source) -> Checked:
         with tf.io.gfile.GFile(source.path, "rb") as f:
             content = f.read()
     except tf.errors.OpError as e:
-        return Checked(source, reason=f"unreadable: {_op_message(e)}")
+        return Checked(source, reason=f"unreadable: {data.op_error_message(e)}")
     if not content:
         return Checked(source, reason="empty file")
     fmt = sniff_format(content[:8])
@@ -142,19 +142,13 @@ def check_image(source: Source) -> Checked:
         shape = tf.io.decode_image(content, channels=3, expand_animations=False).shape
     except tf.errors.OpError as e:
         return Checked(source, reason=f"{fmt} that does not decode (truncated or corrupt): "
-                                      f"{_op_message(e)}")
+                                      f"{data.op_error_message(e)}")
     ext = os.path.splitext(source.path)[1].lower()
     note = ""
     if _EXT_FORMAT.get(ext, fmt) != fmt:
         note = f"named {ext} but its content is {fmt}: stored with image/format {fmt}"
     return Checked(source, format=fmt, height=int(shape[0]), width=int(shape[1]),
                    num_bytes=len(content), note=note)
-
-
-def _op_message(error: tf.errors.OpError) -> str:
-    """The human part of a TensorFlow op error: no function-node prefix, no op suffix."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
-    return re.sub(r"\s*\[Op:.*$", "", text.splitlines()[0] if text else "").strip()
 
 
 def check_all(sources: Sequence[Source], *, num_workers: int) -> List[Checked]:
