@@ -6,13 +6,20 @@ import io
 import os
 import shutil
 
-import numpy as np
-import pytest
-import tensorflow as tf
-from PIL import Image
+import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tests.testing import gcs_front
+from tests.testing.gcs_front import gcs, gcs_bucket  # noqa: F401  (fixtures, if conftest has not registered the plugin)
 
-from tests.test_evaluate import export_base, loaded  # noqa: F401  # the shared tiny export
-from trainer import demo, predict
+for _key, _value in gcs_front.STATIC_ENV.items():  # before TensorFlow reads them at import
+    os.environ.setdefault(_key, _value)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.test_evaluate import export_base, loaded  # noqa: E402,F401  # the shared tiny export
+from trainer import demo, predict  # noqa: E402
 
 TOP_K = 3
 
@@ -125,3 +132,22 @@ def test_model_dir_resolves_to_newest_numeric_version(tmp_path):
         (tmp_path / "export" / version / "saved_model.pb").write_bytes(b"")
     assert predict.resolve_export_dir(str(tmp_path)) == str(tmp_path / "export" / "10")
     assert predict.resolve_export_dir(str(tmp_path / "export" / "2")) == str(tmp_path / "export" / "2")
+
+
+def test_gcs_inputs_and_outputs(gcs_bucket, inputs, loaded, capsys):  # noqa: F811
+    """gs:// folders in, CSV and features out, through TensorFlow's own gs:// client."""
+    for name in ("circle", "square"):
+        for path in sorted((inputs / name).glob("*.jpg")):
+            tf.io.gfile.copy(str(path), f"{gcs_bucket}/in/{name}/{path.name}")
+    tf.io.gfile.copy(str(inputs / "cross" / "broken.jpg"), f"{gcs_bucket}/in/cross/broken.jpg")
+    result = predict.run(model=loaded, specs=[f"{gcs_bucket}/in"], output=f"{gcs_bucket}/out/preds.csv",
+                         features_output=f"{gcs_bucket}/out/feats.npy", top_k=2, batch_size=2)
+    assert result.skipped and result.skipped[0][0] == f"{gcs_bucket}/in/cross/broken.jpg"
+    with tf.io.gfile.GFile(f"{gcs_bucket}/out/preds.csv") as f:
+        rows = list(csv.reader(io.StringIO(f.read())))
+    assert [r[0] for r in rows[1:]] == sorted(f"{gcs_bucket}/in/{n}/{p.name}" for n in ("circle", "square")
+                                              for p in (inputs / n).glob("*.jpg"))
+    with tf.io.gfile.GFile(f"{gcs_bucket}/out/feats.npy", "rb") as f:
+        feats = np.load(io.BytesIO(f.read()))
+    np.testing.assert_array_equal(feats, result.features)
+    assert "broken.jpg" in capsys.readouterr().err

@@ -297,6 +297,8 @@ def define_flags() -> None:
                                                      "(1 for Google's ImageNet shards)."),
         "worst": lambda: flags.DEFINE_integer("worst", DEFAULT_WORST, "Worst-classified images to list."),
     })
+    for name in ("model", "batch_size", "top_k"):  # listed by --helpshort beside this module's own
+        flags.declare_key_flag(name)
 
 
 def _check_flags(argv: Sequence[str]) -> None:
