@@ -25,7 +25,7 @@ def train_cli(model_dir, records, weights, *extra):
             f"--weights={weights}", f"--image_size={IMAGE_SIZE}", "--frozen_batch_size=16",
             "--finetune_batch_size=8", "--lr_base_batch_size=0", "--frozen_learning_rate=0.01",
             "--finetune_learning_rate=0.0005", "--warmup_epochs=0", "--early_stopping_patience=0",
-            "--steps_per_epoch=4", "--seed=1", *extra]
+            "--steps_per_epoch=4", "--seed=1", "--noreport", *extra]
     task.define_flags()
     task.FLAGS.unparse_flags()
     task.FLAGS(argv)
@@ -59,7 +59,7 @@ def is_bn_stat(name):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, demo_records, pretrained_weights):
     model_dir = str(tmp_path_factory.mktemp("full_run"))
-    code = train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2")
+    code = train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2", "--report")
     assert code == 0
     return model_dir
 
@@ -100,7 +100,8 @@ def test_history_schema_and_loss_falls(full_run):
 
 
 def test_outputs_in_model_dir(full_run):
-    for name in ("config.json", "history.json", "state.json", "plots/learning_curves.png"):
+    for name in ("config.json", "history.json", "state.json", "plots/learning_curves.png", "eval/metrics.json",
+                 "eval/per_class.csv", "eval/confusion_matrix.png"):
         assert os.path.exists(os.path.join(full_run, name)), name
     assert glob.glob(os.path.join(full_run, "logs", "frozen", "train", "events.*"))
     versions = os.listdir(os.path.join(full_run, "export"))

@@ -182,6 +182,7 @@ class Runtime:
       max_batch_size: cap for automatic batch sizes.
       accumulate_steps: gradient accumulation steps.
       tensorboard_dir / checkpoint_dir: override the defaults under model_dir (Vertex AI sets them).
+      report: after the export, write the validation report (model_dir/eval/) through it.
     """
     model_dir: str
     strategy: str = "auto"
@@ -196,6 +197,7 @@ class Runtime:
     accumulate_steps: int = 1
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
+    report: bool = True
 
     def __post_init__(self):
         _check(bool(self.model_dir), "--model_dir is empty: pass a folder (local or gs://) or set AIP_MODEL_DIR")
