@@ -1,0 +1,136 @@
+"""The demo flow with every path on gs://, against the GCS test front (tests/testing/gcs_front.py).
+
+prepare (gs:// image folder -> gs:// shards) -> train both phases (model_dir and --weights on
+gs://) -> export on gs:// -> load the export from gs:// and predict; then the same training
+again while every Nth storage request is answered 503, which must end with the same result.
+Each run is a real `python -m trainer.*` process that inherits the front's environment.
+
+The trainer's training input is deliberately nondeterministic (parallel reads in any order), so
+the two training runs set TF_DETERMINISTIC_OPS=1: TensorFlow then rewrites tf.data pipelines
+to be deterministic (its make_deterministic optimization), and a faulty run that only retried
+storage requests must match the clean one exactly.
+"""
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tensorflow as tf  # noqa: E402
+
+from tests.conftest import IMAGE_SIZE  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVERY_NTH_503 = 20
+
+
+def run_module(module, *args, env):
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def upload_tree(local_root, gs_root):
+    for folder, _, files in os.walk(local_root):
+        for name in files:
+            path = os.path.join(folder, name)
+            tf.io.gfile.copy(path, f"{gs_root}/{os.path.relpath(path, local_root)}")
+
+
+def trainer_env(gcs):
+    return {**os.environ, **gcs.env, "TF_DETERMINISTIC_OPS": "1"}
+
+
+def read_json(path):
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def bucket(gcs, demo_images, pretrained_weights):
+    """A bucket holding the demo image folder and the pretrained notop weights file."""
+    gcs.set_faults()
+    root = gcs.create_bucket(f"e2e-{uuid.uuid4().hex[:8]}")
+    upload_tree(demo_images, f"{root}/images")
+    tf.io.gfile.copy(pretrained_weights, f"{root}/weights/b0_notop.h5")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(gcs, bucket):
+    env = {**os.environ, **gcs.env}
+    run_module("trainer.prepare", f"--input_dir={bucket}/images", f"--output_dir={bucket}/data",
+               "--validation_fraction=0.25", "--num_shards=2", env=env)
+    return f"{bucket}/data"
+
+
+def train_args(shards, bucket, model_dir):
+    return [f"--train_data={shards}/train-*.tfrecord",
+            f"--eval_data={shards}/validation-*.tfrecord",
+            f"--weights={bucket}/weights/b0_notop.h5", f"--model_dir={model_dir}",
+            f"--image_size={IMAGE_SIZE}", "--frozen_epochs=1", "--finetune_epochs=1",
+            "--steps_per_epoch=2", "--frozen_batch_size=8", "--finetune_batch_size=8",
+            "--unfreeze=top:1"]
+
+
+@pytest.fixture(scope="module")
+def clean_run(gcs, bucket, shards):
+    model_dir = f"{bucket}/runs/clean"
+    result = run_module("trainer.task", *train_args(shards, bucket, model_dir),
+                        env=trainer_env(gcs))
+    return model_dir, result
+
+
+def test_prepare_from_gcs_folder_to_gcs_shards(shards, demo_images):
+    names = sorted(tf.io.gfile.listdir(shards))
+    assert names == ["dataset.json", "labels.txt", "train-00000-of-00002.tfrecord",
+                     "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
+    with tf.io.gfile.GFile(f"{shards}/labels.txt") as f:
+        assert f.read().split() == sorted(os.listdir(demo_images))
+    total = sum(1 for _ in tf.data.TFRecordDataset(tf.io.gfile.glob(f"{shards}/*.tfrecord")))
+    assert total == sum(len(os.listdir(os.path.join(demo_images, c)))
+                        for c in os.listdir(demo_images))
+
+
+def test_train_export_and_predict_all_on_gcs(clean_run, shards, demo_images):
+    model_dir, result = clean_run
+    history = read_json(f"{model_dir}/history.json")
+    assert [h["phase"] for h in history] == ["frozen", "finetune"]
+    for name in ("config.json", "state.json", "plots/learning_curves.png"):
+        assert tf.io.gfile.exists(f"{model_dir}/{name}"), name
+    assert tf.io.gfile.glob(f"{model_dir}/logs/*/train/events.out.tfevents.*")
+    export_dir = result.stdout.split("export: ")[-1].strip()
+    assert export_dir.startswith(f"{model_dir}/export/")
+    assert os.path.basename(export_dir).isdigit()
+
+    loaded = tf.saved_model.load(export_dir)
+    classes = sorted(os.listdir(demo_images))
+    images = [open(os.path.join(demo_images, c, sorted(os.listdir(os.path.join(demo_images, c)))[0]),
+                   "rb").read() for c in classes]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    probabilities = out["probabilities"].numpy()
+    assert probabilities.shape == (len(classes), len(classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    top = [c.decode() for c in out["classes"].numpy()[:, 0]]
+    assert top == [classes[i] for i in probabilities.argmax(axis=1)]
+
+
+def test_training_through_503s_ends_like_without(gcs, bucket, shards, clean_run):
+    model_dir = f"{bucket}/runs/faulty"
+    gcs.set_faults(every_nth_503=EVERY_NTH_503)
+    try:
+        run_module("trainer.task", *train_args(shards, bucket, model_dir), env=trainer_env(gcs))
+        injected = gcs.stats()["injected_503"]
+    finally:
+        gcs.set_faults()
+    assert injected >= 5
+    clean, faulty = (read_json(f"{d}/history.json") for d in (clean_run[0], model_dir))
+    assert [(h["phase"], h["epoch"]) for h in faulty] == [(h["phase"], h["epoch"]) for h in clean]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([h[key] for h in faulty], [h[key] for h in clean],
+                                   rtol=1e-6, err_msg=key)
