@@ -265,3 +265,14 @@ def test_block_size_default_reaches_tensorflow(gcs, gcs_bucket):
     gcs.set_faults()  # restarts the request count
     subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, timeout=120)
     assert gcs.stats()["requests"] == 3
+
+
+def test_session_gcs_settings_reached_this_process(gcs, gcs_bucket):
+    """The plugin's pytest_configure set GCS_READ_CACHE_BLOCK_SIZE_MB=1 before TensorFlow was
+    imported here: a 2.5 MiB object takes one metadata request and three 1 MiB reads."""
+    path = gcs_bucket + "/blocks.bin"
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(b"y" * (5 * 512 * 1024))
+    gcs.set_faults()  # restarts the request count
+    assert len(tf.io.gfile.GFile(path, "rb").read()) == 5 * 512 * 1024
+    assert gcs.stats()["requests"] == 4

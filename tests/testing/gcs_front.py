@@ -573,9 +573,13 @@ class GcsFront:
 # Pytest plugin.
 
 def pytest_configure(config):
-    """Sets the GCS_* test values before test modules import TensorFlow (it reads them then)."""
-    for key, value in STATIC_ENV.items():
-        os.environ.setdefault(key, value)
+    """Sets the GCS_* test values before test modules import TensorFlow (it reads them then).
+
+    They replace any value already set, e.g. the trainer's own defaults, which `import trainer`
+    in conftest.py may have applied: tests run with known settings.
+    """
+    del config
+    os.environ.update(STATIC_ENV)
 
 
 @pytest.fixture(scope="session")
