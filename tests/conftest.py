@@ -13,6 +13,10 @@ import trainer  # noqa: E402,F401
 
 IMAGE_SIZE = 64
 
+# The GCS test front (gcs / gcs_bucket fixtures); it sets TF's GCS_* variables before
+# TensorFlow is first imported, so nothing above may import TensorFlow.
+pytest_plugins = ["tests.testing.gcs_front"]
+
 
 @pytest.fixture(scope="session")
 def demo_images(tmp_path_factory):

@@ -9,3 +9,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 __version__ = "0.1.0"
+
+from trainer import gcs as _gcs  # noqa: E402  # light: no TensorFlow import
+
+_gcs.apply_tf_gcs_defaults()  # GCS_* tuning variables are read when TensorFlow is imported

@@ -7,6 +7,7 @@ the user asks for the seed blog's variant (`bn="trainable"`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Dict, List, Optional
 
@@ -95,9 +96,20 @@ def load_weights_file(model: keras.Model, path: str, *, num_classes: int) -> Non
 
     A notop file (`backbone.save_weights('x.h5')`, the format of the official downloads) goes
     into the backbone; a file saved from a whole classifier of this package (it holds our head
-    layer) goes into the whole model, so a previous run can be a starting point.
+    layer) goes into the whole model, so a previous run can be a starting point. A gs:// file
+    is read through a temporary local copy, removed afterwards.
     """
+    if not fileio.exists(path):
+        raise WeightsError(f"--weights={path} does not exist; pass imagenet, none, or the path of a weights file")
     local = fileio.local_copy(path, suffix=".h5")
+    try:
+        _load_local_weights(model, local, path=path, num_classes=num_classes)
+    finally:
+        if local != path:
+            os.remove(local)
+
+
+def _load_local_weights(model: keras.Model, local: str, *, path: str, num_classes: int) -> None:
     try:
         with h5py.File(local, "r") as f:
             names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs.get("layer_names", [])]

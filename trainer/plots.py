@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import io
-import os
 from typing import List
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
 
 from trainer import fileio  # pylint: disable=wrong-import-position
 
@@ -42,8 +40,4 @@ def save_figure(fig, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    fileio.makedirs(os.path.dirname(path))
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    fileio.write_bytes_atomic(path, buf.getvalue())

@@ -1,12 +1,15 @@
 """python -m trainer.task: the training entry point.
 
 The only reader of flags and of the cloud environment (AIP_MODEL_DIR, AIP_CHECKPOINT_DIR,
-AIP_TENSORBOARD_LOG_DIR; TF_CONFIG / CLUSTER_SPEC are read by distribute.py's resolvers). It
-builds one Config and hands it to train.run. A user mistake ends in one line on stderr and exit
-status 2, before anything is written to --model_dir.
+AIP_TENSORBOARD_LOG_DIR, TPU_NAME; Vertex AI's CLUSTER_SPEC becomes TF_CONFIG here, which
+TensorFlow's cluster resolver reads). It makes the strategy first (MultiWorkerMirroredStrategy
+must exist before TensorFlow's first op, and reading the data runs ops), builds one Config and
+hands both to train.run. A user mistake ends in one line on stderr and exit status 2, before
+anything is written to --model_dir.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -51,13 +54,15 @@ def define_flags() -> None:
     flags.DEFINE_enum("augment", "flip", list(config.AUGMENT), "Training augmentation.")
     flags.DEFINE_bool("cache", False, "Cache decoded training records in memory (small datasets).")
     flags.DEFINE_enum("strategy", "auto", list(config.STRATEGIES), "Distribution strategy.")
-    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (default $TPU_NAME).")
+    flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or local on a TPU VM (default $TPU_NAME).")
     flags.DEFINE_enum("mixed_precision", "none", list(config.MIXED_PRECISION), "Mixed-precision policy.")
     flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA (for GPUs/TPUs).")
     flags.DEFINE_float("memory_budget_gb", None, "Device memory to plan auto batch sizes for; default detected.")
     flags.DEFINE_integer("max_batch_size", 256, "Cap on auto batch sizes.")
     flags.DEFINE_integer("accumulate_steps", 1, "Gradient accumulation steps.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_bool("report", True, "After the export, write the validation report (metrics, per-class "
+                      "table, confusion matrix, worst images) to MODEL_DIR/eval through the exported model.")
     flags.DEFINE_bool("overwrite", False, "Start afresh even if --model_dir holds a run.")
     flags.DEFINE_bool("plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
                       "rates), write plan.json, and exit without training.")
@@ -104,25 +109,51 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
                      batch_size=_batch_size(f.finetune_batch_size, "finetune_batch_size"), **common),
     )
     runtime = config.Runtime(
-        model_dir=model_dir, strategy=f.strategy, tpu=f.tpu, mixed_precision=f.mixed_precision,
+        model_dir=model_dir, strategy=f.strategy, tpu=f.tpu or env.get("TPU_NAME"), mixed_precision=f.mixed_precision,
         jit_compile=f.jit_compile, steps_per_epoch=f.steps_per_epoch, seed=f.seed, overwrite=f.overwrite,
         memory_budget_gb=f.memory_budget_gb, max_batch_size=f.max_batch_size, accumulate_steps=f.accumulate_steps,
         tensorboard_dir=f.tensorboard_dir or env.get("AIP_TENSORBOARD_LOG_DIR"),
-        checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"))
+        checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), report=f.report)
     return config.Config(data=data_cfg, model=model_cfg, phases=phases, runtime=runtime)
 
 
 def user_errors() -> tuple:
     """The exception types that mean 'the user must change something': one line, exit 2."""
-    from trainer import data, model  # pylint: disable=import-outside-toplevel
-    return (config.ConfigError, data.DataError, model.WeightsError)
+    from trainer import data, gcs, model  # pylint: disable=import-outside-toplevel
+    return (config.ConfigError, data.DataError, model.WeightsError, gcs.GcsError)
+
+
+def export_tf_config(env=os.environ) -> None:
+    """Sets TF_CONFIG from Vertex AI's CLUSTER_SPEC when only the latter is set (custom
+    containers), so that workerpool0 is the chief; an existing TF_CONFIG is kept."""
+    from trainer import distribute  # pylint: disable=import-outside-toplevel
+    if env.get("CLUSTER_SPEC") and not env.get("TF_CONFIG"):
+        try:
+            spec = json.loads(env["CLUSTER_SPEC"])
+        except json.JSONDecodeError as e:
+            raise config.ConfigError(f"CLUSTER_SPEC is not valid JSON ({e})") from None
+        env["TF_CONFIG"] = json.dumps(distribute.tf_config_from_cluster_spec(spec))
+
+
+def _check_outputs_writable(runtime: config.Runtime) -> None:
+    """Fails in seconds, not after an hour of training, when an output bucket is missing or read-only."""
+    from trainer import fileio, gcs  # pylint: disable=import-outside-toplevel
+    urls = [p for p in (runtime.model_dir, runtime.checkpoint_dir, runtime.tensorboard_dir) if p and fileio.is_gcs(p)]
+    if urls:
+        gcs.check_writable(urls)
 
 
 def main(argv):
-    del argv
-    from trainer import train  # pylint: disable=import-outside-toplevel
+    from trainer import distribute, train  # pylint: disable=import-outside-toplevel
     try:
-        result = train.run(build_config(), plan_only=FLAGS.plan_only)
+        if len(argv) > 1:
+            raise config.ConfigError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
+                                     "e.g. --train_data=PATH (see --helpfull)")
+        export_tf_config()
+        strategy = distribute.build_strategy(strategy=FLAGS.strategy, tpu=FLAGS.tpu or os.environ.get("TPU_NAME"))
+        cfg = build_config()
+        _check_outputs_writable(cfg.runtime)
+        result = train.run(cfg, plan_only=FLAGS.plan_only, strategy=strategy)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
