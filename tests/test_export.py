@@ -1,8 +1,8 @@
 """trainer.export: the SavedModel's contract, its loaders, its warmup file and its versioning.
 
-The B0 export is `serving_server.tiny_export` (shared with test_serving.py). Versioning,
-failure and input checks use a small conv net with the same contract (0..255 pixels in,
-softmax out, a GlobalAveragePooling2D named avg_pool), which exports in seconds.
+The B0 export is `serving_server.tiny_export` (shared with test_serving.py). The loader path,
+versioning, failure and input checks use `serving_server.small_classifier`, a small conv net
+with the same contract, which exports in seconds.
 """
 import io
 import os
@@ -14,8 +14,13 @@ import pytest
 from PIL import Image
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tests.testing import gcs_front  # noqa: E402
+from tests.testing.gcs_front import gcs, gcs_bucket  # noqa: E402,F401  (fixtures, if conftest has not registered the plugin)
+
+for _key, _value in gcs_front.STATIC_ENV.items():  # before TensorFlow reads them at import
+    os.environ.setdefault(_key, _value)
+
 import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
 from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
 
 from serving import signatures  # noqa: E402
@@ -33,20 +38,7 @@ def jpeg(seed, size=(50, 36)):
     return buffer.getvalue()
 
 
-def small_net(num_classes, *, size=SIZE, dtype_policy=None):
-    """The classifier contract on a few-layer conv net (exports in seconds)."""
-    if dtype_policy:
-        keras.mixed_precision.set_global_policy(dtype_policy)
-    try:
-        inputs = keras.Input((size, size, 3))
-        x = keras.layers.Rescaling(1 / 255.0)(inputs)
-        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D(name=model_lib.FEATURES_LAYER)(x)
-        x = keras.layers.Dropout(0.2)(x)
-        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
-        return keras.Model(inputs, outputs)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+small_net = serving_server.small_classifier
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +90,18 @@ def test_serving_default_matches_keras_on_the_same_pixels(exported, servable):
     assert classify["classes"].numpy().tolist() == out["classes"].numpy().tolist()
 
 
-def test_loads_through_the_tf1_loader_too(exported, servable):
-    _, _, _, path = exported
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    """7 classes (so K = 5 < C), verified on export."""
+    names = [f"c{i}" for i in range(7)]
+    base = str(tmp_path_factory.mktemp("small") / "export")
+    return names, export.export_saved_model(small_net(7), class_names=names, image_size=SIZE, export_base=base)
+
+
+def test_loads_through_the_tf1_loader_too(small_export):
+    _, path = small_export
     image = jpeg(4)
-    ref = servable.loaded.signatures["serving_default"](image_bytes=tf.constant([image]))
+    ref = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([image]))
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
         sig = meta.signature_def["serving_default"]
@@ -129,13 +129,13 @@ def test_warmup_file_parses_and_replays_every_signature_at_every_batch_size(expo
     assert serving_server.replay_warmup(servable, method_name_check=True) == len(seen)
 
 
-def test_top_k_is_five_when_there_are_more_classes(tmp_path):
-    names = [f"c{i}" for i in range(7)]
-    path = export.export_saved_model(small_net(7), class_names=names, image_size=SIZE, export_base=str(tmp_path))
+def test_top_k_is_five_when_there_are_more_classes(small_export):
+    names, path = small_export
     out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([jpeg(5)]))
     assert out["classes"].shape == (1, 5) and out["scores"].shape == (1, 5)
     assert out["probabilities"].shape == (1, 7)
-    assert set(c.decode() for c in out["classes"].numpy()[0]) <= set(names)
+    order = np.argsort(-out["probabilities"].numpy()[0])[:5]
+    assert [c.decode() for c in out["classes"].numpy()[0]] == [names[i] for i in order]
 
 
 def test_versions_count_up_and_existing_ones_are_never_overwritten(tmp_path):
@@ -151,6 +151,19 @@ def test_versions_count_up_and_existing_ones_are_never_overwritten(tmp_path):
         export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), version=4)
     assert export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base),
                                      version=10, verify=False) == str(base / "10")
+
+
+def test_export_to_gcs_lands_whole_in_the_next_version(gcs_bucket):
+    """gs:// through TensorFlow's own filesystem (the GCS test front): copy-based publish."""
+    base = f"{gcs_bucket}/run/export"
+    tf.io.gfile.makedirs(f"{base}/1")
+    tf.io.gfile.makedirs(f"{base}/notes")
+    path = export.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=base)
+    assert path == f"{base}/2"
+    assert sorted(n.rstrip("/") for n in tf.io.gfile.listdir(base)) == ["1", "2", "notes"]
+    out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([jpeg(6)]))
+    assert out["classes"].shape == (1, 2)
+    assert signatures.read_signature_defs(path)["classify"].method_name == "tensorflow/serving/classify"
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):

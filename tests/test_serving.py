@@ -168,7 +168,7 @@ def test_method_name_check_accepts_our_classify_and_refuses_predict_signatures(s
         server.method_name_check = False
     with pytest.raises(sc.ServingError) as e:  # without the check, the signature's keys decide
         grpc_client.classify(IMAGES[:1], signature="serving_default")
-    assert "No classification inputs found in SignatureDef" in e.value.message
+    assert e.value.message == "Expected one or two output Tensors, found 3"  # classifier.cc's first check
 
 
 def test_batching_limit_refuses_requests_over_max_batch_size(server):
@@ -311,10 +311,11 @@ def test_unreachable_server_fails_every_input_fast(image_dir, capsys):
     assert sum("UNAVAILABLE" in e for e in errors) == 2
 
 
-def test_rolling_a_new_version_and_a_bad_warmup_keeps_serving(exported, tmp_path):
-    _, base, v1 = exported
+def test_rolling_a_new_version_and_a_bad_warmup_keeps_serving(tmp_path):
+    from trainer import export
     roll = tmp_path / "effnet"
-    shutil.copytree(v1, roll / "1")
+    v1 = export.export_saved_model(serving_server.small_classifier(3), class_names=CLASSES, image_size=SIZE,
+                                   export_base=str(roll), verify=False)
     with serving_server.ModelServer(models={"effnet": str(roll)}) as srv:
         client = sc.GrpcClient(srv.address, model="effnet")
         shutil.copytree(v1, roll / "2")
@@ -328,6 +329,7 @@ def test_rolling_a_new_version_and_a_bad_warmup_keeps_serving(exported, tmp_path
         status = {s["version"]: s for s in client.status()}
         assert status[3]["state"] == "END" and "warmup" in status[3]["error_message"]
         assert client.metadata()["version"] == 2  # still serving the last good version
+        assert client.predict(IMAGES[:1])["classes"].shape == (1, 3)
         client.close()
 
 

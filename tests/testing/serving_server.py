@@ -709,6 +709,26 @@ TINY_CLASS_NAMES = ("cat", "dog", "fox", "owl", "bee", "ant", "elk")
 _TINY: Dict[tuple, tuple] = {}
 
 
+def small_classifier(num_classes: int, *, image_size: int = 32, dtype_policy: Optional[str] = None):
+    """The classifier contract (0..255 pixels in, softmax out, GlobalAveragePooling2D named
+    avg_pool) on a few-layer conv net: it exports and loads in seconds, for tests about the
+    SavedModel's plumbing rather than about EfficientNet."""
+    import tf_keras as keras  # pylint: disable=import-outside-toplevel
+    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
+    if dtype_policy:
+        keras.mixed_precision.set_global_policy(dtype_policy)
+    try:
+        inputs = keras.Input((image_size, image_size, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D(name=model_lib.FEATURES_LAYER)(x)
+        x = keras.layers.Dropout(0.2)(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+        return keras.Model(inputs, outputs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def tiny_export(*, num_classes: int = 3, image_size: int = 32):
     """(model, class_names, export_base, version_path) of a tiny B0 export, made once per process.
 
@@ -730,7 +750,9 @@ def tiny_export(*, num_classes: int = 3, image_size: int = 32):
         atexit.register(shutil.rmtree, root, True)
         names = list(TINY_CLASS_NAMES[:num_classes])
         base = f"{root}/effnet"
-        path = export.export_saved_model(model, class_names=names, image_size=image_size, export_base=base)
+        # verify=False: the tests compare the export with the model themselves.
+        path = export.export_saved_model(model, class_names=names, image_size=image_size, export_base=base,
+                                         verify=False)
         _TINY[key] = (model, names, base, path)
     return _TINY[key]
 
