@@ -3,11 +3,16 @@
 Phases are data: `for phase in cfg.phases`. Each phase sets which layers train, recompiles with
 its own optimizer, learning-rate schedule and batch size, and fits with early stopping that
 restores its best weights. A finished phase leaves a checkpoint and a line in state.json, so a
-restarted job (same command, same model_dir) continues after it instead of redoing it.
+restarted job (same command, same model_dir) continues after it instead of redoing it; a job
+stopped inside a phase continues that phase from its backup (trainer/preemption.py), so
+history.json ends with each (phase, epoch) exactly once. Under MultiWorkerMirroredStrategy every
+worker trains and saves, but only the chief writes files others read (docs/distributed.md).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -15,14 +20,15 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribute, fileio, memory, plots, schedules
+from trainer import data, distribute, fileio, memory, plots, preemption, schedules
 from trainer import model as model_lib
 from trainer.config import Config, ConfigError, Phase
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
-_OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, "plan.json", "checkpoints", "logs", "plots", "export")
+_OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, "plan.json", "checkpoints", "logs", "plots", "export",
+          preemption.BACKUP_DIR)
 
 
 @dataclasses.dataclass
@@ -31,18 +37,22 @@ class RunResult:
     history: List[dict]
 
 
-def run(cfg: Config, *, plan_only: bool = False) -> RunResult:
+def run(cfg: Config, *, plan_only: bool = False, strategy: Optional[tf.distribute.Strategy] = None) -> RunResult:
     """Trains every phase of `cfg` that is not done yet in its model_dir, then exports.
 
     With `plan_only`, prints the plan (phases, trainable parameters, batch sizes, learning
-    rates) and returns without training or writing anything but the plan.
+    rates) and returns without training or writing anything but the plan. `strategy` is made
+    from cfg.runtime when not given (task.py makes it first: MultiWorkerMirroredStrategy must
+    exist before TensorFlow's first op).
     """
-    check_model_dir(cfg)
+    strategy = strategy or distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
+    chief = distribute.is_chief(strategy)
+    # Only the chief clears or checks the folder; building the model below is a collective
+    # (MultiWorkerMirroredStrategy broadcasts initial values), so no worker reads it before.
+    check_model_dir(cfg, clear=chief)
     keras.utils.set_random_seed(cfg.runtime.seed)
     if cfg.runtime.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(cfg.runtime.mixed_precision)
-    strategy = distribute.build_strategy(cfg.runtime)
-    chief = distribute.is_chief(strategy)
     with strategy.scope():
         model = model_lib.build_classifier(cfg.model)
         phases = memory.plan(cfg, model=model, replicas=strategy.num_replicas_in_sync)
@@ -52,32 +62,81 @@ def run(cfg: Config, *, plan_only: bool = False) -> RunResult:
         if chief:
             fileio.write_text_atomic(fileio.join(cfg.runtime.model_dir, CONFIG_FILE), cfg.to_json() + "\n")
         history = _train_phases(model, cfg=cfg, phases=phases, strategy=strategy, chief=chief)
+    logging.info("final weights: %s", weights_digest(model))
+    model = _exportable(model, cfg=cfg, strategy=strategy)
     if not chief:
         return RunResult(None, history)
-    plots.plot_learning_curves(history, fileio.join(cfg.runtime.model_dir, "plots", "learning_curves.png"))
-    return RunResult(_export(model, cfg), history)
+    curves = fileio.join(cfg.runtime.model_dir, "plots", "learning_curves.png")
+    plots.plot_learning_curves(history, curves)
+    export_dir = _export(model, cfg)
+    if cfg.runtime.report:
+        _report(cfg, export_dir=export_dir, history=history, curves=curves)
+    return RunResult(export_dir, history)
+
+
+def _report(cfg: Config, *, export_dir: str, history: List[dict], curves: str) -> None:
+    """The validation report (model_dir/eval/) and its TensorBoard summaries, from the export itself."""
+    from trainer import evaluate, predict, reports  # pylint: disable=import-outside-toplevel
+    log_dir = cfg.runtime.tensorboard_dir or fileio.join(cfg.runtime.model_dir, "logs")
+    images = {"learning_curves": curves} if fileio.exists(curves) else {}
+    metrics: dict = {}
+    if cfg.data.eval_data:
+        eval_dir = fileio.join(cfg.runtime.model_dir, "eval")
+        try:
+            metrics = evaluate.write_report(export_dir, data_path=cfg.data.eval_data, output_dir=eval_dir,
+                                            label_offset=cfg.data.label_offset)
+            images.update(evaluate.report_images(eval_dir))
+            logging.info("validation report in %s: %s", eval_dir, "; ".join(evaluate.summary_lines(metrics)))
+        except (data.DataError, predict.PredictError) as e:
+            logging.warning("no evaluation report: %s", e)
+    reports.write_tensorboard(fileio.join(log_dir, "eval"), metrics=metrics, images=images, step=len(history))
 
 
 def _train_phases(model: keras.Model, *, cfg: Config, phases, strategy, chief: bool) -> List[dict]:
-    """The phase loop, skipping phases a previous attempt finished (their weights are loaded)."""
+    """The phase loop, skipping phases a previous attempt finished (their weights are loaded).
+
+    A phase a previous attempt stopped inside keeps its history records; its backup restores
+    it, and HistoryRecorder drops the records of the epochs it trains again.
+    """
     state = _read_state(cfg.runtime.model_dir)
-    done = list(state)
-    history = [h for h in _read_history(cfg.runtime.model_dir) if h["phase"] in done]
-    if done:
-        model.load_weights(state[done[-1]])
-        logging.info("resuming %s: phase(s) %s already done", cfg.runtime.model_dir, ", ".join(done))
-    for phase in phases:
-        if phase.epochs == 0 or phase.name in done:
-            continue
-        history += _fit_phase(model, cfg=cfg, phase=phase, strategy=strategy, history=history, chief=chief)
-        prefix = checkpoint_prefix(cfg, phase.name)
-        model.save_weights(prefix)
-        state[phase.name] = prefix
-        done.append(phase.name)
-        if chief:
-            fileio.write_json_atomic(fileio.join(cfg.runtime.model_dir, STATE_FILE),
-                                     {"completed": [{"phase": n, "checkpoint": state[n]} for n in done]})
+    todo = [p for p in phases if p.epochs > 0 and p.name not in state]
+    history = [h for h in _read_history(cfg.runtime.model_dir)
+               if h["phase"] in state or h["phase"] in {p.name for p in todo}]
+    if state:
+        model.load_weights(state[list(state)[-1]])
+        logging.info("resuming %s: phase(s) %s already done", cfg.runtime.model_dir, ", ".join(state))
+    with preemption.Guard(strategy=strategy) as guard:
+        for phase in todo:
+            history = _fit_phase(model, cfg=cfg, phase=phase, strategy=strategy, history=history, chief=chief,
+                                 guard=guard)
+            _finish_phase(model, cfg=cfg, phase_name=phase.name, state=state, strategy=strategy, chief=chief)
     return history
+
+
+def _finish_phase(model: keras.Model, *, cfg: Config, phase_name: str, state: Dict[str, str], strategy,
+                  chief: bool) -> None:
+    """Saves the phase's weights, records it in state.json, and only then drops its backup.
+
+    Every worker saves (a collective under MultiWorkerMirroredStrategy); only the chief's copy
+    lands at the prefix, the others go to a temporary folder that is removed.
+    """
+    prefix = checkpoint_prefix(cfg, phase_name)
+    folder, name = os.path.split(prefix)
+    model.save_weights(fileio.join(distribute.write_dir(folder, strategy=strategy), name))
+    distribute.remove_write_dir(folder, strategy=strategy)
+    state[phase_name] = prefix
+    if chief:
+        fileio.write_json_atomic(fileio.join(cfg.runtime.model_dir, STATE_FILE),
+                                 {"completed": [{"phase": n, "checkpoint": p} for n, p in state.items()]})
+        preemption.remove_backup(cfg.runtime.model_dir, phase_name)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A short fingerprint of every weight: workers of one job must log the same one."""
+    digest = hashlib.sha256()
+    for value in model.get_weights():
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _log_plan(model: keras.Model, *, cfg: Config, phases) -> None:
@@ -91,11 +150,14 @@ def _log_plan(model: keras.Model, *, cfg: Config, phases) -> None:
                                                            base_batch_size=phase.base_batch_size))
 
 
-def check_model_dir(cfg: Config) -> None:
-    """Refuses a model_dir that holds another run, unless --overwrite; clears it on overwrite."""
+def check_model_dir(cfg: Config, *, clear: bool = True) -> None:
+    """Refuses a model_dir that holds another run, unless --overwrite; clears it on overwrite
+    (when `clear`: the chief of a multi-worker job does it for all)."""
     model_dir = cfg.runtime.model_dir
     path = fileio.join(model_dir, CONFIG_FILE)
     if cfg.runtime.overwrite:
+        if not clear:
+            return
         for name in _OWNED:
             target = fileio.join(model_dir, name)
             if tf.io.gfile.isdir(target):
@@ -142,8 +204,8 @@ def _read_history(model_dir: str) -> List[dict]:
 
 
 def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, history: List[dict],
-               chief: bool) -> List[dict]:
-    """Opens the phase's layers, recompiles, fits; returns the phase's epoch records."""
+               chief: bool, guard: preemption.Guard) -> List[dict]:
+    """Opens the phase's layers, recompiles, fits; returns the run's epoch records so far."""
     model_lib.set_trainable(model, phase=phase, bn=cfg.model.bn)
     counts = model_lib.parameter_counts(model)
     batch_size = int(phase.batch_size)
@@ -160,14 +222,18 @@ def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, histo
             peak_learning_rate=peak_lr, total_steps=total, warmup=warmup)),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=cfg.runtime.jit_compile)
+        jit_compile=cfg.runtime.jit_compile,
+        steps_per_execution=distribute.steps_per_execution(strategy, steps_per_epoch=steps))
     train_ds, eval_ds, eval_steps = _datasets(cfg, strategy=strategy, batch_size=batch_size)
     recorder = HistoryRecorder(phase=phase.name, previous=history,
                                path=fileio.join(cfg.runtime.model_dir, HISTORY_FILE) if chief else None)
+    backup = preemption.PhaseBackup(preemption.backup_dir(cfg.runtime.model_dir, phase.name), epochs=phase.epochs,
+                                    steps_per_epoch=steps, guard=guard)
     model.fit(train_ds, epochs=phase.epochs, steps_per_epoch=steps, validation_data=eval_ds,
               validation_steps=eval_steps, verbose=1 if sys.stdout.isatty() else 2,
-              callbacks=_callbacks(cfg, phase=phase, recorder=recorder, has_eval=eval_ds is not None, chief=chief))
-    return recorder.records
+              callbacks=_callbacks(cfg, phase=phase, recorder=recorder, has_eval=eval_ds is not None, chief=chief)
+              + [backup])  # last: it saves after the history record and after EarlyStopping's restore
+    return recorder.history
 
 
 def _log_phase_table(phase: Phase, *, counts: dict, batch_size: int, lr: float, steps: Optional[int] = None) -> None:
@@ -180,11 +246,13 @@ def _log_phase_table(phase: Phase, *, counts: dict, batch_size: int, lr: float, 
 
 
 def _datasets(cfg: Config, *, strategy, batch_size: int) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], Optional[int]]:
-    """Per-replica input pipelines; the batch size given is global."""
+    """Per-replica input pipelines; the batch size given is global. TPUs need static shapes."""
+    static = distribute.is_tpu(strategy)
+
     def make(split: str, repeat: bool):
         return strategy.distribute_datasets_from_function(
             lambda ctx: data.build_dataset(cfg.data, split=split, batch_size=ctx.get_per_replica_batch_size(batch_size),
-                                           input_context=ctx, repeat=repeat))
+                                           input_context=ctx, repeat=repeat, drop_remainder=static))
     train_ds = make("train", True)
     if not cfg.data.eval_data:
         return train_ds, None, None
@@ -205,12 +273,27 @@ def _callbacks(cfg: Config, *, phase: Phase, recorder: "HistoryRecorder", has_ev
 
 
 class HistoryRecorder(keras.callbacks.Callback):
-    """Appends one DESIGN.md history record per epoch and rewrites history.json atomically."""
+    """Appends one DESIGN.md history record per epoch and rewrites history.json atomically.
+
+    A resumed phase starts at the epoch its backup reached: records of that epoch and later ones
+    (written by the stopped attempt after its last backup) are dropped when it begins, so each
+    (phase, epoch) appears once.
+    """
 
     def __init__(self, *, phase: str, previous: List[dict], path: Optional[str]):
         super().__init__()
         self.phase, self.previous, self.path = phase, list(previous), path
         self.records: List[dict] = []
+        self._started = False
+
+    @property
+    def history(self) -> List[dict]:
+        return self.previous + self.records
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._started:
+            self._started = True
+            self.previous = [r for r in self.previous if r["phase"] != self.phase or r["epoch"] <= epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -219,13 +302,25 @@ class HistoryRecorder(keras.callbacks.Callback):
             record[key] = float(logs[key]) if key in logs else None
         self.records.append(record)
         if self.path:
-            fileio.write_json_atomic(self.path, self.previous + self.records)
+            fileio.write_json_atomic(self.path, self.history)
+
+
+def _exportable(model: keras.Model, *, cfg: Config, strategy) -> keras.Model:
+    """The trained model as export wants it: float32, with plain variables.
+
+    After mixed precision, or under any strategy but the default one, this is a copy built
+    outside the strategy. Every worker makes it: under MultiWorkerMirroredStrategy, reading
+    BatchNormalization's moving statistics (variables synchronized on read) is a collective,
+    which the chief alone would wait on forever.
+    """
+    if cfg.runtime.mixed_precision == "none" and distribute.is_default(strategy):
+        return model
+    return model_lib.build_float32_copy(model, cfg.model)
 
 
 def _export(model: keras.Model, cfg: Config) -> str:
     from trainer import export  # pylint: disable=import-outside-toplevel  # export pulls in serving/
-    float_model = model_lib.build_float32_copy(model, cfg.model) if cfg.runtime.mixed_precision != "none" else model
-    return export.export_saved_model(float_model, class_names=cfg.data.class_names, image_size=cfg.model.image_size,
+    return export.export_saved_model(model, class_names=cfg.data.class_names, image_size=cfg.model.image_size,
                                      export_base=fileio.join(cfg.runtime.model_dir, "export"))
 
 
