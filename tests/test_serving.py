@@ -17,6 +17,12 @@ import pytest
 from PIL import Image
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tests.testing import gcs_front  # noqa: E402
+from tests.testing.gcs_front import gcs, gcs_bucket  # noqa: E402,F401  (fixtures, if conftest has not registered the plugin)
+
+for _key, _value in gcs_front.STATIC_ENV.items():  # before TensorFlow reads them at import
+    os.environ.setdefault(_key, _value)
+
 import tensorflow as tf  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, model_pb2,  # noqa: E402
@@ -290,6 +296,18 @@ def test_cli_metadata_status_and_rest(server, image_dir, capsys):
     assert sc.main([f"--rest={server.rest_url}", "--model=effnet", "--signature=classify",
                     str(image_dir / "c.gif")]) == 0
     assert len(_lines(capsys.readouterr().out)[0]["classes"]) == 3
+
+
+def test_cli_reads_gcs_folders_and_globs(server, gcs_bucket, capsys):
+    for name, image in (("imgs/a.jpg", IMAGES[0]), ("imgs/deeper/b.png", IMAGES[1]), ("imgs/c.png", IMAGES[3])):
+        with tf.io.gfile.GFile(f"{gcs_bucket}/{name}", "wb") as f:
+            f.write(image)
+    assert sc.main([f"--server={server.address}", "--model=effnet", f"{gcs_bucket}/imgs/deeper",
+                    f"{gcs_bucket}/imgs/*.jpg", f"{gcs_bucket}/imgs/c.png"]) == 0
+    lines = _lines(capsys.readouterr().out)
+    assert [line["path"] for line in lines] == [f"{gcs_bucket}/imgs/deeper/b.png", f"{gcs_bucket}/imgs/a.jpg",
+                                                f"{gcs_bucket}/imgs/c.png"]
+    assert all(len(line["classes"]) == 3 for line in lines)
 
 
 def test_cli_exits_non_zero_only_when_nothing_was_predicted(server, image_dir):

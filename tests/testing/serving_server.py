@@ -460,19 +460,18 @@ class ModelServer:
 
     # -- the API, shared by gRPC and REST
 
-    def predict(self, request):
-        self.before_call("Predict")
+    def _run_on_servable(self, method: str, runner, request):
+        self.before_call(method)
         if not request.HasField("model_spec"):
             raise _invalid("Missing ModelSpec")
-        return run_predict(self.servable(request.model_spec), request, method_name_check=self.method_name_check,
-                           max_batch_size=self.max_batch_size)
+        return runner(self.servable(request.model_spec), request, method_name_check=self.method_name_check,
+                      max_batch_size=self.max_batch_size)
+
+    def predict(self, request):
+        return self._run_on_servable("Predict", run_predict, request)
 
     def classify(self, request):
-        self.before_call("Classify")
-        if not request.HasField("model_spec"):
-            raise _invalid("Missing ModelSpec")
-        return run_classify(self.servable(request.model_spec), request, method_name_check=self.method_name_check,
-                            max_batch_size=self.max_batch_size)
+        return self._run_on_servable("Classify", run_classify, request)
 
     def get_model_metadata(self, request):
         self.calls["GetModelMetadata"] = self.calls.get("GetModelMetadata", 0) + 1
