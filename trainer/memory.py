@@ -1,20 +1,728 @@
-"""Per-phase batch-size plan (placeholder until the memory model lands: explicit sizes only)."""
+"""Per-phase memory estimate, batch-size plan (plan.json) and recovery from out-of-memory.
+
+Opening the backbone for fine-tuning multiplies the memory a training step needs: with only the
+head training, the backbone runs as inference and frees each activation as soon as the next
+layer has read it; once a layer trains, back-propagation must keep, for every layer from the
+first trainable one on, the tensors its gradient reads. So the fine-tune phase fits a much
+smaller batch than the frozen one, and a fixed batch size that suits one phase either wastes
+the other or dies out of memory. This module sizes each phase's batch from the built model.
+
+The estimate of one replica's peak memory, for a per-replica batch of `b` examples, is
+
+    fixed_bytes + b * bytes_per_example
+
+  fixed_bytes = parameters (at their variable dtype)
+              + gradients and Adam's two slots for the trainable parameters
+              (+ one more copy of the trainable parameters with gradient accumulation)
+              + the runtime's workspace (on CPU: TensorFlow's graphs and executor, measured;
+                on accelerators a margin for the compiler's and cuDNN's scratch space)
+  bytes_per_example = activations, from the model's layer output shapes at the layer's
+              compute dtype (mixed precision halves them): the larger of the forward peak
+              (tensors alive while the forward pass runs, those kept for the backward pass
+              included) and the kept tensors plus the backward pass's working set; plus the
+              input pipeline's batches in flight.
+
+Which tensors the backward pass keeps follows TensorFlow's registered gradients: a
+convolution or dense layer keeps its input only when its kernel trains (the input's gradient
+needs the kernel alone); batch normalization keeps its input (FusedBatchNormGrad reads it,
+also in inference mode); the `efficientnet` package's swish (x * sigmoid(x), two ops under
+tf_keras) keeps its input and the sigmoid; a multiply keeps the other operand; add, pooling,
+reshape and padding keep nothing. Layers before the first one that trains keep nothing: the
+gradient never reaches them. bench/memory.py compares the estimate with measured peaks;
+docs/memory.md holds the table.
+"""
 from __future__ import annotations
 
-from typing import Tuple
+import dataclasses
+import math
+import os
+import re
+import shutil
+import subprocess
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer import fileio, schedules
+from trainer import model as model_lib
 from trainer.config import Config, ConfigError, Phase
 
+PLAN_FILE = "plan.json"
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+# An automatic batch must fit in (1 - SAFETY_FRACTION) of the budget: the estimate is meant to
+# be within +-25 % of the measured peak (bench/memory.py), and an allocator fragments.
+SAFETY_FRACTION = 0.2
+# Automatic per-replica batches are multiples of this (tensor-core and TPU friendly) when the
+# budget allows at least that many examples.
+BATCH_MULTIPLE = 8
+ADAM_SLOTS = 2
+# Batches of model input the input pipeline holds besides the one being trained on
+# (tf.data prefetch and the batch being assembled).
+INPUT_BATCHES_IN_FLIGHT = 2
+# On CPU the process also holds TensorFlow's traced and optimized graphs, the executor, oneDNN
+# and thread pools: measured with bench/memory.py (docs/memory.md), about 215 MiB for B0's
+# frozen phase (forward graph) plus about 0.25 MiB per layer the backward pass goes through
+# (B0: 237 layers, measured +50 MiB; B3: 380, +120 MiB).
+CPU_RUNTIME_BYTES = 215 * MIB
+CPU_BYTES_PER_BACKWARD_LAYER = 256 * 1024
+# GPU/TPU: scratch space of cuDNN / XLA and allocator fragmentation. Not measured here (no
+# accelerator on the development machines): a round margin, to be checked with the benchmark.
+ACCELERATOR_WORKSPACE_BYTES = 1 * GIB
+# HBM per TensorFlow TPU device (a core on v2/v3, a chip on v4 and later), from Google Cloud's
+# TPU system architecture pages.
+TPU_HBM_GIB = {"v2": 8, "v3": 16, "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+TEST_OOM_ENV = "EFFNET_TEST_OOM_ONCE"
 
-def plan(cfg: Config, *, model, replicas: int) -> Tuple[Phase, ...]:
-    """The phases with integer global batch sizes, each divisible by the replica count."""
-    del model
-    phases = []
+
+# ---------------------------------------------------------------------------------------------
+# The graph: leaf layer calls in execution order, tensors as sizes per example.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One leaf layer call of the (flattened) model: tensor keys in, tensor keys out."""
+    layer: keras.layers.Layer
+    inputs: Tuple[int, ...]
+    outputs: Tuple[int, ...]
+    trainable: bool          # the layer's own weights train in this phase
+    training_mode: bool      # BN in training mode (batch statistics)
+
+
+def _ordered_nodes(model: keras.Model) -> List[Any]:
+    return [node for depth in sorted(model._nodes_by_depth, reverse=True)  # pylint: disable=protected-access
+            for node in model._nodes_by_depth[depth] if not node.is_input]  # pylint: disable=protected-access
+
+
+def _flat_calls(model: keras.Model, *, alias: Dict[int, int], sizes: Dict[int, int],
+                parent_trainable: bool, bn_training: bool) -> List[_Call]:
+    """The leaf calls of a functional model, nested functional models flattened in place."""
+    calls: List[_Call] = []
+    for node in _ordered_nodes(model):
+        layer = node.layer
+        ins = tuple(alias.get(id(t), id(t)) for t in node.keras_inputs)
+        outs = tuple(tf.nest.flatten(node.outputs))
+        for t in outs:
+            sizes[id(t)] = _bytes_per_example(t)
+        trainable = parent_trainable and layer.trainable
+        if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+            training = bn_training and node.call_kwargs.get("training", None) is not False
+            for inner, outer in zip(layer.inputs, ins):
+                alias[id(inner)] = outer
+            calls += _flat_calls(layer, alias=alias, sizes=sizes, parent_trainable=trainable,
+                                 bn_training=training)
+            for inner, outer in zip(tf.nest.flatten(layer.outputs), outs):
+                alias[id(outer)] = alias.get(id(inner), id(inner))
+            continue
+        calls.append(_Call(layer, ins, tuple(id(t) for t in outs), trainable and bool(layer.weights),
+                           bn_training and trainable and _is_bn(layer)))
+    return calls
+
+
+def _bytes_per_example(tensor) -> int:
+    shape = tensor.shape[1:]
+    if any(d is None for d in shape):
+        raise ValueError(f"cannot size {tensor.name}: its shape {tensor.shape} is not static")
+    return int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(tensor.dtype).size
+
+
+def _is_bn(layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the backward pass keeps, per layer type (TensorFlow's registered gradients).
+
+_KEEPS_NOTHING = (keras.layers.Add, keras.layers.GlobalAveragePooling2D, keras.layers.Reshape,
+                  keras.layers.ZeroPadding2D, keras.layers.Flatten, keras.layers.Identity,
+                  keras.layers.Rescaling, keras.layers.Normalization, keras.layers.InputLayer,
+                  keras.layers.Average, keras.layers.AveragePooling2D)
+_WEIGHTED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
+             keras.layers.SeparableConv2D)
+
+
+def _activation_kind(fn) -> str:
+    """How an activation's gradient is computed: which tensors it keeps.
+
+    Returns 'input' (tf.nn.silu's custom gradient recomputes the sigmoid), 'output' (relu,
+    sigmoid, tanh, softmax read their output), 'input+temp' (x * sigmoid(x) written out as
+    two ops: Mul keeps x and sigmoid(x)), or 'none' (linear).
+    """
+    name = getattr(fn, "__name__", "")
+    module = getattr(fn, "__module__", "") or ""
+    if name in ("linear", "identity") or fn is None:
+        return "none"
+    if name in ("swish", "silu") and not module.startswith(("tf_keras", "keras", "tensorflow")):
+        return "input+temp"
+    if name in ("swish", "silu", "gelu"):
+        return "input"
+    return "output"
+
+
+def _kept_by(call: _Call, *, needs_grad: Dict[int, bool], sizes: Dict[int, int]) -> Tuple[List[int], int]:
+    """(tensor keys this call keeps for its gradient, bytes of call-internal tensors it keeps)."""
+    layer = call.layer
+    if isinstance(layer, _KEEPS_NOTHING):
+        return [], 0
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return list(call.inputs), 0
+    if isinstance(layer, keras.layers.Activation):
+        kind = _activation_kind(layer.activation)
+        return _activation_keeps(kind, call, sizes)
+    if isinstance(layer, keras.layers.Multiply):
+        others = [t for t in call.inputs if any(needs_grad.get(o, False) for o in call.inputs if o != t)]
+        return others, 0
+    if isinstance(layer, keras.layers.Dropout):
+        return [], sum(sizes[t] for t in call.outputs) if call.training_mode else 0
+    if isinstance(layer, _WEIGHTED):
+        keep = list(call.inputs) if call.trainable else []
+        extra_keys, extra = _activation_keeps(_activation_kind(getattr(layer, "activation", None)), call, sizes)
+        return keep + extra_keys, extra
+    return list(call.inputs) + list(call.outputs), 0
+
+
+def _activation_keeps(kind: str, call: _Call, sizes: Dict[int, int]) -> Tuple[List[int], int]:
+    out = sum(sizes[t] for t in call.outputs)
+    if kind == "none":
+        return [], 0
+    if kind == "input":
+        return list(call.inputs), 0
+    if kind == "input+temp":
+        return list(call.inputs), out
+    return list(call.outputs), 0
+
+
+def _temp_bytes(call: _Call, sizes: Dict[int, int]) -> int:
+    """Tensors a call creates and frees inside itself (forward), e.g. swish's sigmoid."""
+    kind = _activation_kind(getattr(call.layer, "activation", None)) if hasattr(call.layer, "activation") else "none"
+    return sum(sizes[t] for t in call.outputs) if kind == "input+temp" else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Activations:
+    """Activation memory per example of one phase, in bytes.
+
+    Attributes:
+      kept: tensors kept from the forward pass for the backward pass.
+      forward_peak: the most alive at once during the forward pass, kept tensors included.
+      backward_peak: kept tensors plus the backward pass's largest working set.
+      input: one example of model input.
+      first_trainable: name of the first layer whose weights train (None: none do).
+      layers / backward_layers: leaf layer calls, and those the backward pass goes through.
+    """
+    kept: int
+    forward_peak: int
+    backward_peak: int
+    input: int
+    first_trainable: Optional[str]
+    layers: int = 0
+    backward_layers: int = 0
+
+    @property
+    def peak(self) -> int:
+        return max(self.forward_peak, self.backward_peak)
+
+
+def analyze_activations(model: keras.Model, *, bn: str) -> Activations:
+    """Walks the model in execution order with its current trainable flags (see module doc)."""
+    sizes: Dict[int, int] = {id(t): _bytes_per_example(t) for t in model.inputs}
+    calls = _flat_calls(model, alias={}, sizes=sizes, parent_trainable=True, bn_training=bn == "trainable")
+    needs_grad: Dict[int, bool] = {}
+    kept_keys: set = set()
+    kept_extra = 0
+    backward_work = 0
+    backward_layers = 0
+    first = None
+    for call in calls:
+        upstream = any(needs_grad.get(t, False) for t in call.inputs)
+        on_path = upstream or call.trainable
+        for t in call.outputs:
+            needs_grad[t] = on_path
+        if call.trainable and first is None:
+            first = call.layer.name
+        if not on_path:
+            continue
+        backward_layers += 1
+        keys, extra = _kept_by(call, needs_grad=needs_grad, sizes=sizes)
+        kept_keys.update(keys)
+        kept_extra += extra
+        if upstream:
+            work = sum(sizes[t] for t in call.inputs) + 2 * sum(sizes[t] for t in call.outputs)
+            backward_work = max(backward_work, work)
+    kept = sum(sizes[t] for t in kept_keys) + kept_extra
+    forward = _forward_peak(calls, sizes=sizes, kept=kept_keys, inputs=[id(t) for t in model.inputs],
+                            outputs=[id(t) for t in model.outputs])
+    return Activations(kept=kept, forward_peak=forward + kept_extra, backward_peak=kept + backward_work,
+                       input=sum(sizes[id(t)] for t in model.inputs), first_trainable=first,
+                       layers=len(calls), backward_layers=backward_layers)
+
+
+def _forward_peak(calls: Sequence[_Call], *, sizes: Dict[int, int], kept: set, inputs: List[int],
+                  outputs: List[int]) -> int:
+    """Most bytes alive at once when the calls run in order, tensors freed after their last reader."""
+    remaining: Dict[int, int] = {}
+    for call in calls:
+        for t in call.inputs:
+            remaining[t] = remaining.get(t, 0) + 1
+    live = {t: sizes[t] for t in inputs}
+    current = sum(live.values())
+    peak = current
+    for call in calls:
+        new = {t: sizes[t] for t in call.outputs if t not in live}
+        current += sum(new.values())
+        live.update(new)
+        peak = max(peak, current + _temp_bytes(call, sizes))
+        for t in set(call.inputs):
+            remaining[t] -= call.inputs.count(t)
+            if remaining[t] <= 0 and t not in kept and t not in outputs and t in live:
+                current -= live.pop(t)
+    return peak
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimate of one phase.
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Peak memory of one replica in one phase: fixed_bytes + batch * bytes_per_example.
+
+    Attributes:
+      phase: the phase name.
+      total_params / trainable_params: parameter counts in this phase.
+      param_bytes: all variables, at their dtype.
+      optimizer_bytes: gradients and Adam slots (and accumulators) of the trainable variables.
+      workspace_bytes: the runtime's own memory (see the module docstring).
+      bytes_per_example: activations and input batches per example of the per-replica batch.
+      activations: the breakdown of the activation part.
+      accumulate_steps: micro-batches per step; the activation term applies to one micro-batch.
+    """
+    phase: str
+    total_params: int
+    trainable_params: int
+    param_bytes: int
+    optimizer_bytes: int
+    workspace_bytes: int
+    bytes_per_example: int
+    activations: Activations
+    accumulate_steps: int = 1
+
+    @property
+    def fixed_bytes(self) -> int:
+        return self.param_bytes + self.optimizer_bytes + self.workspace_bytes
+
+    def peak_bytes(self, per_replica_batch: int) -> int:
+        """Estimated peak for a per-replica batch (split into accumulate_steps micro-batches)."""
+        micro = math.ceil(per_replica_batch / self.accumulate_steps)
+        input_bytes = per_replica_batch * self.activations.input * INPUT_BATCHES_IN_FLIGHT
+        return self.fixed_bytes + micro * self.bytes_per_example + input_bytes
+
+
+def estimate_phase(model: keras.Model, *, phase: Phase, bn: str, device: str = "CPU",
+                   accumulate_steps: int = 1) -> Estimate:
+    """Sets the phase's trainable flags on `model` and estimates one replica's peak memory.
+
+    The flags are left as the phase sets them; the trainer sets them again when the phase starts.
+
+    Args:
+      model: a classifier from `model.build_classifier` (any functional Keras model works).
+      phase: the phase; its `unfreeze` decides which layers train.
+      bn: the run's --bn (frozen or trainable).
+      device: CPU, GPU or TPU: which workspace term applies.
+      accumulate_steps: gradient accumulation micro-batches per step.
+    """
+    model_lib.set_trainable(model, phase=phase, bn=bn)
+    acts = analyze_activations(model, bn=bn)
+    trainable_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in model.trainable_variables)
+    copies = 1 + ADAM_SLOTS + (1 if accumulate_steps > 1 else 0)
+    counts = model_lib.parameter_counts(model)
+    return Estimate(
+        phase=phase.name, total_params=counts["total"], trainable_params=counts["trainable"],
+        param_bytes=sum(int(np.prod(v.shape)) * v.dtype.size for v in model.variables),
+        optimizer_bytes=copies * trainable_bytes,
+        workspace_bytes=_workspace_bytes(device=device, acts=acts),
+        bytes_per_example=acts.peak, activations=acts, accumulate_steps=accumulate_steps)
+
+
+def _workspace_bytes(*, device: str, acts: Activations) -> int:
+    if device != "CPU":
+        return ACCELERATOR_WORKSPACE_BYTES
+    return CPU_RUNTIME_BYTES + CPU_BYTES_PER_BACKWARD_LAYER * acts.backward_layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Device memory.
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Memory one replica may use, and where the figure came from (for the plan's log)."""
+    bytes: int
+    device: str
+    source: str
+
+
+def device_kind() -> str:
+    """TPU, GPU or CPU: the kind of device the replicas run on."""
+    for kind in ("TPU", "GPU"):
+        if tf.config.list_logical_devices(kind):
+            return kind
+    return "CPU"
+
+
+def detect_budget(*, memory_budget_gb: Optional[float], replicas: int, device: Optional[str] = None) -> Optional[Budget]:
+    """One replica's memory: --memory_budget_gb, else detected; None when it cannot be known.
+
+    --memory_budget_gb is the memory of one device (a GPU, a TPU core/chip); on CPU it is the
+    RAM the process may use, shared by the replicas of this host.
+    """
+    device = device or device_kind()
+    local = max(1, min(replicas, len(tf.config.list_logical_devices("CPU")))) if device == "CPU" else 1
+    if memory_budget_gb is not None:
+        return Budget(int(memory_budget_gb * GIB / local), device, "--memory_budget_gb")
+    if device == "GPU":
+        found = gpu_memory_bytes()
+        return Budget(found[0], device, found[1]) if found else None
+    if device == "TPU":
+        return Budget(*tpu_memory_bytes())
+    available = cpu_available_bytes()
+    return Budget(available // local, device, "available RAM" + (f" / {local} replicas" if local > 1 else ""))
+
+
+def gpu_memory_bytes(index: int = 0) -> Optional[Tuple[int, str]]:
+    """Total memory of GPU `index` from nvidia-smi, or None (no nvidia-smi, or it failed)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={index}"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return int(float(out.strip().splitlines()[0])) * MIB, "nvidia-smi memory.total"
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+
+
+def tpu_memory_bytes() -> Tuple[int, str, str]:
+    """(HBM of one TPU device, "TPU", source), by the TPU type in the device details."""
+    kind = ""
+    for device in tf.config.list_physical_devices("TPU")[:1]:
+        try:
+            kind = str(tf.config.experimental.get_device_details(device).get("device_kind", ""))
+        except (ValueError, RuntimeError, NotImplementedError):
+            kind = ""
+    found = tpu_hbm_bytes(kind)
+    if found:
+        return found, "TPU", f"HBM of {kind}"
+    return (min(TPU_HBM_GIB.values()) * GIB, "TPU",
+            f"TPU type {kind or 'unknown'}: the smallest HBM; pass --memory_budget_gb")
+
+
+def tpu_hbm_bytes(kind: str) -> Optional[int]:
+    """HBM per TensorFlow device for a TPU type such as 'TPU v4', 'TPU v5 lite', 'v5p'; None if unknown."""
+    match = re.search(r"v(\d+)\s*(lite|litepod|e|p)?\b", kind.lower())
+    if not match:
+        return None
+    suffix = {"lite": "e", "litepod": "e"}.get(match.group(2), match.group(2) or "")
+    return TPU_HBM_GIB.get(f"v{match.group(1)}{suffix}", 0) * GIB or None
+
+
+def cpu_available_bytes() -> int:
+    """Available RAM: /proc/meminfo's MemAvailable, capped by a cgroup (container) limit."""
+    available = _meminfo_available()
+    limit = _cgroup_headroom()
+    return min(x for x in (available, limit) if x is not None) if (available or limit) else _physical_bytes()
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_headroom() -> Optional[int]:
+    """limit - usage of this process's memory cgroup (v2, then v1); None when unlimited."""
+    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_path) as f:
+                limit = f.read().strip()
+            with open(usage_path) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 2 ** 60:
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
+def _physical_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan.
+
+
+def auto_batch_size(estimate: Estimate, *, budget: Budget, replicas: int, accumulate_steps: int = 1,
+                    max_batch_size: int, num_examples: Optional[int]) -> int:
+    """The largest global batch that fits one replica's budget with the safety margin.
+
+    The per-replica micro-batch is a multiple of BATCH_MULTIPLE when at least that many fit,
+    else the largest that fits; the global batch is micro * accumulate_steps * replicas, capped
+    by --max_batch_size and the dataset's size (rounded down to a whole number of micro-batches).
+
+    Raises:
+      ConfigError: not even one example per replica fits.
+    """
+    usable = budget.bytes * (1 - SAFETY_FRACTION)
+    unit = replicas * accumulate_steps
+    micro = _largest_fitting(lambda m: estimate.peak_bytes(m * accumulate_steps) <= usable)
+    if micro == 0:
+        raise ConfigError(_too_small_message(estimate, budget=budget, replicas=replicas))
+    if micro >= BATCH_MULTIPLE:
+        micro -= micro % BATCH_MULTIPLE
+    cap = min(max_batch_size, num_examples) if num_examples else max_batch_size
+    if micro * unit > cap:
+        micro = max(1, cap // unit)
+        if micro >= BATCH_MULTIPLE:
+            micro -= micro % BATCH_MULTIPLE
+    return micro * unit
+
+
+def _largest_fitting(fits: Callable[[int], bool], limit: int = 1 << 20) -> int:
+    """Largest m in [0, limit] with fits(m), fits being monotone (false above some m)."""
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    high = min(high, limit + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def _too_small_message(estimate: Estimate, *, budget: Budget, replicas: int) -> str:
+    need = estimate.peak_bytes(estimate.accumulate_steps) / (1 - SAFETY_FRACTION)
+    return (f"the {estimate.phase} phase does not fit even 1 example per replica ({replicas} replica(s)): it needs "
+            f"about {need / GIB:.2f} GiB per replica (fixed {estimate.fixed_bytes / GIB:.2f} GiB + "
+            f"{estimate.bytes_per_example / MIB:.0f} MiB per example, with a {SAFETY_FRACTION:.0%} margin) but the "
+            f"budget is {budget.bytes / GIB:.2f} GiB ({budget.source}); pass a larger --memory_budget_gb, or a "
+            "smaller --image_size or --backbone, --unfreeze=top:N, or --mixed_precision")
+
+
+def plan(cfg: Config, *, model: keras.Model, replicas: int, model_dir: Optional[str] = None,
+         chief: bool = True, device: Optional[str] = None, budget: Optional[Budget] = None) -> Tuple[Phase, ...]:
+    """The phases with integer global batch sizes, each divisible by replicas * accumulate_steps.
+
+    Estimates every phase on `model` (leaving its trainable flags as the last phase sets them),
+    resolves `auto` batch sizes, logs the plan and, on the chief, writes model_dir/plan.json
+    (model_dir defaults to cfg.runtime.model_dir).
+
+    Raises:
+      ConfigError: a batch size that does not divide among the replicas and micro-batches, a
+        budget too small for one example per replica, or an undetectable budget with `auto`.
+    """
+    runtime = cfg.runtime
+    device = device or device_kind()
+    if budget is None:
+        budget = detect_budget(memory_budget_gb=runtime.memory_budget_gb, replicas=replicas, device=device)
+    phases, entries = [], []
     for phase in cfg.phases:
-        if phase.batch_size == "auto":
-            raise ConfigError(f"--{phase.name}_batch_size=auto is not available yet; pass a number")
-        if phase.batch_size % replicas:
-            raise ConfigError(f"--{phase.name}_batch_size={phase.batch_size} is not divisible by the "
-                              f"{replicas} replicas; pass a multiple of {replicas}")
-        phases.append(phase)
+        estimate = estimate_phase(model, phase=phase, bn=cfg.model.bn, device=device,
+                                  accumulate_steps=runtime.accumulate_steps)
+        batch = _resolve_batch(phase, estimate=estimate, budget=budget, cfg=cfg, replicas=replicas, device=device)
+        phases.append(phase.with_batch_size(batch))
+        entries.append(plan_entry(phases[-1], estimate=estimate, replicas=replicas, auto=phase.batch_size == "auto"))
+    document = {"replicas": replicas, "device": device, "accumulate_steps": runtime.accumulate_steps,
+                "budget_bytes": budget.bytes if budget else None, "budget_source": budget.source if budget else None,
+                "safety_fraction": SAFETY_FRACTION, "phases": entries}
+    if chief:
+        logging.info("%s", format_plan(document))
+        write_plan(model_dir or runtime.model_dir, document)
     return tuple(phases)
+
+
+def _resolve_batch(phase: Phase, *, estimate: Estimate, budget: Optional[Budget], cfg: Config, replicas: int,
+                   device: str) -> int:
+    runtime = cfg.runtime
+    unit = replicas * runtime.accumulate_steps
+    if phase.batch_size == "auto":
+        if budget is None:
+            raise ConfigError(f"--{phase.name}_batch_size=auto: the {device} memory could not be detected; "
+                              "pass --memory_budget_gb (memory of one device) or a number")
+        return auto_batch_size(estimate, budget=budget, replicas=replicas, accumulate_steps=runtime.accumulate_steps,
+                               max_batch_size=runtime.max_batch_size, num_examples=cfg.data.num_train_examples)
+    batch = int(phase.batch_size)
+    if batch % unit:
+        what = f"the {replicas} replicas" + (f" x {runtime.accumulate_steps} accumulation steps"
+                                             if runtime.accumulate_steps > 1 else "")
+        raise ConfigError(f"--{phase.name}_batch_size={batch} is not divisible by {what}; pass a multiple of {unit}")
+    if budget is not None and phase.epochs > 0:
+        if estimate.peak_bytes(runtime.accumulate_steps) > budget.bytes:
+            raise ConfigError(_too_small_message(estimate, budget=budget, replicas=replicas))
+        need = estimate.peak_bytes(batch // replicas)
+        if need > budget.bytes:
+            logging.warning("--%s_batch_size=%d: estimated %.2f GiB per replica exceeds the %.2f GiB budget (%s); "
+                            "an out-of-memory error will halve it", phase.name, batch, need / GIB,
+                            budget.bytes / GIB, budget.source)
+    return batch
+
+
+def plan_entry(phase: Phase, *, estimate: Estimate, replicas: int, auto: bool) -> dict:
+    """The plan.json record of one phase."""
+    batch = int(phase.batch_size)
+    per_replica = batch // replicas
+    return {
+        "name": phase.name, "epochs": phase.epochs, "unfreeze": phase.unfreeze, "batch_size": batch,
+        "per_replica_batch_size": per_replica, "micro_batch_size": math.ceil(per_replica / estimate.accumulate_steps),
+        "auto": auto,
+        "learning_rate": schedules.scaled_learning_rate(phase.learning_rate, batch_size=batch,
+                                                        base_batch_size=phase.base_batch_size),
+        "total_params": estimate.total_params, "trainable_params": estimate.trainable_params,
+        "fixed_bytes": estimate.fixed_bytes, "bytes_per_example": estimate.bytes_per_example,
+        "input_bytes_per_example": estimate.activations.input * INPUT_BATCHES_IN_FLIGHT,
+        "estimated_peak_bytes": estimate.peak_bytes(per_replica),
+        "first_trainable_layer": estimate.activations.first_trainable,
+        "oom_retries": [],
+    }
+
+
+def format_plan(document: dict) -> str:
+    """The plan as the table printed at start."""
+    budget = document.get("budget_bytes")
+    head = (f"memory plan: {document['replicas']} replica(s) on {document['device']}, budget "
+            + (f"{budget / GIB:.2f} GiB per replica ({document['budget_source']})" if budget else "unknown")
+            + (f", {document['accumulate_steps']} accumulation steps" if document["accumulate_steps"] > 1 else ""))
+    lines = [head, f"  {'phase':<9}{'unfreeze':>9}{'trainable':>12}{'batch':>7}{'lr':>10}{'fixed MiB':>11}"
+                   f"{'MiB/example':>12}{'peak MiB':>10}"]
+    for e in document["phases"]:
+        lines.append(f"  {e['name']:<9}{e['unfreeze']:>9}{e['trainable_params']:>12,}"
+                     f"{str(e['batch_size']) + ('*' if e['auto'] else ''):>7}{e['learning_rate']:>10.3g}"
+                     f"{e['fixed_bytes'] / MIB:>11.0f}{e['bytes_per_example'] / MIB:>12.1f}"
+                     f"{e['estimated_peak_bytes'] / MIB:>10.0f}")
+    return "\n".join(lines + ["  (* = auto; peak is per replica at the planned batch)"])
+
+
+def plan_path(model_dir: str) -> str:
+    return fileio.join(model_dir, PLAN_FILE)
+
+
+def write_plan(model_dir: str, document: dict) -> None:
+    """Writes model_dir/plan.json atomically (chief only: the caller decides)."""
+    fileio.write_json_atomic(plan_path(model_dir), document)
+
+
+def read_plan(model_dir: str) -> Optional[dict]:
+    """The plan.json a run wrote, or None."""
+    path = plan_path(model_dir)
+    return fileio.read_json(path) if fileio.exists(path) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-memory recovery.
+
+
+class OutOfMemoryError(ConfigError):
+    """Even the smallest batch (one example per replica) ran out of memory."""
+
+
+def halved_batch_size(batch_size: int, *, unit: int) -> Optional[int]:
+    """Half the batch, rounded down to a multiple of `unit` (replicas x accumulation); None below it."""
+    half = (batch_size // 2) // unit * unit
+    return half if half >= unit else None
+
+
+def fit_with_oom_recovery(fit_once: Callable[[int], Any], *, phase: Phase, replicas: int,
+                          model_dir: Optional[str] = None, chief: bool = True, accumulate_steps: int = 1) -> Any:
+    """Calls fit_once(batch_size), halving the batch after each ResourceExhaustedError.
+
+    fit_once must rebuild what depends on the batch (datasets, learning rate, compile) and
+    continue from the model's current weights: an out-of-memory error is raised before the step
+    that caused it updates anything, so the weights are those of the last good step.
+
+    Args:
+      fit_once: trains the phase at a global batch size; its result is returned.
+      phase: the planned phase (an int batch_size).
+      replicas / accumulate_steps: the batch stays a multiple of their product.
+      model_dir / chief: the chief records each retry in model_dir/plan.json.
+
+    Raises:
+      OutOfMemoryError: out of memory at batch = replicas x accumulate_steps.
+    """
+    batch = int(phase.batch_size)
+    unit = replicas * accumulate_steps
+    while True:
+        try:
+            return fit_once(batch)
+        except tf.errors.ResourceExhaustedError as e:
+            smaller = halved_batch_size(batch, unit=unit)
+            reason = (e.message or str(e)).strip().splitlines()[0][:200] if (e.message or str(e)) else "out of memory"
+            if smaller is None:
+                raise OutOfMemoryError(
+                    f"the {phase.name} phase ran out of memory even at batch size {batch} ({reason}); use a device "
+                    "with more memory, a smaller --image_size or --backbone, --unfreeze=top:N, or "
+                    "--mixed_precision") from None
+            logging.warning("phase %s: out of memory at batch size %d (%s); retrying at %d", phase.name, batch,
+                            reason, smaller)
+            if chief and model_dir:
+                record_oom_retry(model_dir, phase=phase, old=batch, new=smaller, reason=reason)
+            batch = smaller
+
+
+def record_oom_retry(model_dir: str, *, phase: Phase, old: int, new: int, reason: str) -> None:
+    """Updates the phase's batch size and learning rate in plan.json and appends the retry."""
+    document = read_plan(model_dir) or {"phases": []}
+    entry = next((e for e in document["phases"] if e["name"] == phase.name), None)
+    if entry is None:
+        entry = {"name": phase.name, "oom_retries": []}
+        document["phases"].append(entry)
+    entry.setdefault("oom_retries", []).append({"batch_size": old, "new_batch_size": new, "error": reason})
+    entry["batch_size"] = new
+    entry["learning_rate"] = schedules.scaled_learning_rate(phase.learning_rate, batch_size=new,
+                                                            base_batch_size=phase.base_batch_size)
+    replicas = document.get("replicas")
+    if replicas:
+        entry["per_replica_batch_size"] = new // replicas
+        steps = document.get("accumulate_steps", 1)
+        entry["micro_batch_size"] = math.ceil(new // replicas / steps)
+    write_plan(model_dir, document)
+
+
+class OomTestHook(keras.callbacks.Callback):
+    """Raises ResourceExhaustedError at the first training step of a phase, once per process.
+
+    A test hook, on only when the environment variable EFFNET_TEST_OOM_ONCE names the phase
+    (e.g. `frozen`, or `frozen,finetune`): it lets tests drive the real recovery path of
+    `fit_with_oom_recovery` without filling a device.
+    """
+    _fired: set = set()
+
+    def __init__(self, phase_name: str):
+        super().__init__()
+        self.phase_name = phase_name
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.phase_name in OomTestHook._fired:
+            return
+        OomTestHook._fired.add(self.phase_name)
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"OOM when allocating tensor (test hook {TEST_OOM_ENV}={self.phase_name})")
+
+
+def oom_test_hooks(phase_name: str, env: Optional[Dict[str, str]] = None) -> List[keras.callbacks.Callback]:
+    """[OomTestHook] when EFFNET_TEST_OOM_ONCE names the phase, else []: add to fit's callbacks."""
+    env = os.environ if env is None else env
+    names = {n.strip() for n in env.get(TEST_OOM_ENV, "").split(",") if n.strip()}
+    return [OomTestHook(phase_name)] if phase_name in names else []
