@@ -170,6 +170,11 @@ def test_class_left_without_valid_image_is_an_error(tmp_path):
     with pytest.raises(data.DataError, match="class 'c'.*no valid image"):
         prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
+    os.remove(tmp_path / "in" / "c" / "broken.jpg")  # an empty class folder: the same error
+    with pytest.raises(data.DataError, match="class 'c'.*no valid image"):
+        prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+                        validation_fraction=0.0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_interrupted_prepare_leaves_previous_output_intact(tmp_path, monkeypatch):

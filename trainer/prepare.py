@@ -72,12 +72,13 @@ class Checked:
 
 # --------------------------------------------------------------------------- listing inputs
 
-def list_folder(input_dir: str) -> Tuple[List[Source], List[dict]]:
-    """Every file under the class subfolders of `input_dir`; files elsewhere are reported."""
+def list_folder(input_dir: str) -> Tuple[List[Source], List[dict], List[str]]:
+    """Every file under the class subfolders of `input_dir`, the files found elsewhere (to
+    report), and the class names (every subfolder, even an empty one)."""
     if not tf.io.gfile.isdir(input_dir):
         raise data.DataError(f"--input_dir {input_dir} is not a folder: pass a folder with one "
                              "subfolder of images per class, or --csv")
-    sources, skipped = [], []
+    sources, skipped, classes = [], [], []
     for entry in sorted(tf.io.gfile.listdir(input_dir)):
         entry = entry.rstrip("/")
         full = os.path.join(input_dir, entry)
@@ -87,15 +88,16 @@ def list_folder(input_dir: str) -> Tuple[List[Source], List[dict]]:
         if entry.startswith("."):
             skipped.append({"path": entry + "/", "reason": "hidden folder"})
             continue
+        classes.append(entry)
         for root, _, files in tf.io.gfile.walk(full):
             for f in sorted(files):
                 path = os.path.join(root, f)
                 sources.append(Source(path=path, class_name=entry,
                                       name=os.path.relpath(path, input_dir)))
-    return sources, skipped
+    return sources, skipped, classes
 
 
-def list_csv(csv_path: str) -> Tuple[List[Source], List[dict]]:
+def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
     """Rows `path,label` (an optional header `path,label`); relative paths are relative to the
     CSV's folder, so a CSV can travel with its images (local or gs://)."""
     if not tf.io.gfile.exists(csv_path):
@@ -113,7 +115,7 @@ def list_csv(csv_path: str) -> Tuple[List[Source], List[dict]]:
                                  "must be path,label")
         path = row[0] if (data.is_absolute(row[0])) else os.path.join(base, row[0])
         sources.append(Source(path=path, class_name=row[1], name=row[0]))
-    return sources, skipped
+    return sources, skipped, sorted({s.class_name for s in sources})
 
 
 # --------------------------------------------------------------------------- checking
@@ -374,14 +376,14 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
                    validation_fraction=validation_fraction, num_shards=num_shards,
                    shard_size_mb=shard_size_mb)
     num_workers = num_workers or os.cpu_count() or 1
-    sources, skipped = list_csv(csv) if csv else list_folder(input_dir)
+    sources, skipped, classes = list_csv(csv) if csv else list_folder(input_dir)
     if not sources:
         raise data.DataError(f"no file found in {csv or input_dir}: pass a folder with one "
                              "subfolder of images per class (or a CSV of path,label rows)")
     checked = check_all(sources, num_workers=num_workers)
     valid = [c for c in checked if c.ok]
     skipped += [{"path": c.source.name, "reason": c.reason} for c in checked if not c.ok]
-    class_names = _class_names(sources, valid, source=csv or input_dir)
+    class_names = _class_names(classes, sources, valid, source=csv or input_dir)
     splits = split_stratified(valid, validation_fraction=validation_fraction, seed=seed)
     counts = shard_counts(splits, num_shards=num_shards, shard_size_mb=shard_size_mb)
     _recover(output_dir)
@@ -435,10 +437,11 @@ def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder)
 
 
-def _class_names(sources: Sequence[Source], valid: Sequence[Checked], *, source: str):
-    """Sorted class names; a class whose every file was skipped is an error, not a silent
-    drop that would renumber the labels."""
-    names = sorted({s.class_name for s in sources})
+def _class_names(classes: Sequence[str], sources: Sequence[Source], valid: Sequence[Checked], *,
+                 source: str) -> List[str]:
+    """Sorted class names; a class folder that is empty, or whose every file was skipped, is
+    an error, not a silent drop that would renumber the labels."""
+    names = sorted(classes)
     if not valid:
         raise data.DataError(f"no valid image in {source} ({len(sources)} files, all skipped as "
                              "empty, truncated or not images): check the input")
