@@ -204,6 +204,17 @@ def remove_write_dir(path: str, *, strategy: tf.distribute.Strategy) -> None:
         tf.io.gfile.rmtree(temp)
 
 
+def wait_for_all(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every worker has called it; at once unless multi-worker.
+
+    The end of a run: workers leave together, after the chief's export. A worker that exits
+    while the chief still works shows up in the chief's log as a crashed task (the coordination
+    service stops getting its heartbeats).
+    """
+    if is_multi_worker(strategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
 def is_default(strategy: tf.distribute.Strategy) -> bool:
     """True for the default strategy (one device, plain variables)."""
     return not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy,

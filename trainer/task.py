@@ -154,6 +154,7 @@ def main(argv):
         cfg = build_config()
         _check_outputs_writable(cfg.runtime)
         result = train.run(cfg, plan_only=FLAGS.plan_only, strategy=strategy)
+        distribute.wait_for_all(strategy)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
