@@ -474,6 +474,8 @@ def _validate(args) -> Optional[str]:
         return f"--timeout={args.timeout}: pass a positive number of seconds"
     if args.retries < 0:
         return f"--retries={args.retries}: pass 0 or more"
+    if args.rest and not args.rest.startswith(("http://", "https://")):
+        return f"--rest={args.rest}: pass the REST API's URL, e.g. http://localhost:8501"
     if args.features_output and args.signature != "features":
         return "--features_output needs --signature=features"
     if args.features_output and not args.features_output.endswith(".npy"):

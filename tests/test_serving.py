@@ -321,6 +321,23 @@ def test_cli_exits_non_zero_only_when_nothing_was_predicted(server, image_dir):
     assert len(_lines(proc.stdout)) == 2
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--model=effnet"], "no IMAGES given"),
+    (["--model=effnet", "--rest=localhost:8501", "a.jpg"], "--rest=localhost:8501"),
+    (["--model=effnet", "--batch_size=0", "a.jpg"], "--batch_size=0"),
+    (["--model=effnet", "--features_output=f.npy", "a.jpg"], "needs --signature=features"),
+    (["a.jpg"], "--model"),
+])
+def test_cli_usage_errors_are_one_line(argv, message, capsys):
+    try:
+        status = sc.main(argv)
+    except SystemExit as e:  # argparse's own checks
+        status = e.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
 def test_unreachable_server_fails_every_input_fast(image_dir, capsys):
     status = sc.main(["--server=127.0.0.1:9", "--model=effnet", "--retries=1", "--timeout=2",
                       str(image_dir / "images")])

@@ -229,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = export_saved_model(
             model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
             export_base=args.export_base or fileio.join(args.model_dir, "export"), version=args.version)
-    except (ValueError, FileNotFoundError, tf.errors.OpError) as e:
+    except (ValueError, OSError, tf.errors.OpError) as e:
         print(f"trainer.export: export failed: {_one_line(e)}", file=sys.stderr)
         return 1
     print(path)
