@@ -566,13 +566,18 @@ def _to_json_value(value: np.ndarray, *, binary: bool):
     return value.tolist()
 
 
+def _fill_spec(spec, *, name: str, version: Optional[int], signature: str = "") -> None:
+    """The ModelSpec a REST URL (/v1/models/NAME[/versions/N]) and body stand for."""
+    spec.name = name
+    if version is not None:
+        spec.version.value = version
+    spec.signature_name = signature
+
+
 def predict_request_from_json(body: dict, *, name: str, version: Optional[int]):
     """The PredictRequest a REST predict body stands for, and whether it used the row format."""
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    if version is not None:
-        request.model_spec.version.value = version
-    request.model_spec.signature_name = body.get("signature_name", "")
+    _fill_spec(request.model_spec, name=name, version=version, signature=body.get("signature_name", ""))
     if ("instances" in body) == ("inputs" in body):
         raise _invalid('JSON request must have exactly one of "instances" (row format) or "inputs" (columnar)')
     row = "instances" in body
@@ -603,10 +608,7 @@ def _only_input(request) -> str:
 
 def classify_request_from_json(body: dict, *, name: str, version: Optional[int]):
     request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = name
-    if version is not None:
-        request.model_spec.version.value = version
-    request.model_spec.signature_name = body.get("signature_name", "")
+    _fill_spec(request.model_spec, name=name, version=version, signature=body.get("signature_name", ""))
     for example in body.get("examples", []):
         proto = request.input.example_list.examples.add()
         for key, value in example.items():
@@ -656,15 +658,11 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             server: ModelServer = self.server.model_server
             if match.group("metadata"):
                 request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-                request.model_spec.name = name
-                if version is not None:
-                    request.model_spec.version.value = version
+                _fill_spec(request.model_spec, name=name, version=version)
                 out = server.get_model_metadata(request)
             else:
                 request = get_model_status_pb2.GetModelStatusRequest()
-                request.model_spec.name = name
-                if version is not None:
-                    request.model_spec.version.value = version
+                _fill_spec(request.model_spec, name=name, version=version)
                 out = server.get_model_status(request)
             self._send(200, json_format.MessageToDict(out, preserving_proto_field_name=True))
         except ServingError as e:
