@@ -271,3 +271,16 @@ def test_corrupt_shard_framing_fails_start_up_checks_but_not_the_reader(tmp_path
     labels = _labels(data.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split="eval",
                                         batch_size=4))
     assert sorted(labels) == sorted(set(range(12)) - {6, 10})  # the rest of that shard is lost
+
+
+def test_training_decode_scales_large_jpeg_windows_in_the_dct():
+    big = np.kron(_pixels(5, (60, 80, 3)), np.ones((10, 10, 1), np.uint8))  # 600x800, smooth
+    jpeg = tf.constant(_encode(big))
+    for window, expected_shape in (([40, 80, 520, 640], (65, 80, 3)),   # 1/8: 520 // 8 >= 64
+                                   ([0, 0, 200, 300], (100, 150, 3)),   # 1/2
+                                   ([0, 0, 100, 100], (100, 100, 3))):  # full resolution
+        part = data._decode_jpeg_window(jpeg, tf.constant(window), 64)
+        assert part.shape == expected_shape
+        y, x, h, w = window
+        reference = tf.image.resize(big[y:y + h, x:x + w], part.shape[:2], antialias=True)
+        assert float(tf.reduce_mean(tf.abs(tf.cast(part, tf.float32) - reference))) < 3.0

@@ -347,15 +347,15 @@ class SkipCounter:
         with tf.control_dependencies([insert]):
             return key, tf.identity(image_bytes)
 
-    def leave(self, key: tf.Tensor, ok: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
-        """Clears a decoded element (when `ok`); returns `image` ordered after the removal."""
+    def leave(self, key: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+        """Clears a decoded element; returns `image` ordered after the removal."""
         with tf.control_dependencies([image]):
-            remove = self.table.remove(tf.where(ok, key, tf.constant([-1], tf.int64)))
+            remove = self.table.remove(key)
         with tf.control_dependencies([remove]):
             return tf.identity(image)
 
 
-_KEY_BUCKETS = 2 ** 62  # fingerprints are >= 0, so -1 is never a key
+_KEY_BUCKETS = 2 ** 62
 
 
 def _identity_of(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -465,7 +465,7 @@ def decode_for_train(image_bytes, image_size: int, seed) -> tf.Tensor:
     """
     def jpeg():
         window = _random_window(tf.io.extract_jpeg_shape(image_bytes), seed)
-        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+        return _decode_jpeg_window(image_bytes, window, image_size)
 
     def other():
         image = _decode_any(image_bytes)
@@ -475,6 +475,29 @@ def decode_for_train(image_bytes, image_size: int, seed) -> tf.Tensor:
     image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
     image.set_shape([None, None, 3])
     return _resize(image, image_size)
+
+
+_DCT_RATIOS = (1, 2, 4, 8)
+
+
+def _decode_jpeg_window(image_bytes: tf.Tensor, window: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decodes only `window` ([y, x, h, w]) of a JPEG, at the largest DCT scaling (1/2, 1/4,
+    1/8, done by libjpeg inside the decoder) that keeps the window's shorter side at least
+    `image_size`. Entropy decoding still reads the file, but the IDCT, upsampling and colour
+    conversion run on up to 64x fewer pixels, and the resize starts near the target size
+    (less aliasing too). Measured on a 4000x3000 photo, 2800x3600 window, 224 px: the decode
+    1.5x faster, the resize from 350x450 instead of 2800x3600. The window is given in the
+    scaled image's coordinates, since TensorFlow's decoder crops after scaling."""
+    shorter = tf.minimum(window[2], window[3])
+    index = tf.reduce_sum(tf.cast(shorter >= image_size * tf.constant(_DCT_RATIOS[1:]), tf.int32))
+
+    def at(ratio):
+        def decode():
+            scaled = tf.maximum(window // ratio, tf.constant([0, 0, 1, 1]))
+            return tf.image.decode_and_crop_jpeg(image_bytes, scaled, channels=3, ratio=ratio)
+        return decode
+
+    return tf.switch_case(index, [at(r) for r in _DCT_RATIOS])
 
 
 def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
@@ -488,13 +511,13 @@ def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
 def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     """Rounds a 0..255 float image to uint8: batches move a quarter of the bytes, and the cast
     back to float happens once per batch (measured: ~0.4 ms less per 224 px image)."""
-    return tf.cast(tf.clip_by_value(image, 0.0, 255.0) + 0.5, tf.uint8)
+    return tf.cast(image + 0.5, tf.uint8)  # bilinear output (and RandAugment's) is in 0..255
 
 
 # --------------------------------------------------------------------------- the pipeline
 
 def _records(files: List[str], *, training: bool, input_context, seed: int) -> tf.data.Dataset:
-    """(image bytes, label) of the records, sharded per input pipeline: by file when there
+    """Serialized records, sharded per input pipeline: by file when there
     are at least as many files as pipelines (no pipeline reads bytes it throws away), else by
     record after a deterministic interleave (every pipeline must see the same order)."""
     n = input_context.num_input_pipelines if input_context else 1
@@ -508,14 +531,7 @@ def _records(files: List[str], *, training: bool, input_context, seed: int) -> t
     deterministic = not training or by_record
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if by_record:
-        ds = ds.shard(n, i)
-    return ds.map(_parse_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-
-
-def _parse_record(serialized):
-    feats = tf.io.parse_single_example(serialized, _FEATURES)
-    return feats["image/encoded"], feats["image/class/label"]
+    return ds.shard(n, i) if by_record else ds
 
 
 def _image_files(paths: List[str], labels: List[int], *, training: bool, input_context,
@@ -530,53 +546,55 @@ def _image_files(paths: List[str], labels: List[int], *, training: bool, input_c
                   deterministic=not training)
 
 
-def _decode_counted(ds: tf.data.Dataset, *, decode, counter: SkipCounter, num_classes: int,
-                    training: bool, seed: int) -> tf.data.Dataset:
-    """Decodes every (bytes, label) element; one whose image fails to decode, or whose label
-    is outside [0, C), is dropped and stays recorded in `counter`.
+def _decode_counted(ds: tf.data.Dataset, *, unpack, decode, counter: SkipCounter,
+                    num_classes: int, training: bool, seed: int) -> tf.data.Dataset:
+    """Decodes every element; one whose image fails to decode, or whose label is outside
+    [0, C), is dropped and stays recorded in `counter`.
 
-    The failing map call raises and `ignore_errors` drops that element: the cheap way (a
-    per-element fallback dataset cost ~0.5 ms per image, a quarter of a decode). Its price is
-    that `ignore_errors` also drops an element on a read error further up (logged by tf.data).
+    The failing map call raises (a failed decode, or the label assertion) and `ignore_errors`
+    drops that element: the cheap way. A per-element fallback dataset cost ~0.5 ms per image,
+    a quarter of a decode; a filter stage after the map ~0.1 ms. Its price: `ignore_errors`
+    also drops an element when reading its file fails (tf.data logs it).
 
-    Each element's random seed comes from a stateful draw in the map rather than a zipped
-    `Dataset.random`: the zip cost ~0.3 ms per image here, and stateless ops then make the
-    crop, flip and RandAugment of an element independent draws from one seed.
+    Parsing happens in this same map, and each element's random seed comes from a stateful
+    draw here rather than a zipped `Dataset.random`: every extra tf.data stage cost 0.1-0.3 ms
+    per image on this 2-core machine. Stateless ops then make the crop, flip and RandAugment
+    of an element independent draws from that one seed.
+
+    Args:
+      unpack: element -> (image bytes, 0-based int64 label).
+      decode: (image bytes, seed) -> image.
     """
-    def fn(image_bytes, label):
+    def fn(*element):
+        image_bytes, label = unpack(*element)
         key, image_bytes = counter.enter(image_bytes)
-        ok = tf.logical_and(label >= 0, label < num_classes)
+        valid = tf.debugging.Assert(tf.logical_and(label >= 0, label < num_classes),
+                                    ["label outside [0, C):", label])
         draw = tf.random.uniform([2], minval=0, maxval=_KEY_BUCKETS, dtype=tf.int64, seed=seed)
-        image = counter.leave(key, ok, decode(image_bytes, draw))
-        return image, tf.cast(label, tf.int32), ok
+        with tf.control_dependencies([valid]):
+            image = decode(image_bytes, draw)
+        return counter.leave(key, image), tf.cast(label, tf.int32)
 
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    ds = ds.ignore_errors(log_warning=True)
-    return ds.filter(_is_ok).map(_drop_ok)
+    return ds.ignore_errors(log_warning=True)
 
 
-def _is_ok(image, label, ok):
-    del image, label
-    return ok
-
-
-def _drop_ok(image, label, ok):
-    del ok
-    return image, label
-
-
-def _source(data_cfg, *, path: str, what: str, training: bool,
-            input_context) -> tf.data.Dataset:
-    """(image bytes, 0-based label) from a TFRecord glob or an image folder."""
+def _source(data_cfg, *, path: str, what: str, training: bool, input_context):
+    """The elements of a TFRecord glob or an image folder, and the function that turns one
+    into (image bytes, 0-based label)."""
     if is_image_folder(path):
         paths, labels = list_image_files(path, class_names=data_cfg.class_names, what=what)
-        return _image_files(paths, labels, training=training, input_context=input_context,
-                            seed=data_cfg.seed)
+        ds = _image_files(paths, labels, training=training, input_context=input_context,
+                          seed=data_cfg.seed)
+        return ds, lambda image_bytes, label: (image_bytes, label)
     ds = _records(list_record_files(path, what=what), training=training,
                   input_context=input_context, seed=data_cfg.seed)
-    if data_cfg.label_offset:
-        ds = ds.map(lambda b, l: (b, l - data_cfg.label_offset))
-    return ds
+
+    def parse(serialized):
+        feats = tf.io.parse_single_example(serialized, _FEATURES)
+        return feats["image/encoded"], feats["image/class/label"] - data_cfg.label_offset
+
+    return ds, parse
 
 
 def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
@@ -614,14 +632,15 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
     what = "--train_data" if training else "--eval_data"
     if not path:
         raise DataError(f"{what} is empty: pass a TFRecord glob or an image folder")
-    ds = _source(data_cfg, path=path, what=what, training=training, input_context=input_context)
+    ds, unpack = _source(data_cfg, path=path, what=what, training=training,
+                         input_context=input_context)
     if data_cfg.cache:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(data_cfg.shuffle_buffer, seed=data_cfg.seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = _decode_counted(ds, decode=_decoder(data_cfg, training=training),
+    ds = _decode_counted(ds, unpack=unpack, decode=_decoder(data_cfg, training=training),
                          counter=_counter(split, path), num_classes=len(data_cfg.class_names),
                          training=training, seed=data_cfg.seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
