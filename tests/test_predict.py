@@ -7,11 +7,7 @@ import os
 import shutil
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tests.testing import gcs_front
-from tests.testing.gcs_front import gcs, gcs_bucket  # noqa: F401  (fixtures, if conftest has not registered the plugin)
 
-for _key, _value in gcs_front.STATIC_ENV.items():  # before TensorFlow reads them at import
-    os.environ.setdefault(_key, _value)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
