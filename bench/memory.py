@@ -7,8 +7,11 @@ For each configuration and batch, a fresh process (this script with --child) imp
 TensorFlow, reads its resident memory (the idle baseline), resets the kernel's high-water mark
 (/proc/self/clear_refs), builds the classifier (weights none: the values do not change the
 memory), asks trainer.memory for the phase's estimate, then trains --steps steps the way the
-trainer does (Adam, the trainer's input pipeline over synthetic JPEG TFRecords) and reads the
-peak resident memory (VmHWM) — on a GPU, TensorFlow's peak device memory instead. The table
+trainer does (its model, compile and fit, Adam) on synthetic JPEG TFRecords, and reads the peak
+resident memory (VmHWM) — on a GPU, TensorFlow's peak device memory instead. The input
+pipeline has the trainer's stages (parallel parse and random-crop decode to uint8, parallel
+batch, cast to float32, autotuned prefetch) but is written here, so that the benchmark does not
+move with trainer/data.py's tuning. The table
 shows estimate, measured peak over the baseline, and their ratio; the goal is within +-25 %.
 
 Configurations (B0 by default):
@@ -87,11 +90,34 @@ def write_records(folder: str) -> None:
         f.write("".join(f"class{i}\n" for i in range(NUM_CLASSES)))
 
 
+def build_input(records: str, *, batch: int, image_size: int):
+    """(float32 images in 0..255, int32 labels) batches, as trainer.data.build_dataset yields them."""
+    import tensorflow as tf
+
+    def decode(serialized):
+        features = tf.io.parse_single_example(serialized, {
+            "image/encoded": tf.io.FixedLenFeature([], tf.string),
+            "image/class/label": tf.io.FixedLenFeature([], tf.int64)})
+        image_bytes = features["image/encoded"]
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            tf.io.extract_jpeg_shape(image_bytes), tf.zeros([0, 0, 4]), area_range=(0.08, 1.0),
+            aspect_ratio_range=(0.75, 1.33), min_object_covered=0.1, use_image_if_no_bounding_boxes=True)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+        image = tf.image.random_flip_left_right(tf.image.resize(image, [image_size, image_size]))
+        return tf.cast(image + 0.5, tf.uint8), tf.cast(features["image/class/label"], tf.int32)
+
+    ds = tf.data.TFRecordDataset(tf.io.gfile.glob(os.path.join(records, "train-*.tfrecord")))
+    ds = ds.shuffle(NUM_RECORDS).repeat().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, num_parallel_calls=tf.data.AUTOTUNE).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def measure(config_name: str, batch: int, records: str) -> dict:
     """Runs in the child: estimate, then train and read the peak."""
     import tensorflow as tf
     import tf_keras as keras
-    from trainer import config, data, memory
+    from trainer import config, memory
     from trainer import model as model_lib
     baseline_kb = proc_status_kb("VmRSS")
     reset_peak_rss()
@@ -105,10 +131,7 @@ def measure(config_name: str, batch: int, records: str) -> dict:
     model_lib.set_trainable(model, phase=phase, bn=spec["bn"])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    data_cfg = config.Data(train_data=os.path.join(records, "train-*.tfrecord"), eval_data=None,
-                           class_names=tuple(f"class{i}" for i in range(NUM_CLASSES)),
-                           image_size=FLAGS.image_size, augment="flip", shuffle_buffer=NUM_RECORDS)
-    ds = data.build_dataset(data_cfg, split="train", batch_size=batch, repeat=True)
+    ds = build_input(records, batch=batch, image_size=FLAGS.image_size)
     built_kb = proc_status_kb("VmRSS")
     start = time.time()
     model.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
@@ -120,7 +143,7 @@ def measure(config_name: str, batch: int, records: str) -> dict:
     return {"config": config_name, "batch": batch, "device": device,
             "estimate": estimate.peak_bytes(batch), "measured": measured,
             "fixed_bytes": estimate.fixed_bytes, "bytes_per_example": estimate.bytes_per_example,
-            "input_bytes_per_example": estimate.activations.input * memory.INPUT_BATCHES_IN_FLIGHT,
+            "input_bytes_per_example": estimate.input_bytes_per_example,
             "kept": estimate.activations.kept, "forward_peak": estimate.activations.forward_peak,
             "backward_peak": estimate.activations.backward_peak,
             "built": (built_kb - baseline_kb) * 1024, "baseline": baseline_kb * 1024,

@@ -1,6 +1,9 @@
 """Memory plan (issue 7): estimates per phase, auto batch sizes, plan.json, OOM recovery, accumulation."""
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from trainer import model as model_lib
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_config(model_dir, *, image_size=224, frozen="auto", finetune="auto", budget_gb=4.0, bn="frozen",
@@ -78,13 +82,13 @@ def test_kept_tensors_follow_the_gradient_rules():
     toy = keras.Model(inputs, outputs)
     for layer in toy.layers:
         layer.trainable = layer.name == "dense"
-    acts = memory.analyze_activations(toy, bn="frozen")
+    acts = memory.analyze_activations(toy)
     assert acts.kept == 5 * 4                                  # dense keeps its input only
     assert acts.first_trainable == "dense" and acts.backward_layers == 1
     # Forward peak: relu's input and output alive at once (48 + 48), or conv2's in and out (48 + 80).
     assert acts.forward_peak == (48 + 80) * 4
     conv1.trainable = True
-    acts = memory.analyze_activations(toy, bn="frozen")
+    acts = memory.analyze_activations(toy)
     # conv1 keeps the input (32), bn keeps its input (48), relu its output (48); conv2 (frozen) nothing.
     assert acts.kept == (32 + 48 + 48 + 5) * 4
     assert acts.backward_layers == 6
@@ -100,7 +104,7 @@ def test_mixed_precision_halves_activations():
             x = keras.layers.Conv2D(4, 3, padding="same")(x)
             x = keras.layers.Activation("relu")(x)
             outputs = keras.layers.Dense(2, dtype="float32")(keras.layers.GlobalAveragePooling2D()(x))
-            sizes.append(memory.analyze_activations(keras.Model(inputs, outputs), bn="frozen").kept)
+            sizes.append(memory.analyze_activations(keras.Model(inputs, outputs)).kept)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     assert sizes[1] < sizes[0]
@@ -265,6 +269,36 @@ def test_accumulation_matches_one_large_batch():
     assert loss4 == pytest.approx(loss1, rel=1e-5) and acc4 == pytest.approx(acc1)
 
 
+def test_accumulation_under_mirrored_matches_one_large_batch():
+    """Two replicas (logical CPUs, set up in a fresh process), Adam, two steps: same weights."""
+    result = subprocess.run([sys.executable, "-m", "tests.test_memory", "mirrored_accumulation"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2 and report["max_weight_difference"] < 1e-5
+    assert report["losses"][0] == pytest.approx(report["losses"][1], rel=1e-5)
+
+
+def mirrored_accumulation() -> dict:
+    """Runs in the subprocess: one model without and one with 4 accumulation steps."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    x, y = tiny_data(n=16, seed=1)
+    weights, losses = [], []
+    for steps in (1, 4):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = tiny_model()
+            accumulate.install(model, steps=steps)
+            model.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy")
+        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=2, verbose=0).history
+        weights.append(model.get_weights())
+        losses.append(history["loss"][-1])
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
+    return {"replicas": strategy.num_replicas_in_sync, "max_weight_difference": diff, "losses": losses}
+
+
 def test_plan_only_cli_writes_plan_and_refuses_a_tiny_budget(demo_records, tmp_path, capsys):
     """trainer.task --plan_only with auto batches: plan.json, or one line and exit 2."""
     auto = ("--frozen_batch_size=auto", "--finetune_batch_size=auto", "--plan_only")
@@ -278,3 +312,7 @@ def test_plan_only_cli_writes_plan_and_refuses_a_tiny_budget(demo_records, tmp_p
     assert len(errors) == 1 and "frozen phase does not fit even 1 example" in errors[0]
     assert "--memory_budget_gb" in errors[0]
     assert not (tmp_path / "bad" / "plan.json").exists()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["mirrored_accumulation"]:
+    print(json.dumps(mirrored_accumulation()))

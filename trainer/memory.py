@@ -7,20 +7,21 @@ first trainable one on, the tensors its gradient reads. So the fine-tune phase f
 smaller batch than the frozen one, and a fixed batch size that suits one phase either wastes
 the other or dies out of memory. This module sizes each phase's batch from the built model.
 
-The estimate of one replica's peak memory, for a per-replica batch of `b` examples, is
+The estimate of one replica's peak memory, for a per-replica batch of `b` examples split into
+`k` micro-batches (gradient accumulation; k = 1 without), is
 
-    fixed_bytes + b * bytes_per_example
+    fixed_bytes + ceil(b / k) * bytes_per_example + b * input_bytes_per_example
 
   fixed_bytes = parameters (at their variable dtype)
               + gradients and Adam's two slots for the trainable parameters
               (+ one more copy of the trainable parameters with gradient accumulation)
-              + the runtime's workspace (on CPU: TensorFlow's graphs and executor, measured;
-                on accelerators a margin for the compiler's and cuDNN's scratch space)
-  bytes_per_example = activations, from the model's layer output shapes at the layer's
-              compute dtype (mixed precision halves them): the larger of the forward peak
-              (tensors alive while the forward pass runs, those kept for the backward pass
-              included) and the kept tensors plus the backward pass's working set; plus the
-              input pipeline's batches in flight.
+              + the runtime's workspace (on CPU: TensorFlow's graphs, executor and thread
+                pools, measured; on accelerators a margin for cuDNN's / XLA's scratch space)
+  bytes_per_example = activations, from the model's layer output shapes at their dtype
+              (mixed precision halves them): the larger of the forward peak (tensors alive
+              while the forward pass runs, those kept for the backward pass included) and the
+              kept tensors plus the backward pass's largest working set
+  input_bytes_per_example = the model input of the batches the input pipeline holds
 
 Which tensors the backward pass keeps follows TensorFlow's registered gradients: a
 convolution or dense layer keeps its input only when its kernel trains (the input's gradient
@@ -39,7 +40,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -88,8 +89,7 @@ class _Call:
     layer: keras.layers.Layer
     inputs: Tuple[int, ...]
     outputs: Tuple[int, ...]
-    trainable: bool          # the layer's own weights train in this phase
-    training_mode: bool      # BN in training mode (batch statistics)
+    trainable: bool  # the layer has weights that train in this phase
 
 
 def _ordered_nodes(model: keras.Model) -> List[Any]:
@@ -98,7 +98,7 @@ def _ordered_nodes(model: keras.Model) -> List[Any]:
 
 
 def _flat_calls(model: keras.Model, *, alias: Dict[int, int], sizes: Dict[int, int],
-                parent_trainable: bool, bn_training: bool) -> List[_Call]:
+                parent_trainable: bool = True) -> List[_Call]:
     """The leaf calls of a functional model, nested functional models flattened in place."""
     calls: List[_Call] = []
     for node in _ordered_nodes(model):
@@ -109,16 +109,13 @@ def _flat_calls(model: keras.Model, *, alias: Dict[int, int], sizes: Dict[int, i
             sizes[id(t)] = _bytes_per_example(t)
         trainable = parent_trainable and layer.trainable
         if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
-            training = bn_training and node.call_kwargs.get("training", None) is not False
             for inner, outer in zip(layer.inputs, ins):
                 alias[id(inner)] = outer
-            calls += _flat_calls(layer, alias=alias, sizes=sizes, parent_trainable=trainable,
-                                 bn_training=training)
+            calls += _flat_calls(layer, alias=alias, sizes=sizes, parent_trainable=trainable)
             for inner, outer in zip(tf.nest.flatten(layer.outputs), outs):
                 alias[id(outer)] = alias.get(id(inner), id(inner))
             continue
-        calls.append(_Call(layer, ins, tuple(id(t) for t in outs), trainable and bool(layer.weights),
-                           bn_training and trainable and _is_bn(layer)))
+        calls.append(_Call(layer, ins, tuple(id(t) for t in outs), trainable and bool(layer.trainable_weights)))
     return calls
 
 
@@ -129,17 +126,15 @@ def _bytes_per_example(tensor) -> int:
     return int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(tensor.dtype).size
 
 
-def _is_bn(layer) -> bool:
-    return isinstance(layer, keras.layers.BatchNormalization)
-
-
 # ---------------------------------------------------------------------------------------------
 # What the backward pass keeps, per layer type (TensorFlow's registered gradients).
 
+# Dropout keeps a mask: EfficientNet's drop-connect mask is one number per example, the head's
+# one per feature, so it is left out.
 _KEEPS_NOTHING = (keras.layers.Add, keras.layers.GlobalAveragePooling2D, keras.layers.Reshape,
                   keras.layers.ZeroPadding2D, keras.layers.Flatten, keras.layers.Identity,
                   keras.layers.Rescaling, keras.layers.Normalization, keras.layers.InputLayer,
-                  keras.layers.Average, keras.layers.AveragePooling2D)
+                  keras.layers.Average, keras.layers.AveragePooling2D, keras.layers.Dropout)
 _WEIGHTED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
              keras.layers.SeparableConv2D)
 
@@ -170,21 +165,19 @@ def _kept_by(call: _Call, *, needs_grad: Dict[int, bool], sizes: Dict[int, int])
     if isinstance(layer, keras.layers.BatchNormalization):
         return list(call.inputs), 0
     if isinstance(layer, keras.layers.Activation):
-        kind = _activation_kind(layer.activation)
-        return _activation_keeps(kind, call, sizes)
+        return _activation_keeps(_activation_kind(layer.activation), call, sizes)
     if isinstance(layer, keras.layers.Multiply):
         others = [t for t in call.inputs if any(needs_grad.get(o, False) for o in call.inputs if o != t)]
         return others, 0
-    if isinstance(layer, keras.layers.Dropout):
-        return [], sum(sizes[t] for t in call.outputs) if call.training_mode else 0
     if isinstance(layer, _WEIGHTED):
         keep = list(call.inputs) if call.trainable else []
-        extra_keys, extra = _activation_keeps(_activation_kind(getattr(layer, "activation", None)), call, sizes)
-        return keep + extra_keys, extra
-    return list(call.inputs) + list(call.outputs), 0
+        keys, extra = _activation_keeps(_activation_kind(getattr(layer, "activation", None)), call, sizes)
+        return keep + keys, extra
+    return list(call.inputs) + list(call.outputs), 0  # unknown layer: assume it keeps both
 
 
 def _activation_keeps(kind: str, call: _Call, sizes: Dict[int, int]) -> Tuple[List[int], int]:
+    """(keys, internal bytes) an activation of `kind` keeps (see `_activation_kind`)."""
     out = sum(sizes[t] for t in call.outputs)
     if kind == "none":
         return [], 0
@@ -196,9 +189,10 @@ def _activation_keeps(kind: str, call: _Call, sizes: Dict[int, int]) -> Tuple[Li
 
 
 def _temp_bytes(call: _Call, sizes: Dict[int, int]) -> int:
-    """Tensors a call creates and frees inside itself (forward), e.g. swish's sigmoid."""
-    kind = _activation_kind(getattr(call.layer, "activation", None)) if hasattr(call.layer, "activation") else "none"
-    return sum(sizes[t] for t in call.outputs) if kind == "input+temp" else 0
+    """Bytes a call holds inside itself besides its outputs (forward): swish's sigmoid."""
+    if _activation_kind(getattr(call.layer, "activation", None)) != "input+temp":
+        return 0
+    return sum(sizes[t] for t in call.outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,10 +220,14 @@ class Activations:
         return max(self.forward_peak, self.backward_peak)
 
 
-def analyze_activations(model: keras.Model, *, bn: str) -> Activations:
-    """Walks the model in execution order with its current trainable flags (see module doc)."""
+def analyze_activations(model: keras.Model) -> Activations:
+    """Walks the model in execution order with its current trainable flags (see module doc).
+
+    BatchNormalization keeps its input in training and inference mode alike, so --bn changes
+    the estimate only through which layers train.
+    """
     sizes: Dict[int, int] = {id(t): _bytes_per_example(t) for t in model.inputs}
-    calls = _flat_calls(model, alias={}, sizes=sizes, parent_trainable=True, bn_training=bn == "trainable")
+    calls = _flat_calls(model, alias={}, sizes=sizes)
     needs_grad: Dict[int, bool] = {}
     kept_keys: set = set()
     kept_extra = 0
@@ -296,7 +294,8 @@ class Estimate:
       param_bytes: all variables, at their dtype.
       optimizer_bytes: gradients and Adam slots (and accumulators) of the trainable variables.
       workspace_bytes: the runtime's own memory (see the module docstring).
-      bytes_per_example: activations and input batches per example of the per-replica batch.
+      bytes_per_example: activation bytes per example of a micro-batch (without accumulation,
+        of the per-replica batch).
       activations: the breakdown of the activation part.
       accumulate_steps: micro-batches per step; the activation term applies to one micro-batch.
     """
@@ -314,11 +313,16 @@ class Estimate:
     def fixed_bytes(self) -> int:
         return self.param_bytes + self.optimizer_bytes + self.workspace_bytes
 
+    @property
+    def input_bytes_per_example(self) -> int:
+        """Model input held by the input pipeline, per example of the per-replica batch."""
+        return self.activations.input * INPUT_BATCHES_IN_FLIGHT
+
     def peak_bytes(self, per_replica_batch: int) -> int:
         """Estimated peak for a per-replica batch (split into accumulate_steps micro-batches)."""
         micro = math.ceil(per_replica_batch / self.accumulate_steps)
-        input_bytes = per_replica_batch * self.activations.input * INPUT_BATCHES_IN_FLIGHT
-        return self.fixed_bytes + micro * self.bytes_per_example + input_bytes
+        return (self.fixed_bytes + micro * self.bytes_per_example
+                + per_replica_batch * self.input_bytes_per_example)
 
 
 def estimate_phase(model: keras.Model, *, phase: Phase, bn: str, device: str = "CPU",
@@ -335,7 +339,7 @@ def estimate_phase(model: keras.Model, *, phase: Phase, bn: str, device: str = "
       accumulate_steps: gradient accumulation micro-batches per step.
     """
     model_lib.set_trainable(model, phase=phase, bn=bn)
-    acts = analyze_activations(model, bn=bn)
+    acts = analyze_activations(model)
     trainable_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in model.trainable_variables)
     copies = 1 + ADAM_SLOTS + (1 if accumulate_steps > 1 else 0)
     counts = model_lib.parameter_counts(model)
@@ -559,6 +563,8 @@ def _resolve_batch(phase: Phase, *, estimate: Estimate, budget: Optional[Budget]
     runtime = cfg.runtime
     unit = replicas * runtime.accumulate_steps
     if phase.batch_size == "auto":
+        if phase.epochs == 0:
+            return unit  # a skipped phase needs a number, not a plan
         if budget is None:
             raise ConfigError(f"--{phase.name}_batch_size=auto: the {device} memory could not be detected; "
                               "pass --memory_budget_gb (memory of one device) or a number")
@@ -592,7 +598,7 @@ def plan_entry(phase: Phase, *, estimate: Estimate, replicas: int, auto: bool) -
                                                         base_batch_size=phase.base_batch_size),
         "total_params": estimate.total_params, "trainable_params": estimate.trainable_params,
         "fixed_bytes": estimate.fixed_bytes, "bytes_per_example": estimate.bytes_per_example,
-        "input_bytes_per_example": estimate.activations.input * INPUT_BATCHES_IN_FLIGHT,
+        "input_bytes_per_example": estimate.input_bytes_per_example,
         "estimated_peak_bytes": estimate.peak_bytes(per_replica),
         "first_trainable_layer": estimate.activations.first_trainable,
         "oom_retries": [],
@@ -668,7 +674,7 @@ def fit_with_oom_recovery(fit_once: Callable[[int], Any], *, phase: Phase, repli
             return fit_once(batch)
         except tf.errors.ResourceExhaustedError as e:
             smaller = halved_batch_size(batch, unit=unit)
-            reason = (e.message or str(e)).strip().splitlines()[0][:200] if (e.message or str(e)) else "out of memory"
+            reason = _first_line(e)
             if smaller is None:
                 raise OutOfMemoryError(
                     f"the {phase.name} phase ran out of memory even at batch size {batch} ({reason}); use a device "
@@ -679,6 +685,11 @@ def fit_with_oom_recovery(fit_once: Callable[[int], Any], *, phase: Phase, repli
             if chief and model_dir:
                 record_oom_retry(model_dir, phase=phase, old=batch, new=smaller, reason=reason)
             batch = smaller
+
+
+def _first_line(error: tf.errors.OpError) -> str:
+    lines = (error.message or "").strip().splitlines()
+    return lines[0][:200] if lines else "out of memory"
 
 
 def record_oom_retry(model_dir: str, *, phase: Phase, old: int, new: int, reason: str) -> None:
