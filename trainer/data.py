@@ -510,7 +510,7 @@ def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
 
 def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     """Rounds a 0..255 float image to uint8: batches move a quarter of the bytes, and the cast
-    back to float happens once per batch (measured: ~0.4 ms less per 224 px image)."""
+    back to float happens once per batch (measured: ~0.2 ms less per 224 px image)."""
     return tf.cast(image + 0.5, tf.uint8)  # bilinear output (and RandAugment's) is in 0..255
 
 
