@@ -80,6 +80,7 @@ def test_environment_to_strategy_and_chief(env, flag, tpu, gpus, expected, chief
     ({"CLUSTER_SPEC": "{not json"}, "auto", None, ["CLUSTER_SPEC"]),
     ({"TF_CONFIG": "{not json"}, "auto", None, ["TF_CONFIG"]),
     ({}, "tpu", None, ["--tpu", "TPU_NAME"]),
+    ({"CLUSTER_SPEC": _spec("workerpool1", 0)}, "mirrored", None, ["--strategy=mirrored", "multi_worker"]),
 ])
 def test_unusable_clusters_are_one_clear_error(env, flag, tpu, words):
     from trainer import distribute, task
@@ -166,10 +167,11 @@ def free_ports(n):
 
 
 def task_command(records, model_dir, *extra):
-    """The trainer command of the multi-process tests: B0 at 32 px, no pretrained weights, no
-    validation data (each process would trace and run an evaluation step per phase)."""
+    """The trainer command of the multi-process tests: B0 at 32 px, no pretrained weights; no
+    validation data and only the top block fine-tuned, since every process traces each phase's
+    step and tracing B0's whole backward pass is most of what such a tiny run costs."""
     return [sys.executable, "-m", "trainer.task", f"--train_data={records}/train-*.tfrecord",
-            f"--model_dir={model_dir}", "--weights=none",
+            f"--model_dir={model_dir}", "--weights=none", "--unfreeze=top:1",
             "--image_size=32", "--frozen_batch_size=8", "--finetune_batch_size=8", "--warmup_epochs=0",
             "--early_stopping_patience=0", "--seed=1", *extra]
 

@@ -103,6 +103,9 @@ def choose(*, strategy: str, tpu: Optional[str], tf_config: Mapping, gpus: int) 
     if strategy == "tpu" and not tpu:
         raise ConfigError("--strategy=tpu needs --tpu (or TPU_NAME): a TPU name, a grpc:// address, "
                           "or local on a TPU VM")
+    if strategy in ("default", "mirrored") and tasks > 1:
+        raise ConfigError(f"--strategy={strategy} on a cluster of {tasks} training tasks (TF_CONFIG): each machine "
+                          "would train alone and write the same files; use --strategy=multi_worker or auto")
     if strategy != "auto":
         return strategy, f"--strategy={strategy}"
     if tpu:
