@@ -320,39 +320,66 @@ def _check_record(where: str, feats: dict, *, class_names: Sequence[str], label_
 # --------------------------------------------------------------------------- skipped records
 
 class SkipCounter:
-    """The records of one data path that failed to decode (or carry a label outside [0, C)).
+    """The records of one data path that failed to decode, or carry a label outside [0, C).
 
-    Each element's fingerprint is inserted into a hash table before it is decoded and removed
-    once it decoded with a valid label; a failed element never reaches the removal, and
-    `ignore_errors` drops it. What stays in the table is the set of skipped records (plus, for
-    the few milliseconds a decode takes, the elements in flight). Why a table rather than a
-    counter variable: insert and remove are idempotent and thread-safe, so parallel map calls
-    need no atomic increment and a bad record met again next epoch is not counted twice; and
-    strategies intercept variable creation (a dataset built inside `strategy.scope()` would get
-    a mirrored variable) but not lookup tables.
+    Before an element is decoded, its fingerprint and image bytes go into a `pending` table;
+    a successful decode removes them. A failed decode raises before the removal (and
+    `ignore_errors` drops the element), so its entry stays. `pending` also holds, for the
+    milliseconds a decode takes, the elements in flight, and those an iterator destroyed
+    mid-decode: `count` therefore decodes each pending image once more and counts only those
+    that fail (dropping the others), so the count is exact whenever it is read. A bad label is
+    known before decoding and goes straight into `bad_labels`.
+
+    Tables rather than a counter variable: insert and remove are idempotent and thread-safe, so
+    parallel map calls need no atomic increment and a bad record met again next epoch counts
+    once; and strategies intercept variable creation (a dataset built inside
+    `strategy.scope()` would get a mirrored variable) but not lookup tables.
     """
 
     def __init__(self):
         with tf.init_scope(), tf.device("/cpu:0"):  # lookup tables have CPU kernels only
-            self.table = tf.lookup.experimental.MutableHashTable(
+            self.pending = tf.lookup.experimental.MutableHashTable(
+                key_dtype=tf.int64, value_dtype=tf.string, default_value="")
+            self.bad_labels = tf.lookup.experimental.MutableHashTable(
                 key_dtype=tf.int64, value_dtype=tf.int64, default_value=0)
 
     def count(self) -> int:
-        return int(self.table.size())
+        """Distinct skipped records so far (eager; decodes only the few pending images)."""
+        keys, values = self.pending.export()
+        decodable = [k for k, v in zip(keys.numpy(), values.numpy()) if _decodes(v)]
+        if decodable:  # in flight when exported, or abandoned by a destroyed iterator
+            self.pending.remove(tf.constant(decodable, tf.int64))
+        return len(keys) - len(decodable) + int(self.bad_labels.size())
 
-    def enter(self, image_bytes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        """Records an element as pending; returns its key and the bytes, ordered after it."""
+    def enter(self, image_bytes: tf.Tensor, label_ok: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Records an element before its decode; raises (dropping it) when its label is bad.
+        Returns its key and the bytes, ordered after the bookkeeping."""
         key = tf.reshape(tf.strings.to_hash_bucket_fast(_identity_of(image_bytes), _KEY_BUCKETS), [1])
-        insert = self.table.insert(key, tf.ones([1], tf.int64))
+
+        def bad_label():
+            with tf.control_dependencies([self.bad_labels.insert(key, tf.ones([1], tf.int64))]):
+                return tf.constant(False)
+
+        noted = tf.cond(label_ok, lambda: tf.constant(True), bad_label)
+        with tf.control_dependencies([tf.debugging.Assert(noted, ["label outside [0, C)"])]):
+            insert = self.pending.insert(key, tf.reshape(image_bytes, [1]))
         with tf.control_dependencies([insert]):
             return key, tf.identity(image_bytes)
 
     def leave(self, key: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
         """Clears a decoded element; returns `image` ordered after the removal."""
         with tf.control_dependencies([image]):
-            remove = self.table.remove(key)
+            remove = self.pending.remove(key)
         with tf.control_dependencies([remove]):
             return tf.identity(image)
+
+
+def _decodes(image_bytes: bytes) -> bool:
+    try:
+        tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        return True
+    except tf.errors.OpError:
+        return False
 
 
 _KEY_BUCKETS = 2 ** 62
@@ -567,12 +594,10 @@ def _decode_counted(ds: tf.data.Dataset, *, unpack, decode, counter: SkipCounter
     """
     def fn(*element):
         image_bytes, label = unpack(*element)
-        key, image_bytes = counter.enter(image_bytes)
-        valid = tf.debugging.Assert(tf.logical_and(label >= 0, label < num_classes),
-                                    ["label outside [0, C):", label])
+        key, image_bytes = counter.enter(
+            image_bytes, tf.logical_and(label >= 0, label < num_classes))
         draw = tf.random.uniform([2], minval=0, maxval=_KEY_BUCKETS, dtype=tf.int64, seed=seed)
-        with tf.control_dependencies([valid]):
-            image = decode(image_bytes, draw)
+        image = decode(image_bytes, draw)
         return counter.leave(key, image), tf.cast(label, tf.int32)
 
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
