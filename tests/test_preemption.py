@@ -77,6 +77,33 @@ def first_finetune_epoch(log):
     return int(found[0]) if found else None
 
 
+def test_guard_turns_sigterm_into_save_then_exit_and_restores_the_handler():
+    import threading
+    import tensorflow as tf
+    from trainer import preemption
+    before, saved = signal.getsignal(signal.SIGTERM), []
+    with preemption.Guard(strategy=tf.distribute.get_strategy()) as guard:
+        guard.after_step(lambda: saved.append("too early"))
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(SystemExit) as e:
+            guard.after_step(lambda: saved.append("step"))
+    assert saved == ["step"] and e.value.code == preemption.EXIT_PREEMPTED == 143
+    assert signal.getsignal(signal.SIGTERM) == before
+    errors = []
+    thread = threading.Thread(target=lambda: _enter_guard_in_thread(preemption, tf, errors))
+    thread.start()
+    thread.join()
+    assert errors == []
+
+
+def _enter_guard_in_thread(preemption, tf, errors):
+    try:
+        with preemption.Guard(strategy=tf.distribute.get_strategy()) as guard:
+            guard.after_step(lambda: errors.append("saved without a signal"))
+    except Exception as e:  # pylint: disable=broad-except
+        errors.append(repr(e))
+
+
 @pytest.fixture(scope="module")
 def preempted(tmp_path_factory, demo_records):
     model_dir = str(tmp_path_factory.mktemp("preempted") / "run")

@@ -54,7 +54,8 @@ class Guard:
     """Turns SIGTERM into a save at the end of the current training step, then an exit.
 
     Enter it inside `strategy.scope()` (TensorFlow's handler makes a variable) in the main
-    thread; it restores the previous SIGTERM handler on exit.
+    thread (signal handlers live there; elsewhere it only warns); it restores the previous
+    SIGTERM handler on exit.
     """
 
     def __init__(self, *, strategy: tf.distribute.Strategy):
@@ -66,6 +67,9 @@ class Guard:
         self._scratch: Optional[str] = None
 
     def __enter__(self) -> "Guard":
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning("training outside the main thread: SIGTERM will not save a backup first")
+            return self
         self._previous = signal.getsignal(signal.SIGTERM)
         if distribute.is_multi_worker(self._strategy):
             self._handler = self._tf_handler()
@@ -74,9 +78,12 @@ class Guard:
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
         if self._handler is not None:
-            self._handler.__del__()  # stops its watcher threads; the next run makes a new one
+            # Stops its watcher threads. This marks the coordination service's preemption keys as
+            # done, so it is once per process: a second multi-worker run needs a new process.
+            self._handler.__del__()
             self._handler = None
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
