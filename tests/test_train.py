@@ -164,3 +164,17 @@ def test_rerun_of_finished_run_redoes_nothing(full_run, tmp_path, demo_records, 
     assert train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2") == 0
     assert open(os.path.join(model_dir, "history.json")).read() == before
     assert len(os.listdir(os.path.join(model_dir, "export"))) == 2
+
+
+def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pretrained_weights, monkeypatch):
+    """The test hook raises ResourceExhaustedError at the phase's first step: the phase reruns at half
+    the batch, the run finishes, and plan.json records the retry."""
+    monkeypatch.setenv("EFFNET_TEST_OOM_ONCE", "frozen")
+    model_dir = tmp_path / "oom"
+    assert train_cli(str(model_dir), demo_records, pretrained_weights, "--frozen_epochs=1", "--finetune_epochs=0",
+                     "--steps_per_epoch=1") == 0
+    plan = json.loads((model_dir / "plan.json").read_text())
+    frozen = next(p for p in plan["phases"] if p["name"] == "frozen")
+    assert frozen["batch_size"] == 8
+    assert frozen["oom_retries"][0]["batch_size"] == 16 and frozen["oom_retries"][0]["new_batch_size"] == 8
+    assert [h["phase"] for h in json.loads((model_dir / "history.json").read_text())] == ["frozen"]

@@ -20,7 +20,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribute, fileio, memory, plots, preemption, schedules
+from trainer import accumulate, data, distribute, fileio, memory, plots, preemption, schedules
 from trainer import model as model_lib
 from trainer.config import Config, ConfigError, Phase
 
@@ -55,7 +55,8 @@ def run(cfg: Config, *, plan_only: bool = False, strategy: Optional[tf.distribut
         keras.mixed_precision.set_global_policy(cfg.runtime.mixed_precision)
     with strategy.scope():
         model = model_lib.build_classifier(cfg.model)
-        phases = memory.plan(cfg, model=model, replicas=strategy.num_replicas_in_sync)
+        accumulate.install(model, steps=cfg.runtime.accumulate_steps)
+        phases = memory.plan(cfg, model=model, replicas=strategy.num_replicas_in_sync, chief=chief)
         _log_plan(model, cfg=cfg, phases=phases)
         if plan_only:
             return RunResult(None, [])
@@ -205,17 +206,28 @@ def _read_history(model_dir: str) -> List[dict]:
 
 def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, history: List[dict],
                chief: bool, guard: preemption.Guard) -> List[dict]:
-    """Opens the phase's layers, recompiles, fits; returns the run's epoch records so far."""
+    """Opens the phase's layers and fits it; out of memory, it retries at half the batch."""
     model_lib.set_trainable(model, phase=phase, bn=cfg.model.bn)
     counts = model_lib.parameter_counts(model)
-    batch_size = int(phase.batch_size)
+    logging.info("starting phase %s", phase.name)
+
+    def fit_once(batch_size: int) -> List[dict]:
+        return _fit_at_batch(model, cfg=cfg, phase=phase, batch_size=batch_size, strategy=strategy,
+                             history=history, chief=chief, guard=guard, counts=counts)
+    return memory.fit_with_oom_recovery(fit_once, phase=phase, replicas=strategy.num_replicas_in_sync,
+                                        model_dir=cfg.runtime.model_dir, chief=chief,
+                                        accumulate_steps=cfg.runtime.accumulate_steps)
+
+
+def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: int, strategy, history: List[dict],
+                  chief: bool, guard: preemption.Guard, counts: dict) -> List[dict]:
+    """Recompiles for `batch_size` (learning rate, schedule, datasets) and fits the phase."""
     steps = schedules.steps_per_epoch(num_examples=cfg.data.num_train_examples, batch_size=batch_size,
                                       cap=cfg.runtime.steps_per_epoch)
     peak_lr = schedules.scaled_learning_rate(phase.learning_rate, batch_size=batch_size,
                                              base_batch_size=phase.base_batch_size)
     total = steps * phase.epochs
     warmup = schedules.warmup_steps(warmup_epochs=phase.warmup_epochs, steps_per_epoch=steps, total_steps=total)
-    logging.info("starting phase %s", phase.name)
     _log_phase_table(phase, counts=counts, batch_size=batch_size, lr=peak_lr, steps=steps)
     model.compile(
         optimizer=keras.optimizers.Adam(schedules.build_schedule(
@@ -229,10 +241,11 @@ def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, histo
                                path=fileio.join(cfg.runtime.model_dir, HISTORY_FILE) if chief else None)
     backup = preemption.PhaseBackup(preemption.backup_dir(cfg.runtime.model_dir, phase.name), epochs=phase.epochs,
                                     steps_per_epoch=steps, guard=guard)
+    callbacks = (memory.oom_test_hooks(phase.name)
+                 + _callbacks(cfg, phase=phase, recorder=recorder, has_eval=eval_ds is not None, chief=chief)
+                 + [backup])  # last: it saves after the history record and after EarlyStopping's restore
     model.fit(train_ds, epochs=phase.epochs, steps_per_epoch=steps, validation_data=eval_ds,
-              validation_steps=eval_steps, verbose=1 if sys.stdout.isatty() else 2,
-              callbacks=_callbacks(cfg, phase=phase, recorder=recorder, has_eval=eval_ds is not None, chief=chief)
-              + [backup])  # last: it saves after the history record and after EarlyStopping's restore
+              validation_steps=eval_steps, verbose=1 if sys.stdout.isatty() else 2, callbacks=callbacks)
     return recorder.history
 
 
