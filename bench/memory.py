@@ -163,12 +163,12 @@ def run_child(config_name: str, batch: int, records: str) -> dict:
 
 def format_table(rows) -> str:
     mb = 1024 ** 2
-    lines = [f"{'config':<13} {'batch':>5} {'estimate MB':>11} {'measured MB':>11} {'ratio':>6} "
-             f"{'fixed MB':>8} {'MB/example':>10} {'within 25%':>10}"]
+    lines = [f"{'config':<13} {'batch':>5} {'estimate MiB':>12} {'measured MiB':>12} {'ratio':>6} "
+             f"{'fixed MiB':>9} {'MiB/example':>11} {'within 25%':>10}"]
     for r in rows:
         ratio = r["estimate"] / r["measured"]
-        lines.append(f"{r['config']:<13} {r['batch']:>5} {r['estimate'] / mb:>11.0f} {r['measured'] / mb:>11.0f} "
-                     f"{ratio:>6.2f} {r['fixed_bytes'] / mb:>8.0f} {r['bytes_per_example'] / mb:>10.1f} "
+        lines.append(f"{r['config']:<13} {r['batch']:>5} {r['estimate'] / mb:>12.0f} {r['measured'] / mb:>12.0f} "
+                     f"{ratio:>6.2f} {r['fixed_bytes'] / mb:>9.0f} {r['bytes_per_example'] / mb:>11.1f} "
                      f"{'yes' if abs(ratio - 1) <= GOAL else 'NO':>10}")
     return "\n".join(lines)
 

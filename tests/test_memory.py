@@ -169,11 +169,17 @@ def test_explicit_batch_must_divide_among_replicas_and_micro_batches(b0_224, tmp
                     device="CPU")
 
 
-def test_detect_budget(monkeypatch):
+def test_detect_budget(monkeypatch, tmp_path):
     assert memory.detect_budget(memory_budget_gb=2.0, replicas=1, device="GPU") == \
         memory.Budget(2 * GIB, "GPU", "--memory_budget_gb")
     cpu = memory.detect_budget(memory_budget_gb=None, replicas=1, device="CPU")
     assert 0 < cpu.bytes <= memory._physical_bytes()  # pylint: disable=protected-access
+    fake = tmp_path / "nvidia-smi"  # answers like nvidia-smi on a host with an 80 GB and a 141 GB GPU
+    fake.write_text("#!/bin/sh\nprintf '81559\\n143771\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(memory.shutil, "which", lambda name: str(fake))
+    assert memory.detect_budget(memory_budget_gb=None, replicas=2, device="GPU") == \
+        memory.Budget(81559 * MIB, "GPU", "nvidia-smi memory.total")
     monkeypatch.setattr(memory.shutil, "which", lambda name: None)
     assert memory.detect_budget(memory_budget_gb=None, replicas=1, device="GPU") is None
     assert memory.tpu_hbm_bytes("TPU v4") == 32 * GIB
@@ -249,7 +255,8 @@ def test_oom_gives_up_below_one_example_per_replica(tmp_path):
     assert not (tmp_path / "plan.json").exists()  # not the chief: nothing written
 
 
-def test_accumulation_matches_one_large_batch():
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic_batch", "static_batch"])
+def test_accumulation_matches_one_large_batch(static):
     """Four micro-batches of 4 give the same SGD step, loss and accuracy as one batch of 16."""
     x, y = tiny_data(n=16, seed=1)
     results = []
@@ -260,7 +267,8 @@ def test_accumulation_matches_one_large_batch():
         accumulate.install(model, steps=steps)
         model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
-        logs = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16, drop_remainder=static)
+        logs = model.fit(ds, epochs=1, verbose=0).history
         assert not np.allclose(initial[0], model.get_weights()[0])
         results.append((model.get_weights(), logs["loss"][0], logs["accuracy"][0]))
     (w1, loss1, acc1), (w4, loss4, acc4) = results

@@ -40,24 +40,21 @@ def install(model: keras.Model, *, steps: int) -> None:
 def accumulating_train_step(model: keras.Model, data, *, steps: int) -> dict:
     """One optimizer step from `steps` micro-batches of `data`; returns the metrics like train_step."""
     x, y, sample_weight = data_adapter.unpack_x_y_sample_weight(data)
-    batch = tf.shape(tf.nest.flatten(x)[0])[0]
-    micro = (batch + steps - 1) // steps
-    count = (batch + micro - 1) // micro
+    part, count = _splitter(tf.nest.flatten(x)[0], steps=steps)
     variables = model.trainable_variables
     sums = [tf.zeros_like(v) for v in variables]
     predictions = tf.TensorArray(model.outputs[0].dtype, size=count, infer_shape=False,
                                  element_shape=tf.TensorShape([None]).concatenate(model.outputs[0].shape[1:]))
+    batch = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
 
     def body(i, sums, predictions):
-        start = i * micro
-        end = tf.minimum(start + micro, batch)
-        part = lambda t: None if t is None else tf.nest.map_structure(lambda a: a[start:end], t)
-        xi, yi, wi = part(x), part(y), part(sample_weight)
+        xi, yi, wi = (None if t is None else tf.nest.map_structure(lambda a: part(a, i), t)
+                      for t in (x, y, sample_weight))
         with tf.GradientTape() as tape:
             pred = model(xi, training=True)
             loss = model.compute_loss(xi, yi, pred, wi)
         grads = [g for g, _ in model.optimizer.compute_gradients(loss, variables, tape=tape)]
-        weight = tf.cast(end - start, tf.float32) / tf.cast(batch, tf.float32)
+        weight = tf.cast(tf.shape(pred)[0], tf.float32) / batch
         sums = [s if g is None else s + tf.cast(weight, s.dtype) * tf.convert_to_tensor(g)
                 for s, g in zip(sums, grads)]
         return i + 1, sums, predictions.write(i, pred)
@@ -66,3 +63,19 @@ def accumulating_train_step(model: keras.Model, data, *, steps: int) -> dict:
                                          parallel_iterations=1)
     model.optimizer.apply_gradients(zip(sums, variables))
     return model.compute_metrics(x, y, predictions.concat(), sample_weight)
+
+
+def _splitter(first: tf.Tensor, *, steps: int):
+    """(part(tensor, i) -> micro-batch i, number of micro-batches) for this batch.
+
+    A static batch divisible by `steps` (drop_remainder, TPUs) is reshaped to [steps, micro, ...]
+    so every micro-batch keeps a static shape, as XLA needs; otherwise micro-batches are
+    dynamic slices of ceil(batch / steps) examples, the last one shorter.
+    """
+    static = first.shape[0]
+    if static is not None and static % steps == 0:
+        micro = static // steps
+        return (lambda a, i: tf.gather(tf.reshape(a, [steps, micro] + a.shape[1:].as_list()), i)), steps
+    batch = tf.shape(first)[0]
+    micro = (batch + steps - 1) // steps
+    return (lambda a, i: a[i * micro:tf.minimum((i + 1) * micro, batch)]), (batch + micro - 1) // micro

@@ -377,7 +377,8 @@ def device_kind() -> str:
     return "CPU"
 
 
-def detect_budget(*, memory_budget_gb: Optional[float], replicas: int, device: Optional[str] = None) -> Optional[Budget]:
+def detect_budget(*, memory_budget_gb: Optional[float], replicas: int,
+                  device: Optional[str] = None) -> Optional[Budget]:
     """One replica's memory: --memory_budget_gb, else detected; None when it cannot be known.
 
     --memory_budget_gb is the memory of one device (a GPU, a TPU core/chip); on CPU it is the
@@ -396,16 +397,19 @@ def detect_budget(*, memory_budget_gb: Optional[float], replicas: int, device: O
     return Budget(available // local, device, "available RAM" + (f" / {local} replicas" if local > 1 else ""))
 
 
-def gpu_memory_bytes(index: int = 0) -> Optional[Tuple[int, str]]:
-    """Total memory of GPU `index` from nvidia-smi, or None (no nvidia-smi, or it failed)."""
+def gpu_memory_bytes() -> Optional[Tuple[int, str]]:
+    """Total memory of the smallest GPU from nvidia-smi (one replica per GPU), or None.
+
+    TensorFlow's device details name the GPU but not its memory, hence nvidia-smi.
+    """
     exe = shutil.which("nvidia-smi")
     if not exe:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={index}"],
+        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=30, check=True).stdout
-        return int(float(out.strip().splitlines()[0])) * MIB, "nvidia-smi memory.total"
-    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return min(int(float(line)) for line in out.split()) * MIB, "nvidia-smi memory.total"
+    except (subprocess.SubprocessError, OSError, ValueError):
         return None
 
 
