@@ -19,6 +19,8 @@ import io
 import os
 
 from absl import app, flags, logging
+
+from trainer import flagutil
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -168,15 +170,14 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the flags; called when the module runs as a command (or by tests), so that
     importing it beside another entry point defines no clashing flags."""
-    if "pretrain_weights" in flags.FLAGS:
-        return
-    flags.DEFINE_string("output_dir", None, "Folder to write <class>/<image>.jpg into.")
-    flags.DEFINE_enum("task", "shapes", list(TASKS), "Which synthetic task.")
-    flags.DEFINE_integer("per_class", 40, "Images per class.")
-    flags.DEFINE_integer("size", 96, "Image side in pixels.")
-    flags.DEFINE_integer("seed", 0, "Random seed; the same seed writes the same images.")
-    flags.DEFINE_string("pretrain_weights", None, "Instead of images: pretrain B0 on `glyphs` and write its notop "
+    flagutil.define("string", "output_dir", None, "Folder to write <class>/<image>.jpg into.")
+    flagutil.define("enum", "task", "shapes", list(TASKS), "Which synthetic task.")
+    flagutil.define("integer", "per_class", 40, "Images per class.")
+    flagutil.define("integer", "size", 96, "Image side in pixels.")
+    flagutil.define("integer", "seed", 0, "Random seed; the same seed writes the same images.")
+    flagutil.define("string", "pretrain_weights", None, "Instead of images: pretrain B0 on `glyphs` and write its notop "
                         "weights file here (an offline stand-in for ImageNet weights).")
+    flags.adopt_module_key_flags(flagutil)  # --helpshort lists them as this command's flags
 
 
 

@@ -32,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
 
+from trainer import flagutil
+
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
@@ -501,17 +503,16 @@ def _summary(info: dict, *, output_dir: str, seconds: float) -> str:
 def define_flags() -> None:
     """Defines this CLI's flags; only when it runs as a command, so that importing the module
     beside another entry point (tests, the demo) defines no clashing flags."""
-    if "input_dir" in flags.FLAGS:
-        return
-    flags.DEFINE_string("input_dir", None, "Folder (local or gs://) with one subfolder of images per class.")
-    flags.DEFINE_string("csv", None, "Instead of --input_dir: a CSV of path,label rows.")
-    flags.DEFINE_string("output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
-    flags.DEFINE_float("validation_fraction", 0.1, "Fraction of each class held out for validation.")
-    flags.DEFINE_integer("num_shards", None, "Train shards (validation gets a proportional number).")
-    flags.DEFINE_float("shard_size_mb", None, f"Target shard size instead of --num_shards "
+    flagutil.define("string", "input_dir", None, "Folder (local or gs://) with one subfolder of images per class.")
+    flagutil.define("string", "csv", None, "Instead of --input_dir: a CSV of path,label rows.")
+    flagutil.define("string", "output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
+    flagutil.define("float", "validation_fraction", 0.1, "Fraction of each class held out for validation.")
+    flagutil.define("integer", "num_shards", None, "Train shards (validation gets a proportional number).")
+    flagutil.define("float", "shard_size_mb", None, f"Target shard size instead of --num_shards "
                        f"(default {DEFAULT_SHARD_SIZE_MB} MB).")
-    flags.DEFINE_integer("seed", 0, "Seed of the split and of the order inside shards.")
-    flags.DEFINE_integer("num_workers", None, "Parallel threads (default: the number of cores).")
+    flagutil.define("integer", "seed", 0, "Seed of the split and of the order inside shards.")
+    flagutil.define("integer", "num_workers", None, "Parallel threads (default: the number of cores).")
+    flags.adopt_module_key_flags(flagutil)  # --helpshort lists them as this command's flags
 
 
 FLAGS = flags.FLAGS

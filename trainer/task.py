@@ -15,57 +15,59 @@ import sys
 
 from absl import app, flags, logging
 
+from trainer import flagutil
+
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from trainer import backbones, config
 
 FLAGS = flags.FLAGS
 
+
 def define_flags() -> None:
     """Defines the flags; called when the module runs as a command (or by tests), so that
     importing it beside another entry point defines no clashing flags."""
-    if "train_data" in flags.FLAGS:
-        return
-    flags.DEFINE_string("train_data", None, "Training data: TFRecord glob or image folder (local or gs://).")
-    flags.DEFINE_string("eval_data", None, "Validation data, same forms as --train_data.")
-    flags.DEFINE_string("labels", None, "labels.txt (one class a line); default: beside --train_data.")
-    flags.DEFINE_integer("label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
-    flags.DEFINE_string("model_dir", None, "Output folder (local or gs://); default $AIP_MODEL_DIR.")
-    flags.DEFINE_string("checkpoint_dir", None, "Checkpoints; default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints.")
-    flags.DEFINE_string("tensorboard_dir", None, "TensorBoard logs; default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs.")
-    flags.DEFINE_string("backbone", "efficientnet-b0", f"Backbone: {', '.join(backbones.REGISTRY)}.")
-    flags.DEFINE_string("weights", "imagenet", "imagenet, noisy-student, none, or a weights file path / gs:// URL.")
-    flags.DEFINE_integer("image_size", 0, "Input side in pixels; 0 = the backbone's native size.")
-    flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
-    flags.DEFINE_integer("frozen_epochs", 5, "Epochs of the frozen phase (head only); 0 skips it.")
-    flags.DEFINE_integer("finetune_epochs", 10, "Epochs of the fine-tune phase; 0 skips it.")
-    flags.DEFINE_string("frozen_batch_size", "64", "Global batch size of the frozen phase, or auto.")
-    flags.DEFINE_string("finetune_batch_size", "16", "Global batch size of the fine-tune phase, or auto.")
-    flags.DEFINE_float("frozen_learning_rate", 1e-3, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
-    flags.DEFINE_float("finetune_learning_rate", 1e-4, "Peak learning rate of the fine-tune phase at --lr_base_batch_size.")
-    flags.DEFINE_integer("lr_base_batch_size", 64,
+    flagutil.define("string", "train_data", None, "Training data: TFRecord glob or image folder (local or gs://).")
+    flagutil.define("string", "eval_data", None, "Validation data, same forms as --train_data.")
+    flagutil.define("string", "labels", None, "labels.txt (one class a line); default: beside --train_data.")
+    flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
+    flagutil.define("string", "model_dir", None, "Output folder (local or gs://); default $AIP_MODEL_DIR.")
+    flagutil.define("string", "checkpoint_dir", None, "Checkpoints; default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints.")
+    flagutil.define("string", "tensorboard_dir", None, "TensorBoard logs; default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs.")
+    flagutil.define("string", "backbone", "efficientnet-b0", f"Backbone: {', '.join(backbones.REGISTRY)}.")
+    flagutil.define("string", "weights", "imagenet", "imagenet, noisy-student, none, or a weights file path / gs:// URL.")
+    flagutil.define("integer", "image_size", 0, "Input side in pixels; 0 = the backbone's native size.")
+    flagutil.define("float", "dropout", 0.2, "Dropout before the classification layer.")
+    flagutil.define("integer", "frozen_epochs", 5, "Epochs of the frozen phase (head only); 0 skips it.")
+    flagutil.define("integer", "finetune_epochs", 10, "Epochs of the fine-tune phase; 0 skips it.")
+    flagutil.define("string", "frozen_batch_size", "64", "Global batch size of the frozen phase, or auto.")
+    flagutil.define("string", "finetune_batch_size", "16", "Global batch size of the fine-tune phase, or auto.")
+    flagutil.define("float", "frozen_learning_rate", 1e-3, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
+    flagutil.define("float", "finetune_learning_rate", 1e-4, "Peak learning rate of the fine-tune phase at --lr_base_batch_size.")
+    flagutil.define("integer", "lr_base_batch_size", 64,
                          "Batch size the learning rates are given for; they scale linearly with the global batch. "
                          "0 = use them as given.")
-    flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup before the cosine decay, in epochs (at most half a phase).")
-    flags.DEFINE_string("unfreeze", "all", "Fine-tune phase: all, or top:N EfficientNet blocks.")
-    flags.DEFINE_enum("bn", "frozen", list(config.BN_MODES),
+    flagutil.define("float", "warmup_epochs", 1.0, "Linear warmup before the cosine decay, in epochs (at most half a phase).")
+    flagutil.define("string", "unfreeze", "all", "Fine-tune phase: all, or top:N EfficientNet blocks.")
+    flagutil.define("enum", "bn", "frozen", list(config.BN_MODES),
                       "frozen: BatchNormalization in inference mode in both phases; trainable: the seed blog's variant.")
-    flags.DEFINE_integer("early_stopping_patience", 3, "Epochs without improvement before a phase stops; 0 = off.")
-    flags.DEFINE_integer("steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
-    flags.DEFINE_enum("augment", "flip", list(config.AUGMENT), "Training augmentation.")
-    flags.DEFINE_bool("cache", False, "Cache decoded training records in memory (small datasets).")
-    flags.DEFINE_enum("strategy", "auto", list(config.STRATEGIES), "Distribution strategy.")
-    flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or local on a TPU VM (default $TPU_NAME).")
-    flags.DEFINE_enum("mixed_precision", "none", list(config.MIXED_PRECISION), "Mixed-precision policy.")
-    flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA (for GPUs/TPUs).")
-    flags.DEFINE_float("memory_budget_gb", None, "Device memory to plan auto batch sizes for; default detected.")
-    flags.DEFINE_integer("max_batch_size", 256, "Cap on auto batch sizes.")
-    flags.DEFINE_integer("accumulate_steps", 1, "Gradient accumulation steps.")
-    flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.DEFINE_bool("report", True, "After the export, write the validation report (metrics, per-class "
+    flagutil.define("integer", "early_stopping_patience", 3, "Epochs without improvement before a phase stops; 0 = off.")
+    flagutil.define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
+    flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation.")
+    flagutil.define("bool", "cache", False, "Cache decoded training records in memory (small datasets).")
+    flagutil.define("enum", "strategy", "auto", list(config.STRATEGIES), "Distribution strategy.")
+    flagutil.define("string", "tpu", None, "TPU name, grpc:// address, or local on a TPU VM (default $TPU_NAME).")
+    flagutil.define("enum", "mixed_precision", "none", list(config.MIXED_PRECISION), "Mixed-precision policy.")
+    flagutil.define("bool", "jit_compile", False, "Compile the train step with XLA (for GPUs/TPUs).")
+    flagutil.define("float", "memory_budget_gb", None, "Device memory to plan auto batch sizes for; default detected.")
+    flagutil.define("integer", "max_batch_size", 256, "Cap on auto batch sizes.")
+    flagutil.define("integer", "accumulate_steps", 1, "Gradient accumulation steps.")
+    flagutil.define("integer", "seed", 0, "Random seed.")
+    flagutil.define("bool", "report", True, "After the export, write the validation report (metrics, per-class "
                       "table, confusion matrix, worst images) to MODEL_DIR/eval through the exported model.")
-    flags.DEFINE_bool("overwrite", False, "Start afresh even if --model_dir holds a run.")
-    flags.DEFINE_bool("plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
+    flagutil.define("bool", "overwrite", False, "Start afresh even if --model_dir holds a run.")
+    flagutil.define("bool", "plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
                       "rates), write plan.json, and exit without training.")
+    flags.adopt_module_key_flags(flagutil)  # --helpshort lists them as this command's flags
 
 
 
