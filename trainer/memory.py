@@ -31,6 +31,12 @@ tf_keras) keeps its input and the sigmoid; a multiply keeps the other operand; a
 reshape and padding keep nothing. Layers before the first one that trains keep nothing: the
 gradient never reaches them. bench/memory.py compares the estimate with measured peaks;
 docs/memory.md holds the table.
+
+`plan` turns the estimates into integer batch sizes (`auto` = the largest that fits) and
+writes model_dir/plan.json; `fit_with_oom_recovery` halves a phase's batch when it runs out of
+memory anyway. The environment variable EFFNET_TEST_OOM_ONCE is read here rather than in
+task.py because it is a test hook, not a setting: it makes `oom_test_hooks` fail a phase's first
+step once, so tests can drive the recovery.
 """
 from __future__ import annotations
 
