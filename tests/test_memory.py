@@ -210,7 +210,6 @@ def tiny_data(n=64, seed=0):
 def test_oom_recovery_through_the_test_hook(tmp_path, monkeypatch):
     """The hook fails the first step; the batch halves, plan.json records it, training continues."""
     monkeypatch.setenv(memory.TEST_OOM_ENV, "frozen")
-    monkeypatch.setattr(memory.OomTestHook, "_fired", set())
     phase = config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-3, base_batch_size=64)
     memory.write_plan(str(tmp_path), {"replicas": 2, "accumulate_steps": 1,
                                       "phases": [{"name": "frozen", "batch_size": 16, "oom_retries": []}]})
@@ -235,8 +234,12 @@ def test_oom_recovery_through_the_test_hook(tmp_path, monkeypatch):
     assert entry["learning_rate"] == pytest.approx(1e-3 * 8 / 64)
     assert entry["oom_retries"][0]["batch_size"] == 16 and entry["oom_retries"][0]["new_batch_size"] == 8
     assert "test hook" in entry["oom_retries"][0]["error"]
-    fit_once(8)  # the hook fires once per phase and process
+    fit_once(8)  # the hook fires once per phase and model
     assert memory.oom_test_hooks("finetune") == []
+    other = tiny_model()
+    other.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(tf.errors.ResourceExhaustedError):  # another run (a new model) fails again
+        other.fit(x, y, epochs=1, verbose=0, callbacks=memory.oom_test_hooks("frozen"))
 
 
 def test_oom_gives_up_below_one_example_per_replica(tmp_path):

@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import subprocess
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -722,22 +723,25 @@ def record_oom_retry(model_dir: str, *, phase: Phase, old: int, new: int, reason
 
 
 class OomTestHook(keras.callbacks.Callback):
-    """Raises ResourceExhaustedError at the first training step of a phase, once per process.
+    """Raises ResourceExhaustedError at the first training step of a phase, once per model.
 
     A test hook, on only when the environment variable EFFNET_TEST_OOM_ONCE names the phase
     (e.g. `frozen`, or `frozen,finetune`): it lets tests drive the real recovery path of
-    `fit_with_oom_recovery` without filling a device.
+    `fit_with_oom_recovery` without filling a device. "Once" is remembered per model object, so
+    the retry of the same run goes through while a later run in the same process (another
+    test) fails again.
     """
-    _fired: set = set()
+    _fired: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
     def __init__(self, phase_name: str):
         super().__init__()
         self.phase_name = phase_name
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.phase_name in OomTestHook._fired:
+        fired = OomTestHook._fired.setdefault(self.model, set())
+        if self.phase_name in fired:
             return
-        OomTestHook._fired.add(self.phase_name)
+        fired.add(self.phase_name)
         raise tf.errors.ResourceExhaustedError(
             None, None, f"OOM when allocating tensor (test hook {TEST_OOM_ENV}={self.phase_name})")
 
