@@ -211,16 +211,28 @@ def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, histo
     counts = model_lib.parameter_counts(model)
     logging.info("starting phase %s", phase.name)
 
+    state = {"history": list(history)}
+
     def fit_once(batch_size: int) -> List[dict]:
-        return _fit_at_batch(model, cfg=cfg, phase=phase, batch_size=batch_size, strategy=strategy,
-                             history=history, chief=chief, guard=guard, counts=counts)
+        if batch_size != int(phase.batch_size) and chief:
+            # A backup's step counts batches of the old size: the retry starts the phase over
+            # (from the weights of the last good step) rather than resuming at a wrong offset.
+            preemption.remove_backup(cfg.runtime.model_dir, phase.name)
+        recorder = HistoryRecorder(phase=phase.name, previous=state["history"],
+                                   path=fileio.join(cfg.runtime.model_dir, HISTORY_FILE) if chief else None)
+        try:
+            _fit_at_batch(model, cfg=cfg, phase=phase, batch_size=batch_size, strategy=strategy,
+                          recorder=recorder, chief=chief, guard=guard, counts=counts)
+        finally:
+            state["history"] = recorder.history  # a retry keeps the epochs this attempt recorded
+        return recorder.history
     return memory.fit_with_oom_recovery(fit_once, phase=phase, replicas=strategy.num_replicas_in_sync,
                                         model_dir=cfg.runtime.model_dir, chief=chief,
                                         accumulate_steps=cfg.runtime.accumulate_steps)
 
 
-def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: int, strategy, history: List[dict],
-                  chief: bool, guard: preemption.Guard, counts: dict) -> List[dict]:
+def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: int, strategy,
+                  recorder: "HistoryRecorder", chief: bool, guard: preemption.Guard, counts: dict) -> None:
     """Recompiles for `batch_size` (learning rate, schedule, datasets) and fits the phase."""
     steps = schedules.steps_per_epoch(num_examples=cfg.data.num_train_examples, batch_size=batch_size,
                                       cap=cfg.runtime.steps_per_epoch)
@@ -237,8 +249,6 @@ def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: 
         jit_compile=cfg.runtime.jit_compile,
         steps_per_execution=distribute.steps_per_execution(strategy, steps_per_epoch=steps))
     train_ds, eval_ds, eval_steps = _datasets(cfg, strategy=strategy, batch_size=batch_size)
-    recorder = HistoryRecorder(phase=phase.name, previous=history,
-                               path=fileio.join(cfg.runtime.model_dir, HISTORY_FILE) if chief else None)
     backup = preemption.PhaseBackup(preemption.backup_dir(cfg.runtime.model_dir, phase.name), epochs=phase.epochs,
                                     steps_per_epoch=steps, guard=guard)
     callbacks = (memory.oom_test_hooks(phase.name)
@@ -246,7 +256,6 @@ def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: 
                  + [backup])  # last: it saves after the history record and after EarlyStopping's restore
     model.fit(train_ds, epochs=phase.epochs, steps_per_epoch=steps, validation_data=eval_ds,
               validation_steps=eval_steps, verbose=1 if sys.stdout.isatty() else 2, callbacks=callbacks)
-    return recorder.history
 
 
 def _log_phase_table(phase: Phase, *, counts: dict, batch_size: int, lr: float, steps: Optional[int] = None) -> None:
