@@ -12,7 +12,7 @@ DIR=${DEMO_DIR:-demo_out}
 WEIGHTS=${DEMO_WEIGHTS:-demo}
 mkdir -p "$DIR"
 if [ "$WEIGHTS" = demo ]; then
-  WEIGHTS="$DIR/pretrained-b0-patterns.h5"
+  WEIGHTS="$DIR/pretrained-b0-glyphs.h5"
   $PY -m trainer.demo --pretrain_weights="$WEIGHTS"
 fi
 [ -d "$DIR/images" ] || $PY -m trainer.demo --output_dir="$DIR/images" --per_class=60 --size=96
