@@ -27,7 +27,7 @@ from trainer.config import Config, ConfigError, Phase
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
-_OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, "plan.json", "checkpoints", "logs", "plots", "export",
+_OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, "plan.json", "checkpoints", "logs", "plots", "export", "eval",
           preemption.BACKUP_DIR)
 
 
