@@ -200,22 +200,34 @@ def test_cli_reexports_a_run(tmp_path, monkeypatch, capsys):
         asked.append((model_dir, checkpoint))
         return small_net(2), cfg
     monkeypatch.setattr(train, "restore_trained_model", restore)
-    assert export.main([f"--model_dir={tmp_path}", "--checkpoint=ckpt-7", "--version=3"]) == 0
+    assert run_export_cli(f"--model_dir={tmp_path}", "--checkpoint=ckpt-7", "--version=3") == 0
     assert asked == [(str(tmp_path), "ckpt-7")]
     assert capsys.readouterr().out.strip().endswith(os.path.join(str(tmp_path), "export", "3"))
-    assert export.main([f"--model_dir={tmp_path}", "--version=3"]) == 1
+    assert run_export_cli(f"--model_dir={tmp_path}", "--version=3") == 2
     assert "already exists" in capsys.readouterr().err
 
 
+def run_export_cli(*argv) -> int:
+    """trainer.export's main in-process, its flags parsed as absl would; returns the exit status."""
+    export.define_flags()
+    export.flags.FLAGS.unparse_flags()
+    export.flags.FLAGS(["trainer.export", *argv])
+    try:
+        export.main(["trainer.export"])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
 def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
-    proc = subprocess.run([sys.executable, "-m", "trainer.export", f"--model_dir={tmp_path / 'nothing'}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("trainer.export:")]
-    assert len(errors) == 1 and "config.json" in errors[0], proc.stderr
-    with pytest.raises(SystemExit) as e:
-        export.main([])
-    assert e.value.code == 2
+    (tmp_path / "a-file").write_text("not a folder")
+    for model_dir, says in ((tmp_path / "nothing", "config.json"), (tmp_path / "a-file", "is a file, not a folder")):
+        proc = subprocess.run([sys.executable, "-m", "trainer.export", f"--model_dir={model_dir}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and says in errors[0], proc.stderr
+    assert run_export_cli() == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--model_dir" in err[0]

@@ -260,12 +260,22 @@ def image_dir(tmp_path):
     return tmp_path
 
 
+def run_cli(*argv) -> int:
+    """serving.client's command in-process, its flags parsed as absl parses them; the exit status."""
+    sc.define_flags()
+    sc.FLAGS.unparse_flags()
+    try:
+        return sc.main(sc.FLAGS(["serving.client", *argv]))
+    except SystemExit as e:
+        return e.code
+
+
 def _lines(text):
     return [json.loads(line) for line in text.strip().splitlines()]
 
 
 def test_cli_predicts_good_files_and_names_the_bad_ones(server, image_dir, capsys):
-    status = sc.main([f"--server={server.address}", "--model=effnet", "--batch_size=2",
+    status = run_cli(*[f"--server={server.address}", "--model=effnet", "--batch_size=2",
                       str(image_dir / "images"), str(image_dir / "*.gif"), str(image_dir / "missing.jpg")])
     assert status == 0
     by_path = {line["path"]: line for line in _lines(capsys.readouterr().out)}
@@ -279,7 +289,7 @@ def test_cli_predicts_good_files_and_names_the_bad_ones(server, image_dir, capsy
 
 def test_cli_features_output_and_sidecar(server, image_dir, capsys):
     out = image_dir / "features.npy"
-    assert sc.main([f"--server={server.address}", "--model=effnet", "--signature=features",
+    assert run_cli(*[f"--server={server.address}", "--model=effnet", "--signature=features",
                     f"--features_output={out}", str(image_dir / "images")]) == 0
     rows = np.load(out)
     paths = (image_dir / "features.paths.txt").read_text().splitlines()
@@ -289,11 +299,11 @@ def test_cli_features_output_and_sidecar(server, image_dir, capsys):
 
 
 def test_cli_metadata_status_and_rest(server, image_dir, capsys):
-    assert sc.main([f"--server={server.address}", "--model=effnet", "status"]) == 0
+    assert run_cli(*[f"--server={server.address}", "--model=effnet", "status"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["state"] == "AVAILABLE"
-    assert sc.main([f"--server={server.address}", "--model=effnet", "metadata"]) == 0
+    assert run_cli(*[f"--server={server.address}", "--model=effnet", "metadata"]) == 0
     assert "__saved_model_init_op" not in json.loads(capsys.readouterr().out)["signatures"]
-    assert sc.main([f"--rest={server.rest_url}", "--model=effnet", "--signature=classify",
+    assert run_cli(*[f"--rest={server.rest_url}", "--model=effnet", "--signature=classify",
                     str(image_dir / "c.gif")]) == 0
     assert len(_lines(capsys.readouterr().out)[0]["classes"]) == 3
 
@@ -302,7 +312,7 @@ def test_cli_reads_gcs_folders_and_globs(server, gcs_bucket, capsys):
     for name, image in (("imgs/a.jpg", IMAGES[0]), ("imgs/deeper/b.png", IMAGES[1]), ("imgs/c.png", IMAGES[3])):
         with tf.io.gfile.GFile(f"{gcs_bucket}/{name}", "wb") as f:
             f.write(image)
-    assert sc.main([f"--server={server.address}", "--model=effnet", f"{gcs_bucket}/imgs/deeper",
+    assert run_cli(*[f"--server={server.address}", "--model=effnet", f"{gcs_bucket}/imgs/deeper",
                     f"{gcs_bucket}/imgs/*.jpg", f"{gcs_bucket}/imgs/c.png"]) == 0
     lines = _lines(capsys.readouterr().out)
     assert [line["path"] for line in lines] == [f"{gcs_bucket}/imgs/deeper/b.png", f"{gcs_bucket}/imgs/a.jpg",
@@ -329,17 +339,13 @@ def test_cli_exits_non_zero_only_when_nothing_was_predicted(server, image_dir):
     (["a.jpg"], "--model"),
 ])
 def test_cli_usage_errors_are_one_line(argv, message, capsys):
-    try:
-        status = sc.main(argv)
-    except SystemExit as e:  # argparse's own checks
-        status = e.code
-    assert status == 2
+    assert run_cli(*argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
 
 
 def test_unreachable_server_fails_every_input_fast(image_dir, capsys):
-    status = sc.main(["--server=127.0.0.1:9", "--model=effnet", "--retries=1", "--timeout=2",
+    status = run_cli(*["--server=127.0.0.1:9", "--model=effnet", "--retries=1", "--timeout=2",
                       str(image_dir / "images")])
     assert status == 1
     errors = [line["error"] for line in _lines(capsys.readouterr().out) if "error" in line]

@@ -24,16 +24,15 @@ import dataclasses
 import heapq
 import itertools
 import os
-import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 
-from trainer import data, fileio, predict, reports
+from trainer import data, fileio, flagutil, predict, reports
 
 DEFAULT_BATCH_SIZE = predict.DEFAULT_BATCH_SIZE
 DEFAULT_WORST = 25
@@ -289,14 +288,10 @@ def define_flags() -> None:
     """Defines the command's flags only when it runs as a command (or in tests), so that
     importing it beside other entry points clashes with none."""
     predict.define_shared_flags()
-    predict.define_missing({
-        "data": lambda: flags.DEFINE_string("data", None, "Labelled data: TFRecord glob or a folder of "
-                                                          "class folders (local or gs://)."),
-        "output_dir": lambda: flags.DEFINE_string("output_dir", None, "Where the report goes (local or gs://)."),
-        "label_offset": lambda: flags.DEFINE_integer("label_offset", 0, "Subtracted from image/class/label "
-                                                     "(1 for Google's ImageNet shards)."),
-        "worst": lambda: flags.DEFINE_integer("worst", DEFAULT_WORST, "Worst-classified images to list."),
-    })
+    flagutil.define("string", "data", None, "Labelled data: TFRecord glob or a folder of class folders (local or gs://).")
+    flagutil.define("string", "output_dir", None, "Where the report goes (local or gs://).")
+    flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
+    flagutil.define("integer", "worst", DEFAULT_WORST, "Worst-classified images to list.")
     for name in ("model", "batch_size", "top_k"):  # listed by --helpshort beside this module's own
         flags.declare_key_flag(name)
 
@@ -323,15 +318,14 @@ def main(argv) -> None:
                                batch_size=FLAGS.batch_size, label_offset=FLAGS.label_offset,
                                top_k=FLAGS.top_k, worst=FLAGS.worst)
     except (predict.PredictError, data.DataError, tf.errors.OpError, OSError) as e:
-        print(f"trainer.evaluate: {predict.one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        flagutil.fail(predict.one_line(e))
     print("\n".join(summary_lines(metrics)))
     print(f"report: {FLAGS.output_dir}")
 
 
 def run_main() -> None:
-    define_flags()
-    app.run(main)
+    """Console-script entry point (effnet-evaluate)."""
+    flagutil.run(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ throughout.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
-import sys
 import tempfile
 import uuid
 from typing import Optional, Sequence
@@ -27,10 +25,10 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from absl import logging
+from absl import flags, logging
 
 from serving import signatures
-from trainer import fileio
+from trainer import fileio, flagutil
 from trainer import model as model_lib
 
 _VERSION_RE = re.compile(r"^\d+$")
@@ -209,41 +207,44 @@ def _publish(tmp: str, final: str) -> None:
         tf.io.gfile.copy(src, dst, overwrite=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from serving.client import OneLineArgumentParser  # pylint: disable=import-outside-toplevel
-    parser = OneLineArgumentParser(prog="python -m trainer.export",
-                                     description="Re-export a trained run's checkpoint as a TF Serving SavedModel.")
-    parser.add_argument("--model_dir", required=True, help="training output folder (config.json, checkpoints)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint prefix; default: the last finished phase")
-    parser.add_argument("--version", type=int, default=None, help="version number; default: the next one")
-    parser.add_argument("--export_base", default=None, help="where version folders go; default: MODEL_DIR/export")
-    return parser
+# --------------------------------------------------------------------------- command line
+
+def define_flags() -> None:
+    """Defines this CLI's flags; only when it runs as a command, so that importing the module
+    beside another entry point (tests, training) defines no clashing flags."""
+    flagutil.define("string", "model_dir", None, "Training output folder (config.json, checkpoints).")
+    flagutil.define("string", "checkpoint", None, "Checkpoint prefix; default: the last finished phase.")
+    flagutil.define("integer", "version", None, "Version number; default: the next one.")
+    flagutil.define("string", "export_base", None, "Where version folders go; default: MODEL_DIR/export.")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs the CLI; prints the export's path and returns 0, or one error line and 1."""
-    args = build_parser().parse_args(argv)
+def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optional[int] = None,
+             export_base: Optional[str] = None) -> str:
+    """Exports a finished run's checkpoint again (after a failed or changed export); returns its path."""
     from trainer import train  # pylint: disable=import-outside-toplevel  # heavy; CLI only
+    flagutil.check_folder("model_dir", model_dir)
+    model, cfg = train.restore_trained_model(model_dir, checkpoint)
+    return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
+                              export_base=export_base or fileio.join(model_dir, "export"), version=version)
+
+
+def main(argv: Sequence[str]) -> None:
+    """Prints the new export's path; a user mistake is one `error:` line and exit status 2."""
+    f = flags.FLAGS
+    if len(argv) > 1:
+        flagutil.fail(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, e.g. --model_dir=DIR")
+    if not f.model_dir:
+        flagutil.fail("--model_dir is required: pass the training run's output folder (config.json, checkpoints)")
     try:
-        model, cfg = train.restore_trained_model(args.model_dir, args.checkpoint)
-        path = export_saved_model(
-            model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
-            export_base=args.export_base or fileio.join(args.model_dir, "export"), version=args.version)
+        path = reexport(model_dir=f.model_dir, checkpoint=f.checkpoint, version=f.version, export_base=f.export_base)
     except (ValueError, OSError, tf.errors.OpError) as e:
-        print(f"trainer.export: export failed: {_one_line(e)}", file=sys.stderr)
-        return 1
+        flagutil.fail(f"export failed: {flagutil.one_line(e)}")
     print(path)
-    return 0
-
-
-def _one_line(error: Exception) -> str:
-    text = getattr(error, "message", None) or str(error) or type(error).__name__
-    return " ".join(text.split())[:500]
 
 
 def run_main() -> None:
-    logging.use_absl_handler()
-    sys.exit(main())
+    """Console-script entry point (effnet-export)."""
+    flagutil.run(main, define_flags)
 
 
 if __name__ == "__main__":

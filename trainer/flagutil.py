@@ -1,14 +1,95 @@
-"""Flag definition that tolerates another entry point of this package in the same process.
+"""The command line every entry point of the package shares: flag definition, parsing, errors.
 
-Each CLI (trainer.task, trainer.prepare, trainer.demo, trainer.evaluate, ...) defines its absl
-flags only when it runs. Tests and the demo import several of them into one process, where two
-CLIs may both have, e.g., --seed or --label_offset, with the same meaning and default: the
-first definition serves both.
+Each CLI (trainer.task, trainer.prepare, trainer.evaluate, trainer.predict, trainer.export,
+serving.client, ...) defines its absl flags only when it runs. Tests and the demo import several
+of them into one process, where two CLIs may both have, e.g., --seed or --label_offset, with the
+same meaning and default: the first definition serves both, and the flag is declared a key flag
+of every command that asks for it, so `--helpshort` and `--helpfull` list each command's flags
+under the command's own name (not under this module's).
+
+A user mistake ends the same way in every command: one line `error: ...` on stderr and exit
+status USER_ERROR (2), flag-parsing mistakes included (absl would print its whole usage text).
 """
-from absl import flags
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Sequence
+
+from absl import app, flags
+
+USER_ERROR = 2
 
 
-def define(kind: str, name: str, *args, **kwargs) -> None:
-    """flags.DEFINE_<kind>(name, *args, **kwargs) unless `name` is defined already."""
-    if name not in flags.FLAGS:
-        getattr(flags, f"DEFINE_{kind}")(name, *args, **kwargs)
+class FlagError(ValueError):
+    """A flag value the user must change; the message names the flag and the fix."""
+
+
+def _calling_module(depth: int = 2) -> str:
+    """The importable name of the module that called our caller, as absl itself resolves it
+    (a module run as `python -m` is `__main__`, which absl files under sys.argv[0])."""
+    name = sys._getframe(depth).f_globals.get("__name__", "")  # pylint: disable=protected-access
+    return sys.argv[0] if name == "__main__" else name
+
+
+def define(kind: str, name: str, *args, module_name: Optional[str] = None, **kwargs) -> None:
+    """flags.DEFINE_<kind>(name, *args, **kwargs) for the calling module, unless `name` exists.
+
+    An existing flag (another command of this process defined it) becomes a key flag of the
+    calling module instead, so its --helpshort still lists it.
+    """
+    module = module_name or _calling_module()
+    if name in flags.FLAGS:
+        flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
+        return
+    getattr(flags, f"DEFINE_{kind}")(name, *args, module_name=module, **kwargs)
+
+
+def one_line(error) -> str:
+    """An exception (or text) as one line of at most 500 characters."""
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return " ".join(str(text).split())[:500]
+
+
+def fail(error) -> None:
+    """Ends the command the way every user error ends: `error: ...` on stderr, exit 2."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    sys.exit(USER_ERROR)
+
+
+def parse_flags(argv: Sequence[str]):
+    """absl parsing whose mistakes are one line and exit 2 (absl: usage text, exit 1)."""
+    try:
+        return flags.FLAGS(list(argv))
+    except flags.Error as e:
+        hint = " (see --helpshort)" if isinstance(e, flags.UnrecognizedFlagError) else ""
+        fail(f"{one_line(e)}{hint}")
+    return None  # unreachable: fail() exits
+
+
+def adopt_as_main(module: str) -> None:
+    """Makes `module`'s key flags the main program's, as `--helpshort` looks them up under
+    sys.argv[0], which is the console script (effnet-train), not trainer/task.py."""
+    if module != sys.argv[0]:
+        for flag in flags.FLAGS.get_key_flags_for_module(module):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def run(main: Callable, define_flags: Callable[[], None], *, module: Optional[str] = None) -> None:
+    """A console-script entry point: defines the flags, then app.run with one-line flag errors."""
+    define_flags()
+    adopt_as_main(module or _calling_module())
+    app.run(main, flags_parser=parse_flags)
+
+
+def check_folder(flag: str, path: Optional[str]) -> None:
+    """Refuses a folder flag that names an existing file, before anything is written under it.
+
+    Raises:
+      FlagError: `--model_dir=PATH is a file, not a folder: ...`.
+    """
+    if not path:
+        return
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # local or gs://; only when called
+    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+        raise FlagError(f"--{flag}={path} is a file, not a folder: pass a folder (it is created if missing), "
+                        "or move the file away")

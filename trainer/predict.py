@@ -23,7 +23,7 @@ import re
 import sys
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
@@ -31,7 +31,7 @@ import tensorflow as tf  # pylint: disable=wrong-import-order
 import tf_keras as keras  # pylint: disable=wrong-import-order
 
 from serving import signatures
-from trainer import fileio, reports
+from trainer import fileio, flagutil, reports
 from trainer.data import IMAGE_EXTENSIONS
 
 _VERSION_RE = re.compile(r"^\d+$")
@@ -336,38 +336,25 @@ def one_line(error: Exception) -> str:
 FLAGS = flags.FLAGS
 
 
-def define_missing(definitions: dict) -> None:
-    """Runs the flag definitions whose names are not defined yet: trainer.predict and
-    trainer.evaluate share --model, --batch_size and --top_k in one process (tests)."""
-    for name, define in definitions.items():
-        if name not in FLAGS:
-            define()
-
-
 def define_shared_flags() -> None:
     """--model, --batch_size and --top_k, as trainer.evaluate uses them too."""
-    define_missing({
-        "model": lambda: flags.DEFINE_string("model", None, "Export folder (MODEL_DIR/export/N) or MODEL_DIR: "
-                                                            "its newest numeric export is used."),
-        "batch_size": lambda: flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per call."),
-        "top_k": lambda: flags.DEFINE_integer("top_k", reports.DEFAULT_TOP_K, "Classes per image (capped at "
-                                                                              "the number of classes)."),
-    })
+    flagutil.define("string", "model", None, "Export folder (MODEL_DIR/export/N) or MODEL_DIR: its newest numeric "
+                    "export is used.")
+    flagutil.define("integer", "batch_size", DEFAULT_BATCH_SIZE, "Images per call.")
+    flagutil.define("integer", "top_k", reports.DEFAULT_TOP_K, "Classes per image (capped at the number of classes).")
 
 
 def define_flags() -> None:
     """Defines the command's flags only when it runs as a command (or in tests), so that
     importing it beside other entry points clashes with none."""
     define_shared_flags()
-    define_missing({
-        "input": lambda: flags.DEFINE_list("input", [], "Images: comma-separated files, globs or folders "
-                                                        "(local or gs://); positional arguments add more."),
-        "output": lambda: flags.DEFINE_string("output", None, "The CSV to write (local or gs://)."),
-        "features_output": lambda: flags.DEFINE_string("features_output", None, "Also write the features "
-                                                       "(embeddings) as an [N, D] .npy; row i = CSV row i."),
-        "print_limit": lambda: flags.DEFINE_integer("print_limit", DEFAULT_PRINT_LIMIT, "Images printed on "
-                                                    "stdout (-1: all); the CSV has every row."),
-    })
+    flagutil.define("list", "input", [], "Images: comma-separated files, globs or folders (local or gs://); "
+                    "positional arguments add more.")
+    flagutil.define("string", "output", None, "The CSV to write (local or gs://).")
+    flagutil.define("string", "features_output", None, "Also write the features (embeddings) as an [N, D] .npy; "
+                    "row i = CSV row i.")
+    flagutil.define("integer", "print_limit", DEFAULT_PRINT_LIMIT, "Images printed on stdout (-1: all); the CSV "
+                    "has every row.")
 
 
 def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
@@ -423,13 +410,12 @@ def main(argv) -> None:
         run(model=FLAGS.model, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
             top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit)
     except (PredictError, tf.errors.OpError, OSError) as e:
-        print(f"trainer.predict: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        flagutil.fail(one_line(e))
 
 
 def run_main() -> None:
-    define_flags()
-    app.run(main)
+    """Console-script entry point (effnet-predict)."""
+    flagutil.run(main, define_flags)
 
 
 if __name__ == "__main__":
