@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Serves an export folder with the official tensorflow/serving container, with the flags we
-# recommend (docs/serving.md): a model config file, server-side batching, warmup replay, gRPC
-# on 8500 and REST on 8501.
+# recommend (docs/serving.md): a model config file re-read every --poll_wait_seconds (so
+# editing it rolls a canary forward or back without a restart), server-side batching that
+# splits large requests, warmup replay, Prometheus metrics on the REST port
+# (/monitoring/prometheus/metrics), gRPC on 8500 and REST on 8501.
 #
 #   scripts/serve_tf_serving.sh --export_base=MODEL_DIR/export [--model_name=effnet]
-#       [--image=tensorflow/serving:latest] [--grpc_port=8500] [--rest_port=8501] [--gpu] [--dry_run]
+#       [--image=tensorflow/serving:2.21.0] [--grpc_port=8500] [--rest_port=8501]
+#       [--poll_wait_seconds=60] [--gpu] [--dry_run] [-- EXTRA_SERVER_FLAGS...]
+#
+# The image is pinned to the TF Serving release of the TensorFlow the model is trained with
+# (setup.py's tensorflow-serving-api pin), not `latest`, which moves under you.
+# Arguments after `--` go to tensorflow_model_server unchanged, after ours (so they win), e.g.
+# `-- --tensorflow_intra_op_parallelism=4 --file_system_poll_wait_seconds=30`.
 #
 # --export_base is the folder holding the numeric version folders (1, 2, ...), local or
 # gs://. A local folder is mounted read-only at /models/NAME; a gs:// base is read by the
@@ -16,16 +24,22 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 EXPORT_BASE=""
 MODEL_NAME="effnet"
-IMAGE="tensorflow/serving:latest"
+IMAGE="tensorflow/serving:2.21.0"
 GRPC_PORT=8500
 REST_PORT=8501
 GPU=0
 DRY_RUN=0
+POLL_WAIT=60
+EXTRA=()
 
-fail() { echo "serve_tf_serving.sh: $*" >&2; exit 1; }
+fail() { echo "error: $*" >&2; exit 2; }
 
-for arg in "$@"; do
+while [ $# -gt 0 ]; do
+  arg="$1"
+  shift
   case "$arg" in
+    --) EXTRA=("$@"); break ;;
+    --poll_wait_seconds=*) POLL_WAIT="${arg#*=}" ;;
     --export_base=*) EXPORT_BASE="${arg#*=}" ;;
     --model_name=*) MODEL_NAME="${arg#*=}" ;;
     --image=*) IMAGE="${arg#*=}" ;;
@@ -33,8 +47,8 @@ for arg in "$@"; do
     --rest_port=*) REST_PORT="${arg#*=}" ;;
     --gpu) GPU=1 ;;
     --dry_run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) fail "unknown argument $arg: see --help" ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    *) fail "unknown argument $arg: see --help (server flags go after --)" ;;
   esac
 done
 
@@ -42,6 +56,7 @@ done
 [[ "$MODEL_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || fail "--model_name=$MODEL_NAME: use letters, digits, '_', '.', '-' only"
 [[ "$GRPC_PORT" =~ ^[0-9]+$ && "$REST_PORT" =~ ^[0-9]+$ && "$GRPC_PORT" != "$REST_PORT" ]] \
   || fail "--grpc_port and --rest_port must be two different port numbers"
+[[ "$POLL_WAIT" =~ ^[0-9]+$ ]] || fail "--poll_wait_seconds=$POLL_WAIT: pass whole seconds (0 reads the config once)"
 
 if [[ "$EXPORT_BASE" == gs://* ]]; then
   BASE_PATH="${EXPORT_BASE%/}"
@@ -61,7 +76,7 @@ fi
 CONFIG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tf-serving-config.XXXXXX")"
 sed -e "s|name: \"effnet\"|name: \"$MODEL_NAME\"|" -e "s|base_path: \"/models/effnet\"|base_path: \"$BASE_PATH\"|" \
   "$REPO/serving/config/models.config" > "$CONFIG_DIR/models.config"
-cp "$REPO/serving/config/batching.config" "$CONFIG_DIR/batching.config"
+cp "$REPO/serving/config/batching.config" "$REPO/serving/config/monitoring.config" "$CONFIG_DIR/"
 echo "rendered config: $CONFIG_DIR/models.config" >&2
 
 GPU_ARGS=()
@@ -74,9 +89,12 @@ CMD=(docker run --rm -p "$GRPC_PORT:8500" -p "$REST_PORT:8501" "${GPU_ARGS[@]}" 
   -v "$CONFIG_DIR:/config:ro" "$IMAGE"
   --port=8500 --rest_api_port=8501
   --model_config_file=/config/models.config
+  --model_config_file_poll_wait_seconds="$POLL_WAIT"
+  --monitoring_config_file=/config/monitoring.config
   --enable_batching=true --batching_parameters_file=/config/batching.config
   --enable_model_warmup=true
-  --enable_signature_method_name_check=true)
+  --enable_signature_method_name_check=true
+  "${EXTRA[@]}")
 
 if [ "$DRY_RUN" = 1 ]; then
   printf '%q ' "${CMD[@]}"; echo

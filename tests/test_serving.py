@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -417,15 +418,40 @@ def _batching_parameters_class():
                   label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
     msg.field.add(name="pad_variable_length_inputs", number=7, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
                   label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    # Text format goes by field names and types; these two numbers are ours, not necessarily TF Serving's.
+    for name, number, type_name in (("enable_large_batch_splitting", 8, ".google.protobuf.BoolValue"),
+                                    ("max_execution_batch_size", 9, ".google.protobuf.Int64Value")):
+        msg.field.add(name=name, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                      type_name=type_name, label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
     pool.Add(f)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+def _monitoring_config_class():
+    """TF Serving's MonitoringConfig (config/monitoring_config.proto, not in tensorflow-serving-api)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    f = descriptor_pb2.FileDescriptorProto(name="monitoring_config.proto", package="tensorflow.serving", syntax="proto3")
+    prometheus = f.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    prometheus.field.add(name="path", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    f.message_type.add(name="MonitoringConfig").field.add(
+        name="prometheus_config", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".tensorflow.serving.PrometheusConfig", label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
 
 
 def test_batching_config_parses_and_matches_the_warmup_batch_sizes():
     params = text_format.Parse(open(os.path.join(REPO, "serving/config/batching.config")).read(),
                                _batching_parameters_class()())
     assert tuple(params.allowed_batch_sizes) == signatures.ALLOWED_BATCH_SIZES
-    assert params.max_batch_size.value == params.allowed_batch_sizes[-1]  # TF Serving's rule
+    # TF Serving's rule with splitting on: the allowed sizes end at the execution batch size.
+    assert params.enable_large_batch_splitting.value
+    assert params.max_execution_batch_size.value == params.allowed_batch_sizes[-1]
+    assert params.max_batch_size.value >= 8 * params.max_execution_batch_size.value  # big requests are split
     assert list(params.allowed_batch_sizes) == sorted(set(params.allowed_batch_sizes))
     assert params.num_batch_threads.value >= 1 and params.batch_timeout_micros.value > 0
     with pytest.raises(text_format.ParseError):  # the parser is strict, as the server's is
@@ -450,14 +476,27 @@ def test_serve_script_dry_run_renders_config_and_flags(tmp_path):
     assert proc.returncode == 0, proc.stderr
     command = proc.stdout
     for flag in ("--model_config_file=", "--enable_batching", "--batching_parameters_file=",
-                 "--enable_model_warmup", "--rest_api_port=8501", "--port=8500", "tensorflow/serving"):
+                 "--enable_model_warmup", "--rest_api_port=8501", "--port=8500",
+                 "--model_config_file_poll_wait_seconds=60", "--monitoring_config_file=/config/monitoring.config"):
         assert flag in command
+    serving_api = re.search(r'"tensorflow-serving-api==(\d+\.\d+)\.\*"', open(os.path.join(REPO, "setup.py")).read())
+    assert f" tensorflow/serving:{serving_api.group(1)}." in command  # pinned to the API's release, not latest
     config_path = [w for w in command.split() if w.startswith("--model_config_file=")][0]
     rendered = [line for line in proc.stderr.splitlines() if line.startswith("rendered config: ")][0]
     cfg = text_format.Parse(open(rendered.split(": ", 1)[1]).read(), model_server_config_pb2.ModelServerConfig())
     assert cfg.model_config_list.config[0].name == "flowers"
     assert cfg.model_config_list.config[0].base_path == "/models/flowers"
     assert config_path.endswith("/models.config")
+    monitoring = text_format.Parse(open(os.path.join(os.path.dirname(rendered.split(": ", 1)[1]),
+                                                     "monitoring.config")).read(), _monitoring_config_class()())
+    assert monitoring.prometheus_config.enable and monitoring.prometheus_config.path.startswith("/monitoring/")
+    extra = subprocess.run(["bash", os.path.join(REPO, "scripts/serve_tf_serving.sh"), "--dry_run",
+                            f"--export_base={export_base}", "--poll_wait_seconds=5", "--",
+                            "--model_config_file_poll_wait_seconds=7", "--tensorflow_intra_op_parallelism=2"],
+                           capture_output=True, text=True, timeout=60)
+    words = extra.stdout.split()
+    assert words[-2:] == ["--model_config_file_poll_wait_seconds=7", "--tensorflow_intra_op_parallelism=2"]
+    assert "--model_config_file_poll_wait_seconds=5" in words  # ours first, so the passed-through flag wins
     bad = subprocess.run(["bash", os.path.join(REPO, "scripts/serve_tf_serving.sh"), "--dry_run",
                           f"--export_base={tmp_path / 'nothing'}"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

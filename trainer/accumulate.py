@@ -20,7 +20,7 @@ import types
 
 import tensorflow as tf
 import tf_keras as keras
-from tf_keras.src.engine import data_adapter
+
 
 
 def install(model: keras.Model, *, steps: int) -> None:
@@ -39,7 +39,7 @@ def install(model: keras.Model, *, steps: int) -> None:
 
 def accumulating_train_step(model: keras.Model, data, *, steps: int) -> dict:
     """One optimizer step from `steps` micro-batches of `data`; returns the metrics like train_step."""
-    x, y, sample_weight = data_adapter.unpack_x_y_sample_weight(data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     part, count = _splitter(tf.nest.flatten(x)[0], steps=steps)
     variables = model.trainable_variables
     sums = [tf.zeros_like(v) for v in variables]
