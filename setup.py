@@ -1,4 +1,9 @@
-"""Package for `python -m trainer.task` on Vertex AI's prebuilt TensorFlow containers."""
+"""Package for `python -m trainer.task` on Vertex AI's prebuilt TensorFlow containers.
+
+pyproject.toml names the build backend; `python -m build --sdist --no-isolation` builds the
+sdist. Every package the code imports directly is listed (not left to arrive through another
+package's requirements); constraints.txt pins the versions CI tested, for the image.
+"""
 import re
 from pathlib import Path
 
@@ -14,20 +19,30 @@ REQUIRED = [
     "efficientnet==1.1.1",
     "tensorflow-serving-api==2.21.*",
     "protobuf<8",
+    "grpcio>=1.60",  # serving.grpc_client
+    "h5py>=3.8",  # weights files (trainer.model)
+    "numpy>=1.26",
     "google-cloud-storage>=2.10",
-    # scripts/submit_job.py talks to the Vertex AI REST API with these (also needed by the above).
+    # scripts/submit_job.py, scripts/deploy_vertex.py and serving.rest_client talk to Vertex AI's
+    # REST API with these; google-api-core's retry polls jobs and operations.
     "google-auth>=2.20",
+    "google-api-core>=2.15",
     "requests>=2.31",
+    "urllib3>=2.0",  # Retry on the REST client's session
     "absl-py>=2.0",
     "matplotlib>=3.7",
     "pillow>=10.0",
+    "pyyaml>=6",  # submit_job.py --hptune_config
+    "cloudml-hypertune>=0.1.0.dev6",  # trainer.hptune reports tuning metrics
 ]
 TESTS = [
     "pytest>=8",
     "gcp-storage-emulator==2026.7.19",
     "cryptography>=42",
     "jsonschema>=4",
-    "pyyaml>=6",
+    # Vertex AI's own types validate every request body the scripts build (strict parsing).
+    "google-cloud-aiplatform>=1.60",
+    "build>=1.0",  # python -m build --sdist --no-isolation, as submit_job.py runs it
 ]
 
 setup(
@@ -40,7 +55,11 @@ setup(
     install_requires=REQUIRED,
     extras_require={"tests": TESTS},
     entry_points={"console_scripts": [
-        "effnet-train=trainer.task:run_main",
         "effnet-prepare=trainer.prepare:run_main",
+        "effnet-train=trainer.task:run_main",
+        "effnet-evaluate=trainer.evaluate:run_main",
+        "effnet-predict=trainer.predict:run_main",
+        "effnet-export=trainer.export:run_main",
+        "effnet-client=serving.client:run_main",
     ]},
 )
