@@ -224,6 +224,9 @@ class JobSpec:
       service_account: the identity the job runs as, or None for Vertex AI's default agent.
       boot_disk_type, boot_disk_size_gb: each replica's boot disk.
       skip_machine_check: trust a machine type this script's tables do not know yet.
+      tensorboard: a Vertex AI TensorBoard instance (projects/P/locations/R/tensorboards/ID) the
+        job's AIP_TENSORBOARD_LOG_DIR is uploaded to; Vertex requires a service account for it.
+      enable_web_access: interactive shells into the running replicas (console, "Web terminal").
     """
     preset: str
     display_name: str
@@ -244,6 +247,8 @@ class JobSpec:
     boot_disk_type: str = "pd-ssd"
     boot_disk_size_gb: int = 100
     skip_machine_check: bool = False
+    tensorboard: Optional[str] = None
+    enable_web_access: bool = False
 
     def __post_init__(self):
         _check(bool(_PROJECT.fullmatch(self.project)),
@@ -267,6 +272,7 @@ class JobSpec:
         _check(100 <= self.boot_disk_size_gb <= 64000,
                f"--boot_disk_size_gb={self.boot_disk_size_gb} must be between 100 and 64000")
         _check(self.workers >= 0, f"workers={self.workers} must be 0 or more")
+        _check_tensorboard(self.tensorboard, region=self.region, service_account=self.service_account)
         _check(not self.workers or not self.is_tpu, "TPU jobs run one replica in one worker pool: drop "
                "--replica_count or use --preset=multi-worker with GPUs")
         if not self.skip_machine_check:
@@ -277,6 +283,21 @@ class JobSpec:
     @property
     def is_tpu(self) -> bool:
         return self.machine_type == "cloud-tpu" or self.machine_type.startswith("ct")
+
+
+_TENSORBOARD = re.compile(r"projects/[^/\s]+/locations/([a-z0-9-]+)/tensorboards/[0-9]+")
+
+
+def _check_tensorboard(tensorboard: Optional[str], *, region: str, service_account: Optional[str]) -> None:
+    if not tensorboard:
+        return
+    match = _TENSORBOARD.fullmatch(tensorboard)
+    _check(match is not None, f"--tensorboard={tensorboard}: pass the instance's resource name, "
+           "projects/PROJECT/locations/REGION/tensorboards/ID (gcloud ai tensorboards list)")
+    _check(match.group(1) == region, f"--tensorboard={tensorboard} is in {match.group(1)}, the job in --region="
+           f"{region}: use a TensorBoard instance of the job's region")
+    _check(bool(service_account), "--tensorboard needs --service_account: Vertex AI uploads the logs as that "
+           "account (it needs roles/aiplatform.user and write access to the staging bucket)")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -317,7 +338,8 @@ def build_job_spec(*, preset: str, project: str, region: str, staging_bucket: st
                    replica_count: Optional[int] = None, display_name: Optional[str] = None,
                    output_dir: Optional[str] = None, spot: bool = False, service_account: Optional[str] = None,
                    boot_disk_type: str = "pd-ssd", boot_disk_size_gb: int = 100,
-                   skip_machine_check: bool = False) -> JobSpec:
+                   skip_machine_check: bool = False, tensorboard: Optional[str] = None,
+                   enable_web_access: bool = False) -> JobSpec:
     """A JobSpec from a preset plus the flags that override it (None = the preset's value).
 
     `package=True` plans the sdist's place, STAGING/packages/DISPLAY_NAME/; `stage_package`
@@ -335,6 +357,8 @@ def build_job_spec(*, preset: str, project: str, region: str, staging_bucket: st
     machine, accelerator, count, topology = _resolve_machine(
         base, machine_type=machine_type, accelerator_type=accelerator_type,
         accelerator_count=accelerator_count, tpu_topology=tpu_topology)
+    if not skip_machine_check:
+        check_preset_fits(preset, machine_type=machine, accelerator_type=accelerator)
     display_name = display_name or f"effnet-{preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
     bucket = staging_bucket.rstrip("/")
     if package and not package_uri:
@@ -348,26 +372,29 @@ def build_job_spec(*, preset: str, project: str, region: str, staging_bucket: st
         accelerator_type=accelerator, accelerator_count=count, tpu_topology=topology,
         workers=base.workers if replica_count is None else replica_count,
         trainer_args=base.trainer_args + tuple(trainer_args), spot=spot, service_account=service_account or None,
-        boot_disk_type=boot_disk_type, boot_disk_size_gb=boot_disk_size_gb, skip_machine_check=skip_machine_check)
+        boot_disk_type=boot_disk_type, boot_disk_size_gb=boot_disk_size_gb, skip_machine_check=skip_machine_check,
+        tensorboard=tensorboard or None, enable_web_access=enable_web_access)
 
 
 def _resolve_machine(base: Preset, *, machine_type: Optional[str], accelerator_type: Optional[str],
                      accelerator_count: Optional[int], tpu_topology: Optional[str]) -> Tuple[str, str, int, str]:
     """(machine, accelerator, count, topology): the preset's, overridden by the flags given.
 
-    A new --machine_type drops the preset's accelerator; machines that come with fixed GPUs or
-    TPU chips get theirs filled in, so `--machine_type=a2-highgpu-2g` alone is enough.
+    A new --machine_type keeps the preset's GPU where that machine can carry it (another n1) and
+    drops it elsewhere; machines that come with fixed GPUs or TPU chips get theirs filled in, so
+    `--machine_type=a2-highgpu-2g` alone is enough.
     """
     same_machine = machine_type in (None, base.machine_type)
     machine = machine_type or base.machine_type
     fixed_gpu, fixed_count = FIXED_GPUS.get(machine, ("", 0))
+    keeps_gpu = same_machine or base.accelerator_type in N1_GPUS.get(machine, {})
     if accelerator_type is not None:
         accelerator = accelerator_type
     else:
-        accelerator = base.accelerator_type if same_machine else fixed_gpu
+        accelerator = base.accelerator_type if keeps_gpu else fixed_gpu
     if accelerator_count is not None:
         count = accelerator_count
-    elif same_machine and accelerator == base.accelerator_type:
+    elif accelerator and accelerator == base.accelerator_type:
         count = base.accelerator_count
     else:
         count = fixed_count if accelerator and accelerator == fixed_gpu else int(bool(accelerator))
@@ -376,6 +403,23 @@ def _resolve_machine(base: Preset, *, machine_type: Optional[str], accelerator_t
     else:
         topology = base.tpu_topology if same_machine else TPU_V5E_TOPOLOGIES.get(machine, ("",))[0]
     return machine, accelerator, count, topology
+
+
+def check_preset_fits(preset: str, *, machine_type: str, accelerator_type: str) -> None:
+    """Refuses a machine that drops the accelerator family the preset's trainer flags rely on.
+
+    Vertex AI would accept such a job and bill the machine; the trainer would then fail at its
+    first step (--strategy=tpu --tpu=local on a VM without a TPU) or crawl on CPUs.
+    """
+    base = PRESETS[preset]
+    tpu_machine = machine_type == "cloud-tpu" or machine_type.startswith("ct")
+    if "--strategy=tpu" in base.trainer_args and not tpu_machine:
+        raise SubmitError(f"--preset={preset} trains on a TPU (--strategy=tpu --tpu=local), but --machine_type="
+                          f"{machine_type} has none: pick a TPU machine (ct5lp-hightpu-4t with --tpu_topology=2x2, "
+                          "or cloud-tpu) or --preset=cpu/gpu")
+    if base.accelerator_type.startswith("NVIDIA_") and not accelerator_type.startswith("NVIDIA_"):
+        raise SubmitError(f"--preset={preset} trains on GPUs, but --machine_type={machine_type} carries none: pick "
+                          "an n1 machine (it keeps the preset's GPU), a GPU machine such as g2-standard-8, or --preset=cpu")
 
 
 def default_executor_image(*, region: str, machine_type: str, accelerator: str) -> str:
@@ -412,6 +456,10 @@ def build_custom_job(spec: JobSpec) -> dict:
         job_spec["serviceAccount"] = spec.service_account
     if spec.spot:
         job_spec["scheduling"] = {"strategy": "SPOT", "restartJobOnWorkerRestart": True}
+    if spec.tensorboard:
+        job_spec["tensorboard"] = spec.tensorboard
+    if spec.enable_web_access:
+        job_spec["enableWebAccess"] = True
     return {"displayName": spec.display_name, "jobSpec": job_spec,
             "labels": {"app": "effnet-trainer", "preset": spec.preset}}
 
@@ -437,16 +485,185 @@ def render(job: dict) -> str:
     return json.dumps(job, indent=2) + "\n"
 
 
+# --- Hyperparameter tuning: a study file, then a HyperparameterTuningJob around the CustomJob spec. ---
+
+_GOALS = {"maximize": "MAXIMIZE", "minimize": "MINIMIZE"}
+_SCALES = {"linear": "UNIT_LINEAR_SCALE", "log": "UNIT_LOG_SCALE"}
+_STUDY_KEYS = {"metric", "goal", "max_trial_count", "parallel_trial_count", "max_failed_trial_count", "parameters"}
+_PARAMETER_KEYS = {"double": {"type", "min", "max", "scale"}, "integer": {"type", "min", "max", "scale"},
+                   "categorical": {"type", "values"}, "discrete": {"type", "values", "scale"}}
+_PER_TRIAL_FLAGS = ("model_dir", "checkpoint_dir", "tensorboard_dir")
+
+
+def load_study(path: str) -> dict:
+    """The study YAML (docs/cloud.md) read and checked; SubmitError names the file and the key."""
+    import yaml  # pylint: disable=import-outside-toplevel  # only tuning needs it
+    try:
+        with open(path, encoding="utf-8") as f:
+            study = yaml.safe_load(f)
+    except OSError as e:
+        raise SubmitError(f"--hptune_config={path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise SubmitError(f"--hptune_config={path} is not valid YAML ({_one_line(e)})") from None
+    _check(isinstance(study, dict), f"{path}: expected a mapping with metric, goal, max_trial_count, parameters")
+    unknown = sorted(set(study) - _STUDY_KEYS)
+    _check(not unknown, f"{path}: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(sorted(_STUDY_KEYS))}")
+    _check(str(study.get("goal", "")).lower() in _GOALS, f"{path}: goal must be maximize or minimize")
+    _check(isinstance(study.get("metric"), str) and bool(study["metric"]),
+           f"{path}: metric must name what the trainer reports, e.g. val_accuracy (its --hptune_metric)")
+    for key in ("max_trial_count", "parallel_trial_count"):
+        _check(isinstance(study.get(key), int) and study[key] >= 1, f"{path}: {key} must be a whole number >= 1")
+    _check(study["parallel_trial_count"] <= study["max_trial_count"],
+           f"{path}: parallel_trial_count must not exceed max_trial_count")
+    params = study.get("parameters")
+    _check(isinstance(params, dict) and bool(params), f"{path}: parameters must map trainer flag names to ranges")
+    study["parameters"] = [parameter_spec(name, value, where=path) for name, value in params.items()]
+    return study
+
+
+def parameter_spec(name: str, value, *, where: str) -> dict:
+    """One StudySpec.ParameterSpec from `flag: {type, min, max, scale | values}`."""
+    _check(isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name) is not None,
+           f"{where}: parameter {name!r} must be a trainer flag name such as finetune_learning_rate")
+    _check(name not in _PER_TRIAL_FLAGS, f"{where}: {name} cannot be tuned; each trial gets its own")
+    _check(isinstance(value, dict) and value.get("type") in _PARAMETER_KEYS,
+           f"{where}: {name} needs type: double, integer, categorical or discrete")
+    kind = value["type"]
+    unknown = sorted(set(value) - _PARAMETER_KEYS[kind])
+    _check(not unknown, f"{where}: {name} ({kind}) takes {', '.join(sorted(_PARAMETER_KEYS[kind]))}, not "
+           f"{', '.join(unknown)}")
+    spec = {"parameterId": name}
+    if kind in ("double", "integer"):
+        number = float if kind == "double" else int
+        low, high = value.get("min"), value.get("max")
+        _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and number(v) == v for v in (low, high))
+               and low < high, f"{where}: {name} needs {kind} min < max")
+        spec[f"{kind}ValueSpec"] = {"minValue": number(low), "maxValue": number(high)}
+    else:
+        values = value.get("values")
+        _check(isinstance(values, list) and len(values) >= 2, f"{where}: {name} needs a list of 2 or more values")
+        if kind == "categorical":
+            spec["categoricalValueSpec"] = {"values": [str(v) for v in values]}
+        else:
+            _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+                   f"{where}: {name} (discrete) takes numbers; use categorical for words")
+            spec["discreteValueSpec"] = {"values": sorted(float(v) for v in values)}
+    scale = value.get("scale")
+    if scale is not None:
+        _check(scale in _SCALES, f"{where}: {name} scale must be linear or log")
+        _check(scale != "log" or min(_range(spec)) > 0, f"{where}: {name} with scale: log needs values above 0")
+        spec["scaleType"] = _SCALES[scale]
+    return spec
+
+
+def _range(spec: dict):
+    inner = next(v for k, v in spec.items() if k.endswith("ValueSpec"))
+    return inner.get("values") or (inner["minValue"], inner["maxValue"])
+
+
+def check_tuning_args(study: dict, trainer_args: Sequence[str]) -> None:
+    """Refuses trainer flags the study or Vertex AI sets per trial (they would collide)."""
+    names = {arg[2:].partition("=")[0] for arg in trainer_args if arg.startswith("--")}
+    for name in _PER_TRIAL_FLAGS:
+        _check(name not in names, f"--{name} in the trainer arguments would make every trial write to one folder: "
+               "drop it; Vertex AI gives each trial its own AIP_MODEL_DIR under the job's output directory")
+    for spec in study["parameters"]:
+        _check(spec["parameterId"] not in names, f"--{spec['parameterId']} is tuned by the study: drop it from the "
+               "trainer arguments (each trial gets its value appended)")
+    metric = study["metric"]
+    _check(not metric.startswith("val_") or "eval_data" in names, f"the study's metric {metric} is measured on "
+           "validation data: add --eval_data=gs://... to the trainer arguments")
+    if metric != "val_accuracy":
+        _check(f"--hptune_metric={metric}" in trainer_args, f"the study's metric is {metric}: add "
+               f"--hptune_metric={metric} to the trainer arguments so the trainer reports it")
+
+
+def build_tuning_job(spec: JobSpec, study: dict) -> dict:
+    """The HyperparameterTuningJob REST resource: the study around the CustomJob's spec."""
+    custom = build_custom_job(spec)
+    job = {"displayName": spec.display_name,
+           "studySpec": {"metrics": [{"metricId": study["metric"], "goal": _GOALS[study["goal"].lower()]}],
+                         "parameters": study["parameters"]},
+           "maxTrialCount": study["max_trial_count"], "parallelTrialCount": study["parallel_trial_count"],
+           "trialJobSpec": custom["jobSpec"], "labels": dict(custom["labels"], kind="hptune")}
+    if "max_failed_trial_count" in study:
+        job["maxFailedTrialCount"] = study["max_failed_trial_count"]
+    return job
+
+
+def job_config(job: dict) -> dict:
+    """What `gcloud ai custom-jobs create --config` (a CustomJobSpec) or `gcloud ai hp-tuning-jobs
+    create --config` (the tuning spec) reads: the body less the flags gcloud takes itself."""
+    if "jobSpec" in job:
+        return job["jobSpec"]
+    return {k: v for k, v in job.items() if k not in ("displayName", "labels")}
+
+
+# --- Following a job until it ends. ---
+
+TERMINAL_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
+                   "JOB_STATE_PARTIALLY_SUCCEEDED")
+
+
+class _Transient(Exception):
+    """A poll that may succeed when repeated: HTTP 429/5xx or a dropped connection."""
+
+
+def get_job(*, name: str, session, api_endpoint: str, timeout: float = 60.0) -> dict:
+    """GETs the job resource; a transient failure raises _Transient, a refusal SubmitError."""
+    import requests  # pylint: disable=import-outside-toplevel
+    try:
+        response = session.get(f"{api_endpoint}/v1/{name}", timeout=timeout)
+    except requests.RequestException as e:
+        raise _Transient(f"{type(e).__name__}") from None
+    if response.status_code == 429 or response.status_code >= 500:
+        raise _Transient(_api_error(response))
+    if response.status_code != 200:
+        raise SubmitError(f"reading {name} failed: {_api_error(response)}")
+    return response.json()
+
+
+def wait_for_job(*, name: str, session, api_endpoint: str, poll_interval: float,
+                 out=sys.stdout, sleep=None) -> dict:
+    """Polls the job, printing each state change, until it ends; returns the final resource.
+
+    Each poll goes through google.api_core's Retry: a 503 or a dropped connection while a job
+    runs for hours must not end the wait.
+    """
+    import time  # pylint: disable=import-outside-toplevel
+    from google.api_core import retry as api_retry  # pylint: disable=import-outside-toplevel
+    poll = api_retry.Retry(predicate=api_retry.if_exception_type(_Transient), initial=1.0, maximum=60.0,
+                           multiplier=2.0, timeout=900.0)(get_job)
+    last = None
+    while True:
+        job = poll(name=name, session=session, api_endpoint=api_endpoint)
+        state = job.get("state", "JOB_STATE_UNSPECIFIED")
+        if state != last:
+            print(f"state: {state}", file=out, flush=True)
+            last = state
+        if state in TERMINAL_STATES:
+            return job
+        (sleep or time.sleep)(poll_interval)
+
+
 # --- Staging the package and talking to the API. ---
 
+SDIST_COMMAND = ("-m", "build", "--sdist", "--no-isolation")
+
+
 def build_sdist(*, out_dir: str) -> str:
-    """Builds the package's sdist into `out_dir` with setuptools (offline) and returns its path."""
-    result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", out_dir], cwd=_REPO_ROOT,
+    """Builds the package's sdist into `out_dir` through pyproject.toml's backend and returns its path.
+
+    --no-isolation uses this environment's setuptools instead of downloading one, so it works
+    offline (`setup.py sdist`, the old way, is deprecated by setuptools).
+    """
+    result = subprocess.run([sys.executable, *SDIST_COMMAND, "--outdir", out_dir], cwd=_REPO_ROOT,
                             capture_output=True, text=True, check=False)
     archives = glob.glob(os.path.join(out_dir, "*.tar.gz"))
     if result.returncode or len(archives) != 1:
-        last = (result.stderr.strip().splitlines() or ["no archive written"])[-1]
-        raise SubmitError(f"building the sdist in {_REPO_ROOT} failed ({last}): try `python setup.py sdist` there")
+        last = ((result.stderr + result.stdout).strip().splitlines() or ["no archive written"])[-1]
+        raise SubmitError(f"building the sdist in {_REPO_ROOT} failed ({_one_line(last)}): run `python "
+                          f"{' '.join(SDIST_COMMAND)}` there (pip install build if it is missing)")
     return archives[0]
 
 
@@ -491,13 +708,18 @@ def build_session(*, access_token_file: Optional[str] = None):
     return AuthorizedSession(credentials)
 
 
+def api_root(region: str, api_endpoint: Optional[str] = None) -> str:
+    """The REST root: Vertex AI's regional endpoint, or --api_endpoint (the tests' stub)."""
+    return (api_endpoint or f"https://{region}-aiplatform.googleapis.com").rstrip("/")
+
+
 def submit(*, body: str, project: str, region: str, session, api_endpoint: Optional[str] = None,
-           timeout: float = 60.0) -> dict:
-    """POSTs the CustomJob body to projects.locations.customJobs.create; returns the created job."""
+           timeout: float = 60.0, collection: str = "customJobs") -> dict:
+    """POSTs the body to projects.locations.<collection>.create; returns the created resource."""
     import requests  # pylint: disable=import-outside-toplevel
     from google.auth import exceptions  # pylint: disable=import-outside-toplevel
-    endpoint = (api_endpoint or f"https://{region}-aiplatform.googleapis.com").rstrip("/")
-    url = f"{endpoint}/v1/projects/{project}/locations/{region}/customJobs"
+    endpoint = api_root(region, api_endpoint)
+    url = f"{endpoint}/v1/projects/{project}/locations/{region}/{collection}"
     try:
         response = session.post(url, data=body.encode("utf-8"), timeout=timeout,
                                 headers={"Content-Type": "application/json; charset=utf-8"})
@@ -507,7 +729,7 @@ def submit(*, body: str, project: str, region: str, session, api_endpoint: Optio
         raise SubmitError(f"could not reach {endpoint} ({type(e).__name__}): check the network and "
                           "--region") from None
     if response.status_code != 200:
-        raise SubmitError(f"Vertex AI refused the job: {_api_error(response)}")
+        raise SubmitError(f"Vertex AI refused the request: {_api_error(response)}")
     return response.json()
 
 
@@ -525,9 +747,10 @@ def _one_line(error) -> str:
 
 
 def console_url(job_name: str) -> str:
-    """The console page of a created job (name: projects/P/locations/R/customJobs/ID)."""
-    _, project, _, region, _, job_id = job_name.split("/")
-    return (f"https://console.cloud.google.com/vertex-ai/locations/{region}/training/{job_id}/cpu"
+    """The console page of a created job (projects/P/locations/R/customJobs|hyperparameterTuningJobs/ID)."""
+    _, project, _, region, kind, job_id = job_name.split("/")
+    page = "cpu" if kind == "customJobs" else "hyperparameter-tuning"
+    return (f"https://console.cloud.google.com/vertex-ai/locations/{region}/training/{job_id}/{page}"
             f"?project={project}")
 
 
@@ -557,7 +780,16 @@ def _define_flags(flags) -> None:
     flags.DEFINE_enum("boot_disk_type", "pd-ssd", list(BOOT_DISK_TYPES), "Boot disk type.")
     flags.DEFINE_integer("boot_disk_size_gb", 100, "Boot disk size in GB (100-64000).")
     flags.DEFINE_bool("skip_machine_check", False, "Send a machine type this script does not know.")
-    flags.DEFINE_bool("dry_run", False, "Print the exact request body; upload and submit nothing.")
+    flags.DEFINE_string("tensorboard", None, "Vertex AI TensorBoard resource (projects/P/locations/R/tensorboards/ID) "
+                        "to stream the logs to; needs --service_account.")
+    flags.DEFINE_bool("enable_web_access", False, "Interactive shells into the running replicas (console).")
+    flags.DEFINE_string("hptune_config", None, "Study YAML: submit a HyperparameterTuningJob (docs/cloud.md).")
+    flags.DEFINE_string("write_config", None, "Also write the spec for `gcloud ai custom-jobs create --config` "
+                        "(or `hp-tuning-jobs create --config`) to this local file.")
+    flags.DEFINE_bool("wait", False, "After submitting, print each state change until the job ends; exit 1 "
+                      "unless it succeeded.")
+    flags.DEFINE_float("poll_interval", 30.0, "Seconds between --wait polls.")
+    flags.DEFINE_bool("dry_run", False, "Print the exact request body; read nothing remote, upload and submit nothing.")
     flags.DEFINE_string("api_endpoint", None, "API root (default https://REGION-aiplatform.googleapis.com).")
     flags.DEFINE_string("access_token_file", None, "File holding an OAuth access token (default: ADC).")
 
@@ -569,40 +801,77 @@ def _parse_flags(argv):
         return flags.FLAGS(argv)
     except flags.Error as e:
         hint = " (trainer flags go after `--`)" if isinstance(e, flags.UnrecognizedFlagError) else ""
-        print(f"submit_job.py: error: {_one_line(e)}{hint}", file=sys.stderr)
+        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
         sys.exit(2)
+
+
+def _spec_from_flags(f, trainer_args: Sequence[str]) -> JobSpec:
+    _check(f.preset is not None and f.project is not None and f.staging_bucket is not None,
+           "--preset, --project and --staging_bucket are required (see --helpshort)")
+    return build_job_spec(
+        preset=f.preset, project=f.project, region=f.region, staging_bucket=f.staging_bucket,
+        trainer_args=trainer_args, image_uri=f.image_uri, package=f.package, package_uri=f.package_uri,
+        executor_image_uri=f.executor_image_uri, machine_type=f.machine_type,
+        accelerator_type=f.accelerator_type, accelerator_count=f.accelerator_count,
+        tpu_topology=f.tpu_topology, replica_count=f.replica_count, display_name=f.display_name,
+        output_dir=f.output_dir, spot=f.spot, service_account=f.service_account,
+        boot_disk_type=f.boot_disk_type, boot_disk_size_gb=f.boot_disk_size_gb,
+        skip_machine_check=f.skip_machine_check, tensorboard=f.tensorboard, enable_web_access=f.enable_web_access)
+
+
+def build_request(f, trainer_args: Sequence[str]) -> Tuple[JobSpec, dict, str]:
+    """(spec, body, collection) from the flags: a CustomJob, or with --hptune_config a tuning job."""
+    spec = _spec_from_flags(f, trainer_args)
+    if not f.hptune_config:
+        return spec, build_custom_job(spec), "customJobs"
+    study = load_study(f.hptune_config)
+    check_tuning_args(study, spec.trainer_args)
+    return spec, build_tuning_job(spec, study), "hyperparameterTuningJobs"
+
+
+def _write_config(path: str, job: dict) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(render(job_config(job)))
+    except OSError as e:
+        raise SubmitError(f"--write_config={path}: {e.strerror}") from None
 
 
 def main(argv) -> None:
     from absl import flags, logging  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     try:
-        _check(f.preset is not None and f.project is not None and f.staging_bucket is not None,
-               "--preset, --project and --staging_bucket are required (see --helpshort)")
-        spec = build_job_spec(
-            preset=f.preset, project=f.project, region=f.region, staging_bucket=f.staging_bucket,
-            trainer_args=argv[1:], image_uri=f.image_uri, package=f.package, package_uri=f.package_uri,
-            executor_image_uri=f.executor_image_uri, machine_type=f.machine_type,
-            accelerator_type=f.accelerator_type, accelerator_count=f.accelerator_count,
-            tpu_topology=f.tpu_topology, replica_count=f.replica_count, display_name=f.display_name,
-            output_dir=f.output_dir, spot=f.spot, service_account=f.service_account,
-            boot_disk_type=f.boot_disk_type, boot_disk_size_gb=f.boot_disk_size_gb,
-            skip_machine_check=f.skip_machine_check)
-        body = render(build_custom_job(spec))
+        spec, job, collection = build_request(f, argv[1:])
+        body = render(job)
+        if f.write_config:
+            _write_config(f.write_config, job)
         if f.dry_run:
             sys.stdout.write(body)
             return
         if f.package and not f.package_uri:
             logging.info("staged %s", stage_package(package_uri=spec.package_uri))
-        job = submit(body=body, project=spec.project, region=spec.region, api_endpoint=f.api_endpoint,
-                     session=build_session(access_token_file=f.access_token_file))
+        session = build_session(access_token_file=f.access_token_file)
+        created = submit(body=body, project=spec.project, region=spec.region, api_endpoint=f.api_endpoint,
+                         session=session, collection=collection)
+        print(created.get("name", ""), flush=True)
+        if created.get("name", "").count("/") == 5:
+            logging.info("console: %s", console_url(created["name"]))
+        logging.info("outputs: %s (AIP_MODEL_DIR is its model/ folder)", spec.output_dir)
+        if f.wait:
+            _wait(created["name"], session=session, f=f, region=spec.region)
     except SubmitError as e:
-        print(f"submit_job.py: error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(job.get("name", ""))
-    if job.get("name", "").count("/") == 5:
-        logging.info("console: %s", console_url(job["name"]))
-    logging.info("outputs: %s (AIP_MODEL_DIR is its model/ folder)", spec.output_dir)
+
+
+def _wait(name: str, *, session, f, region: str) -> None:
+    """--wait: follows the job; a job that did not succeed ends the command with status 1."""
+    job = wait_for_job(name=name, session=session, api_endpoint=api_root(region, f.api_endpoint),
+                       poll_interval=f.poll_interval)
+    if job["state"] != "JOB_STATE_SUCCEEDED":
+        message = _one_line(job.get("error", {}).get("message", "")) or "no error message"
+        print(f"error: {name} ended {job['state']}: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
