@@ -623,17 +623,23 @@ def get_job(*, name: str, session, api_endpoint: str, timeout: float = 60.0) -> 
     return response.json()
 
 
+def poll(*, name: str, session, api_endpoint: str) -> dict:
+    """get_job through google.api_core's Retry: a 503 or a dropped connection while a job runs for
+    hours must not end the wait (15 minutes of failures in a row do, with SubmitError)."""
+    from google.api_core import exceptions, retry as api_retry  # pylint: disable=import-outside-toplevel
+    retried = api_retry.Retry(predicate=api_retry.if_exception_type(_Transient), initial=1.0, maximum=60.0,
+                              multiplier=2.0, timeout=900.0)(get_job)
+    try:
+        return retried(name=name, session=session, api_endpoint=api_endpoint)
+    except exceptions.RetryError as e:
+        raise SubmitError(f"reading {name} kept failing for 15 minutes ({_one_line(e.cause)}): check the "
+                          "network, then look the job up in the console") from None
+
+
 def wait_for_job(*, name: str, session, api_endpoint: str, poll_interval: float,
                  out=sys.stdout, sleep=None) -> dict:
-    """Polls the job, printing each state change, until it ends; returns the final resource.
-
-    Each poll goes through google.api_core's Retry: a 503 or a dropped connection while a job
-    runs for hours must not end the wait.
-    """
+    """Polls the job, printing each state change, until it ends; returns the final resource."""
     import time  # pylint: disable=import-outside-toplevel
-    from google.api_core import retry as api_retry  # pylint: disable=import-outside-toplevel
-    poll = api_retry.Retry(predicate=api_retry.if_exception_type(_Transient), initial=1.0, maximum=60.0,
-                           multiplier=2.0, timeout=900.0)(get_job)
     last = None
     while True:
         job = poll(name=name, session=session, api_endpoint=api_endpoint)
