@@ -39,7 +39,6 @@ TESTS = [
     "pytest>=8",
     "gcp-storage-emulator==2026.7.19",
     "cryptography>=42",
-    "jsonschema>=4",
     # Vertex AI's own types validate every request body the scripts build (strict parsing).
     "google-cloud-aiplatform>=1.60",
     "build>=1.0",  # python -m build --sdist --no-isolation, as submit_job.py runs it

@@ -357,15 +357,13 @@ def build_job_spec(*, preset: str, project: str, region: str, staging_bucket: st
     machine, accelerator, count, topology = _resolve_machine(
         base, machine_type=machine_type, accelerator_type=accelerator_type,
         accelerator_count=accelerator_count, tpu_topology=tpu_topology)
-    if not skip_machine_check:
-        check_preset_fits(preset, machine_type=machine, accelerator_type=accelerator)
     display_name = display_name or f"effnet-{preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
     bucket = staging_bucket.rstrip("/")
     if package and not package_uri:
         package_uri = f"{bucket}/packages/{display_name}/effnet_trainer-{_version()}.tar.gz"
     if package_uri and not executor_image_uri:
         executor_image_uri = default_executor_image(region=region, machine_type=machine, accelerator=accelerator)
-    return JobSpec(
+    spec = JobSpec(
         preset=preset, display_name=display_name, project=project, region=region,
         output_dir=output_dir or f"{bucket}/runs/{display_name}", image_uri=image_uri or None,
         package_uri=package_uri or None, executor_image_uri=executor_image_uri, machine_type=machine,
@@ -374,6 +372,9 @@ def build_job_spec(*, preset: str, project: str, region: str, staging_bucket: st
         trainer_args=base.trainer_args + tuple(trainer_args), spot=spot, service_account=service_account or None,
         boot_disk_type=boot_disk_type, boot_disk_size_gb=boot_disk_size_gb, skip_machine_check=skip_machine_check,
         tensorboard=tensorboard or None, enable_web_access=enable_web_access)
+    if not skip_machine_check:  # after JobSpec's own checks: an unknown machine is named as such first
+        check_preset_fits(preset, machine_type=machine, accelerator_type=accelerator)
+    return spec
 
 
 def _resolve_machine(base: Preset, *, machine_type: Optional[str], accelerator_type: Optional[str],
