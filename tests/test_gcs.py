@@ -17,6 +17,7 @@ import pytest
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
+from tests.testing import gcs_tree  # noqa: E402
 from trainer import fileio, gcs as tgcs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +143,7 @@ def test_tensorflow_retries_a_burst_of_503s(gcs, gcs_bucket):
     assert listing == ["moved.tfrecord", "train-00001-of-00002.tfrecord"]
 
 
-def test_google_cloud_storage_upload_and_copy_tree(gcs, gcs_bucket, tmp_path):
+def test_google_cloud_storage_upload_and_server_side_copy(gcs, gcs_bucket, tmp_path):
     other = gcs.create_bucket(gcs_bucket[len("gs://"):] + "-serving")
     local = tmp_path / "package.tar.gz"
     local.write_bytes(os.urandom(50_000))
@@ -154,7 +155,7 @@ def test_google_cloud_storage_upload_and_copy_tree(gcs, gcs_bucket, tmp_path):
     tf.io.gfile.makedirs(gcs_bucket + "/export/7/variables")
     for name in ("saved_model.pb", "variables/variables.index", "assets/labels.txt"):
         fileio.write_text_atomic(f"{gcs_bucket}/export/7/{name}", name)
-    copied = tgcs.copy_tree(gcs_bucket + "/export/7", other + "/models/flowers/7")
+    copied = gcs_tree.copy_tree(gcs_bucket + "/export/7", other + "/models/flowers/7")  # the rewrite API
     assert copied == 5  # 3 files, and the markers makedirs wrote for export/7/ and variables/
     for name in ("saved_model.pb", "variables/variables.index", "assets/labels.txt"):
         assert fileio.read_text(f"{other}/models/flowers/7/{name}") == name
@@ -167,7 +168,7 @@ def test_trainer_gcs_retries_503s(gcs, gcs_bucket, tmp_path):
     fileio.write_text_atomic(gcs_bucket + "/export/1/saved_model.pb", "pb")
     gcs.set_faults(every_nth_503=2)
     url = tgcs.upload_file(str(local), gcs_bucket + "/w/weights.h5")
-    assert tgcs.copy_tree(gcs_bucket + "/export", gcs_bucket + "/copy") == 1
+    assert gcs_tree.copy_tree(gcs_bucket + "/export", gcs_bucket + "/copy") == 1
     tgcs.check_writable([gcs_bucket + "/model_dir"])
     injected = gcs.stats()["injected_503"]
     gcs.set_faults()
@@ -191,23 +192,31 @@ def test_check_writable_missing_bucket_fails_with_one_line(gcs):
 
 
 def test_check_writable_unreachable_fails_with_one_line(gcs, monkeypatch):
-    with socket.socket() as s:  # a loopback port nobody listens on
+    """Every attempt is refused at once, so the outcome is the same however fast the machine."""
+    with socket.socket() as s:  # a loopback port nobody listens on (bound, never listening)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    with pytest.raises(tgcs.GcsError) as info:
-        tgcs.check_writable(["gs://some-bucket/model"], timeout=2)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        with pytest.raises(tgcs.GcsError) as info:
+            tgcs.check_writable(["gs://some-bucket/model"], timeout=1)
     message = str(info.value)
     assert "\n" not in message
-    assert "did not answer in time (2 s)" in message and "gs://some-bucket" in message
+    assert "did not answer in time (1 s)" in message and "gs://some-bucket" in message
 
 
-def test_check_writable_slow_storage_fails_with_one_line(gcs, gcs_bucket):
-    gcs.set_faults(delay_s=3.0)
-    with pytest.raises(tgcs.GcsError) as info:
-        tgcs.check_writable([gcs_bucket + "/model"], timeout=1)
-    gcs.set_faults()
-    assert "did not answer in time (1 s)" in str(info.value)
+def test_check_writable_stalled_storage_fails_with_one_line(gcs, gcs_bucket):
+    """The front answers nothing while held, so only the client's own deadline can end the call:
+    no delay races the timeout."""
+    gcs.set_faults(hold=True)
+    try:
+        with pytest.raises(tgcs.GcsError) as info:
+            tgcs.check_writable([gcs_bucket + "/model"], timeout=1)
+        held = gcs.stats()["requests"]
+    finally:
+        gcs.set_faults()
+    message = str(info.value)
+    assert "\n" not in message and held >= 1
+    assert "did not answer in time (1 s)" in message and gcs_bucket in message
 
 
 def test_permission_denied_message():

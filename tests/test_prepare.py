@@ -13,13 +13,7 @@ import pytest
 from PIL import Image
 
 import trainer  # noqa: F401
-from tests.testing import gcs_front
-from tests.testing.gcs_front import gcs, gcs_bucket  # noqa: F401  (fixtures)
-
-for _key, _value in gcs_front.STATIC_ENV.items():  # before TensorFlow reads them at import
-    os.environ.setdefault(_key, _value)
-
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf  # noqa: E402  # gcs / gcs_bucket: the conftest plugin (tests/testing/gcs_front.py)
 
 from trainer import config, data, prepare  # noqa: E402
 

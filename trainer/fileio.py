@@ -29,10 +29,6 @@ def exists(path: str) -> bool:
     return tf.io.gfile.exists(path)
 
 
-def makedirs(path: str) -> None:
-    tf.io.gfile.makedirs(path)
-
-
 def read_text(path: str) -> str:
     with tf.io.gfile.GFile(path, "r") as f:
         return f.read()

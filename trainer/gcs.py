@@ -2,8 +2,8 @@
 
 Everything else — reading shards, writing checkpoints, logs and exports — goes through
 `tf.io.gfile` (see `trainer.fileio`). This module uses google-cloud-storage for the rest:
-staging a file in a bucket, copying an export between buckets, and checking, before a long job
-starts, that its buckets exist and are writable. Every call has a timeout and retries transient
+staging a file in a bucket, and checking, before a long job starts, that its buckets exist and
+are writable. Every call has a timeout and retries transient
 errors (429, 5xx, dropped connections) with exponential backoff through google.api_core's
 `Retry`; every failure a user can fix ends in a `GcsError` whose message is one line: which
 bucket, what failed, how to fix it.
@@ -124,41 +124,6 @@ def upload_file(local_path: str, gs_url: str, *, timeout: float = 120) -> str:
     return gs_url
 
 
-def copy_tree(src_url: str, dst_url: str, *, timeout: float = 600) -> int:
-    """Copies every object under `src_url` to the same relative name under `dst_url`.
-
-    For moving an export between buckets (e.g. a training bucket to a serving bucket). Uses
-    the rewrite API, which also copies between locations and storage classes, on the server:
-    the data never passes through this machine.
-
-    Args:
-        src_url: gs:// "folder" to copy, e.g. gs://train/run1/export/1700000000.
-        dst_url: gs:// "folder" to copy into, e.g. gs://serving/models/flowers/1700000000.
-        timeout: seconds for each object (listing included), retries included.
-
-    Returns:
-        The number of objects copied.
-    """
-    src_bucket, src_prefix = parse_url(src_url)
-    dst_bucket, dst_prefix = parse_url(dst_url)
-    src_prefix, dst_prefix = _as_folder(src_prefix), _as_folder(dst_prefix)
-    client = build_client()
-    retry, per_request = build_retry(timeout=timeout), _request_timeout(timeout)
-    with _explained(f"listing {src_url}", bucket=src_bucket, timeout=timeout):
-        blobs = list(client.list_blobs(src_bucket, prefix=src_prefix, timeout=per_request,
-                                       retry=retry))
-    if not blobs:
-        raise GcsError(f"Nothing to copy: no objects under {src_url}; check the path.")
-    target_bucket = client.bucket(dst_bucket)
-    for blob in blobs:
-        target = target_bucket.blob(dst_prefix + blob.name[len(src_prefix):])
-        with _explained(f"copying gs://{src_bucket}/{blob.name} to gs://{dst_bucket}/"
-                        f"{target.name}", bucket=dst_bucket, timeout=timeout):
-            _rewrite(target, blob, timeout=per_request, retry=retry)
-    logging.info("Copied %d objects from %s to %s", len(blobs), src_url, dst_url)
-    return len(blobs)
-
-
 def check_writable(urls: list[str], *, timeout: float = 30) -> None:
     """Checks that each gs:// URL's bucket exists and that objects can be written and deleted
     under it, by writing and deleting a tiny probe object there.
@@ -200,14 +165,6 @@ def _write_and_delete_probe(blob, *, url: str, timeout: float) -> None:
             blob.delete(timeout=per_request, retry=retry)
         except api.NotFound:
             pass  # a retry of a delete that had succeeded
-
-
-def _rewrite(target, source, *, timeout: float, retry) -> None:
-    token = None
-    while True:
-        token, _, _ = target.rewrite(source, token=token, timeout=timeout, retry=retry)
-        if token is None:
-            return
 
 
 def _as_folder(prefix: str) -> str:

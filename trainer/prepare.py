@@ -39,7 +39,6 @@ import tensorflow as tf
 
 from trainer import data, fileio
 
-SPLITS = ("train", "validation")
 DEFAULT_SHARD_SIZE_MB = 100
 _SHARD_RE = re.compile(r"^(train|validation)-\d{5}-of-\d{5}\.tfrecord$")
 _OWN_FILES = (data.LABELS_FILE, data.INFO_FILE)

@@ -21,8 +21,9 @@ www.googleapis.com and storage.googleapis.com over HTTPS through libcurl, which 
     make a retried upload skip its first byte, so the front drops that header;
   - sets TCP_NODELAY and sends each response in one write (otherwise Nagle's algorithm and
     delayed ACKs cost ~40 ms a request);
-  - injects faults, switchable at run time: every Nth storage request answered 503, and a
-    delay before every response.
+  - injects faults, switchable at run time: every Nth storage request answered 503, a delay
+    before every response, and a hold: no storage request is answered until the faults are
+    switched again (a stalled service, for timeout tests that must not race a delay).
 
 The child process keeps test traffic off the test process's GIL (TensorFlow calls that hold
 the GIL would otherwise deadlock against an in-process Python server) and dies when its parent
@@ -31,6 +32,12 @@ does (it exits when its stdin closes).
 Pytest: `tests/conftest.py` registers this module with `pytest_plugins`, which gives
 * `gcs` (session): the started `GcsFront`, its `env` applied to `os.environ` for the session;
 * `gcs_bucket` (function): a fresh empty bucket, as `gs://name`, with faults switched off.
+A test module must not import these fixtures (`from tests.testing.gcs_front import gcs`): pytest
+would then hold a second session fixture of that module, and each instance used to start its
+own front and point os.environ at it, so the last one started took all gs:// traffic while the
+shared `gcs_bucket` created its buckets in the first one's emulator: a 404 that depended on
+which modules ran in which order. One process now has one front, however many fixture
+definitions ask for it, and `gcs_bucket` checks that os.environ routes to it.
 
 TensorFlow reads the `GCS_*` tuning variables (block size, caches, retry delays) once, when it
 registers the gs:// filesystem at `import tensorflow`; the proxy, CA and token variables are
@@ -284,6 +291,8 @@ class _FrontState:
         self.emulator_lock = threading.Lock()
         self.every_nth_503 = 0
         self.delay_s = 0.0
+        self.hold = False
+        self.released = threading.Event()  # set when a hold ends: held requests answer then
         self.counters = {"requests": 0, "injected_503": 0, "refused": 0, "tunnels": 0}
 
     def count(self, name: str) -> int:
@@ -298,6 +307,9 @@ class _FrontState:
             with self.lock:
                 self.every_nth_503 = int(faults.get("every_nth_503", 0))
                 self.delay_s = float(faults.get("delay_s", 0.0))
+                self.hold = bool(faults.get("hold", False))
+                self.released.set()  # whatever was held is answered now
+                self.released = threading.Event()
                 self.counters["requests"] = 0
                 self.counters["injected_503"] = 0
             return _json_response(200, {"ok": True})
@@ -310,7 +322,10 @@ class _FrontState:
         """Answers one storage request: faults first, then the emulator with its fixes."""
         n = self.count("requests")
         with self.lock:
-            every_nth, delay = self.every_nth_503, self.delay_s
+            every_nth, delay, hold, released = self.every_nth_503, self.delay_s, self.hold, self.released
+        if hold:
+            released.wait(timeout=600)
+            return _error(503, "held by the GCS test front: service unavailable")
         if delay:
             time.sleep(delay)
         if every_nth and n % every_nth == 0:
@@ -555,13 +570,14 @@ class GcsFront:
         self._call(self.emulator_port, "POST", "/storage/v1/b", {"name": name})
         return f"gs://{name}"
 
-    def set_faults(self, every_nth_503: int = 0, delay_s: float = 0.0) -> None:
-        """Answers every Nth storage request with 503 and delays every response by `delay_s`.
+    def set_faults(self, every_nth_503: int = 0, delay_s: float = 0.0, hold: bool = False) -> None:
+        """Answers every Nth storage request with 503 and delays every response by `delay_s`;
+        with `hold`, answers no storage request until the next call (then 503s the held ones).
 
         Also restarts the request count, so the Nth request from now on is the first 503.
         """
         self._call(self.port, "POST", "/_front/faults",
-                   {"every_nth_503": every_nth_503, "delay_s": delay_s})
+                   {"every_nth_503": every_nth_503, "delay_s": delay_s, "hold": hold})
 
     def stats(self) -> dict:
         """Counters: `requests` and `injected_503` since the last set_faults, `refused`,
@@ -582,26 +598,55 @@ def pytest_configure(config):
     os.environ.update(STATIC_ENV)
 
 
+_SHARED = {"front": None, "users": 0, "saved": {}}
+
+
+def _acquire_front() -> GcsFront:
+    """The process's one front: started (and its env applied) by the first user."""
+    if _SHARED["front"] is None:
+        front = GcsFront().start()
+        _SHARED["saved"] = {key: os.environ.get(key) for key in front.env}
+        os.environ.update(front.env)
+        _SHARED["front"] = front
+    _SHARED["users"] += 1
+    return _SHARED["front"]
+
+
+def _release_front() -> None:
+    """Stops the front and restores os.environ once its last user is done."""
+    _SHARED["users"] -= 1
+    if _SHARED["users"] > 0:
+        return
+    for key, value in _SHARED["saved"].items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _SHARED["front"].stop()
+    _SHARED["front"] = None
+
+
 @pytest.fixture(scope="session")
 def gcs():
-    """The started GCS test front, with its `env` applied to os.environ for the session."""
-    front = GcsFront().start()
-    saved = {key: os.environ.get(key) for key in front.env}
-    os.environ.update(front.env)
+    """The started GCS test front, with its `env` applied to os.environ for the session.
+
+    One front per process, even when a test module imports this fixture and so gives pytest a
+    second definition of it (see the module docstring).
+    """
+    front = _acquire_front()
     try:
         yield front
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        front.stop()
+        _release_front()
 
 
 @pytest.fixture
 def gcs_bucket(gcs):
     """A fresh, empty bucket `gs://test-…` on the front, with faults off before and after."""
+    routed = {key: os.environ.get(key) for key in ("HTTPS_PROXY", "STORAGE_EMULATOR_HOST", "CURL_CA_BUNDLE")}
+    wanted = {key: gcs.env[key] for key in routed}
+    assert routed == wanted, (f"os.environ routes gs:// traffic elsewhere than the front that makes this "
+                              f"test's bucket: {routed} vs {wanted}; a test changed these settings")
     gcs.set_faults()
     yield gcs.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
     gcs.set_faults()
