@@ -30,7 +30,6 @@ FEATURES = "features"
 SIGNATURE_NAMES = (SERVING_DEFAULT, CLASSIFY, FEATURES)
 # TF Serving's constants (tensorflow/cc/saved_model/signature_constants.h).
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
-PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 IMAGE_KEY = "image_bytes"
 EXAMPLE_KEY = "inputs"
 EXAMPLE_IMAGE_FEATURE = "image/encoded"
