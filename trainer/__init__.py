@@ -11,5 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 __version__ = "0.1.0"
 
 from trainer import gcs as _gcs  # noqa: E402  # light: no TensorFlow import
+from trainer import quiet as _quiet  # noqa: E402
+
+_quiet.install()  # TensorFlow's C++ start-up lines, dropped at its first import
 
 _gcs.apply_tf_gcs_defaults()  # GCS_* tuning variables are read when TensorFlow is imported

@@ -19,6 +19,7 @@ BN_MODES = ("frozen", "trainable")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 AUGMENT = ("none", "flip", "randaugment")
+FROZEN_CACHE = ("auto", "on", "off")
 MIN_IMAGE_SIZE = 32
 
 
@@ -47,6 +48,8 @@ class Data:
       shuffle_buffer: examples in the training shuffle buffer.
       seed: shuffling and augmentation seed.
       num_train_examples / num_eval_examples: known example counts (dataset.json), or None.
+      cache_views: with randaugment, the random views per image the frozen phase's embedding
+        cache holds (each epoch draws one).
     """
     train_data: str
     eval_data: Optional[str]
@@ -59,6 +62,7 @@ class Data:
     seed: int = 0
     num_train_examples: Optional[int] = None
     num_eval_examples: Optional[int] = None
+    cache_views: int = 4
 
     def __post_init__(self):
         _check(bool(self.train_data), "--train_data is empty: pass a TFRecord glob or an image folder")
@@ -72,6 +76,7 @@ class Data:
                f"32x, pass --image_size={MIN_IMAGE_SIZE} or more")
         _check(self.augment in AUGMENT, f"--augment={self.augment}: choose one of {', '.join(AUGMENT)}")
         _check(self.label_offset >= 0, "--label_offset must be 0 or more")
+        _check(self.cache_views >= 1, "--cache_views must be 1 or more")
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +188,8 @@ class Runtime:
       accumulate_steps: gradient accumulation steps.
       tensorboard_dir / checkpoint_dir: override the defaults under model_dir (Vertex AI sets them).
       report: after the export, write the validation report (model_dir/eval/) through it.
+      frozen_cache: auto (train the frozen phase's head on cached embeddings where that applies),
+        on (the same, an error where it does not), off (stream images every epoch).
     """
     model_dir: str
     strategy: str = "auto"
@@ -198,6 +205,7 @@ class Runtime:
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
     report: bool = True
+    frozen_cache: str = "auto"
 
     def __post_init__(self):
         _check(bool(self.model_dir), "--model_dir is empty: pass a folder (local or gs://) or set AIP_MODEL_DIR")
@@ -208,6 +216,7 @@ class Runtime:
         _check(self.memory_budget_gb is None or self.memory_budget_gb > 0, "--memory_budget_gb must be positive")
         _check(self.max_batch_size > 0, "--max_batch_size must be positive")
         _check(self.accumulate_steps >= 1, "--accumulate_steps must be 1 or more")
+        _check(self.frozen_cache in FROZEN_CACHE, f"--frozen_cache={self.frozen_cache}: choose one of {', '.join(FROZEN_CACHE)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +229,9 @@ class Config:
     def __post_init__(self):
         _check(self.data.image_size == self.model.image_size, "data and model image sizes differ")
         _check(self.data.num_classes == self.model.num_classes, "data and model class counts differ")
+        _check(not (self.runtime.frozen_cache == "on" and self.model.bn == "trainable"),
+               "--frozen_cache=on needs --bn=frozen: with trainable BatchNormalization the backbone is no fixed "
+               "function to cache; pass --frozen_cache=auto or off")
         _check(sum(p.epochs for p in self.phases) > 0,
                "--frozen_epochs and --finetune_epochs are both 0: nothing to train")
 

@@ -413,7 +413,8 @@ class SkippedRecordsLogger(keras.callbacks.Callback):
     """Logs at every epoch end how many records the input pipelines skipped.
 
     Skipping keeps a long job alive through a few bad images; logging the count keeps it honest.
-    A warning when the count grew during the epoch, an info line otherwise.
+    A warning when the count grew during the epoch, an info line when it did not, and no line
+    while nothing was ever skipped.
     """
 
     def __init__(self, splits: Sequence[str] = ("train", "eval")):
@@ -425,6 +426,8 @@ class SkippedRecordsLogger(keras.callbacks.Callback):
         for split in self._splits:
             total = skipped_records(split)
             new, self._last[split] = total - self._last[split], total
+            if not total:
+                continue  # nothing skipped: no line
             log = logging.warning if new else logging.info
             log("epoch %d: %s input skipped %d undecodable or mislabelled record(s) so far "
                 "(%d new this epoch)", epoch + 1, split, total, new)
@@ -677,19 +680,74 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
                                     sharded=input_context is not None))
 
 
+def build_view_dataset(data_cfg, *, split: str, views: int, batch_size: int,
+                       input_context=None) -> tf.data.Dataset:
+    """Every image of a split once, in a fixed order, as `views` preprocessed views each.
+
+    What the frozen phase's embedding cache is computed from: no shuffle and no repeat, the
+    records in the order the training pipeline reads them before its shuffle (so a cache can
+    replay that shuffle), sharded per input pipeline like `build_dataset`, skipped records
+    counted the same way.
+
+    Views: augment=none gives the evaluation crop; flip the evaluation crop and its mirror;
+    randaugment `views` random training views (random crop, RandAugment, flip), each an
+    independent draw from the element's seed. The eval split always gives the evaluation crop.
+
+    Returns:
+      Dataset of (images float32 [B, V, S, S, 3] in 0..255, labels int32 [B]).
+    """
+    training = split == "train"
+    path = data_cfg.train_data if training else data_cfg.eval_data
+    what = "--train_data" if training else "--eval_data"
+    if not path:
+        raise DataError(f"{what} is empty: pass a TFRecord glob or an image folder")
+    ds, unpack = _source(data_cfg, path=path, what=what, training=False, input_context=input_context)
+    decode = _view_decoder(data_cfg, views=views if training else 1, training=training)
+    ds = _decode_counted(ds, unpack=unpack, decode=decode, counter=_counter(split, path),
+                         num_classes=len(data_cfg.class_names), training=False, seed=data_cfg.seed)
+    ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(
+        _options(training=False, ram_budget_mb=None, sharded=input_context is not None))
+
+
+def view_count(augment: str, *, randaugment_views: int) -> int:
+    """Views cached per training image: 1 without augmentation, 2 with flip, K with randaugment."""
+    return {"none": 1, "flip": 2}.get(augment, randaugment_views)
+
+
+def _view_decoder(data_cfg, *, views: int, training: bool):
+    """(image bytes, seed) -> float32 [V, S, S, 3]: the views `build_view_dataset` describes."""
+    size, mode = data_cfg.image_size, data_cfg.augment
+    random_view = _decoder(data_cfg, training=True)
+
+    def decode(image_bytes, seed):
+        if training and mode == "randaugment":
+            seeds = tf.random.experimental.stateless_split(seed, views)
+            return tf.map_fn(lambda s: tf.cast(random_view(image_bytes, s), tf.float32), seeds,
+                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        image = decode_for_eval(image_bytes, size)
+        if training and mode == "flip":
+            return tf.stack([image, tf.reverse(image, axis=[1])])
+        return image[None]
+
+    return decode
+
+
 def _decoder(data_cfg, *, training: bool):
-    """(image bytes, seed) -> one image: training gives uint8 (random crop, RandAugment when
-    asked), evaluation float32 through `decode_for_eval`, the serving preprocessing."""
+    """(image bytes, seed) -> one image: training gives uint8 (random crop, flip, RandAugment when
+    asked; with augment=none the evaluation crop as float32), evaluation float32 through
+    `decode_for_eval`, the serving preprocessing."""
     size, mode = data_cfg.image_size, data_cfg.augment
 
     def train(image_bytes, seed):
+        if mode == "none":  # no augmentation at all: the evaluation crop (as the frozen-phase cache sees it)
+            return decode_for_eval(image_bytes, size)
         crop_seed, flip_seed, augment_seed = tf.unstack(
             tf.random.experimental.stateless_split(seed, 3))
         image = decode_for_train(image_bytes, size, crop_seed)
         if mode == "randaugment":
             image = rand_augment(image, seed=augment_seed)
-        image = _to_uint8(image)
-        return image if mode == "none" else random_flip(image, flip_seed)
+        return random_flip(_to_uint8(image), flip_seed)
 
     def evaluate(image_bytes, seed):
         del seed

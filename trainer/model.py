@@ -227,6 +227,22 @@ def _without_weights(model_cfg: Model) -> Model:
     return dataclasses.replace(model_cfg, weights="none")
 
 
+def embedding_width(model: keras.Model) -> int:
+    """D of the pooled embedding."""
+    return int(model.get_layer(FEATURES_LAYER).output.shape[-1])
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """embedding -> class probabilities through the classifier's own dropout and dense layers.
+
+    The layers are shared, not copied: training this model trains the classifier's head (the
+    frozen phase on cached embeddings, trainer/embeddings.py).
+    """
+    inputs = keras.Input((embedding_width(model),), name="embedding")
+    x = model.get_layer("head_dropout")(inputs)
+    return keras.Model(inputs, model.get_layer(HEAD_LAYER)(x), name="head")
+
+
 def feature_model(model: keras.Model) -> keras.Model:
     """image -> pooled embedding (before dropout): what the `features` signature serves."""
     return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)

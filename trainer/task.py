@@ -54,6 +54,12 @@ def define_flags() -> None:
     flagutil.define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
     flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation.")
     flagutil.define("bool", "cache", False, "Cache decoded training records in memory (small datasets).")
+    flagutil.define("enum", "frozen_cache", "auto", list(config.FROZEN_CACHE),
+                    "Frozen phase: train the head on embeddings the backbone computes once per image view (auto: "
+                    "wherever the backbone is a fixed function, i.e. not with --bn=trainable or on TPUs), or stream "
+                    "images every epoch (off).")
+    flagutil.define("integer", "cache_views", 4, "With --augment=randaugment: random views per image in the frozen "
+                    "phase's embedding cache (each epoch draws one).")
     flagutil.define("enum", "strategy", "auto", list(config.STRATEGIES), "Distribution strategy.")
     flagutil.define("string", "tpu", None, "TPU name, grpc:// address, or local on a TPU VM (default $TPU_NAME).")
     flagutil.define("enum", "mixed_precision", "none", list(config.MIXED_PRECISION), "Mixed-precision policy.")
@@ -94,7 +100,7 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
     class_names = data.resolve_class_names(f.train_data, f.labels)
     data_cfg = config.Data(
         train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
-        label_offset=f.label_offset, augment=f.augment, cache=f.cache, seed=f.seed,
+        label_offset=f.label_offset, augment=f.augment, cache=f.cache, seed=f.seed, cache_views=f.cache_views,
         num_train_examples=data.count_examples(f.train_data),
         num_eval_examples=data.count_examples(f.eval_data) if f.eval_data else None)
     for path in filter(None, (f.train_data, f.eval_data)):
@@ -115,7 +121,8 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
         jit_compile=f.jit_compile, steps_per_epoch=f.steps_per_epoch, seed=f.seed, overwrite=f.overwrite,
         memory_budget_gb=f.memory_budget_gb, max_batch_size=f.max_batch_size, accumulate_steps=f.accumulate_steps,
         tensorboard_dir=f.tensorboard_dir or env.get("AIP_TENSORBOARD_LOG_DIR"),
-        checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), report=f.report)
+        checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), report=f.report,
+        frozen_cache=f.frozen_cache)
     return config.Config(data=data_cfg, model=model_cfg, phases=phases, runtime=runtime)
 
 

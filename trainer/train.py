@@ -14,13 +14,14 @@ import dataclasses
 import hashlib
 import os
 import sys
+import time
 from typing import Dict, List, Optional, Tuple
 
 from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import accumulate, data, distribute, fileio, memory, plots, preemption, schedules
+from trainer import accumulate, data, distribute, embeddings, fileio, memory, plots, preemption, schedules
 from trainer import model as model_lib
 from trainer.config import Config, ConfigError, Phase
 
@@ -28,7 +29,7 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
 _OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, "plan.json", "checkpoints", "logs", "plots", "export", "eval",
-          preemption.BACKUP_DIR)
+          preemption.BACKUP_DIR, embeddings.CACHE_DIR)
 
 
 @dataclasses.dataclass
@@ -130,6 +131,7 @@ def _finish_phase(model: keras.Model, *, cfg: Config, phase_name: str, state: Di
         fileio.write_json_atomic(fileio.join(cfg.runtime.model_dir, STATE_FILE),
                                  {"completed": [{"phase": n, "checkpoint": p} for n, p in state.items()]})
         preemption.remove_backup(cfg.runtime.model_dir, phase_name)
+        embeddings.remove_caches(cfg.runtime.model_dir)
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -210,6 +212,7 @@ def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, histo
     model_lib.set_trainable(model, phase=phase, bn=cfg.model.bn)
     counts = model_lib.parameter_counts(model)
     logging.info("starting phase %s", phase.name)
+    target, datasets = _phase_inputs(model, cfg=cfg, phase=phase, strategy=strategy, chief=chief)
 
     state = {"history": list(history)}
 
@@ -221,7 +224,7 @@ def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, histo
         recorder = HistoryRecorder(phase=phase.name, previous=state["history"],
                                    path=fileio.join(cfg.runtime.model_dir, HISTORY_FILE) if chief else None)
         try:
-            _fit_at_batch(model, cfg=cfg, phase=phase, batch_size=batch_size, strategy=strategy,
+            _fit_at_batch(target, cfg=cfg, phase=phase, batch_size=batch_size, strategy=strategy, datasets=datasets,
                           recorder=recorder, chief=chief, guard=guard, counts=counts)
         finally:
             state["history"] = recorder.history  # a retry keeps the epochs this attempt recorded
@@ -231,7 +234,29 @@ def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, histo
                                         accumulate_steps=cfg.runtime.accumulate_steps)
 
 
-def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: int, strategy,
+def _phase_inputs(model: keras.Model, *, cfg: Config, phase: Phase, strategy, chief: bool):
+    """What the phase fits, and a function batch_size -> (train, eval, eval steps) it fits on.
+
+    The classifier on images; or, in the frozen phase where the cache applies, the classifier's
+    own head on cached embeddings (trainer/embeddings.py): the same layers, trained without
+    running the backbone every epoch.
+    """
+    if phase.name == "frozen":
+        cached, reason = embeddings.applies(setting=cfg.runtime.frozen_cache, bn=cfg.model.bn, strategy=strategy)
+        if not cached and cfg.runtime.frozen_cache == "on":
+            raise ConfigError(f"--frozen_cache=on does not apply here ({reason}): pass --frozen_cache=auto")
+        logging.info("frozen phase %s: %s", "on cached embeddings" if cached else "streams images", reason)
+        if cached:
+            caches = embeddings.build_caches(
+                model, data_cfg=cfg.data, model_cfg=cfg.model, strategy=strategy, model_dir=cfg.runtime.model_dir,
+                views=data.view_count(cfg.data.augment, randaugment_views=cfg.data.cache_views),
+                memory_budget=int(memory.cpu_available_bytes() * embeddings.MEMORY_FRACTION), verbose=chief)
+            return model_lib.head_model(model), embeddings.datasets_fn(
+                caches, strategy=strategy, seed=cfg.data.seed, eval_examples=cfg.data.num_eval_examples)
+    return model, lambda batch_size: _datasets(cfg, strategy=strategy, batch_size=batch_size)
+
+
+def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: int, strategy, datasets,
                   recorder: "HistoryRecorder", chief: bool, guard: preemption.Guard, counts: dict) -> None:
     """Recompiles for `batch_size` (learning rate, schedule, datasets) and fits the phase."""
     steps = schedules.steps_per_epoch(num_examples=cfg.data.num_train_examples, batch_size=batch_size,
@@ -248,14 +273,17 @@ def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: 
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=cfg.runtime.jit_compile,
         steps_per_execution=distribute.steps_per_execution(strategy, steps_per_epoch=steps))
-    train_ds, eval_ds, eval_steps = _datasets(cfg, strategy=strategy, batch_size=batch_size)
+    train_ds, eval_ds, eval_steps = datasets(batch_size)
     backup = preemption.PhaseBackup(preemption.backup_dir(cfg.runtime.model_dir, phase.name), epochs=phase.epochs,
                                     steps_per_epoch=steps, guard=guard)
     callbacks = (memory.oom_test_hooks(phase.name)
                  + _callbacks(cfg, phase=phase, recorder=recorder, has_eval=eval_ds is not None, chief=chief)
                  + [backup])  # last: it saves after the history record and after EarlyStopping's restore
+    # A progress bar per epoch on a terminal when epochs are slow (images); else one line an epoch.
+    bar = sys.stdout.isatty() and model.name != "head"
+    callbacks += [] if bar or not chief else [EpochLogger(phase.name, epochs=phase.epochs)]
     model.fit(train_ds, epochs=phase.epochs, steps_per_epoch=steps, validation_data=eval_ds,
-              validation_steps=eval_steps, verbose=1 if sys.stdout.isatty() else 2, callbacks=callbacks)
+              validation_steps=eval_steps, verbose=1 if bar else 0, callbacks=callbacks)
 
 
 def _log_phase_table(phase: Phase, *, counts: dict, batch_size: int, lr: float, steps: Optional[int] = None) -> None:
@@ -292,6 +320,27 @@ def _callbacks(cfg: Config, *, phase: Phase, recorder: "HistoryRecorder", has_ev
         log_dir = cfg.runtime.tensorboard_dir or fileio.join(cfg.runtime.model_dir, "logs")
         callbacks.append(keras.callbacks.TensorBoard(log_dir=fileio.join(log_dir, phase.name), profile_batch=0))
     return callbacks
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One log line per epoch -- every k-th of a long phase, so that ~10 lines tell it -- plus the last."""
+
+    def __init__(self, phase: str, *, epochs: int, lines: int = 10):
+        super().__init__()
+        self.phase, self.epochs, self.every = phase, epochs, max(1, -(-epochs // lines))
+        self._start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        stopping = bool(getattr(self.model, "stop_training", False))
+        if (epoch + 1) % self.every and epoch + 1 != self.epochs and not stopping:
+            return
+        logs = logs or {}
+        metrics = " ".join(f"{k}={logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs)
+        logging.info("%s epoch %d/%d: %s (%.1f s)", self.phase, epoch + 1, self.epochs, metrics,
+                     time.perf_counter() - self._start)
 
 
 class HistoryRecorder(keras.callbacks.Callback):
