@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 import trainer  # noqa: E402,F401
 
-IMAGE_SIZE = 64
+from tests.testing.presets import IMAGE_SIZE  # noqa: E402,F401  # tests import it from tests.testing.presets
 
 # The GCS test front (gcs / gcs_bucket fixtures); it sets TF's GCS_* variables before
 # TensorFlow is first imported, so nothing above may import TensorFlow.
@@ -41,3 +41,25 @@ def pretrained_weights():
     """Notop B0 weights that learned a different synthetic task (cached across sessions)."""
     from tests.testing import pretrained
     return pretrained.pretrained_b0_weights()
+
+
+@pytest.fixture(scope="session")
+def export_base(tmp_path_factory, pretrained_weights):
+    """A tiny trained export (B0, its head fitted in closed form): the folder holding version 1."""
+    from tests.testing import fitted_export
+    return fitted_export.build(str(tmp_path_factory.getbasetemp() / "tiny_export"), weights=pretrained_weights)
+
+
+@pytest.fixture(scope="session")
+def loaded(export_base):
+    """`export_base` loaded with trainer.predict.load_export."""
+    from trainer import predict
+    return predict.load_export(export_base)
+
+
+@pytest.fixture(scope="session")
+def two_cpu_process():
+    """`run("MODULE:FUNCTION", *args)`: FUNCTION's JSON result, computed in a fresh process whose
+    CPU is split into two logical devices (for MirroredStrategy; see tests/testing/two_cpus.py)."""
+    from tests.testing import two_cpus
+    return two_cpus.run

@@ -1,10 +1,14 @@
 """Strategies: which one the environment gets, who is chief, and that they train alike.
 
-- A table of CLUSTER_SPEC / TF_CONFIG / GPU / TPU settings -> (strategy, chief), through the
-  same functions task.py and distribute.py use.
+- A table of CLUSTER_SPEC / TF_CONFIG / GPU / TPU settings -> (strategy, chief), through what
+  task.py and train.py call: `task.export_tf_config`, `distribute.build_strategy` and
+  `distribute.is_chief(strategy)`. Default and Mirrored strategies are real; the two that this
+  machine cannot make (a MultiWorkerMirroredStrategy joins its cluster when made, a TPU one needs
+  the TPU) are replaced, where strategies are made, by unstarted ones of the same classes that
+  carry the cluster resolver TensorFlow would give them.
 - MirroredStrategy over 2 logical CPU devices against the default strategy, same global batch:
-  the same weights after a few steps (in a subprocess: logical devices must be set up before
-  TensorFlow starts).
+  the same weights after a few steps (in a fresh process that the test sets up with two logical
+  CPU devices: tests/testing/two_cpus.py).
 - A real 2-process MultiWorkerMirroredStrategy job on 127.0.0.1, both phases: one export, by
   the chief; the same weights on both workers; no worker's temporary folder left behind.
 """
@@ -14,12 +18,15 @@ import os
 import re
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tensorflow as tf  # noqa: E402
+
+from tests.testing import two_cpus  # noqa: E402
+from tests.testing.cli import ROOT, task_command  # noqa: E402
 WORKER = {"cluster": {"worker": ["h0:2222", "h1:2222"]}}
 VERTEX = {"workerpool0": ["cmle-training-workerpool0-ab-0:2222"],
           "workerpool1": ["cmle-training-workerpool1-ab-0:2222", "cmle-training-workerpool1-ab-1:2222"]}
@@ -61,15 +68,68 @@ TABLE = [
 ]
 
 
+class UnstartedMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+    """A MultiWorkerMirroredStrategy as far as `is_chief` can tell: its class, and the resolver
+    TensorFlow builds for it from TF_CONFIG. Unstarted: making a real one joins the collectives
+    of its cluster, whose other machines do not exist here."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        self._resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+    cluster_resolver = property(lambda self: self._resolver)
+    num_replicas_in_sync = property(lambda self: 1)
+
+
+class UnstartedTpu(tf.distribute.TPUStrategy):
+    """A TPUStrategy as far as `is_chief` can tell (its class); making a real one needs a TPU."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        pass
+
+    cluster_resolver = property(lambda self: None)
+    num_replicas_in_sync = property(lambda self: 8)
+
+
+def kind_of(strategy) -> str:
+    from trainer import distribute
+    if distribute.is_tpu(strategy):
+        return "tpu"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "default" if distribute.is_default(strategy) else type(strategy).__name__
+
+
 @pytest.mark.parametrize("env,flag,tpu,gpus,expected,chief", TABLE)
-def test_environment_to_strategy_and_chief(env, flag, tpu, gpus, expected, chief):
+def test_environment_to_strategy_and_chief(env, flag, tpu, gpus, expected, chief, monkeypatch):
+    """task.main's path: CLUSTER_SPEC -> TF_CONFIG, build_strategy; train.run's: is_chief(strategy)."""
     from trainer import distribute, task
     env = dict(env)
     task.export_tf_config(env)
-    tf_config = distribute.parse_tf_config(env.get("TF_CONFIG"))
-    name, reason = distribute.choose(strategy=flag, tpu=tpu, tf_config=tf_config, gpus=gpus)
-    assert (name, distribute.is_chief_task(tf_config) if name == "multi_worker" else True) == (expected, chief)
+    for key in ("TF_CONFIG", "CLUSTER_SPEC", "TPU_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    physical = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [f"GPU:{i}" for i in range(gpus)] if kind == "GPU" else physical(kind))
+    monkeypatch.setitem(distribute._BUILDERS, "multi_worker", lambda tpu: UnstartedMultiWorker())
+    monkeypatch.setitem(distribute._BUILDERS, "tpu", lambda tpu: UnstartedTpu())
+    strategy = distribute.build_strategy(strategy=flag, tpu=tpu)
+    assert (kind_of(strategy), distribute.is_chief(strategy)) == (expected, chief)
+    _, reason = distribute.choose(strategy=flag, tpu=tpu, tf_config=distribute.parse_tf_config(env.get("TF_CONFIG")),
+                                  gpus=gpus)
     assert reason
+
+
+def test_mirrored_without_gpus_is_one_cpu_replica():
+    """--strategy=mirrored on a machine without GPUs: TensorFlow's own device choice, one replica
+    on the CPU (the product makes no logical devices of its own)."""
+    from trainer import distribute
+    strategy = distribute.build_strategy(strategy="mirrored", tf_config={})
+    assert isinstance(strategy, tf.distribute.MirroredStrategy) and distribute.is_chief(strategy)
+    assert strategy.num_replicas_in_sync == max(1, len(tf.config.list_logical_devices("GPU")))
 
 
 @pytest.mark.parametrize("env,flag,tpu,words", [
@@ -110,11 +170,8 @@ def _by_name(model):
     return {v.name: v.numpy() for v in model.variables}
 
 
-def mirrored_vs_default(out_path: str) -> None:
-    """Runs in a fresh process: the same 3 steps under both strategies; writes the max difference."""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+def mirrored_vs_default() -> dict:
+    """Runs in a fresh process with two logical CPUs: the same 3 steps under both strategies."""
     from trainer import config, distribute
     from trainer import model as model_lib
     import tf_keras as keras
@@ -124,7 +181,7 @@ def mirrored_vs_default(out_path: str) -> None:
     phase = config.Phase(name="finetune", epochs=1, batch_size=8, learning_rate=1e-3, unfreeze="top:2")
     weights, replicas, moved, start = {}, {}, {}, None
     for name in ("default", "mirrored"):
-        strategy = distribute.build_strategy(strategy=name)
+        strategy = distribute.build_strategy(strategy="default") if name == "default" else two_cpus.mirrored_strategy()
         with strategy.scope():
             model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", num_classes=3,
                                                             image_size=32, dropout=0.0))
@@ -139,16 +196,11 @@ def mirrored_vs_default(out_path: str) -> None:
         weights[name], replicas[name] = _by_name(model), strategy.num_replicas_in_sync
         moved[name] = max(float(np.max(np.abs(weights[name][k] - initial[k]))) for k in initial)
     diff = max(float(np.max(np.abs(weights["default"][k] - weights["mirrored"][k]))) for k in initial)
-    with open(out_path, "w") as f:
-        json.dump({"max_abs_diff": diff, "replicas": replicas, "moved": moved}, f)
+    return {"max_abs_diff": diff, "replicas": replicas, "moved": moved}
 
 
-def test_mirrored_over_two_cpus_matches_default_strategy(tmp_path):
-    out = tmp_path / "result.json"
-    result = subprocess.run([sys.executable, __file__, "mirrored_vs_default", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(out.read_text())
+def test_mirrored_over_two_cpus_matches_default_strategy(two_cpu_process):
+    got = two_cpu_process("tests.test_distribute:mirrored_vs_default")
     assert got["replicas"] == {"default": 1, "mirrored": 2}
     assert min(got["moved"].values()) > 1e-3, got  # training changed the weights ...
     assert got["max_abs_diff"] < 1e-4, got  # ... and both strategies changed them alike
@@ -164,16 +216,6 @@ def free_ports(n):
     for s in sockets:
         s.close()
     return ports
-
-
-def task_command(records, model_dir, *extra):
-    """The trainer command of the multi-process tests: B0 at 32 px, no pretrained weights; no
-    validation data and only the top block fine-tuned, since every process traces each phase's
-    step and tracing B0's whole backward pass is most of what such a tiny run costs."""
-    return [sys.executable, "-m", "trainer.task", f"--train_data={records}/train-*.tfrecord",
-            f"--model_dir={model_dir}", "--weights=none", "--unfreeze=top:1",
-            "--image_size=32", "--frozen_batch_size=8", "--finetune_batch_size=8", "--warmup_epochs=0",
-            "--early_stopping_patience=0", "--seed=1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +269,3 @@ def test_multi_worker_job_leaves_only_the_chiefs_files(multi_worker_job):
     assert not os.path.exists(os.path.join(model_dir, "backup", "frozen"))
     assert not os.path.exists(os.path.join(model_dir, "backup", "finetune"))
 
-
-if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
-    import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-    {"mirrored_vs_default": mirrored_vs_default}[sys.argv[1]](*sys.argv[2:])

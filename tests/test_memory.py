@@ -1,9 +1,6 @@
 """Memory plan (issue 7): estimates per phase, auto batch sizes, plan.json, OOM recovery, accumulation."""
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,13 +9,13 @@ import trainer  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.test_train import train_cli
+from tests.testing import two_cpus
+from tests.testing.cli import assert_one_error_line, run_module, train_flags
 from trainer import accumulate, config, memory
 from trainer import model as model_lib
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_config(model_dir, *, image_size=224, frozen="auto", finetune="auto", budget_gb=4.0, bn="frozen",
@@ -280,21 +277,16 @@ def test_accumulation_matches_one_large_batch(static):
     assert loss4 == pytest.approx(loss1, rel=1e-5) and acc4 == pytest.approx(acc1)
 
 
-def test_accumulation_under_mirrored_matches_one_large_batch():
+def test_accumulation_under_mirrored_matches_one_large_batch(two_cpu_process):
     """Two replicas (logical CPUs, set up in a fresh process), Adam, two steps: same weights."""
-    result = subprocess.run([sys.executable, "-m", "tests.test_memory", "mirrored_accumulation"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = two_cpu_process("tests.test_memory:mirrored_accumulation")
     assert report["replicas"] == 2 and report["max_weight_difference"] < 1e-5
     assert report["losses"][0] == pytest.approx(report["losses"][1], rel=1e-5)
 
 
 def mirrored_accumulation() -> dict:
-    """Runs in the subprocess: one model without and one with 4 accumulation steps."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """Runs in the two-CPU process: one model without and one with 4 accumulation steps."""
+    strategy = two_cpus.mirrored_strategy()
     x, y = tiny_data(n=16, seed=1)
     weights, losses = [], []
     for steps in (1, 4):
@@ -310,20 +302,16 @@ def mirrored_accumulation() -> dict:
     return {"replicas": strategy.num_replicas_in_sync, "max_weight_difference": diff, "losses": losses}
 
 
-def test_plan_only_cli_writes_plan_and_refuses_a_tiny_budget(demo_records, tmp_path, capsys):
-    """trainer.task --plan_only with auto batches: plan.json, or one line and exit 2."""
+def test_plan_only_cli_writes_plan_and_refuses_a_tiny_budget(demo_records, tmp_path):
+    """python -m trainer.task --plan_only with auto batches: plan.json, or one line and exit 2."""
     auto = ("--frozen_batch_size=auto", "--finetune_batch_size=auto", "--plan_only")
-    assert train_cli(tmp_path / "ok", demo_records, "none", *auto, "--memory_budget_gb=2") == 0
+    ok = run_module("trainer.task", *train_flags(tmp_path / "ok", demo_records, "none", *auto, "--memory_budget_gb=2"))
+    assert ok.returncode == 0, ok.stderr[-3000:]
     batches = {e["name"]: e["batch_size"] for e in memory.read_plan(str(tmp_path / "ok"))["phases"]}
     assert batches["frozen"] == 72  # capped by the dataset's 72 training examples
     assert 0 < batches["finetune"] <= 72
-    capsys.readouterr()
-    assert train_cli(tmp_path / "bad", demo_records, "none", *auto, "--memory_budget_gb=0.05") == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "frozen phase does not fit even 1 example" in errors[0]
-    assert "--memory_budget_gb" in errors[0]
+    bad = run_module("trainer.task", *train_flags(tmp_path / "bad", demo_records, "none", *auto,
+                                                  "--memory_budget_gb=0.05"))
+    assert assert_one_error_line(bad, "frozen phase does not fit even 1 example", "--memory_budget_gb"
+                                 ).startswith("error:")
     assert not (tmp_path / "bad" / "plan.json").exists()
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["mirrored_accumulation"]:
-    print(json.dumps(mirrored_accumulation()))

@@ -1,38 +1,29 @@
 """The training CLI: end to end on a temporary folder, and every bad input of the contract.
 
 A bad input must end in exit status 2 and ONE line on stderr naming the problem and the fix,
-no traceback, and nothing written to model_dir.
+no traceback, and nothing written to model_dir. Every run is `python -m trainer.task` in a child
+process (tests/testing/cli.py), as a user runs it.
 """
 import os
-import subprocess
-import sys
 
 import h5py
 import pytest
-import tf_keras as keras
 
-from tests.conftest import IMAGE_SIZE
-from tests.test_train import train_cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing.cli import assert_one_error_line, run_module, train_flags
+from tests.testing.presets import IMAGE_SIZE
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "trainer.task", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), timeout=600)
+    return run_module("trainer.task", *args, env=env, timeout=600)
 
 
-def error_lines(stderr: str):
-    """stderr lines that are ours (TensorFlow's C++ start-up chatter aside)."""
-    return [line for line in stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+def train_cli(model_dir, records, weights, *extra):
+    """The small two-phase run of tests/testing/cli.py's train_flags, as a child process."""
+    return cli(*train_flags(model_dir, records, weights, *extra))
 
 
 def assert_one_clear_line(result, *words):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
-    for word in words:
-        assert word in lines[0], lines[0]
+    assert assert_one_error_line(result, *words).startswith("error:")
 
 
 def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
@@ -75,14 +66,11 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_clear_line(case, tmp_path, demo_records, demo_images, capsys):
+def test_bad_input_is_one_clear_line(case, tmp_path, demo_records, demo_images):
     make_args, word = BAD_INPUTS[case]
     model_dir = tmp_path / "model"
-    code = train_cli(model_dir, demo_records, "none", *make_args(tmp_path, demo_records, demo_images))
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = error_lines(err)
-    assert len(lines) == 1 and word in lines[0], err[-2000:]
+    result = train_cli(model_dir, demo_records, "none", *make_args(tmp_path, demo_records, demo_images))
+    assert_one_clear_line(result, word)
     assert not model_dir.exists() or not os.listdir(model_dir)
 
 
@@ -97,14 +85,11 @@ def save_weights_of(path, *, backbone, classes=None):
 
 @pytest.mark.parametrize("backbone,classes,word", [("efficientnet-b1", None, "does not fit"),
                                                     ("efficientnet-b0", 3, "3 classes")])
-def test_weights_file_that_does_not_fit(tmp_path, demo_records, capsys, backbone, classes, word):
+def test_weights_file_that_does_not_fit(tmp_path, demo_records, backbone, classes, word):
     weights = save_weights_of(tmp_path / "w.h5", backbone=backbone, classes=classes)
     model_dir = tmp_path / "model"
-    code = train_cli(model_dir, demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0")
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = error_lines(err)
-    assert len(lines) == 1 and word in lines[0] and "--weights" in lines[0], err[-2000:]
+    result = train_cli(model_dir, demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0")
+    assert_one_clear_line(result, word, "--weights")
     assert not model_dir.exists() or not os.listdir(model_dir)
 
 
@@ -113,30 +98,33 @@ def test_classifier_weights_of_same_class_count_load(tmp_path, demo_records):
     weights = save_weights_of(tmp_path / "w.h5", backbone="efficientnet-b0", classes=4)
     with h5py.File(weights) as f:
         assert "head_dense" in [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
-    assert train_cli(tmp_path / "model", demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0",
-                     "--steps_per_epoch=1") == 0
+    result = train_cli(tmp_path / "model", demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0",
+                       "--steps_per_epoch=1")
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_model_dir_of_another_run(tmp_path, demo_records, capsys):
+def test_model_dir_of_another_run(tmp_path, demo_records):
     model_dir = tmp_path / "model"
-    assert train_cli(model_dir, demo_records, "none", "--frozen_epochs=1", "--finetune_epochs=0",
-                     "--steps_per_epoch=1") == 0
+    run = ("--frozen_epochs=1", "--finetune_epochs=0", "--steps_per_epoch=1")
+    first = train_cli(model_dir, demo_records, "none", *run)
+    assert first.returncode == 0, first.stderr[-3000:]
     before = sorted(os.listdir(model_dir))
-    code = train_cli(model_dir, demo_records, "none", "--frozen_epochs=1", "--finetune_epochs=0",
-                     "--steps_per_epoch=1", "--bn=trainable")
-    err = capsys.readouterr().err
-    assert code == 2 and "--overwrite" in error_lines(err)[0], err[-2000:]
+    assert_one_clear_line(train_cli(model_dir, demo_records, "none", *run, "--bn=trainable"), "--overwrite")
     assert sorted(os.listdir(model_dir)) == before
-    assert train_cli(model_dir, demo_records, "none", "--frozen_epochs=1", "--finetune_epochs=0",
-                     "--steps_per_epoch=1", "--bn=trainable", "--overwrite") == 0
+    again = train_cli(model_dir, demo_records, "none", *run, "--bn=trainable", "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
     assert '"bn": "trainable"' in (model_dir / "config.json").read_text()
 
 
-def test_imagenet_weights_offline_say_how_to_pass_a_file(tmp_path, demo_records, capsys, monkeypatch):
-    """No internet here: the real download path is kept, and its failure says what to do."""
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    code = train_cli(tmp_path / "model", demo_records, "imagenet", "--frozen_epochs=1", "--finetune_epochs=0")
-    err = capsys.readouterr().err
-    assert code == 2
-    line = error_lines(err)[0]
-    assert "imagenet" in line and "--weights=PATH" in line, line
+def test_imagenet_weights_that_cannot_download_say_how_to_pass_a_file(tmp_path, demo_records):
+    """The real download path runs (tf_keras' get_file, into an empty KERAS_HOME) and its fetch
+    fails as it does without internet, online or not (tests/testing/faulty_task.py --no_downloads):
+    one line that says what to do, and nothing in model_dir."""
+    model_dir = tmp_path / "model"
+    result = run_module("tests.testing.faulty_task", "--no_downloads", "--",
+                        *train_flags(model_dir, demo_records, "imagenet", "--frozen_epochs=1", "--finetune_epochs=0"),
+                        env={"KERAS_HOME": str(tmp_path / "keras_home")}, timeout=600)
+    refused = [line for line in result.stderr.splitlines() if line.startswith("faulty_task: download refused: ")]
+    assert len(refused) == 1 and refused[0].endswith("_notop.h5"), result.stderr[-3000:]
+    assert_one_clear_line(result, "could not download the imagenet weights", "--weights=PATH")
+    assert not model_dir.exists() or not os.listdir(model_dir)

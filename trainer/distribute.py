@@ -150,17 +150,10 @@ def _tpu(tpu: Optional[str]) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
-def _mirrored(tpu: Optional[str]) -> tf.distribute.Strategy:
-    """All GPUs, or every logical CPU device when there is no GPU (tests, the benchmark)."""
-    del tpu
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
-
-
 _BUILDERS = {
     "tpu": _tpu,
     "multi_worker": lambda tpu: tf.distribute.MultiWorkerMirroredStrategy(),
-    "mirrored": _mirrored,
+    "mirrored": lambda tpu: tf.distribute.MirroredStrategy(),  # every local GPU; the CPU without one
     "default": lambda tpu: tf.distribute.get_strategy(),
 }
 

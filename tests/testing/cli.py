@@ -1,0 +1,57 @@
+"""Running the package's commands as the user does: `python -m trainer.<command>` in a child
+process, so no test drives absl's process-wide FLAGS and every run starts from a clean slate.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from typing import Mapping, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_OUR_ERROR = re.compile(r"^(error|trainer\.\w+): ")
+
+
+def run_module(module: str, *args: str, env: Optional[Mapping[str, str]] = None,
+               timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root; env is added to os.environ."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list:
+    """stderr lines that are the command's own errors or a traceback (TensorFlow's and absl's log
+    records aside)."""
+    return [line for line in stderr.splitlines() if _OUR_ERROR.match(line) or "Traceback" in line]
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
+    """The run ended with `code` and exactly one error line, no traceback, naming every word."""
+    assert result.returncode == code, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "Traceback" not in lines[0], result.stderr[-3000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def task_command(records: str, model_dir: str, *extra: str, module: str = "trainer.task") -> list:
+    """The trainer command of the multi-process tests: B0 at 32 px, no pretrained weights; no
+    validation data and only the top block fine-tuned, since every process traces each phase's
+    step and tracing B0's whole backward pass is most of what such a tiny run costs."""
+    return [sys.executable, "-m", module, f"--train_data={records}/train-*.tfrecord",
+            f"--model_dir={model_dir}", "--weights=none", "--unfreeze=top:1",
+            "--image_size=32", "--frozen_batch_size=8", "--finetune_batch_size=8", "--warmup_epochs=0",
+            "--early_stopping_patience=0", "--seed=1", *extra]
+
+
+def train_flags(model_dir, records: str, weights: str, *extra: str) -> list:
+    """The flags of the small two-phase runs on the demo's TFRecords (B0 at IMAGE_SIZE, 4 steps
+    an epoch, rates as given), for `run_module('trainer.task', *train_flags(...))`."""
+    from tests.testing.presets import IMAGE_SIZE  # pylint: disable=import-outside-toplevel
+    return [f"--train_data={records}/train-*.tfrecord", f"--eval_data={records}/validation-*.tfrecord",
+            f"--model_dir={model_dir}", f"--weights={weights}", f"--image_size={IMAGE_SIZE}",
+            "--frozen_batch_size=16", "--finetune_batch_size=8", "--lr_base_batch_size=0",
+            "--frozen_learning_rate=0.01", "--finetune_learning_rate=0.0005", "--warmup_epochs=0",
+            "--early_stopping_patience=0", "--steps_per_epoch=4", "--seed=1", "--noreport", *extra]
