@@ -1,11 +1,13 @@
 """Preemption across phases, with real processes and real signals.
 
 One job, stopped twice inside the fine-tune phase and restarted with the same command each time
-(what Vertex AI does): first `kill -9` once the phase has backed up an epoch, then SIGTERM once
-the restarted process has backed up another, then a run to the end. Assertions are on what the
-three processes did: the frozen phase never ran again and its checkpoint never changed, each
-restart began at the epoch (and step) its backup held, SIGTERM led to a save and exit status
-143, and history.json ends with each (phase, epoch) exactly once.
+(what Vertex AI does): first `kill -9` right after the phase has backed up its first epoch, then
+SIGTERM at the first step of the restarted process's second epoch, then a run to the end. The
+signals are real; tests/testing/faulty_task.py sends them from inside the trainer's backup
+callback at those exact points, so every run stops at the same place. Assertions are on what
+the three processes did: the frozen phase never ran again and its checkpoint never changed,
+each restart began at the epoch (and step) its backup held, SIGTERM led to a save and exit
+status 143, and history.json ends with each (phase, epoch) exactly once.
 """
 import hashlib
 import json
@@ -13,12 +15,12 @@ import os
 import re
 import signal
 import subprocess
-import time
+import sys
 import types
 
 import pytest
 
-from tests.test_distribute import ROOT, task_command
+from tests.testing.cli import ROOT, task_command
 
 FINETUNE_EPOCHS = 4
 STEPS = 3
@@ -36,19 +38,6 @@ def finish(proc, log, timeout=900):
         proc.kill()
         log.close()
     return proc.returncode, open(log.name).read()
-
-
-def wait_for(condition, proc, timeout=900):
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, "the run ended before the point where it was to be stopped"
-        assert time.time() < deadline, "timed out waiting for the run"
-        time.sleep(0.05)
-
-
-def stamp(path):
-    """What identifies one version of a file (None while absent)."""
-    return os.stat(path).st_mtime_ns if os.path.exists(path) else None
 
 
 def digest(folder):
@@ -71,10 +60,11 @@ def saved_position(backup):
     return tuple(int(reader.get_tensor(f"{k}/.ATTRIBUTES/VARIABLE_VALUE")) for k in ("ckpt_saved_epoch", "ckpt_saved_batch"))
 
 
-def first_finetune_epoch(log):
-    """The first `Epoch k/N` Keras printed for the fine-tune phase of one process."""
-    found = re.findall(rf"^Epoch (\d+)/{FINETUNE_EPOCHS}$", log, flags=re.M)
-    return int(found[0]) if found else None
+def finetune_start(log):
+    """(epoch, step), both 1-based, where one process began training the fine-tune phase: the
+    first `faulty_task: finetune epoch E starts at step S` line (tests/testing/faulty_task.py)."""
+    found = re.findall(r"^faulty_task: finetune epoch (\d+) starts at step (\d+)$", log, flags=re.M)
+    return tuple(int(x) for x in found[0]) if found else None
 
 
 def test_guard_turns_sigterm_into_save_then_exit_and_restores_the_handler():
@@ -104,50 +94,52 @@ def _enter_guard_in_thread(preemption, tf, errors):
         errors.append(repr(e))
 
 
+KILL_AFTER_EPOCH = 1  # SIGKILL once fine-tune epoch 1 is recorded and backed up
+SIGTERM_AT = (3, 1)  # SIGTERM at epoch 3, step 1: the restart's second epoch, mid-epoch
+
+
 @pytest.fixture(scope="module")
 def preempted(tmp_path_factory, demo_records):
     model_dir = str(tmp_path_factory.mktemp("preempted") / "run")
-    command = task_command(demo_records, model_dir, "--frozen_epochs=1", f"--finetune_epochs={FINETUNE_EPOCHS}",
-                           f"--steps_per_epoch={STEPS}")
+    flags = task_command(demo_records, model_dir, "--frozen_epochs=1", f"--finetune_epochs={FINETUNE_EPOCHS}",
+                         f"--steps_per_epoch={STEPS}")[3:]  # without `python -m trainer.task`
+    faulty = [sys.executable, "-m", "tests.testing.faulty_task"]
     backup = os.path.join(model_dir, "backup", "finetune", "chief")
-    marker = os.path.join(backup, "checkpoint")
     run = types.SimpleNamespace(model_dir=model_dir)
 
-    proc, log = start(command, f"{model_dir}.killed.log")
-    wait_for(lambda: stamp(marker) is not None, proc)
-    proc.send_signal(signal.SIGKILL)
-    run.killed_rc, run.killed_log = finish(proc, log)
+    run.killed_rc, run.killed_log = finish(*start(
+        faulty + [f"--kill_after_backup=finetune:{KILL_AFTER_EPOCH}", "--", *flags], f"{model_dir}.killed.log"))
     run.epochs_at_kill = finetune_epochs_done(model_dir)
+    run.saved_at_kill = saved_position(backup)
     run.frozen_digest = digest(os.path.join(model_dir, "checkpoints", "frozen"))
 
-    before = stamp(marker)
-    proc, log = start(command, f"{model_dir}.sigterm.log")
-    wait_for(lambda: stamp(marker) != before, proc)
-    proc.send_signal(signal.SIGTERM)
-    run.sigterm_rc, run.sigterm_log = finish(proc, log)
+    epoch, step = SIGTERM_AT
+    run.sigterm_rc, run.sigterm_log = finish(*start(
+        faulty + [f"--sigterm_at_step=finetune:{epoch}:{step}", "--", *flags], f"{model_dir}.sigterm.log"))
     run.saved = saved_position(backup)
 
-    run.final_rc, run.final_log = finish(*start(command, f"{model_dir}.final.log"))
+    run.final_rc, run.final_log = finish(*start(faulty + ["--", *flags], f"{model_dir}.final.log"))
     return run
 
 
 def test_killed_run_restarts_in_finetune_at_its_backed_up_epoch(preempted):
-    assert preempted.killed_rc == -signal.SIGKILL
+    assert preempted.killed_rc == -signal.SIGKILL, preempted.killed_log[-3000:]
     assert "starting phase frozen" in preempted.killed_log
-    resumed_at = first_finetune_epoch(preempted.sigterm_log)
-    assert resumed_at is not None and resumed_at >= 2, preempted.sigterm_log[-3000:]
-    # The kill may fall between an epoch's history record and its backup: then that epoch reruns.
-    assert resumed_at in (preempted.epochs_at_kill, preempted.epochs_at_kill + 1)
+    assert preempted.epochs_at_kill == KILL_AFTER_EPOCH  # recorded in history.json ...
+    assert preempted.saved_at_kill == (KILL_AFTER_EPOCH - 1, STEPS - 1)  # ... and backed up at its last step
+    assert finetune_start(preempted.killed_log) == (1, 1)
+    assert finetune_start(preempted.sigterm_log) == (KILL_AFTER_EPOCH + 1, 1), preempted.sigterm_log[-3000:]
     assert re.search(r"resuming .*: phase\(s\) frozen already done", preempted.sigterm_log)
 
 
 def test_sigterm_saves_then_exits_and_the_restart_continues_from_that_save(preempted):
     assert preempted.sigterm_rc == 143, preempted.sigterm_log[-3000:]
     assert "SIGTERM: saving a backup" in preempted.sigterm_log
-    epoch, step = preempted.saved
-    assert epoch + 1 >= first_finetune_epoch(preempted.sigterm_log)
-    expected = epoch + 1 + (1 if step == STEPS - 1 else 0)  # after an epoch's last step: the next epoch
-    assert first_finetune_epoch(preempted.final_log) == expected, (preempted.saved, preempted.final_log[-3000:])
+    epoch, step = SIGTERM_AT
+    assert preempted.saved == (epoch - 1, step - 1)  # 0-based: the step the signal arrived in
+    assert f"finetune epoch {epoch + 1} starts" not in preempted.sigterm_log  # it stopped there
+    # Mid-epoch save: the restart continues inside that same epoch, at the step after the saved one.
+    assert finetune_start(preempted.final_log) == (epoch, step + 1), (preempted.saved, preempted.final_log[-3000:])
 
 
 def test_frozen_phase_never_reruns(preempted):

@@ -14,7 +14,10 @@ as `python -m trainer.task` would:
                                   without internet (name resolution); each refused URL is printed
                                   on stderr as `faulty_task: download refused: URL`.
 
-The signals are real (os.kill on this process): only their timing is chosen.
+The signals are real (os.kill on this process): only their timing is chosen. Whatever the
+faults, the wrapper prints `faulty_task: PHASE epoch E starts at step S` (both 1-based) at the
+first step each epoch trains, so a test reads where a (restarted) run began from one fixed line,
+not from Keras' or the trainer's progress output.
 """
 from __future__ import annotations
 
@@ -33,14 +36,23 @@ def _phase_of(backup) -> str:
     return os.path.basename(str(backup.backup_dir).rstrip("/"))
 
 
-def _track_epochs(backup_class) -> None:
-    """Each PhaseBackup remembers the (1-based) epoch it is in."""
-    original = backup_class.on_epoch_begin
+def track_epochs() -> None:
+    """Each PhaseBackup remembers the (1-based) epoch it is in and prints where it starts."""
+    from trainer import preemption  # pylint: disable=import-outside-toplevel
+    begin, batch_begin = preemption.PhaseBackup.on_epoch_begin, preemption.PhaseBackup.on_train_batch_begin
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.faulty_task_epoch = epoch + 1
-        return original(self, epoch, logs)
-    backup_class.on_epoch_begin = on_epoch_begin
+        self.faulty_task_epoch, self.faulty_task_started = epoch + 1, False
+        return begin(self, epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not getattr(self, "faulty_task_started", True):
+            self.faulty_task_started = True
+            print(f"faulty_task: {_phase_of(self)} epoch {self.faulty_task_epoch} starts at step {batch + 1}",
+                  file=sys.stderr, flush=True)
+        return batch_begin(self, batch, logs)
+    preemption.PhaseBackup.on_epoch_begin = on_epoch_begin
+    preemption.PhaseBackup.on_train_batch_begin = on_train_batch_begin
 
 
 def kill_after_backup(phase: str, epoch: int) -> None:
@@ -57,7 +69,6 @@ def kill_after_backup(phase: str, epoch: int) -> None:
 
 def sigterm_at_step(phase: str, epoch: int, step: int) -> None:
     from trainer import preemption  # pylint: disable=import-outside-toplevel
-    _track_epochs(preemption.PhaseBackup)
     original = preemption.PhaseBackup.on_train_batch_end
 
     def on_train_batch_end(self, batch, logs=None):
@@ -85,6 +96,7 @@ def main(argv) -> None:
     parser.add_argument("--no_downloads", action="store_true")
     split = argv.index("--") if "--" in argv else len(argv)
     args, trainer_flags = parser.parse_args(argv[:split]), argv[split + 1:]
+    track_epochs()
     if args.kill_after_backup:
         phase, epoch = args.kill_after_backup.split(":")
         kill_after_backup(phase, int(epoch))
