@@ -1,8 +1,8 @@
 """Evaluation reports on a tiny trained export: files that parse, numbers that match numpy.
 
-The export is B0 at 64 px from the tests' small pretrained backbone, with its head fitted in
-closed form on the pooled features of demo images (seconds, where a Keras fit would trace the whole
-network for minutes). It is made once and shared by this module and tests/test_predict.py.
+The export is the conftest fixture `export_base` (tests/testing/fitted_export.py): B0 at 64 px from
+the tests' small pretrained backbone, its head fitted in closed form, made once a session and
+shared with tests/test_predict.py. The CLI runs as `python -m trainer.evaluate`.
 """
 import csv
 import io
@@ -15,50 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.conftest import IMAGE_SIZE
-from trainer import config, data, demo, evaluate, predict, reports
-from trainer import model as model_lib
-
-RIDGE = 1e-3
-LOGIT_SCALE = 5.0
-
-
-def fit_head(model, images_dir: str) -> None:
-    """Ridge regression of one-hot labels on the pooled features, written into the head layer."""
-    paths, labels = data.list_image_files(images_dir, class_names=demo.TASKS["shapes"])
-    pixels = np.stack([data.decode_for_eval(tf.io.read_file(p), IMAGE_SIZE).numpy() for p in paths])
-    feats = model_lib.feature_model(model).predict(pixels, verbose=0).astype(np.float64)
-    x = np.c_[feats, np.ones(len(feats))]
-    onehot = np.eye(len(demo.TASKS["shapes"]))[labels]
-    coef = np.linalg.solve(x.T @ x + RIDGE * np.eye(x.shape[1]), x.T @ onehot) * LOGIT_SCALE
-    model.get_layer(model_lib.HEAD_LAYER).set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
-
-
-def tiny_export(base: str, *, weights: str) -> str:
-    """The export base (holding version 1), built on first use in this test session."""
-    from trainer import export  # pylint: disable=import-outside-toplevel
-    export_base = os.path.join(base, "export")
-    if os.path.isdir(os.path.join(export_base, "1")):
-        return export_base
-    images = os.path.join(base, "head_images")
-    demo.write_images(images, task="shapes", per_class=8, size=96, seed=7)
-    model = model_lib.build_classifier(config.Model(
-        backbone="efficientnet-b0", weights=weights, num_classes=4, image_size=IMAGE_SIZE))
-    fit_head(model, images)
-    export.export_saved_model(model, class_names=list(demo.TASKS["shapes"]), image_size=IMAGE_SIZE,
-                              export_base=export_base, version=1, verify=False)
-    return export_base
-
-
-@pytest.fixture(scope="module")
-def export_base(tmp_path_factory, pretrained_weights):
-    return tiny_export(str(tmp_path_factory.getbasetemp() / "tiny_export"), weights=pretrained_weights)
-
-
-@pytest.fixture(scope="module")
-def loaded(export_base):
-    return predict.load_export(export_base)
-
+from tests.testing.cli import assert_one_error_line, run_module
+from trainer import demo, evaluate, reports
 
 @pytest.fixture(scope="module")
 def validation(demo_records):
@@ -148,7 +106,7 @@ def test_metrics_equal_numpy_recomputation(report, loaded, validation):
             assert confusion[t, p] == np.sum((labels == t) & (pred == p))
 
 
-def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path, capsys):
+def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path):
     folder = tmp_path / "data"
     for name in demo.TASKS["shapes"]:
         (folder / name).mkdir(parents=True)
@@ -156,34 +114,23 @@ def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path, cap
             shutil.copy(os.path.join(demo_images, name, src), folder / name / src)
     (folder / "circle" / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "report"
-    code = run_cli(f"--model={export_base}", f"--data={folder}", f"--output_dir={out}", "--top_k=3")
-    assert code == 0
+    result = run_module("trainer.evaluate", f"--model={export_base}", f"--data={folder}", f"--output_dir={out}",
+                        "--top_k=3")
+    assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / evaluate.METRICS_FILE).read_text())
     assert metrics["num_examples"] == 8 and metrics["skipped_images"] == 1
     assert metrics["export_dir"] == os.path.join(export_base, "1")
     skipped = read_csv(out / evaluate.SKIPPED_FILE)
     assert [r[0] for r in skipped[1:]] == [str(folder / "circle" / "broken.jpg")]
-    assert "accuracy" in capsys.readouterr().out
+    assert "accuracy" in result.stdout and f"report: {out}" in result.stdout
 
 
-def test_cli_refuses_missing_data_in_one_line(export_base, tmp_path, capsys):
-    code = run_cli(f"--model={export_base}", f"--data={tmp_path}/nothing-*", f"--output_dir={tmp_path}/r")
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "matches no file" in err
-    code = run_cli(f"--model={tmp_path}", f"--data={tmp_path}", f"--output_dir={tmp_path}/r")
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "--model" in err
-
-
-def run_cli(*argv):
-    evaluate.define_flags()
-    evaluate.FLAGS.unparse_flags()
-    evaluate.FLAGS(["trainer.evaluate", *argv])
-    try:
-        evaluate.main(["trainer.evaluate"])
-    except SystemExit as e:
-        return e.code
-    return 0
+def test_cli_refuses_missing_data_in_one_line(export_base, tmp_path):
+    result = run_module("trainer.evaluate", f"--model={export_base}", f"--data={tmp_path}/nothing-*",
+                        f"--output_dir={tmp_path}/r")
+    assert_one_error_line(result, "matches no file")
+    result = run_module("trainer.evaluate", f"--model={tmp_path}", f"--data={tmp_path}", f"--output_dir={tmp_path}/r")
+    assert_one_error_line(result, "--model")
 
 
 def test_confusion_matrix_stays_readable_with_many_classes(tmp_path):

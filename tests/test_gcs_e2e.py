@@ -12,8 +12,6 @@ storage requests must match the clean one exactly.
 """
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import numpy as np
@@ -22,15 +20,14 @@ import pytest
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
-from tests.conftest import IMAGE_SIZE  # noqa: E402
+from tests.testing import cli  # noqa: E402
+from tests.testing.presets import IMAGE_SIZE  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY_NTH_503 = 20
 
 
 def run_module(module, *args, env):
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = cli.run_module(module, *args, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

@@ -1,6 +1,6 @@
-"""Batch prediction and features through the tiny export: what the CLI writes is what the
-signatures answer, row for row, and a bad image is listed and skipped."""
-import contextlib
+"""Batch prediction and features through the tiny export (the conftest fixtures `export_base` and
+`loaded`): what the CLI (`python -m trainer.predict`) writes is what the signatures answer, row for
+row, and a bad image is listed and skipped."""
 import csv
 import io
 import os
@@ -14,25 +14,16 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.test_evaluate import export_base, loaded  # noqa: E402,F401  # the shared tiny export
+from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
 from trainer import demo, predict  # noqa: E402
 
 TOP_K = 3
 
 
 def run_cli(*argv):
-    """Runs trainer.predict's main in-process; returns (exit code, stdout, stderr)."""
-    predict.define_flags()
-    predict.FLAGS.unparse_flags()
-    predict.FLAGS(["trainer.predict", *argv])
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            predict.main(["trainer.predict"])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+    """`python -m trainer.predict argv...`; returns (exit code, stdout, stderr)."""
+    result = run_module("trainer.predict", *argv)
+    return result.returncode, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +43,7 @@ def inputs(demo_images, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cli_run(export_base, inputs, tmp_path_factory):  # noqa: F811
+def cli_run(export_base, inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("predict")
     code, stdout, stderr = run_cli(
         f"--model={export_base}", f"--input={inputs}/*/*.jpg,{inputs}/extra", f"--output={out}/preds.csv",
@@ -68,7 +59,7 @@ def read(path):
         return f.read()
 
 
-def test_csv_rows_match_serving_default(cli_run, inputs, loaded):  # noqa: F811
+def test_csv_rows_match_serving_default(cli_run, inputs, loaded):
     rows, _, _, _ = cli_run
     assert rows[0] == ["path", "class_1", "score_1", "class_2", "score_2", "class_3", "score_3"]
     paths = [r[0] for r in rows[1:]]
@@ -81,7 +72,7 @@ def test_csv_rows_match_serving_default(cli_run, inputs, loaded):  # noqa: F811
     np.testing.assert_allclose(np.array([r[2::2] for r in rows[1:]], float), scores, atol=1e-5)
 
 
-def test_features_rows_match_features_signature(cli_run, loaded):  # noqa: F811
+def test_features_rows_match_features_signature(cli_run, loaded):
     rows, feats, _, _ = cli_run
     paths = [r[0] for r in rows[1:]]
     expected = loaded.features(image_bytes=tf.constant([read(p) for p in paths]))["features"].numpy()
@@ -108,11 +99,13 @@ def test_stdout_shows_top_k_per_image(cli_run):
     assert f"wrote {len(rows) - 1} row(s)" in stdout
 
 
-def test_errors_are_one_line(export_base, inputs, tmp_path):  # noqa: F811
-    code, _, err = run_cli(f"--model={export_base}", f"--input={inputs}/nothing-*.jpg", f"--output={tmp_path}/p.csv")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "matches no image file" in err
-    code, _, err = run_cli(f"--model={tmp_path}/none", f"--input={inputs}/extra", f"--output={tmp_path}/p.csv")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
+def test_errors_are_one_line(export_base, inputs, tmp_path):
+    result = run_module("trainer.predict", f"--model={export_base}", f"--input={inputs}/nothing-*.jpg",
+                        f"--output={tmp_path}/p.csv")
+    assert_one_error_line(result, "matches no image file")
+    result = run_module("trainer.predict", f"--model={tmp_path}/none", f"--input={inputs}/extra",
+                        f"--output={tmp_path}/p.csv")
+    assert_one_error_line(result, "does not exist")
     assert not os.path.exists(tmp_path / "p.csv")
 
 
@@ -130,7 +123,7 @@ def test_model_dir_resolves_to_newest_numeric_version(tmp_path):
     assert predict.resolve_export_dir(str(tmp_path / "export" / "2")) == str(tmp_path / "export" / "2")
 
 
-def test_gcs_inputs_and_outputs(gcs_bucket, inputs, loaded, capsys):  # noqa: F811
+def test_gcs_inputs_and_outputs(gcs_bucket, inputs, loaded, capsys):
     """gs:// folders in, CSV and features out, through TensorFlow's own gs:// client."""
     for name in ("circle", "square"):
         for path in sorted((inputs / name).glob("*.jpg")):
