@@ -280,6 +280,16 @@ def _error(status: int, message: str) -> _Response:
 # ----------------------------------------------------------------------------------------------
 # The front's behaviour: faults, emulator fixes, forwarding.
 
+def _bucket_of(target: str) -> str:
+    """The bucket a storage request is about: JSON API (/storage/v1/b/B, /upload/..., /download/...)
+    or XML API (/B/object), which TensorFlow reads objects with; "" for none."""
+    parts = urllib.parse.urlsplit(target).path.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part == "b" and i >= 2 and parts[i - 1] == "v1":
+            return parts[i + 1]
+    return parts[1] if len(parts) > 2 and parts[1] not in ("storage", "upload", "download") else ""
+
+
 class _FrontState:
     """Shared by all connections of the front: emulator address, faults and counters."""
 
@@ -294,6 +304,7 @@ class _FrontState:
         self.hold = False
         self.released = threading.Event()  # set when a hold ends: held requests answer then
         self.counters = {"requests": 0, "injected_503": 0, "refused": 0, "tunnels": 0}
+        self.by_bucket: dict[str, int] = {}  # storage requests per bucket, never reset
 
     def count(self, name: str) -> int:
         with self.lock:
@@ -315,12 +326,15 @@ class _FrontState:
             return _json_response(200, {"ok": True})
         if path == "/_front/stats":
             with self.lock:
-                return _json_response(200, dict(self.counters))
+                return _json_response(200, {**self.counters, "by_bucket": dict(self.by_bucket)})
         return _error(404, f"no control endpoint {path}")
 
     def serve(self, req: _Request, *, scheme: str) -> _Response:
         """Answers one storage request: faults first, then the emulator with its fixes."""
         n = self.count("requests")
+        bucket = _bucket_of(req.target)
+        with self.lock:
+            self.by_bucket[bucket] = self.by_bucket.get(bucket, 0) + 1
         with self.lock:
             every_nth, delay, hold, released = self.every_nth_503, self.delay_s, self.hold, self.released
         if hold:
@@ -581,7 +595,8 @@ class GcsFront:
 
     def stats(self) -> dict:
         """Counters: `requests` and `injected_503` since the last set_faults, `refused`,
-        `tunnels`."""
+        `tunnels`; `by_bucket`: storage requests per bucket name since the front started (what
+        a test counts when other tests' late traffic must not count)."""
         return self._call(self.port, "GET", "/_front/stats")
 
 
