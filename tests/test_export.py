@@ -6,8 +6,6 @@ with the same contract, which exports in seconds.
 """
 import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,9 +19,9 @@ from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
 
 from serving import signatures  # noqa: E402
 from tests.testing import serving_server  # noqa: E402
+from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
 from trainer import config, data, export, model as model_lib  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 
 
@@ -187,7 +185,8 @@ def test_bad_inputs_are_refused_before_writing(tmp_path, kwargs, message):
     assert not (tmp_path / "export").exists()
 
 
-def test_cli_reexports_a_run(tmp_path, monkeypatch, capsys):
+def test_reexport_of_a_run(tmp_path, monkeypatch):
+    """What `python -m trainer.export` runs (export.reexport), with the run's restore injected."""
     from trainer import train
     cfg = config.Config(
         data=config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=SIZE),
@@ -200,34 +199,17 @@ def test_cli_reexports_a_run(tmp_path, monkeypatch, capsys):
         asked.append((model_dir, checkpoint))
         return small_net(2), cfg
     monkeypatch.setattr(train, "restore_trained_model", restore)
-    assert run_export_cli(f"--model_dir={tmp_path}", "--checkpoint=ckpt-7", "--version=3") == 0
+    path = export.reexport(model_dir=str(tmp_path), checkpoint="ckpt-7", version=3)
     assert asked == [(str(tmp_path), "ckpt-7")]
-    assert capsys.readouterr().out.strip().endswith(os.path.join(str(tmp_path), "export", "3"))
-    assert run_export_cli(f"--model_dir={tmp_path}", "--version=3") == 2
-    assert "already exists" in capsys.readouterr().err
+    assert path.endswith(os.path.join(str(tmp_path), "export", "3"))
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    with pytest.raises(export.ExportError, match="already exists"):  # a ValueError: main's one line, exit 2
+        export.reexport(model_dir=str(tmp_path), version=3)
 
 
-def run_export_cli(*argv) -> int:
-    """trainer.export's main in-process, its flags parsed as absl would; returns the exit status."""
-    export.define_flags()
-    export.flags.FLAGS.unparse_flags()
-    export.flags.FLAGS(["trainer.export", *argv])
-    try:
-        export.main(["trainer.export"])
-    except SystemExit as e:
-        return e.code
-    return 0
-
-
-def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
-    for model_dir, says in ((tmp_path / "nothing", "config.json"), (tmp_path / "a-file", "is a file, not a folder")):
-        proc = subprocess.run([sys.executable, "-m", "trainer.export", f"--model_dir={model_dir}"],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2
-        assert "Traceback" not in proc.stderr
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and says in errors[0], proc.stderr
-    assert run_export_cli() == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--model_dir" in err[0]
+    for flags, says in (([f"--model_dir={tmp_path / 'nothing'}"], "config.json"),
+                        ([f"--model_dir={tmp_path / 'a-file'}"], "is a file, not a folder"),
+                        ([], "--model_dir")):
+        assert assert_one_error_line(run_module("trainer.export", *flags, timeout=300), says).startswith("error:")
