@@ -21,9 +21,9 @@ www.googleapis.com and storage.googleapis.com over HTTPS through libcurl, which 
     make a retried upload skip its first byte, so the front drops that header;
   - sets TCP_NODELAY and sends each response in one write (otherwise Nagle's algorithm and
     delayed ACKs cost ~40 ms a request);
-  - injects faults, switchable at run time: every Nth storage request answered 503, a delay
-    before every response, and a hold: no storage request is answered until the faults are
-    switched again (a stalled service, for timeout tests that must not race a delay).
+  - injects faults, switchable at run time: every Nth storage request answered 503, and a
+    hold: no storage request is answered until the faults are switched again (a stalled
+    service: a timeout test then has no delay to race against its budget).
 
 The child process keeps test traffic off the test process's GIL (TensorFlow calls that hold
 the GIL would otherwise deadlock against an in-process Python server) and dies when its parent
@@ -65,7 +65,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -300,7 +299,6 @@ class _FrontState:
         self.lock = threading.Lock()
         self.emulator_lock = threading.Lock()
         self.every_nth_503 = 0
-        self.delay_s = 0.0
         self.hold = False
         self.released = threading.Event()  # set when a hold ends: held requests answer then
         self.counters = {"requests": 0, "injected_503": 0, "refused": 0, "tunnels": 0}
@@ -317,7 +315,6 @@ class _FrontState:
             faults = json.loads(req.body or b"{}")
             with self.lock:
                 self.every_nth_503 = int(faults.get("every_nth_503", 0))
-                self.delay_s = float(faults.get("delay_s", 0.0))
                 self.hold = bool(faults.get("hold", False))
                 self.released.set()  # whatever was held is answered now
                 self.released = threading.Event()
@@ -336,12 +333,10 @@ class _FrontState:
         with self.lock:
             self.by_bucket[bucket] = self.by_bucket.get(bucket, 0) + 1
         with self.lock:
-            every_nth, delay, hold, released = self.every_nth_503, self.delay_s, self.hold, self.released
+            every_nth, hold, released = self.every_nth_503, self.hold, self.released
         if hold:
             released.wait(timeout=600)
             return _error(503, "held by the GCS test front: service unavailable")
-        if delay:
-            time.sleep(delay)
         if every_nth and n % every_nth == 0:
             self.count("injected_503")
             return _error(503, "injected by the GCS test front: service unavailable")
@@ -584,14 +579,14 @@ class GcsFront:
         self._call(self.emulator_port, "POST", "/storage/v1/b", {"name": name})
         return f"gs://{name}"
 
-    def set_faults(self, every_nth_503: int = 0, delay_s: float = 0.0, hold: bool = False) -> None:
-        """Answers every Nth storage request with 503 and delays every response by `delay_s`;
-        with `hold`, answers no storage request until the next call (then 503s the held ones).
+    def set_faults(self, every_nth_503: int = 0, hold: bool = False) -> None:
+        """Answers every Nth storage request with 503; with `hold`, answers no storage request
+        until the next call (then 503s the held ones).
 
         Also restarts the request count, so the Nth request from now on is the first 503.
         """
         self._call(self.port, "POST", "/_front/faults",
-                   {"every_nth_503": every_nth_503, "delay_s": delay_s, "hold": hold})
+                   {"every_nth_503": every_nth_503, "hold": hold})
 
     def stats(self) -> dict:
         """Counters: `requests` and `injected_503` since the last set_faults, `refused`,
