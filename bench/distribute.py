@@ -26,7 +26,13 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
     from trainer import config, distribute, model as model_lib  # pylint: disable=import-outside-toplevel
-    strategy = distribute.build_strategy(strategy=name)
+    if name == "mirrored" and not tf.config.list_physical_devices("GPU"):
+        # Two logical CPU devices stand in for two GPUs (the product mirrors over real GPUs only).
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    else:
+        strategy = distribute.build_strategy(strategy=name)
     with strategy.scope():
         model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", num_classes=10,
                                                         image_size=image_size))

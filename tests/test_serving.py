@@ -18,11 +18,6 @@ import pytest
 from PIL import Image
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tests.testing import gcs_front  # noqa: E402
-from tests.testing.gcs_front import gcs, gcs_bucket  # noqa: E402,F401  (this module's own front: see CI note)
-
-for _key, _value in gcs_front.STATIC_ENV.items():  # before TensorFlow reads them at import
-    os.environ.setdefault(_key, _value)
 
 import tensorflow as tf  # noqa: E402
 from google.protobuf import text_format  # noqa: E402

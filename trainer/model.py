@@ -30,20 +30,21 @@ class WeightsError(ValueError):
     """Backbone weights that cannot be had or do not fit; the message says how to fix it."""
 
 
-def build_classifier(model_cfg: Model) -> keras.Model:
+def build_classifier(model_cfg: Model, *, drop_connect_rate: Optional[float] = None) -> keras.Model:
     """Builds image (0..255 float pixels) -> class probabilities, with the backbone nested.
 
     The backbone is one nested layer so that `backbone.trainable` flips it as a whole. With
     `bn="frozen"` it is called with `training=False`, so its BatchNormalization layers (and
     drop-connect) run in inference mode in every phase, as the Keras transfer-learning guide
     recommends; with `bn="trainable"` it follows the training flag, which is what lets the
-    seed blog's trainable BN layers update their statistics.
+    seed blog's trainable BN layers update their statistics. `drop_connect_rate` overrides an
+    `efficientnet`-package backbone's stochastic depth (it has no weights: files still fit).
     """
     spec = backbones.get(model_cfg.backbone)
     size = model_cfg.image_size
     inputs = keras.Input((size, size, 3), name="image")
     x = _preprocessing(spec)(inputs)
-    backbone = _build_backbone(spec, image_size=size, weights=model_cfg.weights)
+    backbone = _build_backbone(spec, image_size=size, weights=model_cfg.weights, drop_connect_rate=drop_connect_rate)
     x = backbone(x, training=False if model_cfg.bn == "frozen" else None)
     x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
     x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout")(x)
@@ -64,12 +65,15 @@ def _preprocessing(spec: backbones.BackboneSpec) -> keras.layers.Layer:
         variance=[(255.0 * s) ** 2 for s in _IMAGENET_STD], name="preprocessing")
 
 
-def _build_backbone(spec: backbones.BackboneSpec, *, image_size: int, weights: str) -> keras.Model:
+def _build_backbone(spec: backbones.BackboneSpec, *, image_size: int, weights: str,
+                    drop_connect_rate: Optional[float] = None) -> keras.Model:
     named = weights if weights in spec.named_weights else None
     kwargs = dict(include_top=False, weights=named, input_shape=(image_size, image_size, 3))
     if spec.family == "efficientnet":
         import efficientnet.tfkeras as efn  # pylint: disable=import-outside-toplevel
         constructor = getattr(efn, spec.constructor)
+        if drop_connect_rate is not None:
+            kwargs["drop_connect_rate"] = drop_connect_rate
     else:
         constructor = getattr(keras.applications, spec.constructor)
         kwargs["include_preprocessing"] = True

@@ -6,7 +6,8 @@ TF_CPP_MIN_LOG_LEVEL does not reach; its Python logger adds an INFO line per Sav
 signature listing hundreds of input names. `install()` (called by the package's __init__)
 hooks the first `import tensorflow` of the process: standard error is sent to a temporary file
 while TensorFlow loads and probes its devices, the known start-up lines are dropped, every other
-line is written back, and TensorFlow's Python logger is set to WARNING. Set
+line is written back; and INFO records that TensorFlow's and Keras' own modules log (through
+absl or the `tensorflow` logger) are dropped, warnings kept. Set
 EFFNET_TF_STARTUP_LOG=1 to see everything.
 """
 from __future__ import annotations
@@ -62,7 +63,8 @@ class _QuietLoader(importlib.abc.Loader):
         with _filtered_stderr():
             self._loader.exec_module(module)
             module.config.list_physical_devices()  # the device probe prints too; it creates no context
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).addFilter(_drop_framework_info)
 
 
 class _filtered_stderr:
@@ -87,6 +89,15 @@ class _filtered_stderr:
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
         return False
+
+
+_FRAMEWORK_DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in ("tensorflow", "tf_keras", "keras"))
+
+
+def _drop_framework_info(record: logging.LogRecord) -> bool:
+    """Keeps warnings and everything of ours; drops TensorFlow's and Keras' own INFO lines (the
+    SavedModel signature listing, checkpoint sharding times, fingerprint paths)."""
+    return record.levelno >= logging.WARNING or not any(d in record.pathname for d in _FRAMEWORK_DIRS)
 
 
 def install() -> None:

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
-
-from trainer import flagutil
+from absl import flags
 
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from trainer import backbones, config
+from trainer import backbones, config, flagutil, hptune
 
 FLAGS = flags.FLAGS
 
@@ -37,20 +34,22 @@ def define_flags() -> None:
     flagutil.define("string", "weights", "imagenet", "imagenet, noisy-student, none, or a weights file path / gs:// URL.")
     flagutil.define("integer", "image_size", 0, "Input side in pixels; 0 = the backbone's native size.")
     flagutil.define("float", "dropout", 0.2, "Dropout before the classification layer.")
-    flagutil.define("integer", "frozen_epochs", 5, "Epochs of the frozen phase (head only); 0 skips it.")
+    flagutil.define("integer", "frozen_epochs", 30, "Epochs of the frozen phase (head only); 0 skips it. On cached "
+                    "embeddings an epoch costs about one step of the backbone, so the head trains to convergence.")
     flagutil.define("integer", "finetune_epochs", 10, "Epochs of the fine-tune phase; 0 skips it.")
     flagutil.define("string", "frozen_batch_size", "64", "Global batch size of the frozen phase, or auto.")
     flagutil.define("string", "finetune_batch_size", "16", "Global batch size of the fine-tune phase, or auto.")
-    flagutil.define("float", "frozen_learning_rate", 1e-3, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
+    flagutil.define("float", "frozen_learning_rate", 1e-2, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
     flagutil.define("float", "finetune_learning_rate", 1e-4, "Peak learning rate of the fine-tune phase at --lr_base_batch_size.")
     flagutil.define("integer", "lr_base_batch_size", 64,
-                         "Batch size the learning rates are given for; they scale linearly with the global batch. "
-                         "0 = use them as given.")
+                    "Batch size the learning rates are given for: above it they grow with the square root of the "
+                    "global batch, at or below it they are used as given. 0 = always as given.")
     flagutil.define("float", "warmup_epochs", 1.0, "Linear warmup before the cosine decay, in epochs (at most half a phase).")
     flagutil.define("string", "unfreeze", "all", "Fine-tune phase: all, or top:N EfficientNet blocks.")
     flagutil.define("enum", "bn", "frozen", list(config.BN_MODES),
                       "frozen: BatchNormalization in inference mode in both phases; trainable: the seed blog's variant.")
-    flagutil.define("integer", "early_stopping_patience", 3, "Epochs without improvement before a phase stops; 0 = off.")
+    flagutil.define("integer", "early_stopping_patience", 5, "Epochs without improvement of the validation loss "
+                    "before a phase stops (its best weights restored); 0 = off.")
     flagutil.define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
     flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation.")
     flagutil.define("bool", "cache", False, "Cache decoded training records in memory (small datasets).")
@@ -73,7 +72,9 @@ def define_flags() -> None:
     flagutil.define("bool", "overwrite", False, "Start afresh even if --model_dir holds a run.")
     flagutil.define("bool", "plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
                       "rates), write plan.json, and exit without training.")
-    flags.adopt_module_key_flags(flagutil)  # --helpshort lists them as this command's flags
+    flagutil.define("string", "hptune_metric", hptune.DEFAULT_METRIC,
+                    "Metric reported to Vertex AI hyperparameter tuning at each epoch of the last phase "
+                    f"({', '.join(hptune.METRICS)}); only inside a tuning trial (CLOUD_ML_TRIAL_ID set).")
 
 
 
@@ -95,6 +96,12 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
     model_dir = f.model_dir or env.get("AIP_MODEL_DIR")
     if not model_dir:
         raise config.ConfigError("--model_dir is required (or set AIP_MODEL_DIR): pass an output folder")
+    flagutil.check_folder("model_dir", model_dir)
+    if hptune.trial_id(env):
+        try:
+            hptune.check_metric(f.hptune_metric, has_eval_data=bool(f.eval_data))
+        except ValueError as e:
+            raise config.ConfigError(str(e)) from None
     spec = config.backbone_spec(f.backbone)
     image_size = f.image_size or spec.native_size
     class_names = data.resolve_class_names(f.train_data, f.labels)
@@ -129,7 +136,7 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
 def user_errors() -> tuple:
     """The exception types that mean 'the user must change something': one line, exit 2."""
     from trainer import data, gcs, model  # pylint: disable=import-outside-toplevel
-    return (config.ConfigError, data.DataError, model.WeightsError, gcs.GcsError)
+    return (config.ConfigError, data.DataError, model.WeightsError, gcs.GcsError, flagutil.FlagError)
 
 
 def export_tf_config(env=os.environ) -> None:
@@ -162,19 +169,19 @@ def main(argv):
         strategy = distribute.build_strategy(strategy=FLAGS.strategy, tpu=FLAGS.tpu or os.environ.get("TPU_NAME"))
         cfg = build_config()
         _check_outputs_writable(cfg.runtime)
-        result = train.run(cfg, plan_only=FLAGS.plan_only, strategy=strategy)
+        report = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
+                                       is_chief=distribute.is_chief(strategy),
+                                       epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
+        result = train.run(cfg, plan_only=FLAGS.plan_only, strategy=strategy, last_phase_callbacks=[report] if report else [])
         distribute.wait_for_all(strategy)
     except user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    if result.export_dir:
-        logging.info("exported %s", result.export_dir)
-        print(f"export: {result.export_dir}")
+        flagutil.fail(e)
+    for line in result.summary():
+        print(line)
 
 
 def run_main():
-    define_flags()
-    app.run(main)
+    flagutil.run(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -36,15 +36,34 @@ _OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, "plan.json", "checkpoints", "lo
 class RunResult:
     export_dir: Optional[str]
     history: List[dict]
+    metrics: Optional[dict] = None  # the validation report's, measured through the export
+    report_dir: Optional[str] = None
+
+    def summary(self) -> List[str]:
+        """How good the trained classifier is, in a few lines for a terminal."""
+        lines = []
+        for phase in dict.fromkeys(r["phase"] for r in self.history):
+            records = [r for r in self.history if r["phase"] == phase]
+            scores = [r["val_accuracy"] for r in records if r.get("val_accuracy") is not None]
+            key, best = ("val_accuracy", max(scores)) if scores else ("accuracy", max(r["accuracy"] for r in records))
+            lines.append(f"{phase} phase: {len(records)} epoch(s), best {key} {best:.3f}")
+        if self.metrics:
+            lines.append(f"validation accuracy {self.metrics['accuracy']:.3f} on {self.metrics['num_examples']} "
+                         f"images through the export; report: {self.report_dir}")
+        if self.export_dir:
+            lines.append(f"export: {self.export_dir}")
+        return lines
 
 
-def run(cfg: Config, *, plan_only: bool = False, strategy: Optional[tf.distribute.Strategy] = None) -> RunResult:
+def run(cfg: Config, *, plan_only: bool = False, strategy: Optional[tf.distribute.Strategy] = None,
+        last_phase_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunResult:
     """Trains every phase of `cfg` that is not done yet in its model_dir, then exports.
 
     With `plan_only`, prints the plan (phases, trainable parameters, batch sizes, learning
     rates) and returns without training or writing anything but the plan. `strategy` is made
     from cfg.runtime when not given (task.py makes it first: MultiWorkerMirroredStrategy must
-    exist before TensorFlow's first op).
+    exist before TensorFlow's first op). `last_phase_callbacks` join the fit of the last phase
+    that trains (hyperparameter-tuning reports: trainer/hptune.py).
     """
     strategy = strategy or distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
     chief = distribute.is_chief(strategy)
@@ -63,7 +82,8 @@ def run(cfg: Config, *, plan_only: bool = False, strategy: Optional[tf.distribut
             return RunResult(None, [])
         if chief:
             fileio.write_text_atomic(fileio.join(cfg.runtime.model_dir, CONFIG_FILE), cfg.to_json() + "\n")
-        history = _train_phases(model, cfg=cfg, phases=phases, strategy=strategy, chief=chief)
+        history = _train_phases(model, cfg=cfg, phases=phases, strategy=strategy, chief=chief,
+                                last_phase_callbacks=list(last_phase_callbacks))
     logging.info("final weights: %s", weights_digest(model))
     model = _exportable(model, cfg=cfg, strategy=strategy)
     if not chief:
@@ -71,12 +91,12 @@ def run(cfg: Config, *, plan_only: bool = False, strategy: Optional[tf.distribut
     curves = fileio.join(cfg.runtime.model_dir, "plots", "learning_curves.png")
     plots.plot_learning_curves(history, curves)
     export_dir = _export(model, cfg)
-    if cfg.runtime.report:
-        _report(cfg, export_dir=export_dir, history=history, curves=curves)
-    return RunResult(export_dir, history)
+    metrics = _report(cfg, export_dir=export_dir, history=history, curves=curves) if cfg.runtime.report else {}
+    return RunResult(export_dir, history, metrics or None,
+                     fileio.join(cfg.runtime.model_dir, "eval") if metrics else None)
 
 
-def _report(cfg: Config, *, export_dir: str, history: List[dict], curves: str) -> None:
+def _report(cfg: Config, *, export_dir: str, history: List[dict], curves: str) -> dict:
     """The validation report (model_dir/eval/) and its TensorBoard summaries, from the export itself."""
     from trainer import evaluate, predict, reports  # pylint: disable=import-outside-toplevel
     log_dir = cfg.runtime.tensorboard_dir or fileio.join(cfg.runtime.model_dir, "logs")
@@ -92,9 +112,11 @@ def _report(cfg: Config, *, export_dir: str, history: List[dict], curves: str) -
         except (data.DataError, predict.PredictError) as e:
             logging.warning("no evaluation report: %s", e)
     reports.write_tensorboard(fileio.join(log_dir, "eval"), metrics=metrics, images=images, step=len(history))
+    return metrics
 
 
-def _train_phases(model: keras.Model, *, cfg: Config, phases, strategy, chief: bool) -> List[dict]:
+def _train_phases(model: keras.Model, *, cfg: Config, phases, strategy, chief: bool,
+                  last_phase_callbacks: List[keras.callbacks.Callback]) -> List[dict]:
     """The phase loop, skipping phases a previous attempt finished (their weights are loaded).
 
     A phase a previous attempt stopped inside keeps its history records; its backup restores
@@ -109,10 +131,16 @@ def _train_phases(model: keras.Model, *, cfg: Config, phases, strategy, chief: b
         logging.info("resuming %s: phase(s) %s already done", cfg.runtime.model_dir, ", ".join(state))
     with preemption.Guard(strategy=strategy) as guard:
         for phase in todo:
+            extra = last_phase_callbacks if phase is todo[-1] and phase is _last_trained(phases) else []
             history = _fit_phase(model, cfg=cfg, phase=phase, strategy=strategy, history=history, chief=chief,
-                                 guard=guard)
+                                 guard=guard, extra_callbacks=extra)
             _finish_phase(model, cfg=cfg, phase_name=phase.name, state=state, strategy=strategy, chief=chief)
     return history
+
+
+def _last_trained(phases) -> Optional[Phase]:
+    trained = [p for p in phases if p.epochs > 0]
+    return trained[-1] if trained else None
 
 
 def _finish_phase(model: keras.Model, *, cfg: Config, phase_name: str, state: Dict[str, str], strategy,
@@ -207,7 +235,7 @@ def _read_history(model_dir: str) -> List[dict]:
 
 
 def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, history: List[dict],
-               chief: bool, guard: preemption.Guard) -> List[dict]:
+               chief: bool, guard: preemption.Guard, extra_callbacks: List[keras.callbacks.Callback]) -> List[dict]:
     """Opens the phase's layers and fits it; out of memory, it retries at half the batch."""
     model_lib.set_trainable(model, phase=phase, bn=cfg.model.bn)
     counts = model_lib.parameter_counts(model)
@@ -225,7 +253,7 @@ def _fit_phase(model: keras.Model, *, cfg: Config, phase: Phase, strategy, histo
                                    path=fileio.join(cfg.runtime.model_dir, HISTORY_FILE) if chief else None)
         try:
             _fit_at_batch(target, cfg=cfg, phase=phase, batch_size=batch_size, strategy=strategy, datasets=datasets,
-                          recorder=recorder, chief=chief, guard=guard, counts=counts)
+                          recorder=recorder, chief=chief, guard=guard, counts=counts, extra_callbacks=extra_callbacks)
         finally:
             state["history"] = recorder.history  # a retry keeps the epochs this attempt recorded
         return recorder.history
@@ -257,7 +285,8 @@ def _phase_inputs(model: keras.Model, *, cfg: Config, phase: Phase, strategy, ch
 
 
 def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: int, strategy, datasets,
-                  recorder: "HistoryRecorder", chief: bool, guard: preemption.Guard, counts: dict) -> None:
+                  recorder: "HistoryRecorder", chief: bool, guard: preemption.Guard, counts: dict,
+                  extra_callbacks: List[keras.callbacks.Callback]) -> None:
     """Recompiles for `batch_size` (learning rate, schedule, datasets) and fits the phase."""
     steps = schedules.steps_per_epoch(num_examples=cfg.data.num_train_examples, batch_size=batch_size,
                                       cap=cfg.runtime.steps_per_epoch)
@@ -278,7 +307,7 @@ def _fit_at_batch(model: keras.Model, *, cfg: Config, phase: Phase, batch_size: 
                                     steps_per_epoch=steps, guard=guard)
     callbacks = (memory.oom_test_hooks(phase.name)
                  + _callbacks(cfg, phase=phase, recorder=recorder, has_eval=eval_ds is not None, chief=chief)
-                 + [backup])  # last: it saves after the history record and after EarlyStopping's restore
+                 + list(extra_callbacks) + [backup])  # last: it saves after the history record and after EarlyStopping's restore
     # A progress bar per epoch on a terminal when epochs are slow (images); else one line an epoch.
     bar = sys.stdout.isatty() and model.name != "head"
     callbacks += [] if bar or not chief else [EpochLogger(phase.name, epochs=phase.epochs)]
