@@ -19,8 +19,8 @@ if [ "$WEIGHTS" = demo ]; then
   WEIGHTS="$DIR/pretrained-b0-glyphs.h5"
   $PY -m trainer.demo --pretrain_weights="$WEIGHTS"
 fi
-echo "== demo images: 4 shapes x 60, and TFRecords (80 % train, 20 % validation)"
-[ -d "$DIR/images" ] || $PY -m trainer.demo --output_dir="$DIR/images" --per_class=60 --size=96
+echo "== demo images: 4 shapes x 100, and TFRecords (80 % train, 20 % validation)"
+[ -d "$DIR/images" ] || $PY -m trainer.demo --output_dir="$DIR/images" --per_class=100 --size=96
 $PY -m trainer.prepare --input_dir="$DIR/images" --output_dir="$DIR/records" --validation_fraction=0.2 --num_shards=4
 echo "== training: frozen phase on cached embeddings, then fine-tuning, then export and validation report"
 $PY -m trainer.task --train_data="$DIR/records/train-*.tfrecord" --eval_data="$DIR/records/validation-*.tfrecord" \

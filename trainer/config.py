@@ -18,7 +18,7 @@ PHASE_NAMES = ("frozen", "finetune")
 BN_MODES = ("frozen", "trainable")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
-AUGMENT = ("none", "flip", "randaugment")
+AUGMENT = ("none", "flip", "crop", "randaugment")
 FROZEN_CACHE = ("auto", "on", "off")
 MIN_IMAGE_SIZE = 32
 
@@ -43,7 +43,8 @@ class Data:
       class_names: the class names, in label order (from labels.txt or the folder names).
       image_size: side of the square model input in pixels.
       label_offset: subtracted from `image/class/label` (1 for Google's ImageNet shards).
-      augment: training augmentation: none, flip (random horizontal flip) or randaugment.
+      augment: training augmentation: none (the evaluation crop), flip (it or its mirror), crop
+        (Inception-style random crop and flip) or randaugment (that plus RandAugment).
       cache: cache decoded records in memory (small datasets only).
       shuffle_buffer: examples in the training shuffle buffer.
       seed: shuffling and augmentation seed.

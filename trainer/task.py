@@ -51,13 +51,15 @@ def define_flags() -> None:
     flagutil.define("integer", "early_stopping_patience", 5, "Epochs without improvement of the validation loss "
                     "before a phase stops (its best weights restored); 0 = off.")
     flagutil.define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
-    flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation.")
+    flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation: none (the evaluation "
+                    "center crop), flip (it or its mirror: small datasets), crop (Inception-style random crop and flip: "
+                    "large datasets), randaugment (crop plus RandAugment).")
     flagutil.define("bool", "cache", False, "Cache decoded training records in memory (small datasets).")
     flagutil.define("enum", "frozen_cache", "auto", list(config.FROZEN_CACHE),
                     "Frozen phase: train the head on embeddings the backbone computes once per image view (auto: "
                     "wherever the backbone is a fixed function, i.e. not with --bn=trainable or on TPUs), or stream "
                     "images every epoch (off).")
-    flagutil.define("integer", "cache_views", 4, "With --augment=randaugment: random views per image in the frozen "
+    flagutil.define("integer", "cache_views", 4, "With --augment=crop or randaugment: random views per image in the frozen "
                     "phase's embedding cache (each epoch draws one).")
     flagutil.define("enum", "strategy", "auto", list(config.STRATEGIES), "Distribution strategy.")
     flagutil.define("string", "tpu", None, "TPU name, grpc:// address, or local on a TPU VM (default $TPU_NAME).")
