@@ -2,7 +2,9 @@
 
 A bad input must end in exit status 2 and ONE line on stderr naming the problem and the fix,
 no traceback, and nothing written to model_dir. Every run is `python -m trainer.task` in a child
-process (tests/testing/cli.py), as a user runs it.
+process (tests/testing/cli.py), as a user runs it. The runs use the tiny backbone
+(tests/testing/presets.py): what is checked here is the command, not EfficientNet; only the
+imagenet download refusal needs an EfficientNet, and it fails before any training.
 """
 import os
 
@@ -10,7 +12,7 @@ import h5py
 import pytest
 
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
-from tests.testing.presets import IMAGE_SIZE
+from tests.testing.presets import TINY, TINY_SIZE
 
 
 def cli(*args, env=None):
@@ -18,8 +20,9 @@ def cli(*args, env=None):
 
 
 def train_cli(model_dir, records, weights, *extra):
-    """The small two-phase run of tests/testing/cli.py's train_flags, as a child process."""
-    return cli(*train_flags(model_dir, records, weights, *extra))
+    """The small two-phase run of tests/testing/cli.py's train_flags on the tiny backbone, as a
+    child process."""
+    return cli(*train_flags(model_dir, records, weights, *extra, backbone=TINY))
 
 
 def assert_one_clear_line(result, *words):
@@ -29,14 +32,14 @@ def assert_one_clear_line(result, *words):
 def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
     """Image-folder input straight into the trainer, both phases, export; then --plan_only."""
     model_dir = tmp_path / "run"
-    result = cli(f"--train_data={demo_images}", f"--model_dir={model_dir}", "--weights=none",
-                 f"--image_size={IMAGE_SIZE}", "--frozen_epochs=1", "--finetune_epochs=1", "--steps_per_epoch=2",
+    result = cli(f"--train_data={demo_images}", f"--model_dir={model_dir}", f"--backbone={TINY}", "--weights=none",
+                 f"--image_size={TINY_SIZE}", "--frozen_epochs=1", "--finetune_epochs=1", "--steps_per_epoch=2",
                  "--frozen_batch_size=8", "--finetune_batch_size=8")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "export: " in result.stdout
     assert (model_dir / "history.json").exists() and len(os.listdir(model_dir / "export")) == 1
-    plan = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path / 'plan'}", "--weights=none",
-               f"--image_size={IMAGE_SIZE}", "--plan_only")
+    plan = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path / 'plan'}", f"--backbone={TINY}",
+               "--weights=none", "--plan_only")  # the backbone's native size: tiny's 32 px
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "phase frozen" in plan.stderr and "phase finetune" in plan.stderr
     assert "trainable params" in plan.stderr
@@ -45,8 +48,16 @@ def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
 
 def test_unknown_backbone_is_one_line(tmp_path, demo_images):
     result = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path}", "--backbone=efficientnet-b9")
-    assert_one_clear_line(result, "--backbone=efficientnet-b9", "efficientnet-b0")
+    assert_one_clear_line(result, "--backbone=efficientnet-b9", "efficientnet-b0", TINY)
     assert not os.listdir(tmp_path)
+
+
+def test_tiny_backbone_has_no_named_weights(tmp_path, demo_records):
+    """The tiny preset downloads nothing: --weights=imagenet is refused before anything runs."""
+    model_dir = tmp_path / "model"
+    result = cli(*train_flags(model_dir, demo_records, "imagenet", backbone=TINY))
+    assert_one_clear_line(result, "--weights=imagenet", TINY, "none")
+    assert not model_dir.exists() or not os.listdir(model_dir)
 
 
 def write_labels(path, names):
@@ -78,14 +89,15 @@ def save_weights_of(path, *, backbone, classes=None):
     """A weights file of another backbone (notop) or of a whole classifier with `classes` classes."""
     from trainer import config, model as model_lib
     model = model_lib.build_classifier(config.Model(backbone=backbone, weights="none", num_classes=classes or 2,
-                                                    image_size=IMAGE_SIZE))
+                                                    image_size=TINY_SIZE))
     (model if classes else model_lib.backbone_of(model)).save_weights(str(path))
     return str(path)
 
 
-@pytest.mark.parametrize("backbone,classes,word", [("efficientnet-b1", None, "does not fit"),
-                                                    ("efficientnet-b0", 3, "3 classes")])
+@pytest.mark.parametrize("backbone,classes,word", [("efficientnet-b0", None, "does not fit"),
+                                                    (TINY, 3, "3 classes")])
 def test_weights_file_that_does_not_fit(tmp_path, demo_records, backbone, classes, word):
+    """Into a tiny run: another backbone's notop file, or a tiny classifier for 3 classes, not 4."""
     weights = save_weights_of(tmp_path / "w.h5", backbone=backbone, classes=classes)
     model_dir = tmp_path / "model"
     result = train_cli(model_dir, demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0")
@@ -95,7 +107,7 @@ def test_weights_file_that_does_not_fit(tmp_path, demo_records, backbone, classe
 
 def test_classifier_weights_of_same_class_count_load(tmp_path, demo_records):
     """A whole classifier's weights (a previous run's) are a valid starting point."""
-    weights = save_weights_of(tmp_path / "w.h5", backbone="efficientnet-b0", classes=4)
+    weights = save_weights_of(tmp_path / "w.h5", backbone=TINY, classes=4)
     with h5py.File(weights) as f:
         assert "head_dense" in [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
     result = train_cli(tmp_path / "model", demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0",

@@ -6,6 +6,11 @@ TensorFlow work, so `config.py` can validate names cheaply; the constructors imp
 Native resolutions and embedding widths are those of the EfficientNet papers (Tan & Le 2019,
 arXiv:1905.11946, Table 1 scaling; 2021, arXiv:2104.00298) as the `efficientnet` package and
 `tf_keras.applications` build them.
+
+`tiny` is no EfficientNet: a few convolutions with EfficientNet's layer names (stem, blocks,
+top), so the fine-tuning rules, the memory estimate, the embedding cache and every output work
+on it unchanged while a training step costs milliseconds. It exists for plumbing tests (resume,
+preemption, multi-worker, weights files, exports) and smoke runs; it has no downloadable weights.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ class BackboneSpec:
     Attributes:
       name: registry key, e.g. efficientnet-b0.
       family: efficientnet (the `efficientnet` package, Keras-2 port of the original TF
-        checkpoints) or efficientnetv2 (`tf_keras.applications`).
+        checkpoints), efficientnetv2 (`tf_keras.applications`) or tiny (`trainer.model`'s own
+        few-layer network).
       constructor: attribute name of the constructor in the family's module.
       native_size: the resolution the ImageNet weights were trained at.
       width: channels of the last feature map, i.e. the pooled embedding size.
@@ -54,6 +60,7 @@ _SPECS = (
     _v2("b2", "EfficientNetV2B2", 260, 1408), _v2("b3", "EfficientNetV2B3", 300, 1536),
     _v2("s", "EfficientNetV2S", 384, 1280), _v2("m", "EfficientNetV2M", 480, 1280),
     _v2("l", "EfficientNetV2L", 480, 1280),
+    BackboneSpec("tiny", "tiny", "build_tiny_backbone", 32, 32, (), "torch"),
 )
 
 REGISTRY = {spec.name: spec for spec in _SPECS}

@@ -67,6 +67,8 @@ def _preprocessing(spec: backbones.BackboneSpec) -> keras.layers.Layer:
 
 def _build_backbone(spec: backbones.BackboneSpec, *, image_size: int, weights: str,
                     drop_connect_rate: Optional[float] = None) -> keras.Model:
+    if spec.family == "tiny":
+        return build_tiny_backbone(image_size=image_size, width=spec.width, name=spec.name)
     named = weights if weights in spec.named_weights else None
     kwargs = dict(include_top=False, weights=named, input_shape=(image_size, image_size, 3))
     if spec.family == "efficientnet":
@@ -88,6 +90,31 @@ def _build_backbone(spec: backbones.BackboneSpec, *, image_size: int, weights: s
             f"file (backbone.save_weights('x.h5') format) and pass --weights=PATH or gs://BUCKET/x.h5") from None
     backbone._name = spec.name  # pylint: disable=protected-access  # a stable name to find it by
     return backbone
+
+
+def build_tiny_backbone(*, image_size: int, width: int, name: str = "tiny") -> keras.Model:
+    """A few-layer stand-in for an EfficientNet: the `tiny` preset of plumbing tests and smoke runs.
+
+    stem (stride 2) -> block1a -> block2a (stride 2) -> block2b (residual) -> top (1x1 to
+    `width` channels), each a bias-free convolution, BatchNormalization and swish named as
+    EfficientNet names its layers (`stem_conv`, `block2a_bn`, `top_activation`, ...). So
+    `block_names`, `--unfreeze=top:N`, the BN rules, the memory walk and notop HDF5 files treat
+    it as they treat B0, at a few thousand parameters and a few milliseconds a step at 32 px.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="input")
+    x = _tiny_unit(inputs, "stem", filters=8, kernel=3, strides=2)
+    x = _tiny_unit(x, "block1a", filters=8, kernel=3)
+    x = _tiny_unit(x, "block2a", filters=16, kernel=3, strides=2)
+    x = keras.layers.Add(name="block2b_add")([x, _tiny_unit(x, "block2b", filters=16, kernel=3)])
+    x = _tiny_unit(x, "top", filters=width, kernel=1)
+    return keras.Model(inputs, x, name=name)
+
+
+def _tiny_unit(x, prefix: str, *, filters: int, kernel: int, strides: int = 1):
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                            name=f"{prefix}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+    return keras.layers.Activation("swish", name=f"{prefix}_activation")(x)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

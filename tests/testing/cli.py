@@ -37,21 +37,25 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *words: str, code
 
 
 def task_command(records: str, model_dir: str, *extra: str, module: str = "trainer.task") -> list:
-    """The trainer command of the multi-process tests: B0 at 32 px, no pretrained weights; no
-    validation data and only the top block fine-tuned, since every process traces each phase's
-    step and tracing B0's whole backward pass is most of what such a tiny run costs."""
+    """The trainer command of the multi-process tests (preemption, multi-worker): the tiny
+    backbone at its 32 px, no pretrained weights, no validation data; both phases, the whole
+    backbone fine-tuned."""
+    from tests.testing.presets import TINY, TINY_SIZE  # pylint: disable=import-outside-toplevel
     return [sys.executable, "-m", module, f"--train_data={records}/train-*.tfrecord",
-            f"--model_dir={model_dir}", "--weights=none", "--unfreeze=top:1",
-            "--image_size=32", "--frozen_batch_size=8", "--finetune_batch_size=8", "--warmup_epochs=0",
+            f"--model_dir={model_dir}", f"--backbone={TINY}", "--weights=none", f"--image_size={TINY_SIZE}",
+            "--frozen_batch_size=8", "--finetune_batch_size=8", "--warmup_epochs=0",
             "--early_stopping_patience=0", "--seed=1", *extra]
 
 
-def train_flags(model_dir, records: str, weights: str, *extra: str) -> list:
-    """The flags of the small two-phase runs on the demo's TFRecords (B0 at IMAGE_SIZE, 4 steps
-    an epoch, rates as given), for `run_module('trainer.task', *train_flags(...))`."""
-    from tests.testing.presets import IMAGE_SIZE  # pylint: disable=import-outside-toplevel
+def train_flags(model_dir, records: str, weights: str, *extra: str, backbone: Optional[str] = None) -> list:
+    """The flags of the small two-phase runs on the demo's TFRecords (4 steps an epoch, rates as
+    given), for `run_module('trainer.task', *train_flags(...))`: B0 at IMAGE_SIZE, or `backbone`
+    (e.g. presets.TINY, at TINY_SIZE) where EfficientNet is not what the test checks."""
+    from tests.testing.presets import IMAGE_SIZE, TINY, TINY_SIZE  # pylint: disable=import-outside-toplevel
+    model = [] if backbone is None else [f"--backbone={backbone}"]
+    size = TINY_SIZE if backbone == TINY else IMAGE_SIZE
     return [f"--train_data={records}/train-*.tfrecord", f"--eval_data={records}/validation-*.tfrecord",
-            f"--model_dir={model_dir}", f"--weights={weights}", f"--image_size={IMAGE_SIZE}",
+            f"--model_dir={model_dir}", *model, f"--weights={weights}", f"--image_size={size}",
             "--frozen_batch_size=16", "--finetune_batch_size=8", "--lr_base_batch_size=0",
             "--frozen_learning_rate=0.01", "--finetune_learning_rate=0.0005", "--warmup_epochs=0",
             "--early_stopping_patience=0", "--steps_per_epoch=4", "--seed=1", "--noreport", *extra]

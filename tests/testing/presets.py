@@ -1,3 +1,23 @@
-"""Sizes the tests share: small enough for a 2-core CPU, large enough for B0's five downsamplings."""
+"""Sizes and backbones the tests share: small enough for a 2-core CPU.
 
-IMAGE_SIZE = 64  # the input side of the B0 runs on the demo images
+Two presets: B0 at IMAGE_SIZE where EfficientNet itself is what a test checks (its blocks, its
+BN rules, transfer from the stand-in weights, export equals Keras), and `tiny` at TINY_SIZE
+(trainer/backbones.py: a few convolutions with EfficientNet's layer names) for the plumbing
+around it: resume, preemption, multi-worker, weights files, refusals, GCS, the CLI.
+"""
+
+IMAGE_SIZE = 64  # the input side of the B0 runs on the demo images (large enough for B0's five downsamplings)
+TINY = "tiny"  # the plumbing backbone
+TINY_SIZE = 32  # its native size and the smallest input the trainer accepts
+
+
+def write_tiny_weights(path: str, *, seed: int = 0) -> str:
+    """A local notop weights file of the tiny backbone, as `backbone.save_weights(path)` writes
+    it (the format of the official downloads), with seeded random weights."""
+    import tf_keras as keras  # pylint: disable=import-outside-toplevel
+    from trainer import config, model as model_lib  # pylint: disable=import-outside-toplevel
+    keras.utils.set_random_seed(seed)
+    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", num_classes=2,
+                                                    image_size=TINY_SIZE))
+    model_lib.backbone_of(model).save_weights(path)
+    return path
