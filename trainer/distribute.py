@@ -221,6 +221,13 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
 
 
+def exact_eval_pass(strategy: tf.distribute.Strategy) -> bool:
+    """Whether validation can be one exact pass over a finite dataset. Not across workers (each
+    must run the same number of steps, so their shards repeat and the steps are counted) nor on
+    TPUs (static shapes); elsewhere a repeated dataset would count wrapped-around images twice."""
+    return not (is_multi_worker(strategy) or is_tpu(strategy))
+
+
 def steps_per_execution(strategy: tf.distribute.Strategy, *, steps_per_epoch: int) -> int:
     """Train steps per call into the device: many on a TPU (each call has a host round trip),
     one elsewhere so callbacks see every step."""

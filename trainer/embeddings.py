@@ -249,8 +249,8 @@ def remove_caches(model_dir: str) -> None:
         tf.io.gfile.rmtree(path)
 
 
-def build_dataset(cache: Cache, *, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
-    """Batches of (embedding float32 [B, D], label) from a cache, repeated.
+def build_dataset(cache: Cache, *, batch_size: int, training: bool, seed: int, repeat: bool = True) -> tf.data.Dataset:
+    """Batches of (embedding float32 [B, D], label) from a cache, repeated unless `repeat` is False.
 
     Training: a new shuffle of the examples each epoch (a full shuffle in memory; the shards and
     a 10,000-example buffer on disk) and one view drawn per example. The in-memory order is the
@@ -261,7 +261,7 @@ def build_dataset(cache: Cache, *, batch_size: int, training: bool, seed: int) -
         ds = _memory_examples(cache, training=training, seed=seed)
     else:
         ds = _disk_examples(cache, training=training, seed=seed)
-    ds = ds.repeat().batch(batch_size)
+    ds = (ds.repeat() if repeat else ds).batch(batch_size)
     ds = ds.map(lambda e, l: (_pick_view(e, training=training, seed=seed), l), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
@@ -308,16 +308,18 @@ def _options() -> tf.data.Options:
 def datasets_fn(caches: Dict[str, Dict[int, Cache]], *, strategy: tf.distribute.Strategy, seed: int,
                 eval_examples: Optional[int]):
     """batch_size -> (train, eval or None, eval steps or None), distributed like train.py's image pipelines."""
+    exact = distribute.exact_eval_pass(strategy)
+
     def make(split: str, batch_size: int, training: bool):
         return strategy.distribute_datasets_from_function(
             lambda ctx: build_dataset(caches[split][ctx.input_pipeline_id],
                                       batch_size=ctx.get_per_replica_batch_size(batch_size), training=training,
-                                      seed=seed))
+                                      seed=seed, repeat=training or not exact))
 
     def datasets(batch_size: int):
         train = make("train", batch_size, True)
         if "eval" not in caches:
             return train, None, None
-        steps = max(1, -(-(eval_examples or 1) // batch_size))
+        steps = None if exact else max(1, -(-(eval_examples or 1) // batch_size))
         return train, make("eval", batch_size, False), steps
     return datasets

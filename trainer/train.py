@@ -335,6 +335,8 @@ def _datasets(cfg: Config, *, strategy, batch_size: int) -> Tuple[tf.data.Datase
     train_ds = make("train", True)
     if not cfg.data.eval_data:
         return train_ds, None, None
+    if distribute.exact_eval_pass(strategy):
+        return train_ds, make("eval", False), None
     eval_steps = schedules.steps_per_epoch(num_examples=cfg.data.num_eval_examples, batch_size=batch_size, cap=None)
     return train_ds, make("eval", True), eval_steps
 
