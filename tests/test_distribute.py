@@ -8,7 +8,8 @@
   carry the cluster resolver TensorFlow would give them.
 - MirroredStrategy over 2 logical CPU devices against the default strategy, same global batch:
   the same weights after a few steps (in a fresh process that the test sets up with two logical
-  CPU devices: tests/testing/two_cpus.py).
+  CPU devices: tests/testing/two_cpus.py). The tiny backbone's top two blocks fine-tune: what is
+  checked is the strategy, not EfficientNet.
 - A real 2-process MultiWorkerMirroredStrategy job on 127.0.0.1, both phases: one export, by
   the chief; the same weights on both workers; no worker's temporary folder left behind.
 """
@@ -27,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from tests.testing import two_cpus  # noqa: E402
 from tests.testing.cli import ROOT, task_command  # noqa: E402
+from tests.testing.presets import TINY, TINY_SIZE  # noqa: E402
 WORKER = {"cluster": {"worker": ["h0:2222", "h1:2222"]}}
 VERTEX = {"workerpool0": ["cmle-training-workerpool0-ab-0:2222"],
           "workerpool1": ["cmle-training-workerpool1-ab-0:2222", "cmle-training-workerpool1-ab-1:2222"]}
@@ -176,15 +178,15 @@ def mirrored_vs_default() -> dict:
     from trainer import model as model_lib
     import tf_keras as keras
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (24, 32, 32, 3)).astype("float32")
+    x = rng.uniform(0, 255, (24, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
     y = rng.integers(0, 3, 24).astype("int32")
     phase = config.Phase(name="finetune", epochs=1, batch_size=8, learning_rate=1e-3, unfreeze="top:2")
     weights, replicas, moved, start = {}, {}, {}, None
     for name in ("default", "mirrored"):
         strategy = distribute.build_strategy(strategy="default") if name == "default" else two_cpus.mirrored_strategy()
         with strategy.scope():
-            model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", num_classes=3,
-                                                            image_size=32, dropout=0.0))
+            model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", num_classes=3,
+                                                            image_size=TINY_SIZE, dropout=0.0))
             if start is None:  # the mirrored model starts from the default one's initial weights
                 start, initial = model.get_weights(), _by_name(model)
             model.set_weights(start)
