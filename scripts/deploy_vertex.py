@@ -22,16 +22,18 @@ import sys
 import time
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_SCRIPTS, os.path.dirname(_SCRIPTS)]  # submit_job beside; serving/ in the checkout
 import submit_job  # noqa: E402  # pylint: disable=wrong-import-position  # the shared REST plumbing
 from submit_job import SubmitError, _check  # noqa: E402  # pylint: disable=wrong-import-position
+from serving import versions  # noqa: E402  # pylint: disable=wrong-import-position  # pure Python
 
 # Vertex AI's newest prebuilt TensorFlow prediction container (TF Serving inside); the export's
 # ops are plain TF ones, which older TF Serving releases load.
 PREDICTION_IMAGE = "{prefix}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 PREDICTION_MACHINES = re.compile(r"(n1-(standard|highmem|highcpu)|n2-(standard|highmem|highcpu)|e2-(standard|highmem"
                                  r"|highcpu)|c2-standard|n2d-(standard|highmem|highcpu))-\d+")
-_EXPORT = re.compile(r"gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]/(.+/)?\d+/?")
+_EXPORT = re.compile(rf"gs://[a-z0-9][a-z0-9._-]{{1,220}}[a-z0-9]/(.+/)?{versions.VERSION_PATTERN}/?")
 PLACEHOLDER_MODEL = "projects/{project}/locations/{region}/models/UPLOADED_MODEL_ID"
 
 

@@ -39,10 +39,9 @@ import tensorflow as tf  # noqa: E402
 from serving.grpc_client import RETRYABLE, GrpcClient, ServingError, call_with_retries  # noqa: F401
 from serving.rest_client import (RestClient, VertexClient, b64, classify_body,  # noqa: F401
                                  predict_body, vertex_predict_body)
-from trainer import flagutil
+from trainer import fileio, flagutil
 
 SIGNATURES = ("serving_default", "classify", "features")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 FLAGS = flags.FLAGS
 
 
@@ -78,22 +77,22 @@ class Prediction:
 def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[Failure]]:
     """Files, globs and folders (local or gs://) -> image paths, in order, without repeats.
 
-    A folder contributes its image files (by suffix, recursively, sorted); a glob or an
+    A folder contributes its image files (by suffix, recursively, sorted, hidden ones left
+    out: `fileio.list_images`, as every reader of a folder does); a glob or an
     explicit file is taken as given, so a mislabelled file still gets its decode check.
     """
     paths: List[str] = []
     failures: List[Failure] = []
     for pattern in patterns:
-        if any(c in pattern for c in "*?["):
+        if fileio.has_glob(pattern):
             matches = sorted(tf.io.gfile.glob(pattern))
             if not matches:
                 failures.append(Failure(pattern, "the pattern matches no file"))
             paths.extend(m for m in matches if not tf.io.gfile.isdir(m))
         elif tf.io.gfile.isdir(pattern):
-            found = sorted(os.path.join(d, f) for d, _, files in tf.io.gfile.walk(pattern)
-                           for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+            found = fileio.list_images(pattern)
             if not found:
-                failures.append(Failure(pattern, f"the folder holds no {'/'.join(IMAGE_SUFFIXES)} file"))
+                failures.append(Failure(pattern, f"the folder holds no {'/'.join(fileio.IMAGE_EXTENSIONS)} file"))
             paths.extend(found)
         elif tf.io.gfile.exists(pattern):
             paths.append(pattern)

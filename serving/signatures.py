@@ -1,7 +1,7 @@
 """The tf.Module whose functions become the SavedModel's serving signatures.
 
 One preprocessing source: every signature turns its input into the model's pixels through
-`trainer.data.decode_for_eval`, mapped over the batch, so what TF Serving answers is what
+`trainer.decode.decode_for_eval`, mapped over the batch, so what TF Serving answers is what
 evaluation measured. The contract (docs/serving.md, DESIGN.md "Serving contract"):
 
 | signature         | input                                   | outputs                                  |
@@ -44,8 +44,8 @@ DecodeFn = Callable[[tf.Tensor, int], tf.Tensor]
 
 
 def _default_decode() -> DecodeFn:
-    from trainer import data  # pylint: disable=import-outside-toplevel  # keeps import light
-    return data.decode_for_eval
+    from trainer import decode  # pylint: disable=import-outside-toplevel  # keeps import light
+    return decode.decode_for_eval
 
 
 def decode_batch(image_bytes: tf.Tensor, *, image_size: int,
@@ -68,7 +68,7 @@ class ServingModule(tf.Module):
       labels_path: a local labels.txt (one class a line, in label order); saved as an asset.
       image_size: S.
       decode_fn: bytes scalar, image_size -> float32 [S, S, 3] 0..255; defaults to
-        `trainer.data.decode_for_eval`, the preprocessing evaluation uses.
+        `trainer.decode.decode_for_eval`, the preprocessing evaluation uses.
     """
 
     def __init__(self, model: keras.Model, *, features_model: keras.Model, labels_path: str,

@@ -1,4 +1,5 @@
-"""trainer.data: locating data, label checks, the reader, sharding, skipped records.
+"""trainer.data and the modules it is built from: locating data and label checks (discovery),
+decoding (decode), RandAugment, the reader and its sharding, skipped records (skips).
 
 Shards are written here record by record (not through prepare) so that tests can plant bad
 records; images are 24x32 px, batches tiny.
@@ -15,7 +16,7 @@ from PIL import Image
 import trainer  # noqa: F401
 import tensorflow as tf
 
-from trainer import config, data
+from trainer import config, data, decode, discovery, randaugment, skips
 
 SIZE = 32
 
@@ -77,30 +78,30 @@ def unique_shards(tmp_path):
 
 def test_class_names_from_labels_file_beside_shards_or_folders(tmp_path, unique_shards):
     glob, classes = unique_shards
-    assert data.resolve_class_names(glob) == tuple(classes)
+    assert discovery.resolve_class_names(glob) == tuple(classes)
     (tmp_path / "mine.txt").write_text("x\n\ny\n")
-    assert data.resolve_class_names(glob, str(tmp_path / "mine.txt")) == ("x", "y")
+    assert discovery.resolve_class_names(glob, str(tmp_path / "mine.txt")) == ("x", "y")
     for name in ("zebra", "ant"):
         os.makedirs(tmp_path / "folder" / name)
-    assert data.resolve_class_names(str(tmp_path / "folder")) == ("ant", "zebra")
+    assert discovery.resolve_class_names(str(tmp_path / "folder")) == ("ant", "zebra")
     (tmp_path / "empty.txt").write_text("\n")
-    with pytest.raises(data.DataError, match="is empty"):
-        data.resolve_class_names(glob, str(tmp_path / "empty.txt"))
+    with pytest.raises(discovery.DataError, match="is empty"):
+        discovery.resolve_class_names(glob, str(tmp_path / "empty.txt"))
     os.makedirs(tmp_path / "bare")
-    with pytest.raises(data.DataError, match="no labels.txt beside"):
-        data.resolve_class_names(str(tmp_path / "bare" / "train-*"))
+    with pytest.raises(discovery.DataError, match="no labels.txt beside"):
+        discovery.resolve_class_names(str(tmp_path / "bare" / "train-*"))
 
 
 def test_count_examples_from_dataset_json_or_by_counting(tmp_path, unique_shards):
     glob, _ = unique_shards
-    assert data.count_examples(glob) == 12
+    assert discovery.count_examples(glob) == 12
     folder = os.path.dirname(glob)
     files = sorted(os.listdir(folder))
     info = {"splits": {"train": {"num_examples": 99, "files": [f for f in files if f.startswith("train")]}}}
     (tmp_path / "u" / "dataset.json").write_text(json.dumps(info))
-    assert data.read_dataset_info(glob)["splits"]["train"]["num_examples"] == 99
-    assert data.count_examples(glob) == 99  # trusted when it names exactly the matched shards
-    assert data.count_examples(os.path.join(folder, "train-0000[01]-*")) == 6  # a subset: counted
+    assert discovery.read_dataset_info(glob)["splits"]["train"]["num_examples"] == 99
+    assert discovery.count_examples(glob) == 99  # trusted when it names exactly the matched shards
+    assert discovery.count_examples(os.path.join(folder, "train-0000[01]-*")) == 6  # a subset: counted
 
 
 @pytest.mark.parametrize("path, message", [
@@ -112,30 +113,30 @@ def test_missing_or_empty_paths_fail_with_one_line(tmp_path, path, message):
     os.makedirs(tmp_path / "empty_folder")
     path = path.format(tmp=tmp_path)
     cfg = config.Data(train_data=path, eval_data=path, class_names=("a", "b"), image_size=SIZE)
-    for call in (lambda: data.count_examples(path),
+    for call in (lambda: discovery.count_examples(path),
                  lambda: data.build_dataset(cfg, split="train", batch_size=2),
                  lambda: data.build_dataset(cfg, split="eval", batch_size=2)):
-        with pytest.raises(data.DataError, match=message) as err:
+        with pytest.raises(discovery.DataError, match=message) as err:
             call()
         assert "\n" not in str(err.value)
-    with pytest.raises(data.DataError, match="empty"):
-        data.count_examples("")
+    with pytest.raises(discovery.DataError, match="empty"):
+        discovery.count_examples("")
 
 
 def test_check_labels_names_the_file(tmp_path, unique_shards):
     glob, classes = unique_shards
-    data.check_labels(glob, class_names=classes)
-    with pytest.raises(data.DataError, match=r"label 8 in .*train-00000-of-00004.tfrecord is outside \[0, 8\)"):
-        data.check_labels(glob, class_names=classes[:8])
+    discovery.check_labels(glob, class_names=classes)
+    with pytest.raises(discovery.DataError, match=r"label 8 in .*train-00000-of-00004.tfrecord is outside \[0, 8\)"):
+        discovery.check_labels(glob, class_names=classes[:8])
     renamed = classes[:5] + ["wrong"] + classes[6:]
-    with pytest.raises(data.DataError, match=r"label 5 in .*train-00001-of-00004.tfrecord says 'c05' "
+    with pytest.raises(discovery.DataError, match=r"label 5 in .*train-00001-of-00004.tfrecord says 'c05' "
                                              r"but labels.txt line 6 is 'wrong'"):
-        data.check_labels(glob, class_names=renamed)
+        discovery.check_labels(glob, class_names=renamed)
     one_based = _write_shards(tmp_path / "ob", [[(_encode(_pixels(0)), 1), (_encode(_pixels(1)), 2)]],
                               classes=["a", "b"])
-    data.check_labels(one_based, class_names=["a", "b"], label_offset=1)
-    with pytest.raises(data.DataError, match="--label_offset=1"):
-        data.check_labels(one_based, class_names=["a", "b"])
+    discovery.check_labels(one_based, class_names=["a", "b"], label_offset=1)
+    with pytest.raises(discovery.DataError, match="--label_offset=1"):
+        discovery.check_labels(one_based, class_names=["a", "b"])
 
 
 # --------------------------------------------------------------------------- the reader
@@ -160,19 +161,19 @@ def test_train_and_eval_batches(tmp_path, unique_shards):
     iterator = iter(train)
     assert len(_labels([next(iterator) for _ in range(5)])) == 25
     # Read while elements are in flight, then after the iterator died mid-decode: no phantoms.
-    assert data._counter("train", glob).count() == 0
+    assert skips.skipped_records("train", path=glob) == 0
     del iterator
-    assert data._counter("train", glob).count() == 0
+    assert skips.skipped_records("train", path=glob) == 0
 
 
 def test_rand_augment_operations_keep_shape_and_range(tmp_path):
     image = tf.constant(_pixels(3, (SIZE, SIZE, 3)), tf.float32)
-    for index, op in enumerate(data._RANDAUGMENT_OPS):
+    for index, op in enumerate(randaugment._RANDAUGMENT_OPS):
         out = op(image, 0.9).numpy()
         assert out.shape == (SIZE, SIZE, 3) and 0.0 <= out.min() and out.max() <= 255.0
         assert index == 0 or np.abs(out - image.numpy()).mean() > 0.5, index
     seed = tf.constant([3, 4], tf.int64)
-    once, again = (data.rand_augment(image, seed=seed).numpy() for _ in range(2))
+    once, again = (randaugment.rand_augment(image, seed=seed).numpy() for _ in range(2))
     np.testing.assert_array_equal(once, again)
     glob = _write_shards(tmp_path / "ra", [[(_encode(_pixels(i)), i % 2) for i in range(4)]], classes="ab")
     images, _ = next(iter(data.build_dataset(_cfg(glob, classes="ab", augment="randaugment"),
@@ -187,7 +188,7 @@ def test_eval_pixels_match_decode_for_eval(tmp_path):
     images, labels = next(iter(data.build_dataset(
         _cfg(glob, classes="abc", eval_data=glob), split="eval", batch_size=3)))
     for image, label in zip(images.numpy(), labels.numpy()):
-        expected = data.decode_for_eval(tf.constant(_encode(pixels[label], "PNG")), SIZE).numpy()
+        expected = decode.decode_for_eval(tf.constant(_encode(pixels[label], "PNG")), SIZE).numpy()
         np.testing.assert_array_equal(image, expected)
 
 
@@ -196,7 +197,7 @@ def test_decode_for_eval_reads_every_format_alike():
     array = np.zeros((40, 48, 3), np.uint8)
     array[:, :24] = (200, 30, 30)
     array[10:30, 24:] = (20, 180, 90)
-    outputs = {fmt: data.decode_for_eval(tf.constant(_encode(array, fmt)), SIZE).numpy()
+    outputs = {fmt: decode.decode_for_eval(tf.constant(_encode(array, fmt)), SIZE).numpy()
                for fmt in ("PNG", "GIF", "BMP", "JPEG")}
     for fmt in ("GIF", "BMP"):
         np.testing.assert_array_equal(outputs[fmt], outputs["PNG"])
@@ -210,13 +211,16 @@ def test_image_folder_reads_like_shards(tmp_path):
         for i in range(3):
             (tmp_path / "f" / name / f"{i}.png").write_bytes(_encode(_pixels(10 * c + i), "PNG"))
     (tmp_path / "f" / "ant" / "readme.txt").write_text("ignored: not an image extension")
+    (tmp_path / "f" / "ant" / "._0.png").write_bytes(b"macOS resource fork: hidden, ignored")
+    os.makedirs(tmp_path / "f" / "bee" / ".thumbnails")
+    (tmp_path / "f" / "bee" / ".thumbnails" / "0.png").write_bytes(_encode(_pixels(99), "PNG"))
     folder = str(tmp_path / "f")
-    classes = data.resolve_class_names(folder)
-    assert data.count_examples(folder) == 6
+    classes = discovery.resolve_class_names(folder)
+    assert discovery.count_examples(folder) == 6
     cfg = _cfg(folder, classes=classes, eval_data=folder)
     assert sorted(_labels(data.build_dataset(cfg, split="eval", batch_size=4))) == [0, 0, 0, 1, 1, 1]
     assert sorted(_labels(data.build_dataset(cfg, split="train", batch_size=4))) == [0, 0, 0, 1, 1, 1]
-    with pytest.raises(data.DataError, match="class folder 'bee'.*not in the labels"):
+    with pytest.raises(discovery.DataError, match="class folder 'bee'.*not in the labels"):
         data.build_dataset(_cfg(folder, classes=("ant", "cow")), split="train", batch_size=2)
 
 
@@ -246,11 +250,11 @@ def test_bad_records_are_skipped_and_counted(tmp_path, caplog):
     cfg = _cfg(glob, classes=("a", "b"), eval_data=glob)
     for split in ("train", "eval"):
         assert sorted(_labels(data.build_dataset(cfg, split=split, batch_size=4))) == [0, 0, 0, 1, 1, 1]
-        assert data.skipped_records(split) - _others(split, glob) == 4
+        assert skips.skipped_records(split, path=glob) == 4
     # Read again: the same bad records are not counted twice.
     list(data.build_dataset(cfg, split="train", batch_size=4, repeat=True).take(6))
-    assert data.skipped_records("train") - _others("train", glob) == 4
-    logger = data.SkippedRecordsLogger(splits=("train",))
+    assert skips.skipped_records("train", path=glob) == 4
+    logger = skips.SkippedRecordsLogger(splits=("train",))
     with caplog.at_level(logging.INFO):
         logger.on_epoch_end(0)
         logger.on_epoch_end(1)
@@ -259,19 +263,14 @@ def test_bad_records_are_skipped_and_counted(tmp_path, caplog):
     assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]  # 4 new, then 0 new
 
 
-def _others(split: str, path: str) -> int:
-    """Skips counted for other data paths in this test process."""
-    return sum(c.count() for (s, p), c in data._COUNTERS.items() if s == split and p != path)
-
-
 def test_corrupt_shard_framing_fails_start_up_checks_but_not_the_reader(tmp_path, unique_shards):
     glob, classes = unique_shards
     shard = os.path.join(os.path.dirname(glob), "train-00002-of-00004.tfrecord")
     content = bytearray(open(shard, "rb").read())
     content[len(content) // 2] ^= 0xFF  # inside the second of three records: a CRC mismatch
     open(shard, "wb").write(bytes(content))
-    for check in (lambda: data.count_examples(glob), lambda: data.check_labels(glob, class_names=classes)):
-        with pytest.raises(data.DataError, match="cannot read the records of .*train-00002-of-00004"):
+    for check in (lambda: discovery.count_examples(glob), lambda: discovery.check_labels(glob, class_names=classes)):
+        with pytest.raises(discovery.DataError, match="cannot read the records of .*train-00002-of-00004"):
             check()
     labels = _labels(data.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split="eval",
                                         batch_size=4))
@@ -284,7 +283,7 @@ def test_training_decode_scales_large_jpeg_windows_in_the_dct():
     for window, expected_shape in (([40, 80, 520, 640], (65, 80, 3)),   # 1/8: 520 // 8 >= 64
                                    ([0, 0, 200, 300], (100, 150, 3)),   # 1/2
                                    ([0, 0, 100, 100], (100, 100, 3))):  # full resolution
-        part = data._decode_jpeg_window(jpeg, tf.constant(window), 64)
+        part = decode._decode_jpeg_window(jpeg, tf.constant(window), 64)
         assert part.shape == expected_shape
         y, x, h, w = window
         reference = tf.image.resize(big[y:y + h, x:x + w], part.shape[:2], antialias=True)

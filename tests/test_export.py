@@ -20,7 +20,7 @@ from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
 from serving import signatures  # noqa: E402
 from tests.testing import serving_server  # noqa: E402
 from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
-from trainer import config, data, export, model as model_lib  # noqa: E402
+from trainer import config, decode, export, model as model_lib  # noqa: E402
 
 SIZE = 32
 
@@ -71,7 +71,7 @@ def test_signatures_carry_the_documented_keys_and_method_names(exported):
 def test_serving_default_matches_keras_on_the_same_pixels(exported, servable):
     model, names, _, _ = exported
     images = [jpeg(1), jpeg(2, size=(20, 70)), jpeg(3, size=(32, 32))]
-    pixels = tf.stack([data.decode_for_eval(tf.constant(b), SIZE) for b in images])
+    pixels = tf.stack([decode.decode_for_eval(tf.constant(b), SIZE) for b in images])
     expected = model(pixels, training=False).numpy()
     out = servable.loaded.signatures["serving_default"](image_bytes=tf.constant(images))
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)

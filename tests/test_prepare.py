@@ -15,7 +15,7 @@ from PIL import Image
 import trainer  # noqa: F401
 import tensorflow as tf  # noqa: E402  # gcs / gcs_bucket: the conftest plugin (tests/testing/gcs_front.py)
 
-from trainer import config, data, prepare  # noqa: E402
+from trainer import config, data, discovery, prepare  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
@@ -96,7 +96,7 @@ def test_round_trip_counts_labels_and_pixels(tmp_path):
             decoded = tf.io.decode_jpeg(r["image/encoded"]).numpy().astype(int)
             assert np.abs(decoded - pixels[name]).mean() < 2.0
     assert sorted(seen) == sorted(pixels)
-    assert data.count_examples(os.path.join(out, "train-*")) == 9
+    assert discovery.count_examples(os.path.join(out, "train-*")) == 9
 
 
 def test_split_is_stratified_and_seeded(tmp_path):
@@ -161,11 +161,11 @@ def test_class_left_without_valid_image_is_an_error(tmp_path):
     _make_folder(tmp_path / "in", {"a": 2, "b": 2})
     os.makedirs(tmp_path / "in" / "c")
     (tmp_path / "in" / "c" / "broken.jpg").write_bytes(b"")
-    with pytest.raises(data.DataError, match="class 'c'.*no valid image"):
+    with pytest.raises(discovery.DataError, match="class 'c'.*no valid image"):
         prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
     os.remove(tmp_path / "in" / "c" / "broken.jpg")  # an empty class folder: the same error
-    with pytest.raises(data.DataError, match="class 'c'.*no valid image"):
+    with pytest.raises(discovery.DataError, match="class 'c'.*no valid image"):
         prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
     assert not (tmp_path / "out").exists()
@@ -209,7 +209,7 @@ def test_rerun_replaces_output_and_recovers_from_a_killed_swap(tmp_path):
     os.makedirs(tmp_path / ".out.prepare-tmp-cafecafe")
     prepare._recover(out)
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]
-    assert data.count_examples(os.path.join(out, "train-*")) == 6
+    assert discovery.count_examples(os.path.join(out, "train-*")) == 6
 
 
 def test_csv_input_and_shard_size(tmp_path):
@@ -234,7 +234,7 @@ def test_bad_arguments(tmp_path, kwargs, message):
     _make_folder(tmp_path / "in", {"a": 1, "b": 1})
     args = dict(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                 validation_fraction=0.1)
-    with pytest.raises(data.DataError, match=message):
+    with pytest.raises(discovery.DataError, match=message):
         prepare.prepare(**dict(args, **kwargs))
 
 
@@ -242,7 +242,7 @@ def test_output_dir_with_foreign_files_is_refused(tmp_path):
     _make_folder(tmp_path / "in", {"a": 1, "b": 1})
     os.makedirs(tmp_path / "out")
     (tmp_path / "out" / "thesis.tex").write_text("precious")
-    with pytest.raises(data.DataError, match="did not write"):
+    with pytest.raises(discovery.DataError, match="did not write"):
         prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
     assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
@@ -260,8 +260,8 @@ def test_gcs_output_is_replaced_whole_and_read_back(tmp_path, gcs_bucket):
     assert info["splits"]["train"]["files"] == ["train-00000-of-00002.tfrecord",
                                                 "train-00001-of-00002.tfrecord"]
     glob = f"{out}/train-*"
-    cfg = config.Data(train_data=glob, eval_data=glob, class_names=data.resolve_class_names(glob),
+    cfg = config.Data(train_data=glob, eval_data=glob, class_names=discovery.resolve_class_names(glob),
                       image_size=32)
-    assert data.count_examples(glob) == 6
+    assert discovery.count_examples(glob) == 6
     labels = [int(v) for _, y in data.build_dataset(cfg, split="eval", batch_size=4) for v in y]
     assert sorted(labels) == [0, 0, 0, 1, 1, 1]

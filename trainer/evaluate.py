@@ -32,7 +32,7 @@ import numpy as np
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 
-from trainer import data, fileio, flagutil, predict, reports
+from trainer import discovery, fileio, flagutil, predict, reports
 
 DEFAULT_BATCH_SIZE = predict.DEFAULT_BATCH_SIZE
 DEFAULT_WORST = 25
@@ -48,11 +48,9 @@ SKIPPED_FILE = "skipped.csv"
 # TensorBoard image tag -> report file, for `report_images`.
 REPORT_IMAGES = {"confusion_matrix": CONFUSION_PNG, "worst_images": WORST_PNG}
 
-_RECORD_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+_RECORD_FEATURES = dict(discovery.RECORD_FEATURES, **{  # the file name names a row of the report
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
+})
 
 # A batch of labelled inputs: ((example id, label), bytes or None, why not).
 LabelledBatch = List[Tuple[Tuple[str, int], Optional[bytes], str]]
@@ -62,7 +60,7 @@ LabelledBatch = List[Tuple[Tuple[str, int], Optional[bytes], str]]
 
 def _folder_batches(folder: str, *, class_names: Sequence[str],
                     batch_size: int) -> Tuple[int, Iterator[LabelledBatch]]:
-    paths, labels = data.list_image_files(folder, class_names=class_names, what="--data")
+    paths, labels = discovery.list_image_files(folder, class_names=class_names, what="--data")
     label_of = dict(zip(paths, labels))
 
     def batches():
@@ -84,9 +82,9 @@ def _record_dataset(files: Sequence[str], *, batch_size: int) -> tf.data.Dataset
 
 def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
                     batch_size: int) -> Tuple[int, Iterator[LabelledBatch]]:
-    files = data.list_record_files(path, what="--data")
-    data.check_labels(path, class_names=class_names, label_offset=label_offset)
-    total = data.count_examples(path)
+    files = discovery.list_record_files(path, what="--data")
+    discovery.check_labels(path, class_names=class_names, label_offset=label_offset)
+    total = discovery.count_examples(path)
 
     def batches():
         for shards, indices, feats in _record_dataset(files, batch_size=batch_size).as_numpy_iterator():
@@ -96,7 +94,7 @@ def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
                 where = f"{os.path.basename(shard.decode())}#{index}"
                 label = int(label) - label_offset
                 if not 0 <= label < len(class_names):
-                    raise data.DataError(
+                    raise discovery.DataError(
                         f"record {where} has label {label + label_offset}, outside [{label_offset}, "
                         f"{len(class_names) + label_offset}) for the export's {len(class_names)} classes: "
                         "pass the data the model was trained for, or --label_offset=1 for 1-based labels")
@@ -114,8 +112,8 @@ def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int
       DataError: a path naming nothing, a class folder or label the export does not know.
     """
     if not path:
-        raise data.DataError("--data is empty: pass a TFRecord glob (DIR/validation-*) or a folder of class folders")
-    if data.is_image_folder(path):
+        raise discovery.DataError("--data is empty: pass a TFRecord glob (DIR/validation-*) or a folder of class folders")
+    if discovery.is_image_folder(path):
         return _folder_batches(path, class_names=class_names, batch_size=batch_size)
     return _record_batches(path, class_names=class_names, label_offset=label_offset, batch_size=batch_size)
 
@@ -242,7 +240,7 @@ def write_report(model: Union[str, predict.Export], *, data_path: str, output_di
     """
     ev = evaluate(model, data_path=data_path, label_offset=label_offset, batch_size=batch_size, worst=worst)
     if not ev.ids:
-        raise data.DataError(f"--data {data_path}: none of its {len(ev.skipped)} image(s) could be decoded; "
+        raise discovery.DataError(f"--data {data_path}: none of its {len(ev.skipped)} image(s) could be decoded; "
                              "check the files are JPEG, PNG, GIF or BMP")
     names = ev.class_names
     metrics = reports.classification_metrics(labels=ev.labels, probabilities=ev.probabilities, top_k=top_k)
@@ -317,7 +315,7 @@ def main(argv) -> None:
         metrics = write_report(FLAGS.model, data_path=FLAGS.data, output_dir=FLAGS.output_dir,
                                batch_size=FLAGS.batch_size, label_offset=FLAGS.label_offset,
                                top_k=FLAGS.top_k, worst=FLAGS.worst)
-    except (predict.PredictError, data.DataError, tf.errors.OpError, OSError) as e:
+    except (predict.PredictError, discovery.DataError, tf.errors.OpError, OSError) as e:
         flagutil.fail(predict.one_line(e))
     print("\n".join(summary_lines(metrics)))
     print(f"report: {FLAGS.output_dir}")

@@ -16,7 +16,6 @@ throughout.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -27,11 +26,10 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import flags, logging
 
-from serving import signatures
+from serving import signatures, versions
 from trainer import fileio, flagutil
 from trainer import model as model_lib
 
-_VERSION_RE = re.compile(r"^\d+$")
 _VERIFY_TOLERANCE = 1e-4
 
 
@@ -70,7 +68,9 @@ def export_saved_model(model: keras.Model, *, class_names: Sequence[str], image_
         if verify:
             _verify(tmp, model=model, class_names=class_names, image_size=image_size)
         progress.update(3)
-        _publish(tmp, final)
+        # On gs:// saved_model.pb goes last: a TF Serving poll that lands mid-copy finds no
+        # SavedModel yet and retries, instead of loading half a model.
+        fileio.move_folder(tmp, final, last="saved_model.pb")
         progress.update(4)
     finally:
         if tf.io.gfile.exists(tmp):
@@ -111,8 +111,7 @@ def _check_class_names(class_names: Sequence[str]) -> None:
 def _existing_versions(export_base: str) -> list:
     if not tf.io.gfile.isdir(export_base):
         return []
-    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(export_base)
-                  if _VERSION_RE.match(n.rstrip("/")))
+    return versions.versions(tf.io.gfile.listdir(export_base))
 
 
 def _choose_version(export_base: str, version: Optional[int]) -> int:
@@ -187,24 +186,6 @@ def _verify(path: str, *, model: keras.Model, class_names: Sequence[str], image_
     if classify["classes"].shape[0] != 1 or features.shape[0] != 1:
         raise ExportError("the export's classify or features signature answered the wrong batch; "
                           "this is a bug, please report it")
-
-
-def _publish(tmp: str, final: str) -> None:
-    """Moves the finished export into its numeric folder.
-
-    Locally a single rename, atomic. On GCS a "rename" copies object by object, so
-    saved_model.pb goes last: a TF Serving poll that lands mid-copy finds no SavedModel yet and
-    retries, instead of loading half a model.
-    """
-    if not fileio.is_gcs(tmp):
-        tf.io.gfile.rename(tmp, final, overwrite=False)
-        return
-    files = [fileio.join(d, f) for d, _, fs in tf.io.gfile.walk(tmp) for f in fs]
-    files.sort(key=lambda p: os.path.basename(p) == "saved_model.pb")
-    for src in files:
-        dst = final + src[len(tmp):]
-        tf.io.gfile.makedirs(os.path.dirname(dst))
-        tf.io.gfile.copy(src, dst, overwrite=False)
 
 
 # --------------------------------------------------------------------------- command line

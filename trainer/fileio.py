@@ -6,6 +6,11 @@ temporary sibling and renamed into place; on gs:// it is uploaded in place, beca
 Storage upload is already atomic (the new object appears only once the upload completes) and a
 rename there is a copy plus a delete — twice the requests, and a stray temporary object if the
 job dies in between. See docs/gcs.md.
+
+It also owns how a folder is read and published: which files a folder holds (`list_files`,
+`list_images`: hidden files and folders left out, sorted), what counts as a glob, and
+`move_folder`, which puts a finished folder (an export, a set of shards) into place so that a
+reader never meets half of it.
 """
 from __future__ import annotations
 
@@ -13,8 +18,14 @@ import json
 import os
 import tempfile
 import uuid
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
+
+# The formats tf.io.decode_image reads (first frame of a GIF), by file name; the content is
+# what decides in the end (trainer.prepare sniffs it, the readers decode it).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+_GLOB_CHARS = "*?["
 
 
 def is_gcs(path: str) -> bool:
@@ -74,3 +85,69 @@ def local_copy(path: str, suffix: str = "") -> str:
     os.close(fd)
     tf.io.gfile.copy(path, local, overwrite=True)
     return local
+
+
+def has_glob(path: str) -> bool:
+    """True when `path` is a pattern for tf.io.gfile.glob rather than one file or folder."""
+    return any(c in path for c in _GLOB_CHARS)
+
+
+def is_hidden(name: str) -> bool:
+    """A dotfile or dot-folder (.DS_Store, .ipynb_checkpoints, a .tmp-* sibling): never data."""
+    return os.path.basename(str(name).rstrip("/")).startswith(".")
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file named with one of `IMAGE_EXTENSIONS` (any case)."""
+    return str(name).lower().endswith(IMAGE_EXTENSIONS) and not is_hidden(name)
+
+
+def list_files(folder: str, *, extensions: Optional[Sequence[str]] = None) -> List[str]:
+    """Every file under `folder` (recursively, local or gs://), sorted by path.
+
+    Hidden files and anything inside a hidden folder are left out, so the reader, prepare,
+    predict and the serving client all see the same files of a folder.
+
+    Args:
+      folder: the folder to walk.
+      extensions: lower-case name endings to keep (e.g. `IMAGE_EXTENSIONS`); None keeps all.
+    """
+    found = []
+    for root, _, files in tf.io.gfile.walk(folder):
+        inner = str(root)[len(str(folder)):].strip("/")
+        if inner and any(part.startswith(".") for part in inner.split("/")):
+            continue
+        found += [join(root, f) for f in files if not is_hidden(f)
+                  and (extensions is None or f.lower().endswith(tuple(extensions)))]
+    return sorted(found)
+
+
+def list_images(folder: str) -> List[str]:
+    """The image files under `folder` by name (`list_files` with `IMAGE_EXTENSIONS`)."""
+    return list_files(folder, extensions=IMAGE_EXTENSIONS)
+
+
+def move_folder(src: str, dst: str, *, first: str = "", last: str = "") -> None:
+    """Moves the finished folder `src` to the new path `dst`.
+
+    Locally one rename, atomic. On gs:// a rename copies object by object, so a reader polling
+    `dst` can meet part of it: the file named `last` (e.g. saved_model.pb, dataset.json) moves
+    last, so its presence means complete, and the one named `first` moves first, so its absence
+    means incomplete. `src` is gone afterwards.
+    """
+    if not is_gcs(dst):
+        tf.io.gfile.rename(src, dst, overwrite=False)
+        return
+    files = _all_files(src)
+    files.sort(key=lambda p: (os.path.basename(p) != first, os.path.basename(p) == last))
+    tf.io.gfile.makedirs(dst)
+    for path in files:
+        target = dst + path[len(src):]
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.rename(path, target, overwrite=False)
+    tf.io.gfile.rmtree(src)
+
+
+def _all_files(folder: str) -> List[str]:
+    """Every file under `folder`, hidden ones included: a move must leave nothing behind."""
+    return sorted(join(root, f) for root, _, files in tf.io.gfile.walk(folder) for f in files)

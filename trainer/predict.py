@@ -18,8 +18,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import io
-import os
-import re
 import sys
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -30,12 +28,9 @@ import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 import tf_keras as keras  # pylint: disable=wrong-import-order
 
-from serving import signatures
+from serving import signatures, versions
 from trainer import fileio, flagutil, reports
-from trainer.data import IMAGE_EXTENSIONS
 
-_VERSION_RE = re.compile(r"^\d+$")
-_GLOB_CHARS = "*?["
 _READ_THREADS = 16
 DEFAULT_BATCH_SIZE = 32
 # Rows printed on stdout; the CSV always has them all.
@@ -69,9 +64,9 @@ def resolve_export_dir(path: str) -> str:
         return path
     for base in (path, fileio.join(path, "export")):
         if tf.io.gfile.isdir(base):
-            versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(base) if _VERSION_RE.match(n.rstrip("/"))]
-            if versions:
-                return resolve_export_dir(fileio.join(base, str(max(versions))))
+            found = versions.versions(tf.io.gfile.listdir(base))
+            if found:
+                return resolve_export_dir(fileio.join(base, str(found[-1])))
     what = "does not exist" if not tf.io.gfile.exists(path) else "holds no saved_model.pb and no export/<version>/"
     raise PredictError(f"--model={path} {what}: pass an export folder (MODEL_DIR/export/<version>) or "
                        "the MODEL_DIR of a finished training run")
@@ -113,22 +108,6 @@ def class_names_of(model: Union[str, Export]) -> Tuple[str, ...]:
 
 # --------------------------------------------------------------------------- inputs
 
-def _has_glob(path: str) -> bool:
-    return any(c in path for c in _GLOB_CHARS)
-
-
-def _is_image(name: str) -> bool:
-    base = os.path.basename(name)
-    return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
-
-
-def _folder_images(folder: str) -> List[str]:
-    found = []
-    for root, _, files in tf.io.gfile.walk(folder):
-        found += [fileio.join(root, f) for f in files if _is_image(f)]
-    return sorted(found)
-
-
 def list_inputs(specs: Sequence[str]) -> List[str]:
     """The image paths named by files, globs and folders (searched recursively for .jpg .jpeg
     .png .gif .bmp), local or gs://, in the order given, each path once.
@@ -138,10 +117,10 @@ def list_inputs(specs: Sequence[str]) -> List[str]:
     """
     paths: List[str] = []
     for spec in filter(None, (s.strip() for s in specs)):
-        if _has_glob(spec):
+        if fileio.has_glob(spec):
             matched = sorted(p for p in tf.io.gfile.glob(spec) if not tf.io.gfile.isdir(p))
         elif tf.io.gfile.isdir(spec):
-            matched = _folder_images(spec)
+            matched = fileio.list_images(spec)
         else:
             matched = [spec] if tf.io.gfile.exists(spec) else []
         if not matched:

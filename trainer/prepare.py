@@ -37,11 +37,11 @@ from trainer import flagutil
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from trainer import data, fileio
+from trainer import discovery, fileio
 
 DEFAULT_SHARD_SIZE_MB = 100
 _SHARD_RE = re.compile(r"^(train|validation)-\d{5}-of-\d{5}\.tfrecord$")
-_OWN_FILES = (data.LABELS_FILE, data.INFO_FILE)
+_OWN_FILES = (discovery.LABELS_FILE, discovery.INFO_FILE)
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
           (b"GIF89a", "GIF"), (b"BM", "BMP"))
 _EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP"}
@@ -74,10 +74,11 @@ class Checked:
 # --------------------------------------------------------------------------- listing inputs
 
 def list_folder(input_dir: str) -> Tuple[List[Source], List[dict], List[str]]:
-    """Every file under the class subfolders of `input_dir`, the files found elsewhere (to
-    report), and the class names (every subfolder, even an empty one)."""
+    """Every file under the class subfolders of `input_dir` (whatever its name: its content
+    decides; hidden ones left out, as every reader of a folder does), the files found elsewhere
+    (to report), and the class names (every subfolder, even an empty one)."""
     if not tf.io.gfile.isdir(input_dir):
-        raise data.DataError(f"--input_dir {input_dir} is not a folder: pass a folder with one "
+        raise discovery.DataError(f"--input_dir {input_dir} is not a folder: pass a folder with one "
                              "subfolder of images per class, or --csv")
     sources, skipped, classes = [], [], []
     for entry in sorted(tf.io.gfile.listdir(input_dir)):
@@ -90,11 +91,8 @@ def list_folder(input_dir: str) -> Tuple[List[Source], List[dict], List[str]]:
             skipped.append({"path": entry + "/", "reason": "hidden folder"})
             continue
         classes.append(entry)
-        for root, _, files in tf.io.gfile.walk(full):
-            for f in sorted(files):
-                path = os.path.join(root, f)
-                sources.append(Source(path=path, class_name=entry,
-                                      name=os.path.relpath(path, input_dir)))
+        sources += [Source(path=path, class_name=entry, name=os.path.relpath(path, input_dir))
+                    for path in fileio.list_files(full)]
     return sources, skipped, classes
 
 
@@ -102,7 +100,7 @@ def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
     """Rows `path,label` (an optional header `path,label`); relative paths are relative to the
     CSV's folder, so a CSV can travel with its images (local or gs://)."""
     if not tf.io.gfile.exists(csv_path):
-        raise data.DataError(f"--csv {csv_path} does not exist: pass a file of path,label rows")
+        raise discovery.DataError(f"--csv {csv_path} does not exist: pass a file of path,label rows")
     with tf.io.gfile.GFile(csv_path, "r") as f:
         rows = list(csv_lib.reader(io.StringIO(f.read())))
     base = os.path.dirname(csv_path)
@@ -112,9 +110,9 @@ def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
         if not row or not any(row) or (number == 1 and [c.lower() for c in row[:2]] == ["path", "label"]):
             continue
         if len(row) != 2 or not row[0] or not row[1]:
-            raise data.DataError(f"--csv {csv_path} line {number} is {','.join(row)!r}: each row "
+            raise discovery.DataError(f"--csv {csv_path} line {number} is {','.join(row)!r}: each row "
                                  "must be path,label")
-        path = row[0] if (data.is_absolute(row[0])) else os.path.join(base, row[0])
+        path = row[0] if (discovery.is_absolute(row[0])) else os.path.join(base, row[0])
         sources.append(Source(path=path, class_name=row[1], name=row[0]))
     return sources, skipped, sorted({s.class_name for s in sources})
 
@@ -135,7 +133,7 @@ def check_image(source: Source) -> Checked:
         with tf.io.gfile.GFile(source.path, "rb") as f:
             content = f.read()
     except tf.errors.OpError as e:
-        return Checked(source, reason=f"unreadable: {data.op_error_message(e)}")
+        return Checked(source, reason=f"unreadable: {discovery.op_error_message(e)}")
     if not content:
         return Checked(source, reason="empty file")
     fmt = sniff_format(content[:8])
@@ -145,7 +143,7 @@ def check_image(source: Source) -> Checked:
         shape = tf.io.decode_image(content, channels=3, expand_animations=False).shape
     except tf.errors.OpError as e:
         return Checked(source, reason=f"{fmt} that does not decode (truncated or corrupt): "
-                                      f"{data.op_error_message(e)}")
+                                      f"{discovery.op_error_message(e)}")
     ext = os.path.splitext(source.path)[1].lower()
     note = ""
     if _EXT_FORMAT.get(ext, fmt) != fmt:
@@ -297,11 +295,11 @@ def _check_output_dir(output_dir: str) -> None:
     if not tf.io.gfile.exists(output_dir):
         return
     if not tf.io.gfile.isdir(output_dir):
-        raise data.DataError(f"--output_dir {output_dir} is a file: pass a folder")
+        raise discovery.DataError(f"--output_dir {output_dir} is a file: pass a folder")
     foreign = [n.rstrip("/") for n in tf.io.gfile.listdir(output_dir)
                if n.rstrip("/") not in _OWN_FILES and not _SHARD_RE.match(n.rstrip("/"))]
     if foreign:
-        raise data.DataError(f"--output_dir {output_dir} holds files prepare did not write "
+        raise discovery.DataError(f"--output_dir {output_dir} holds files prepare did not write "
                              f"({', '.join(sorted(foreign)[:3])}): pass an empty or new folder, "
                              "since prepare replaces the folder's content")
 
@@ -324,13 +322,13 @@ def _recover(output_dir: str) -> None:
         logging.warning("removing %s, left by an interrupted prepare", tmp)
         tf.io.gfile.rmtree(tmp)
     for old in _leftovers(output_dir, "old"):
-        if tf.io.gfile.exists(os.path.join(output_dir, data.INFO_FILE)):
+        if tf.io.gfile.exists(os.path.join(output_dir, discovery.INFO_FILE)):
             tf.io.gfile.rmtree(old)
             continue
         logging.warning("restoring %s from %s, left by an interrupted prepare", output_dir, old)
         if tf.io.gfile.exists(output_dir):
             tf.io.gfile.rmtree(output_dir)
-        _move_folder(old, output_dir)
+        fileio.move_folder(old, output_dir, last=discovery.INFO_FILE)
 
 
 def _swap_into_place(tmp: str, output_dir: str) -> None:
@@ -344,23 +342,10 @@ def _swap_into_place(tmp: str, output_dir: str) -> None:
     """
     old = _sibling(output_dir, "old") if tf.io.gfile.exists(output_dir) else None
     if old:
-        _move_folder(output_dir, old, info_first=True)
-    _move_folder(tmp, output_dir)
+        fileio.move_folder(output_dir, old, first=discovery.INFO_FILE)
+    fileio.move_folder(tmp, output_dir, last=discovery.INFO_FILE)
     if old:
         tf.io.gfile.rmtree(old)
-
-
-def _move_folder(src: str, dst: str, *, info_first: bool = False) -> None:
-    """Renames folder `src` to `dst`; on gs:// file by file, dataset.json first or last."""
-    if not fileio.is_gcs(dst):
-        tf.io.gfile.rename(src, dst)
-        return
-    names = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(src))
-    names.sort(key=lambda n: (n == data.INFO_FILE) != info_first)
-    tf.io.gfile.makedirs(dst)
-    for name in names:
-        tf.io.gfile.rename(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
-    tf.io.gfile.rmtree(src)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -379,7 +364,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     num_workers = num_workers or os.cpu_count() or 1
     sources, skipped, classes = list_csv(csv) if csv else list_folder(input_dir)
     if not sources:
-        raise data.DataError(f"no file found in {csv or input_dir}: pass a folder with one "
+        raise discovery.DataError(f"no file found in {csv or input_dir}: pass a folder with one "
                              "subfolder of images per class (or a CSV of path,label rows)")
     checked = check_all(sources, num_workers=num_workers)
     valid = [c for c in checked if c.ok]
@@ -397,8 +382,8 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
                           files=files, skipped=skipped,
                           notes=[{"path": c.source.name, "note": c.note} for c in valid if c.note],
                           validation_fraction=validation_fraction, seed=seed)
-        _write_text(os.path.join(tmp, data.LABELS_FILE), "".join(n + "\n" for n in class_names))
-        _write_text(os.path.join(tmp, data.INFO_FILE), _to_json(info))
+        _write_text(os.path.join(tmp, discovery.LABELS_FILE), "".join(n + "\n" for n in class_names))
+        _write_text(os.path.join(tmp, discovery.INFO_FILE), _to_json(info))
         _swap_into_place(tmp, output_dir)
     finally:
         if tf.io.gfile.exists(tmp):
@@ -409,31 +394,31 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
 def _validate_args(*, input_dir, csv, output_dir, validation_fraction, num_shards,
                    shard_size_mb) -> None:
     if bool(input_dir) == bool(csv):
-        raise data.DataError("pass exactly one of --input_dir (a folder of class folders) and "
+        raise discovery.DataError("pass exactly one of --input_dir (a folder of class folders) and "
                              "--csv (a file of path,label rows)")
     if not output_dir:
-        raise data.DataError("--output_dir is empty: pass the folder to write the shards to")
+        raise discovery.DataError("--output_dir is empty: pass the folder to write the shards to")
     if not 0.0 <= validation_fraction < 1.0:
-        raise data.DataError(f"--validation_fraction={validation_fraction} must be in [0, 1), "
+        raise discovery.DataError(f"--validation_fraction={validation_fraction} must be in [0, 1), "
                              "e.g. 0.1")
     if num_shards is not None and shard_size_mb is not None:
-        raise data.DataError("pass --num_shards or --shard_size_mb, not both")
+        raise discovery.DataError("pass --num_shards or --shard_size_mb, not both")
     if num_shards is not None and num_shards < 1:
-        raise data.DataError(f"--num_shards={num_shards} must be 1 or more")
+        raise discovery.DataError(f"--num_shards={num_shards} must be 1 or more")
     if shard_size_mb is not None and shard_size_mb <= 0:
-        raise data.DataError(f"--shard_size_mb={shard_size_mb} must be positive")
+        raise discovery.DataError(f"--shard_size_mb={shard_size_mb} must be positive")
     if "://" in output_dir and os.path.dirname(output_dir.rstrip("/")).endswith(":"):
-        raise data.DataError(f"--output_dir {output_dir} is a root: pass a folder inside it, "
+        raise discovery.DataError(f"--output_dir {output_dir} is a root: pass a folder inside it, "
                              "e.g. gs://bucket/data")
     if input_dir and _inside(output_dir, input_dir):
-        raise data.DataError(f"--output_dir {output_dir} is inside --input_dir {input_dir}: it "
+        raise discovery.DataError(f"--output_dir {output_dir} is inside --input_dir {input_dir}: it "
                              "would be read as a class folder; write the shards elsewhere")
     _check_output_dir(output_dir)
 
 
 def _inside(path: str, folder: str) -> bool:
     path, folder = path.rstrip("/") + "/", folder.rstrip("/") + "/"
-    if not data.is_absolute(path):
+    if not discovery.is_absolute(path):
         path, folder = os.path.abspath(path) + "/", os.path.abspath(folder) + "/"
     return path.startswith(folder)
 
@@ -444,15 +429,15 @@ def _class_names(classes: Sequence[str], sources: Sequence[Source], valid: Seque
     an error, not a silent drop that would renumber the labels."""
     names = sorted(classes)
     if not valid:
-        raise data.DataError(f"no valid image in {source} ({len(sources)} files, all skipped as "
+        raise discovery.DataError(f"no valid image in {source} ({len(sources)} files, all skipped as "
                              "empty, truncated or not images): check the input")
     present = {c.source.class_name for c in valid}
     empty = [n for n in names if n not in present]
     if empty:
-        raise data.DataError(f"class {empty[0]!r} in {source} has no valid image "
+        raise discovery.DataError(f"class {empty[0]!r} in {source} has no valid image "
                              f"({len(empty)} such class(es)): add images or remove the class")
     if len(names) < 2:
-        raise data.DataError(f"only one class ({names[0]!r}) in {source}: a classifier needs at "
+        raise discovery.DataError(f"only one class ({names[0]!r}) in {source}: a classifier needs at "
                              "least 2 class folders (or labels)")
     return names
 
@@ -526,7 +511,7 @@ def main(argv) -> None:
                        validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
                        shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
                        num_workers=FLAGS.num_workers)
-    except data.DataError as e:
+    except discovery.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for item in info["skipped"]:

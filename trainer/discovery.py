@@ -1,0 +1,291 @@
+"""Locating data: what a data path names, its class names, its size, and whether its labels fit.
+
+A data path is a TFRecord glob (shards named `{split}-{i:05d}-of-{n:05d}.tfrecord` with
+Google's ImageNet feature keys, `labels.txt` and `dataset.json` beside them: docs/data.md) or
+an image folder with one subfolder per class. Everything here runs once, at start-up, before
+any pipeline is built, so that a wrong path or a mismatched labels.txt ends in one line that
+names the file and the fix (`DataError`) instead of a crash hours into training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import List, Optional, Sequence, Tuple
+
+from absl import logging
+import tensorflow as tf
+
+from trainer import fileio
+
+LABELS_FILE = "labels.txt"
+INFO_FILE = "dataset.json"
+
+# The record keys the reader parses (the data contract); the label check also reads the names.
+RECORD_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+}
+_CHECK_FEATURES = dict(RECORD_FEATURES, **{
+    "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+})
+
+
+class DataError(ValueError):
+    """A data problem the user must fix; the message is one line: what, where, how to fix."""
+
+
+def is_absolute(path: str) -> bool:
+    """True for an absolute local path or a URL such as gs://bucket/x."""
+    return "://" in path or os.path.isabs(path)
+
+
+def is_image_folder(path: str) -> bool:
+    """True when `path` is a folder (not a glob) holding class subfolders."""
+    return not fileio.has_glob(path) and tf.io.gfile.isdir(path) and bool(_class_dirs(path))
+
+
+def _class_dirs(folder: str) -> List[str]:
+    names = []
+    for name in tf.io.gfile.listdir(folder):
+        name = name.rstrip("/")
+        if not fileio.is_hidden(name) and tf.io.gfile.isdir(os.path.join(folder, name)):
+            names.append(name)
+    return sorted(names)
+
+
+def _shard_dir(path: str) -> str:
+    return path if (not fileio.has_glob(path) and tf.io.gfile.isdir(path)) else os.path.dirname(path)
+
+
+def list_record_files(path: str, *, what: str = "data path") -> List[str]:
+    """The sorted TFRecord files a glob names; DataError when it names none.
+
+    Args:
+      path: a TFRecord glob, or a single file.
+      what: how the user named this path (a flag), for the error message.
+    """
+    if not path:
+        raise DataError(f"{what} is empty: pass a TFRecord glob such as DIR/train-*.tfrecord "
+                        "or an image folder with one subfolder per class")
+    if not fileio.has_glob(path):
+        if not tf.io.gfile.exists(path):
+            raise DataError(f"{what} {path} does not exist: check the path, or make shards with "
+                            "python -m trainer.prepare --input_dir=IMAGES --output_dir=DIR")
+        if tf.io.gfile.isdir(path):
+            raise DataError(f"{what} {path} is a folder without class subfolders: pass a TFRecord "
+                            f"glob such as {os.path.join(path, 'train-*')} or a folder with one "
+                            "subfolder of images per class")
+    files = sorted(f for f in tf.io.gfile.glob(path) if not tf.io.gfile.isdir(f))
+    if not files:
+        raise DataError(f"{what} {path} matches no file: check the glob (e.g. DIR/train-*.tfrecord), "
+                        "or make shards with python -m trainer.prepare")
+    return files
+
+
+def list_image_files(folder: str, *, class_names: Sequence[str],
+                     what: str = "data path") -> Tuple[List[str], List[int]]:
+    """Image paths and labels of a class-folder tree, sorted for a stable order.
+
+    Every class subfolder must be one of `class_names`, so a label always means the same class
+    as in labels.txt. Files are chosen by extension (as image_dataset_from_directory does),
+    hidden ones left out (`fileio.list_images`); a file whose content fails to decode is
+    skipped and counted by the reader.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    paths, labels = [], []
+    for name in _class_dirs(folder):
+        if name not in index:
+            raise DataError(f"class folder {name!r} in {folder} is not in the labels "
+                            f"({len(class_names)} classes): add it to labels.txt or remove the folder")
+        found = fileio.list_images(os.path.join(folder, name))
+        paths += found
+        labels += [index[name]] * len(found)
+    if not paths:
+        raise DataError(f"{what} {folder} holds no image files (.jpg .jpeg .png .gif .bmp) in "
+                        "its class subfolders: add images, or pass a TFRecord glob")
+    return paths, labels
+
+
+def resolve_class_names(train_data: str, labels: Optional[str] = None) -> Tuple[str, ...]:
+    """The class names in label order.
+
+    From `labels` when given, else labels.txt beside the TFRecord shards, else the sorted class
+    subfolder names of an image folder (the order image_dataset_from_directory uses).
+
+    Raises:
+      DataError: when no source exists or it lists no class.
+    """
+    if labels:
+        return _read_labels_file(labels, what="--labels")
+    if not train_data:
+        raise DataError("--train_data is empty: pass a TFRecord glob or an image folder")
+    if not fileio.has_glob(train_data) and tf.io.gfile.isdir(train_data):
+        beside = os.path.join(train_data, LABELS_FILE)
+        names = _class_dirs(train_data)
+        if names:
+            return tuple(names)
+        if tf.io.gfile.exists(beside):
+            return _read_labels_file(beside, what="labels.txt")
+        raise DataError(f"--train_data {train_data} is a folder without class subfolders: pass "
+                        "a TFRecord glob (DIR/train-*.tfrecord) or a folder of class folders")
+    beside = os.path.join(os.path.dirname(train_data), LABELS_FILE)
+    if not tf.io.gfile.exists(beside):
+        raise DataError(f"no labels.txt beside {train_data} (looked for {beside}): pass "
+                        "--labels=FILE with one class name a line")
+    return _read_labels_file(beside, what="labels.txt")
+
+
+def _read_labels_file(path: str, *, what: str) -> Tuple[str, ...]:
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"{what} {path} does not exist: pass a file with one class name a line")
+    with tf.io.gfile.GFile(path, "r") as f:
+        names = tuple(line.strip() for line in f.read().splitlines() if line.strip())
+    if not names:
+        raise DataError(f"{what} {path} is empty: write one class name a line, in label order")
+    return names
+
+
+def read_dataset_info(train_data: str) -> Optional[dict]:
+    """dataset.json beside the shards (as trainer.prepare writes it), or None."""
+    if not train_data or is_image_folder(train_data):
+        return None
+    path = os.path.join(_shard_dir(train_data), INFO_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        try:
+            return json.loads(f.read())
+        except ValueError as e:
+            raise DataError(f"{path} is not valid JSON ({e}): delete it or rerun trainer.prepare")
+
+
+def _info_count(path: str, files: Sequence[str]) -> Optional[int]:
+    """The dataset.json count for the split whose shards are exactly `files`, else None."""
+    info = read_dataset_info(path)
+    if not info:
+        return None
+    names = sorted(os.path.basename(f) for f in files)
+    for split in (info.get("splits") or {}).values():
+        if sorted(split.get("files", [])) == names:
+            return int(split["num_examples"])
+    return None
+
+
+def count_examples(path: str) -> int:
+    """Examples behind a data path: dataset.json's count when it describes exactly the matched
+    shards, else a count of records (or image files).
+
+    Shards without dataset.json larger than `_EXACT_COUNT_BYTES` in total (Google's ImageNet
+    shards: 140 GB) are not read through just to count: the count is estimated from the
+    records per byte of the first shard, and a warning says so.
+
+    Raises:
+      DataError: missing path, glob matching nothing, unreadable shard, or zero examples.
+    """
+    if is_image_folder(path):
+        n = len(list_image_files(path, class_names=_class_dirs(path))[0])
+    else:
+        files = list_record_files(path)
+        n = _info_count(path, files)
+        if n is None:
+            n = _count_records(files)
+    if n == 0:
+        raise DataError(f"{path} holds no examples: check the path or rerun trainer.prepare")
+    return n
+
+
+_EXACT_COUNT_BYTES = 2 * 1024 ** 3
+
+
+def _count_records(files: Sequence[str]) -> int:
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    if sum(sizes) <= _EXACT_COUNT_BYTES or len(files) == 1:
+        return _read_count(files)
+    first = _read_count(files[:1])
+    estimate = round(first * sum(sizes) / max(sizes[0], 1))
+    logging.warning("%d shards, %.1f GB without dataset.json: estimated %d records from %s; "
+                    "write dataset.json (trainer.prepare does) or pass --steps_per_epoch",
+                    len(files), sum(sizes) / 1024 ** 3, estimate, files[0])
+    return estimate
+
+
+def _read_count(files: Sequence[str]) -> int:
+    ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(len(files), 16))
+    try:
+        return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    except tf.errors.OpError as e:
+        raise _unreadable(files, e) from None
+
+
+def _unreadable(files: Sequence[str], error: tf.errors.OpError) -> DataError:
+    """A DataError naming the first file that fails to read (found by reading them one by one,
+    on this error path only)."""
+    culprit, message = files[0], op_error_message(error)
+    if len(files) > 1:
+        for f in files:
+            try:
+                tf.data.TFRecordDataset(f).reduce(0, lambda count, _: count + 1)
+            except tf.errors.OpError as e:
+                culprit, message = f, op_error_message(e)
+                break
+    return DataError(f"cannot read the records of {culprit} ({message}): the shard is corrupt or "
+                     "truncated; rerun trainer.prepare, or remove it from the glob")
+
+
+def op_error_message(error: tf.errors.OpError) -> str:
+    """The human part of a TensorFlow op error: no function-node prefix, no op suffix."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
+    return re.sub(r"\s*\[Op:.*$", "", text.splitlines()[0] if text else "").strip()
+
+
+def check_labels(path: str, *, class_names: Sequence[str], label_offset: int = 0,
+                 max_records: int = 2000) -> None:
+    """Fails early, naming the file, when records disagree with the class names.
+
+    Scans up to `max_records` records taken round-robin from every shard: each label (after
+    `label_offset`) must be in [0, C), and `image/class/text` (or `image/class/synset`), when
+    present, must be the class name labels.txt gives that label. Better a one-line error at
+    start-up than a crash (or silent nonsense) hours into training.
+
+    Raises:
+      DataError: naming the file, the record's label and the fix.
+    """
+    if is_image_folder(path):
+        list_image_files(path, class_names=class_names)  # raises on unknown class folders
+        return
+    files = list_record_files(path)
+    files_ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = files_ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)),
+        cycle_length=min(len(files), 64), block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+    ds = ds.take(max_records).batch(256).map(
+        lambda f, r: (f, tf.io.parse_example(r, _CHECK_FEATURES)))
+    try:
+        for fnames, feats in ds.as_numpy_iterator():
+            for i, fname in enumerate(fnames):
+                _check_record(fname.decode(), {k: v[i] for k, v in feats.items()},
+                              class_names=class_names, label_offset=label_offset)
+    except tf.errors.OpError as e:
+        raise _unreadable(files, e) from None
+
+
+def _check_record(where: str, feats: dict, *, class_names: Sequence[str], label_offset: int):
+    n = len(class_names)
+    label = int(feats["image/class/label"]) - label_offset
+    if not 0 <= label < n:
+        hint = ", or --label_offset=1 for 1-based labels (Google's ImageNet shards)" \
+            if label_offset == 0 and label == n else ""
+        raise DataError(
+            f"label {label + label_offset} in {where} is outside [{label_offset}, "
+            f"{n + label_offset}) for the {n} classes of labels.txt: pass the labels.txt written "
+            f"with these shards (--labels){hint}")
+    names = {t.decode() for t in (feats["image/class/text"], feats["image/class/synset"]) if t}
+    if names and class_names[label] not in names:
+        raise DataError(
+            f"label {label} in {where} says {sorted(names)[0]!r} but labels.txt line {label + 1} "
+            f"is {class_names[label]!r}: pass the labels.txt written with these shards (--labels) "
+            "or rerun trainer.prepare")
+
