@@ -115,6 +115,24 @@ def test_list_inputs_expands_folders_and_globs_once(inputs):
     assert paths == [str(inputs / "extra" / "one.png")] + sorted(str(p) for p in (inputs / "square").glob("*.jpg"))
 
 
+def test_every_reader_of_a_folder_lists_the_same_images(tmp_path):
+    """The trainer's reader, prepare, predict and the serving client share fileio.list_files:
+    hidden files and hidden folders are left out by all of them (the client used to keep them)."""
+    from serving import client  # pylint: disable=import-outside-toplevel  # gRPC: only here
+    from trainer import discovery, fileio, prepare  # pylint: disable=import-outside-toplevel
+    for name in ("a/1.jpg", "a/deep/2.PNG", "b/3.bmp", "a/._1.jpg", "a/.thumbnails/4.jpg", "b/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    expected = [str(tmp_path / n) for n in ("a/1.jpg", "a/deep/2.PNG", "b/3.bmp")]
+    assert fileio.list_images(str(tmp_path)) == expected
+    assert predict.list_inputs([str(tmp_path)]) == expected
+    assert client.expand_inputs([str(tmp_path)]) == (expected, [])
+    assert discovery.list_image_files(str(tmp_path), class_names=("a", "b")) == (expected, [0, 0, 1])
+    sources, _, classes = prepare.list_folder(str(tmp_path))  # every visible file: its content decides
+    assert [s.path for s in sources] == expected[:2] + [str(tmp_path / "b/3.bmp"), str(tmp_path / "b/notes.txt")]
+    assert classes == ["a", "b"]
+
+
 def test_model_dir_resolves_to_newest_numeric_version(tmp_path):
     for version in ("1", "2", "10", ".tmp-11-abc"):
         (tmp_path / "export" / version).mkdir(parents=True)

@@ -14,7 +14,7 @@ This module builds datasets only: it imports neither the model nor the strategy.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -111,6 +111,17 @@ def _source(data_cfg, *, path: str, what: str, training: bool, input_context):
     return ds, parse
 
 
+def _split_path(data_cfg, split: str) -> Tuple[str, str]:
+    """The data path of a split and the flag that named it (for messages); DataError when empty."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    what = "--train_data" if split == "train" else "--eval_data"
+    path = data_cfg.train_data if split == "train" else data_cfg.eval_data
+    if not path:
+        raise DataError(f"{what} is empty: pass a TFRecord glob or an image folder")
+    return path, what
+
+
 def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
                   repeat: bool = False, drop_remainder: bool = False,
                   ram_budget_mb: Optional[int] = None) -> tf.data.Dataset:
@@ -139,13 +150,8 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
     Raises:
       DataError: missing or empty path, a glob matching nothing, an unknown class folder.
     """
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
     training = split == "train"
-    path = data_cfg.train_data if training else data_cfg.eval_data
-    what = "--train_data" if training else "--eval_data"
-    if not path:
-        raise DataError(f"{what} is empty: pass a TFRecord glob or an image folder")
+    path, what = _split_path(data_cfg, split)
     ds, unpack = _source(data_cfg, path=path, what=what, training=training,
                          input_context=input_context)
     if data_cfg.cache:
@@ -183,10 +189,7 @@ def build_view_dataset(data_cfg, *, split: str, views: int, batch_size: int,
       Dataset of (images float32 [B, V, S, S, 3] in 0..255, labels int32 [B]).
     """
     training = split == "train"
-    path = data_cfg.train_data if training else data_cfg.eval_data
-    what = "--train_data" if training else "--eval_data"
-    if not path:
-        raise DataError(f"{what} is empty: pass a TFRecord glob or an image folder")
+    path, what = _split_path(data_cfg, split)
     ds, unpack = _source(data_cfg, path=path, what=what, training=False, input_context=input_context)
     decode = _view_decoder(data_cfg, views=views if training else 1, training=training)
     ds = _decode_counted(ds, unpack=unpack, decode=decode, counter=skips.counter_for(split, path),

@@ -87,7 +87,7 @@ def list_folder(input_dir: str) -> Tuple[List[Source], List[dict], List[str]]:
         if not tf.io.gfile.isdir(full):
             skipped.append({"path": entry, "reason": "not inside a class folder"})
             continue
-        if entry.startswith("."):
+        if fileio.is_hidden(entry):
             skipped.append({"path": entry + "/", "reason": "hidden folder"})
             continue
         classes.append(entry)
