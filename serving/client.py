@@ -208,7 +208,6 @@ class _Progress:
 
 def write_features(path: str, rows: List[np.ndarray], paths: List[str]) -> str:
     """Writes the .npy (float32 [N, D]) and its `.paths.txt` sidecar, each moved into place."""
-    from trainer import fileio  # pylint: disable=import-outside-toplevel
     buffer = io.BytesIO()
     np.save(buffer, np.stack(rows).astype(np.float32) if rows else np.zeros([0, 0], np.float32))
     sidecar = os.path.splitext(path)[0] + ".paths.txt"
