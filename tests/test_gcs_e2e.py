@@ -3,17 +3,21 @@
 prepare (gs:// image folder -> gs:// shards) -> train both phases (model_dir and --weights on
 gs://) -> export on gs:// -> load the export from gs:// and predict; then the same training
 again while every Nth storage request is answered 503, which must end with the same result.
-Each run is a real `python -m trainer.*` process that inherits the front's environment.
+Each run is a real `python -m trainer.*` process that inherits the front's environment. The
+backbone is the tiny preset with a notop weights file the test writes (what is checked is
+storage, not EfficientNet).
 
 The trainer's training input is deliberately nondeterministic (parallel reads in any order), so
 the two training runs set TF_DETERMINISTIC_OPS=1: TensorFlow then rewrites tf.data pipelines
 to be deterministic (its make_deterministic optimization), and a faulty run that only retried
 storage requests must match the clean one exactly.
 """
+import io
 import json
 import os
 import uuid
 
+import h5py
 import numpy as np
 import pytest
 
@@ -21,7 +25,7 @@ import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 import tensorflow as tf  # noqa: E402
 
 from tests.testing import cli  # noqa: E402
-from tests.testing.presets import IMAGE_SIZE  # noqa: E402
+from tests.testing.presets import TINY, TINY_SIZE, write_tiny_weights  # noqa: E402
 
 EVERY_NTH_503 = 20
 
@@ -48,13 +52,31 @@ def read_json(path):
         return json.load(f)
 
 
+STEM_KERNEL_SHAPE = [3, 3, 3, 8]  # the tiny backbone's stem_conv: no other variable has this shape
+
+
+def stem_kernel_of_weights_file(path):
+    with tf.io.gfile.GFile(path, "rb") as f, h5py.File(io.BytesIO(f.read()), "r") as h5:
+        group = h5["stem_conv"]
+        (name,) = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+        return group[name][()]
+
+
+def stem_kernel_of_export(export_dir):
+    reader = tf.train.load_checkpoint(f"{export_dir}/variables/variables")
+    found = [key for key, shape in reader.get_variable_to_shape_map().items() if shape == STEM_KERNEL_SHAPE]
+    assert len(found) == 1, found
+    return reader.get_tensor(found[0])
+
+
 @pytest.fixture(scope="module")
-def bucket(gcs, demo_images, pretrained_weights):
-    """A bucket holding the demo image folder and the pretrained notop weights file."""
+def bucket(gcs, demo_images, tmp_path_factory):
+    """A bucket holding the demo image folder and a notop weights file of the tiny backbone."""
     gcs.set_faults()
     root = gcs.create_bucket(f"e2e-{uuid.uuid4().hex[:8]}")
     upload_tree(demo_images, f"{root}/images")
-    tf.io.gfile.copy(pretrained_weights, f"{root}/weights/b0_notop.h5")
+    weights = write_tiny_weights(str(tmp_path_factory.mktemp("tiny_weights") / "tiny_notop.h5"))
+    tf.io.gfile.copy(weights, f"{root}/weights/tiny_notop.h5")
     return root
 
 
@@ -69,8 +91,8 @@ def shards(gcs, bucket):
 def train_args(shards, bucket, model_dir):
     return [f"--train_data={shards}/train-*.tfrecord",
             f"--eval_data={shards}/validation-*.tfrecord",
-            f"--weights={bucket}/weights/b0_notop.h5", f"--model_dir={model_dir}",
-            f"--image_size={IMAGE_SIZE}", "--frozen_epochs=1", "--finetune_epochs=1",
+            f"--backbone={TINY}", f"--weights={bucket}/weights/tiny_notop.h5", f"--model_dir={model_dir}",
+            f"--image_size={TINY_SIZE}", "--frozen_epochs=1", "--finetune_epochs=1",
             "--steps_per_epoch=2", "--frozen_batch_size=8", "--finetune_batch_size=8",
             "--unfreeze=top:1"]
 
@@ -94,7 +116,7 @@ def test_prepare_from_gcs_folder_to_gcs_shards(shards, demo_images):
                         for c in os.listdir(demo_images))
 
 
-def test_train_export_and_predict_all_on_gcs(clean_run, shards, demo_images):
+def test_train_export_and_predict_all_on_gcs(clean_run, bucket, shards, demo_images):
     model_dir, result = clean_run
     history = read_json(f"{model_dir}/history.json")
     assert [h["phase"] for h in history] == ["frozen", "finetune"]
@@ -104,6 +126,9 @@ def test_train_export_and_predict_all_on_gcs(clean_run, shards, demo_images):
     export_dir = result.stdout.split("export: ")[-1].strip()
     assert export_dir.startswith(f"{model_dir}/export/")
     assert os.path.basename(export_dir).isdigit()
+    # --weights was read from gs://: the stem, below the one fine-tuned block, is the file's.
+    np.testing.assert_array_equal(stem_kernel_of_export(export_dir),
+                                  stem_kernel_of_weights_file(f"{bucket}/weights/tiny_notop.h5"))
 
     loaded = tf.saved_model.load(export_dir)
     classes = sorted(os.listdir(demo_images))
