@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import config, data, embeddings
+from trainer import config, data, embeddings, rundir
 from trainer import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +98,7 @@ def test_disk_cache_is_written_whole_and_reused(one_shard, tmp_path, monkeypatch
     model_cfg = config.Model(backbone="efficientnet-b0", weights="none", num_classes=4, image_size=SIZE)
     model = model_lib.build_classifier(model_cfg)
     strategy = tf.distribute.get_strategy()
-    kwargs = dict(data_cfg=cfg, model_cfg=model_cfg, views=2, strategy=strategy, model_dir=str(tmp_path), verbose=False)
+    kwargs = dict(data_cfg=cfg, model_cfg=model_cfg, views=2, strategy=strategy, run_dir=rundir.RunDir(str(tmp_path)), verbose=False)
     in_memory = embeddings.build_caches(model, memory_budget=1 << 40, **kwargs)
     on_disk = embeddings.build_caches(model, memory_budget=0, **kwargs)
     train_mem, train_disk = in_memory["train"][0], on_disk["train"][0]

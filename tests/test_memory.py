@@ -10,8 +10,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.testing import two_cpus
+from tests.testing.faults import OomOnce
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
-from trainer import accumulate, config, memory
+from trainer import accumulate, config, memory, oom, rundir
 from trainer import model as model_lib
 
 GIB = 1024 ** 3
@@ -31,6 +32,12 @@ def make_config(model_dir, *, image_size=224, frozen="auto", finetune="auto", bu
     return config.Config(data=data, model=model, phases=phases, runtime=runtime)
 
 
+def plan(cfg, **kwargs):
+    """memory.plan on a Config's parts, writing plan.json into its model_dir (as the chief does)."""
+    return memory.plan(cfg.phases, model=kwargs.pop("model"), bn=cfg.model.bn, runtime=cfg.runtime,
+                       num_examples=cfg.data.num_train_examples, run_dir=rundir.RunDir(cfg.runtime.model_dir), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def b0_224():
     """B0 at its native 224 px (weights none): the estimate reads shapes only, no training."""
@@ -39,12 +46,13 @@ def b0_224():
 
 def test_same_budget_frozen_batch_at_least_twice_finetune(b0_224, tmp_path):
     cfg = make_config(tmp_path)
-    frozen, finetune = memory.plan(cfg, model=b0_224, replicas=1, device="CPU")
+    flags = [layer.trainable for layer in model_lib.leaf_layers(b0_224)]
+    frozen, finetune = plan(cfg, model=b0_224, replicas=1, device="CPU")
+    assert [layer.trainable for layer in model_lib.leaf_layers(b0_224)] == flags  # planning changes no flag
     assert finetune.batch_size >= 8 and finetune.batch_size % 8 == 0
     assert frozen.batch_size % 8 == 0
     assert frozen.batch_size >= 2 * finetune.batch_size
-    # The learning rate follows the batch linearly from the base batch of 64.
-    entries = {e["name"]: e for e in memory.read_plan(str(tmp_path))["phases"]}
+    entries = {e["name"]: e for e in rundir.RunDir(str(tmp_path)).read_plan()["phases"]}
     # Rates scale with the square root of the batch above the base of 64, and stay as given below it.
     assert entries["frozen"]["learning_rate"] == pytest.approx(1e-3 * max(1.0, frozen.batch_size / 64) ** 0.5)
     assert entries["finetune"]["learning_rate"] == pytest.approx(1e-4 * max(1.0, finetune.batch_size / 64) ** 0.5)
@@ -132,22 +140,22 @@ def test_auto_batch_size_rounding_and_caps():
 def test_budget_too_small_is_a_clear_error(b0_224, tmp_path):
     cfg = make_config(tmp_path, budget_gb=0.3)
     with pytest.raises(config.ConfigError) as info:
-        memory.plan(cfg, model=b0_224, replicas=2, device="GPU")
+        plan(cfg, model=b0_224, replicas=2, device="GPU")
     message = str(info.value)
     assert "\n" not in message
     assert "even 1 example per replica" in message and "--memory_budget_gb" in message and "0.30 GiB" in message
     # An explicit batch size does not escape the check.
     with pytest.raises(config.ConfigError):
-        memory.plan(make_config(tmp_path, budget_gb=0.3, frozen=8, finetune=8), model=b0_224, replicas=1,
+        plan(make_config(tmp_path, budget_gb=0.3, frozen=8, finetune=8), model=b0_224, replicas=1,
                     device="GPU")
 
 
 def test_plan_json_round_trips(b0_224, tmp_path):
     cfg = make_config(tmp_path, frozen=32, finetune="auto", budget_gb=3.0, accumulate_steps=2)
-    phases = memory.plan(cfg, model=b0_224, replicas=2, device="CPU")
+    phases = plan(cfg, model=b0_224, replicas=2, device="CPU")
     with open(tmp_path / "plan.json") as f:
         document = json.load(f)
-    assert memory.read_plan(str(tmp_path)) == document
+    assert rundir.RunDir(str(tmp_path)).read_plan() == document
     assert [e["name"] for e in document["phases"]] == ["frozen", "finetune"]
     assert [e["batch_size"] for e in document["phases"]] == [p.batch_size for p in phases]
     frozen, finetune = document["phases"]
@@ -163,7 +171,7 @@ def test_plan_json_round_trips(b0_224, tmp_path):
 
 def test_explicit_batch_must_divide_among_replicas_and_micro_batches(b0_224, tmp_path):
     with pytest.raises(config.ConfigError, match="not divisible by the 2 replicas x 2 accumulation steps"):
-        memory.plan(make_config(tmp_path, frozen=6, finetune=8, accumulate_steps=2), model=b0_224, replicas=2,
+        plan(make_config(tmp_path, frozen=6, finetune=8, accumulate_steps=2), model=b0_224, replicas=2,
                     device="CPU")
 
 
@@ -190,7 +198,7 @@ def test_auto_without_a_detectable_budget_asks_for_one(b0_224, tmp_path, monkeyp
     monkeypatch.setattr(memory.shutil, "which", lambda name: None)
     cfg = make_config(tmp_path, budget_gb=None)
     with pytest.raises(config.ConfigError, match="pass --memory_budget_gb"):
-        memory.plan(cfg, model=b0_224, replicas=1, device="GPU")
+        plan(cfg, model=b0_224, replicas=1, device="GPU")
 
 
 def tiny_model():
@@ -205,39 +213,33 @@ def tiny_data(n=64, seed=0):
     return rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 3, size=n).astype("int32")
 
 
-def test_oom_recovery_through_the_test_hook(tmp_path, monkeypatch):
-    """The hook fails the first step; the batch halves, plan.json records it, training continues."""
-    monkeypatch.setenv(memory.TEST_OOM_ENV, "frozen")
+def test_oom_recovery_halves_the_batch(tmp_path):
+    """The first step fails; the batch halves, plan.json records it, training continues."""
     phase = config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-3, base_batch_size=64)
-    memory.write_plan(str(tmp_path), {"replicas": 2, "accumulate_steps": 1,
-                                      "phases": [{"name": "frozen", "batch_size": 16, "oom_retries": []}]})
+    run_dir = rundir.RunDir(str(tmp_path))
+    run_dir.write_plan({"replicas": 2, "accumulate_steps": 1,
+                        "phases": [{"name": "frozen", "batch_size": 16, "oom_retries": []}]})
     model = tiny_model()
     before = [w.copy() for w in model.get_weights()]
     x, y = tiny_data()
-    attempts = []
+    attempts, injected = [], OomOnce()
 
     def fit_once(batch_size):
         attempts.append((batch_size, [np.array_equal(a, b) for a, b in zip(before, model.get_weights())]))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-        return model.fit(ds, epochs=1, verbose=0, callbacks=memory.oom_test_hooks(phase.name))
+        return model.fit(ds, epochs=1, verbose=0, callbacks=[injected])
 
-    history = memory.fit_with_oom_recovery(fit_once, phase=phase, replicas=2, model_dir=str(tmp_path), chief=True)
+    history = oom.fit_with_oom_recovery(fit_once, phase=phase, replicas=2, run_dir=run_dir)
     assert [a[0] for a in attempts] == [16, 8]
     assert all(attempts[1][1])  # the retry starts from the weights the failed step left untouched
     assert len(history.history["loss"]) == 1
     assert not all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    entry = memory.read_plan(str(tmp_path))["phases"][0]
+    entry = run_dir.read_plan()["phases"][0]
     assert entry["batch_size"] == 8 and entry["per_replica_batch_size"] == 4
     assert entry["learning_rate"] == pytest.approx(1e-3)  # below the base batch: the rate as given
     assert entry["oom_retries"][0]["batch_size"] == 16 and entry["oom_retries"][0]["new_batch_size"] == 8
-    assert "test hook" in entry["oom_retries"][0]["error"]
-    fit_once(8)  # the hook fires once per phase and model
-    assert memory.oom_test_hooks("finetune") == []
-    other = tiny_model()
-    other.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    with pytest.raises(tf.errors.ResourceExhaustedError):  # another run (a new model) fails again
-        other.fit(x, y, epochs=1, verbose=0, callbacks=memory.oom_test_hooks("frozen"))
+    assert "injected by the test" in entry["oom_retries"][0]["error"]
 
 
 def test_oom_gives_up_below_one_example_per_replica(tmp_path):
@@ -248,8 +250,8 @@ def test_oom_gives_up_below_one_example_per_replica(tmp_path):
         tried.append(batch_size)
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[4,112,112,96]")
 
-    with pytest.raises(memory.OutOfMemoryError) as info:
-        memory.fit_with_oom_recovery(always_oom, phase=phase, replicas=2, model_dir=str(tmp_path), chief=False)
+    with pytest.raises(oom.OutOfMemoryError) as info:
+        oom.fit_with_oom_recovery(always_oom, phase=phase, replicas=2, run_dir=None)
     assert tried == [8, 4, 2]
     assert isinstance(info.value, config.ConfigError) and "\n" not in str(info.value)
     assert "even at batch size 2" in str(info.value)
@@ -308,7 +310,7 @@ def test_plan_only_cli_writes_plan_and_refuses_a_tiny_budget(demo_records, tmp_p
     auto = ("--frozen_batch_size=auto", "--finetune_batch_size=auto", "--plan_only")
     ok = run_module("trainer.task", *train_flags(tmp_path / "ok", demo_records, "none", *auto, "--memory_budget_gb=2"))
     assert ok.returncode == 0, ok.stderr[-3000:]
-    batches = {e["name"]: e["batch_size"] for e in memory.read_plan(str(tmp_path / "ok"))["phases"]}
+    batches = {e["name"]: e["batch_size"] for e in rundir.RunDir(str(tmp_path / "ok")).read_plan()["phases"]}
     assert batches["frozen"] == 72  # capped by the dataset's 72 training examples
     assert 0 < batches["finetune"] <= 72
     bad = run_module("trainer.task", *train_flags(tmp_path / "bad", demo_records, "none", *auto,

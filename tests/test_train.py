@@ -1,7 +1,8 @@
 """The two-phase recipe, asserted on weights: what must not move doesn't, what must move does.
 
-Each run goes through `python -m trainer.task`'s own code path (flags -> Config -> train.run),
-on the demo's TFRecords, B0 at 64 px, starting from a small pretrained backbone file.
+Each run is `python -m trainer.task` in a child process (flags -> Config -> pipeline.run), on the
+demo's TFRecords, B0 at 64 px, starting from the small pretrained backbone file; the
+out-of-memory test calls pipeline.run in-process with a Config and an injected callback.
 """
 import glob
 import json
@@ -11,29 +12,23 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras as keras
 
-from tests.conftest import IMAGE_SIZE
+from tests.testing.cli import run_module, train_flags
+from tests.testing.faults import OomOnce
+from tests.testing.presets import IMAGE_SIZE
 from trainer import model as model_lib
-from trainer import task, train
+from trainer import rundir
 
 
 def train_cli(model_dir, records, weights, *extra):
-    """Runs trainer.task's main in-process with the given flags; returns the exit code (0 = ok)."""
-    argv = ["trainer.task", f"--train_data={records}/train-*.tfrecord",
-            f"--eval_data={records}/validation-*.tfrecord", f"--model_dir={model_dir}",
-            f"--weights={weights}", f"--image_size={IMAGE_SIZE}", "--frozen_batch_size=16",
-            "--finetune_batch_size=8", "--lr_base_batch_size=0", "--frozen_learning_rate=0.01",
-            "--finetune_learning_rate=0.0005", "--warmup_epochs=0", "--early_stopping_patience=0",
-            "--steps_per_epoch=4", "--seed=1", "--noreport", *extra]
-    task.define_flags()
-    task.FLAGS.unparse_flags()
-    task.FLAGS(argv)
-    try:
-        task.main(["trainer.task"])
-    except SystemExit as e:
-        return e.code
-    return 0
+    """Runs python -m trainer.task with the small runs' flags; returns the exit code (0 = ok)."""
+    result = run_module("trainer.task", *train_flags(model_dir, records, weights, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.returncode
+
+
+def checkpoint_of(model_dir, phase):
+    return rundir.RunDir(str(model_dir)).read_state()[phase]
 
 
 def variables_by_name(model, weights_prefix):
@@ -67,7 +62,7 @@ def full_run(tmp_path_factory, demo_records, pretrained_weights):
 def test_frozen_phase_moves_only_the_head(full_run, pretrained_weights):
     model = fresh_model(pretrained_weights)
     before = {v.name: v.numpy().copy() for v in model.variables}
-    after = variables_by_name(model, train.checkpoint_of(full_run, "frozen"))
+    after = variables_by_name(model, checkpoint_of(full_run, "frozen"))
     backbone = backbone_variable_names(model)
     assert any(is_bn_stat(n) for n in backbone)
     for name in backbone:
@@ -78,8 +73,8 @@ def test_frozen_phase_moves_only_the_head(full_run, pretrained_weights):
 
 def test_finetune_moves_kernels_but_not_bn_statistics(full_run, pretrained_weights):
     model = fresh_model(pretrained_weights)
-    frozen = variables_by_name(model, train.checkpoint_of(full_run, "frozen"))
-    tuned = variables_by_name(model, train.checkpoint_of(full_run, "finetune"))
+    frozen = variables_by_name(model, checkpoint_of(full_run, "frozen"))
+    tuned = variables_by_name(model, checkpoint_of(full_run, "finetune"))
     backbone = backbone_variable_names(model)
     kernels = [n for n in backbone if "kernel" in n]
     moved = [n for n in kernels if not np.array_equal(frozen[n], tuned[n])]
@@ -112,7 +107,7 @@ def test_export_matches_keras_model(full_run, demo_images):
     from trainer import data
     export_dir = glob.glob(os.path.join(full_run, "export", "*"))[0]
     loaded = tf.saved_model.load(export_dir)
-    model, cfg = train.restore_trained_model(full_run)
+    model, cfg = rundir.restore_trained_model(full_run)
     paths = sorted(glob.glob(os.path.join(demo_images, "*", "*_000[01].jpg")))
     image_bytes = [open(p, "rb").read() for p in paths]
     pixels = tf.stack([data.decode_for_eval(tf.constant(b), cfg.model.image_size) for b in image_bytes])
@@ -130,7 +125,7 @@ def test_top_n_opens_only_the_top_blocks(tmp_path, demo_records, pretrained_weig
                      "--unfreeze=top:2") == 0
     model = fresh_model(pretrained_weights)
     before = {v.name: v.numpy().copy() for v in model.variables}
-    after = variables_by_name(model, train.checkpoint_of(model_dir, "finetune"))
+    after = variables_by_name(model, checkpoint_of(model_dir, "finetune"))
     blocks = model_lib.block_names(model_lib.backbone_of(model))
     top = tuple(blocks[-2:]) + ("top_",)
     for name in backbone_variable_names(model):
@@ -145,11 +140,13 @@ def test_top_n_opens_only_the_top_blocks(tmp_path, demo_records, pretrained_weig
 
 def test_seed_blog_variant_trains_bn_in_frozen_phase(tmp_path, demo_records, pretrained_weights):
     model_dir = str(tmp_path / "bn_trainable")
-    assert train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=1", "--finetune_epochs=0",
-                     "--bn=trainable") == 0
+    result = run_module("trainer.task", *train_flags(model_dir, demo_records, pretrained_weights, "--frozen_epochs=1",
+                                                     "--finetune_epochs=0", "--bn=trainable"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "frozen phase streams images: --bn=trainable" in result.stderr  # BN in training mode: no cache
     model = fresh_model(pretrained_weights, bn="trainable")
     before = {v.name: v.numpy().copy() for v in model.variables}
-    after = variables_by_name(model, train.checkpoint_of(model_dir, "frozen"))
+    after = variables_by_name(model, checkpoint_of(model_dir, "frozen"))
     backbone = backbone_variable_names(model)
     assert all(not np.array_equal(after[n], before[n]) for n in backbone if is_bn_stat(n))
     for name in (n for n in backbone if "kernel" in n):
@@ -166,15 +163,24 @@ def test_rerun_of_finished_run_redoes_nothing(full_run, tmp_path, demo_records, 
     assert len(os.listdir(os.path.join(model_dir, "export"))) == 2
 
 
-def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pretrained_weights, monkeypatch):
-    """The test hook raises ResourceExhaustedError at the phase's first step: the phase reruns at half
+def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pretrained_weights):
+    """A callback raises ResourceExhaustedError at the phase's first step: the phase reruns at half
     the batch, the run finishes, and plan.json records the retry."""
-    monkeypatch.setenv("EFFNET_TEST_OOM_ONCE", "frozen")
-    model_dir = tmp_path / "oom"
-    assert train_cli(str(model_dir), demo_records, pretrained_weights, "--frozen_epochs=1", "--finetune_epochs=0",
-                     "--steps_per_epoch=1") == 0
-    plan = json.loads((model_dir / "plan.json").read_text())
+    from trainer import config, data, pipeline
+    train_glob, eval_glob = f"{demo_records}/train-*.tfrecord", f"{demo_records}/validation-*.tfrecord"
+    names = data.resolve_class_names(train_glob)
+    cfg = config.Config(
+        data=config.Data(train_data=train_glob, eval_data=eval_glob, class_names=names, image_size=IMAGE_SIZE,
+                         num_train_examples=data.count_examples(train_glob),
+                         num_eval_examples=data.count_examples(eval_glob)),
+        model=config.Model(backbone="efficientnet-b0", weights=pretrained_weights, num_classes=len(names),
+                           image_size=IMAGE_SIZE),
+        phases=(config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-2),
+                config.Phase(name="finetune", epochs=0, batch_size=8, learning_rate=1e-4, unfreeze="all")),
+        runtime=config.Runtime(model_dir=str(tmp_path / "oom"), steps_per_epoch=1, report=False))
+    result = pipeline.run(cfg, strategy=tf.distribute.get_strategy(), callbacks=[OomOnce()])
+    plan = rundir.RunDir(cfg.runtime.model_dir).read_plan()
     frozen = next(p for p in plan["phases"] if p["name"] == "frozen")
     assert frozen["batch_size"] == 8
     assert frozen["oom_retries"][0]["batch_size"] == 16 and frozen["oom_retries"][0]["new_batch_size"] == 8
-    assert [h["phase"] for h in json.loads((model_dir / "history.json").read_text())] == ["frozen"]
+    assert [h["phase"] for h in result.history] == ["frozen"] and result.export_dir

@@ -37,8 +37,8 @@ import tf_keras as keras
 
 from trainer import data, distribute, fileio
 from trainer import model as model_lib
+from trainer.rundir import RunDir
 
-CACHE_DIR = "cache"
 MANIFEST = "manifest.json"
 MEMORY_FRACTION = 0.25
 EXAMPLES_PER_SHARD = 4096
@@ -85,7 +85,7 @@ def cache_bytes(*, examples: int, views: int, dim: int) -> int:
 
 
 def build_caches(model: keras.Model, *, data_cfg, model_cfg, views: int, strategy: tf.distribute.Strategy,
-                 model_dir: str, memory_budget: int, verbose: bool) -> Dict[str, Dict[int, Cache]]:
+                 run_dir: RunDir, memory_budget: int, verbose: bool) -> Dict[str, Dict[int, Cache]]:
     """The train (and eval, when given) caches of every local input pipeline.
 
     Returns:
@@ -108,7 +108,7 @@ def build_caches(model: keras.Model, *, data_cfg, model_cfg, views: int, strateg
 
         for ctx in _local_contexts(strategy):
             key = _key(data_cfg, model_cfg, split=split, views=split_views, ctx=ctx)
-            folder = fileio.join(model_dir, CACHE_DIR, f"{split}-{ctx.input_pipeline_id:05d}-of-{ctx.num_input_pipelines:05d}")
+            folder = run_dir.cache_dir(f"{split}-{ctx.input_pipeline_id:05d}-of-{ctx.num_input_pipelines:05d}")
             cache = None if in_memory else _reuse(folder, key)
             if cache is None:
                 ds = strategy.distribute_datasets_from_function(dataset_fn)
@@ -240,13 +240,6 @@ def _key(data_cfg, model_cfg, *, split: str, views: int, ctx) -> str:
              "image_size": data_cfg.image_size, "augment": data_cfg.augment, "seed": data_cfg.seed,
              "backbone": model_cfg.backbone, "weights": model_cfg.weights}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def remove_caches(model_dir: str) -> None:
-    """Drops the on-disk caches once the frozen phase is recorded as finished (chief only)."""
-    path = fileio.join(model_dir, CACHE_DIR)
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
 
 
 def build_dataset(cache: Cache, *, batch_size: int, training: bool, seed: int, repeat: bool = True) -> tf.data.Dataset:

@@ -202,9 +202,9 @@ def define_flags() -> None:
 def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optional[int] = None,
              export_base: Optional[str] = None) -> str:
     """Exports a finished run's checkpoint again (after a failed or changed export); returns its path."""
-    from trainer import train  # pylint: disable=import-outside-toplevel  # heavy; CLI only
+    from trainer import rundir  # pylint: disable=import-outside-toplevel
     flagutil.check_folder("model_dir", model_dir)
-    model, cfg = train.restore_trained_model(model_dir, checkpoint)
+    model, cfg = rundir.restore_trained_model(model_dir, checkpoint)
     return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
                               export_base=export_base or fileio.join(model_dir, "export"), version=version)
 

@@ -33,10 +33,8 @@ gradient never reaches them. bench/memory.py compares the estimate with measured
 docs/memory.md holds the table.
 
 `plan` turns the estimates into integer batch sizes (`auto` = the largest that fits) and
-writes model_dir/plan.json; `fit_with_oom_recovery` halves a phase's batch when it runs out of
-memory anyway. The environment variable EFFNET_TEST_OOM_ONCE is read here rather than in
-task.py because it is a test hook, not a setting: it makes `oom_test_hooks` fail a phase's first
-step once, so tests can drive the recovery.
+writes plan.json through trainer/rundir.py; when a phase runs out of memory anyway, training
+halves its batch (trainer/oom.py).
 """
 from __future__ import annotations
 
@@ -46,7 +44,6 @@ import os
 import re
 import shutil
 import subprocess
-import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -54,11 +51,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import fileio, schedules
+from trainer import schedules
 from trainer import model as model_lib
-from trainer.config import Config, ConfigError, Phase
+from trainer.config import ConfigError, Phase
+from trainer.rundir import RunDir
 
-PLAN_FILE = "plan.json"
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 # An automatic batch must fit in (1 - SAFETY_FRACTION) of the budget: the estimate is meant to
@@ -83,7 +80,6 @@ ACCELERATOR_WORKSPACE_BYTES = 1 * GIB
 # HBM per TensorFlow TPU device (a core on v2/v3, a chip on v4 and later), from Google Cloud's
 # TPU system architecture pages.
 TPU_HBM_GIB = {"v2": 8, "v3": 16, "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
-TEST_OOM_ENV = "EFFNET_TEST_OOM_ONCE"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +332,7 @@ def estimate_phase(model: keras.Model, *, phase: Phase, bn: str, device: str = "
                    accumulate_steps: int = 1) -> Estimate:
     """Sets the phase's trainable flags on `model` and estimates one replica's peak memory.
 
-    The flags are left as the phase sets them; the trainer sets them again when the phase starts.
+    The flags are left as the phase sets them (`plan` restores them: `model.trainable_flags_kept`).
 
     Args:
       model: a classifier from `model.build_classifier` (any functional Keras model works).
@@ -537,41 +533,44 @@ def _too_small_message(estimate: Estimate, *, budget: Budget, replicas: int) -> 
             "smaller --image_size or --backbone, --unfreeze=top:N, or --mixed_precision")
 
 
-def plan(cfg: Config, *, model: keras.Model, replicas: int, model_dir: Optional[str] = None,
-         chief: bool = True, device: Optional[str] = None, budget: Optional[Budget] = None) -> Tuple[Phase, ...]:
+def plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_examples: Optional[int],
+         replicas: int, run_dir: Optional[RunDir] = None, device: Optional[str] = None,
+         budget: Optional[Budget] = None) -> Tuple[Phase, ...]:
     """The phases with integer global batch sizes, each divisible by replicas * accumulate_steps.
 
-    Estimates every phase on `model` (leaving its trainable flags as the last phase sets them),
-    resolves `auto` batch sizes, logs the plan and, on the chief, writes model_dir/plan.json
-    (model_dir defaults to cfg.runtime.model_dir).
+    Estimates every phase on `model` (its trainable flags are restored afterwards), resolves
+    `auto` batch sizes, logs the plan and, given `run_dir` (the chief's), writes plan.json.
+
+    Args:
+      phases: the run's phases; `bn`: its --bn; `runtime`: its `config.Runtime` (budget, caps,
+        accumulation); `num_examples`: training examples (auto batches never exceed them).
 
     Raises:
       ConfigError: a batch size that does not divide among the replicas and micro-batches, a
         budget too small for one example per replica, or an undetectable budget with `auto`.
     """
-    runtime = cfg.runtime
     device = device or device_kind()
     if budget is None:
         budget = detect_budget(memory_budget_gb=runtime.memory_budget_gb, replicas=replicas, device=device)
-    phases, entries = [], []
-    for phase in cfg.phases:
-        estimate = estimate_phase(model, phase=phase, bn=cfg.model.bn, device=device,
-                                  accumulate_steps=runtime.accumulate_steps)
-        batch = _resolve_batch(phase, estimate=estimate, budget=budget, cfg=cfg, replicas=replicas, device=device)
-        phases.append(phase.with_batch_size(batch))
-        entries.append(plan_entry(phases[-1], estimate=estimate, replicas=replicas, auto=phase.batch_size == "auto"))
+    planned, entries = [], []
+    for phase in phases:
+        with model_lib.trainable_flags_kept(model):
+            estimate = estimate_phase(model, phase=phase, bn=bn, device=device, accumulate_steps=runtime.accumulate_steps)
+        batch = _resolve_batch(phase, estimate=estimate, budget=budget, runtime=runtime, num_examples=num_examples,
+                               replicas=replicas, device=device)
+        planned.append(phase.with_batch_size(batch))
+        entries.append(plan_entry(planned[-1], estimate=estimate, replicas=replicas, auto=phase.batch_size == "auto"))
     document = {"replicas": replicas, "device": device, "accumulate_steps": runtime.accumulate_steps,
                 "budget_bytes": budget.bytes if budget else None, "budget_source": budget.source if budget else None,
                 "safety_fraction": SAFETY_FRACTION, "phases": entries}
-    if chief:
+    if run_dir is not None:
         logging.info("%s", format_plan(document))
-        write_plan(model_dir or runtime.model_dir, document)
-    return tuple(phases)
+        run_dir.write_plan(document)
+    return tuple(planned)
 
 
-def _resolve_batch(phase: Phase, *, estimate: Estimate, budget: Optional[Budget], cfg: Config, replicas: int,
-                   device: str) -> int:
-    runtime = cfg.runtime
+def _resolve_batch(phase: Phase, *, estimate: Estimate, budget: Optional[Budget], runtime,
+                   num_examples: Optional[int], replicas: int, device: str) -> int:
     unit = replicas * runtime.accumulate_steps
     if phase.batch_size == "auto":
         if phase.epochs == 0:
@@ -580,7 +579,7 @@ def _resolve_batch(phase: Phase, *, estimate: Estimate, budget: Optional[Budget]
             raise ConfigError(f"--{phase.name}_batch_size=auto: the {device} memory could not be detected; "
                               "pass --memory_budget_gb (memory of one device) or a number")
         return auto_batch_size(estimate, budget=budget, replicas=replicas, accumulate_steps=runtime.accumulate_steps,
-                               max_batch_size=runtime.max_batch_size, num_examples=cfg.data.num_train_examples)
+                               max_batch_size=runtime.max_batch_size, num_examples=num_examples)
     batch = int(phase.batch_size)
     if batch % unit:
         what = f"the {replicas} replicas" + (f" x {runtime.accumulate_steps} accumulation steps"
@@ -632,122 +631,3 @@ def format_plan(document: dict) -> str:
     return "\n".join(lines + ["  (* = auto; peak is per replica at the planned batch)"])
 
 
-def plan_path(model_dir: str) -> str:
-    return fileio.join(model_dir, PLAN_FILE)
-
-
-def write_plan(model_dir: str, document: dict) -> None:
-    """Writes model_dir/plan.json atomically (chief only: the caller decides)."""
-    fileio.write_json_atomic(plan_path(model_dir), document)
-
-
-def read_plan(model_dir: str) -> Optional[dict]:
-    """The plan.json a run wrote, or None."""
-    path = plan_path(model_dir)
-    return fileio.read_json(path) if fileio.exists(path) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Out-of-memory recovery.
-
-
-class OutOfMemoryError(ConfigError):
-    """Even the smallest batch (one example per replica) ran out of memory."""
-
-
-def halved_batch_size(batch_size: int, *, unit: int) -> Optional[int]:
-    """Half the batch, rounded down to a multiple of `unit` (replicas x accumulation); None below it."""
-    half = (batch_size // 2) // unit * unit
-    return half if half >= unit else None
-
-
-def fit_with_oom_recovery(fit_once: Callable[[int], Any], *, phase: Phase, replicas: int,
-                          model_dir: Optional[str] = None, chief: bool = True, accumulate_steps: int = 1) -> Any:
-    """Calls fit_once(batch_size), halving the batch after each ResourceExhaustedError.
-
-    fit_once must rebuild what depends on the batch (datasets, learning rate, compile) and
-    continue from the model's current weights: an out-of-memory error is raised before the step
-    that caused it updates anything, so the weights are those of the last good step.
-
-    Args:
-      fit_once: trains the phase at a global batch size; its result is returned.
-      phase: the planned phase (an int batch_size).
-      replicas / accumulate_steps: the batch stays a multiple of their product.
-      model_dir / chief: the chief records each retry in model_dir/plan.json.
-
-    Raises:
-      OutOfMemoryError: out of memory at batch = replicas x accumulate_steps.
-    """
-    batch = int(phase.batch_size)
-    unit = replicas * accumulate_steps
-    while True:
-        try:
-            return fit_once(batch)
-        except tf.errors.ResourceExhaustedError as e:
-            smaller = halved_batch_size(batch, unit=unit)
-            reason = _first_line(e)
-            if smaller is None:
-                raise OutOfMemoryError(
-                    f"the {phase.name} phase ran out of memory even at batch size {batch} ({reason}); use a device "
-                    "with more memory, a smaller --image_size or --backbone, --unfreeze=top:N, or "
-                    "--mixed_precision") from None
-            logging.warning("phase %s: out of memory at batch size %d (%s); retrying at %d", phase.name, batch,
-                            reason, smaller)
-            if chief and model_dir:
-                record_oom_retry(model_dir, phase=phase, old=batch, new=smaller, reason=reason)
-            batch = smaller
-
-
-def _first_line(error: tf.errors.OpError) -> str:
-    lines = (error.message or "").strip().splitlines()
-    return lines[0][:200] if lines else "out of memory"
-
-
-def record_oom_retry(model_dir: str, *, phase: Phase, old: int, new: int, reason: str) -> None:
-    """Updates the phase's batch size and learning rate in plan.json and appends the retry."""
-    document = read_plan(model_dir) or {"phases": []}
-    entry = next((e for e in document["phases"] if e["name"] == phase.name), None)
-    if entry is None:
-        entry = {"name": phase.name, "oom_retries": []}
-        document["phases"].append(entry)
-    entry.setdefault("oom_retries", []).append({"batch_size": old, "new_batch_size": new, "error": reason})
-    entry["batch_size"] = new
-    entry["learning_rate"] = schedules.scaled_learning_rate(phase.learning_rate, batch_size=new,
-                                                            base_batch_size=phase.base_batch_size)
-    replicas = document.get("replicas")
-    if replicas:
-        entry["per_replica_batch_size"] = new // replicas
-        steps = document.get("accumulate_steps", 1)
-        entry["micro_batch_size"] = math.ceil(new // replicas / steps)
-    write_plan(model_dir, document)
-
-
-class OomTestHook(keras.callbacks.Callback):
-    """Raises ResourceExhaustedError at the first training step of a phase, once per model.
-
-    A test hook, on only when the environment variable EFFNET_TEST_OOM_ONCE names the phase
-    (e.g. `frozen`, or `frozen,finetune`): it lets tests drive the real recovery path of
-    `fit_with_oom_recovery` without filling a device. "Once" is remembered per model object, so
-    the retry of the same run goes through while a later run in the same process (another
-    test) fails again.
-    """
-    _fired: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-    def __init__(self, phase_name: str):
-        super().__init__()
-        self.phase_name = phase_name
-
-    def on_train_batch_begin(self, batch, logs=None):
-        fired = OomTestHook._fired.setdefault(self.model, set())
-        if self.phase_name in fired:
-            return
-        fired.add(self.phase_name)
-        raise tf.errors.ResourceExhaustedError(
-            None, None, f"OOM when allocating tensor (test hook {TEST_OOM_ENV}={self.phase_name})")
-
-
-def oom_test_hooks(phase_name: str, env: Optional[Dict[str, str]] = None) -> List[keras.callbacks.Callback]:
-    """[OomTestHook] when EFFNET_TEST_OOM_ONCE names the phase, else []: add to fit's callbacks."""
-    env = os.environ if env is None else env
-    names = {n.strip() for n in env.get(TEST_OOM_ENV, "").split(",") if n.strip()}
-    return [OomTestHook(phase_name)] if phase_name in names else []

@@ -6,6 +6,7 @@ the user asks for the seed blog's variant (`bn="trainable"`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -200,6 +201,26 @@ def set_trainable(model: keras.Model, *, phase: Phase, bn: str) -> None:
         for layer in backbone.layers:
             if _is_bn(layer):
                 layer.trainable = False
+
+
+@contextlib.contextmanager
+def trainable_flags_kept(model: keras.Model):
+    """Restores every layer's `trainable` flag on exit: a look at another phase's rules (the
+    memory estimate) leaves the model as it found it."""
+    layers = [model, *_all_layers(model)]
+    saved = [layer.trainable for layer in layers]
+    try:
+        yield model
+    finally:
+        for layer, flag in zip(layers, saved):
+            layer.trainable = flag
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def _freeze_below_top_blocks(backbone: keras.Model, top: int) -> None:

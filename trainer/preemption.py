@@ -3,7 +3,8 @@
 Vertex AI (and spot VMs) stop a preempted job with SIGTERM and later restart it with the same
 arguments. What makes that restart continue where the job stopped:
 
-- `PhaseBackup`, a `BackupAndRestore` whose folder is `model_dir/backup/<phase>`: it backs up
+- `PhaseBackup`, a `BackupAndRestore` whose folder is `model_dir/backup/<phase>`
+  (`RunDir.backup_dir`): it backs up
   the model, the optimizer and the (epoch, step) reached at every epoch end, at the end of the
   phase (after early stopping restored its best weights) and when a stop is requested; the
   next `fit` of that phase restores it and starts at that epoch and step. One folder per phase,
@@ -32,22 +33,9 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import distribute, fileio
+from trainer import distribute
 
 EXIT_PREEMPTED = 143
-BACKUP_DIR = "backup"
-
-
-def backup_dir(model_dir: str, phase_name: str) -> str:
-    """The BackupAndRestore folder of one phase."""
-    return fileio.join(model_dir, BACKUP_DIR, phase_name)
-
-
-def remove_backup(model_dir: str, phase_name: str) -> None:
-    """Drops a phase's backup once the phase is recorded as finished."""
-    path = backup_dir(model_dir, phase_name)
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
 
 
 class Guard:

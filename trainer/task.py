@@ -162,7 +162,7 @@ def _check_outputs_writable(runtime: config.Runtime) -> None:
 
 
 def main(argv):
-    from trainer import distribute, train  # pylint: disable=import-outside-toplevel
+    from trainer import distribute, pipeline  # pylint: disable=import-outside-toplevel
     try:
         if len(argv) > 1:
             raise config.ConfigError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
@@ -174,7 +174,8 @@ def main(argv):
         report = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
                                        is_chief=distribute.is_chief(strategy),
                                        epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
-        result = train.run(cfg, plan_only=FLAGS.plan_only, strategy=strategy, last_phase_callbacks=[report] if report else [])
+        result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
+                              last_phase_callbacks=[report] if report else [])
         distribute.wait_for_all(strategy)
     except user_errors() as e:
         flagutil.fail(e)

@@ -1,0 +1,75 @@
+"""The whole job: train, then (on the chief) export, plot and report -- arrows that point down.
+
+train.py trains and returns the model and its history; it imports neither the export nor the
+evaluation. This module runs them in order, so `python -m trainer.task` is: task (flags) ->
+pipeline.run -> train.run -> {data, model, embeddings, distribute, memory}, then export ->
+evaluate. See docs/architecture.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence
+
+from absl import logging
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer import data, evaluate, export, plots, predict, reports, train
+from trainer.config import Config
+from trainer.rundir import RunDir
+
+
+@dataclasses.dataclass
+class RunResult:
+    export_dir: Optional[str]
+    history: List[dict]
+    metrics: Optional[dict] = None  # the validation report's, measured through the export
+    report_dir: Optional[str] = None
+
+    def summary(self) -> List[str]:
+        """How good the trained classifier is, in a few lines for a terminal."""
+        lines = []
+        for phase in dict.fromkeys(r["phase"] for r in self.history):
+            records = [r for r in self.history if r["phase"] == phase]
+            scores = [r["val_accuracy"] for r in records if r.get("val_accuracy") is not None]
+            key, best = ("val_accuracy", max(scores)) if scores else ("accuracy", max(r["accuracy"] for r in records))
+            lines.append(f"{phase} phase: {len(records)} epoch(s), best {key} {best:.3f}")
+        if self.metrics:
+            lines.append(f"validation accuracy {self.metrics['accuracy']:.3f} on {self.metrics['num_examples']} "
+                         f"images through the export; report: {self.report_dir}")
+        if self.export_dir:
+            lines.append(f"export: {self.export_dir}")
+        return lines
+
+
+def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = False,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        last_phase_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunResult:
+    """Trains (train.run), then on the chief: learning curves, the SavedModel, the validation report."""
+    trained = train.run(cfg, strategy=strategy, plan_only=plan_only, callbacks=callbacks,
+                        last_phase_callbacks=last_phase_callbacks)
+    if plan_only or not trained.chief:
+        return RunResult(None, trained.history)
+    run_dir = RunDir.of(cfg.runtime)
+    plots.plot_learning_curves(trained.history, run_dir.curves)
+    export_dir = export.export_saved_model(trained.model, class_names=cfg.data.class_names,
+                                           image_size=cfg.model.image_size, export_base=run_dir.export_base)
+    metrics = report(cfg, export_dir=export_dir, history=trained.history) if cfg.runtime.report else {}
+    return RunResult(export_dir, trained.history, metrics or None, run_dir.eval_dir if metrics else None)
+
+
+def report(cfg: Config, *, export_dir: str, history: List[dict]) -> dict:
+    """The validation report (model_dir/eval/) and its TensorBoard summaries, from the export itself."""
+    run_dir = RunDir.of(cfg.runtime)
+    images = {"learning_curves": run_dir.curves} if tf.io.gfile.exists(run_dir.curves) else {}
+    metrics: dict = {}
+    if cfg.data.eval_data:
+        try:
+            metrics = evaluate.write_report(export_dir, data_path=cfg.data.eval_data, output_dir=run_dir.eval_dir,
+                                            label_offset=cfg.data.label_offset)
+            images.update(evaluate.report_images(run_dir.eval_dir))
+            logging.info("validation report in %s: %s", run_dir.eval_dir, "; ".join(evaluate.summary_lines(metrics)))
+        except (data.DataError, predict.PredictError) as e:
+            logging.warning("no evaluation report: %s", e)
+    reports.write_tensorboard(run_dir.logs_dir("eval"), metrics=metrics, images=images, step=len(history))
+    return metrics

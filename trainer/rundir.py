@@ -1,0 +1,163 @@
+"""The run directory (--model_dir): its layout, and every read and write of what lives there.
+
+One owner, so that the layout is written down once and `--overwrite` clears exactly what a run
+wrote:
+
+    MODEL_DIR/
+      config.json          the run's Config (what a restart must match: Config.run_identity)
+      state.json           finished phases in order, each with its checkpoint prefix
+      history.json         one record per epoch: phase, epoch, loss, accuracy, val_loss, val_accuracy
+      plan.json            the memory plan per phase, and out-of-memory retries
+      checkpoints/<phase>/ a finished phase's weights (or under --checkpoint_dir)
+      backup/<phase>/      BackupAndRestore of the phase in progress (preemption)
+      cache/<split>-<pipeline>/  the frozen phase's embedding cache on disk
+      logs/<phase>/, logs/eval/  TensorBoard (or under --tensorboard_dir)
+      plots/learning_curves.png
+      eval/                the validation report, through the export
+      export/<version>/    the SavedModel
+
+Small files are written atomically through fileio (local: temp sibling + rename; gs://: one
+upload). Under MultiWorkerMirroredStrategy only the chief writes here; callers decide.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+from trainer import fileio
+from trainer.config import Config, ConfigError
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.json"
+PLAN_FILE = "plan.json"
+CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT = "checkpoints", "backup", "cache", "logs", "plots", "eval", "export"
+OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """Paths and files of one run. `checkpoint_root` / `tensorboard_root` override the defaults
+    under `root` (Vertex AI sets AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR)."""
+    root: str
+    checkpoint_root: Optional[str] = None
+    tensorboard_root: Optional[str] = None
+
+    @classmethod
+    def of(cls, runtime) -> "RunDir":
+        """The run directory a `config.Runtime` names."""
+        return cls(runtime.model_dir, runtime.checkpoint_dir, runtime.tensorboard_dir)
+
+    def path(self, *parts: str) -> str:
+        return fileio.join(self.root, *parts)
+
+    def checkpoint_prefix(self, phase: str) -> str:
+        """Where a finished phase's weights go (TF checkpoint format: works on gs://)."""
+        return fileio.join(self.checkpoint_root or self.path(CHECKPOINTS), phase, "weights")
+
+    def backup_dir(self, phase: str) -> str:
+        return self.path(BACKUP, phase)
+
+    def cache_dir(self, name: str = "") -> str:
+        return self.path(CACHE, name) if name else self.path(CACHE)
+
+    def logs_dir(self, *parts: str) -> str:
+        return fileio.join(self.tensorboard_root or self.path(LOGS), *parts)
+
+    @property
+    def curves(self) -> str:
+        return self.path(PLOTS, "learning_curves.png")
+
+    @property
+    def eval_dir(self) -> str:
+        return self.path(EVAL)
+
+    @property
+    def export_base(self) -> str:
+        return self.path(EXPORT)
+
+    # ------------------------------------------------------------------ files
+
+    def write_config(self, cfg: Config) -> None:
+        fileio.write_text_atomic(self.path(CONFIG_FILE), cfg.to_json() + "\n")
+
+    def read_config(self) -> Optional[Config]:
+        """The config.json a run wrote here, None when there is none; ConfigError when it is not ours."""
+        path = self.path(CONFIG_FILE)
+        if not fileio.exists(path):
+            return None
+        try:
+            return Config.from_dict(fileio.read_json(path))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a config.json of this trainer ({e}); pass --overwrite to start "
+                              "afresh or choose another --model_dir") from None
+
+    def read_state(self) -> Dict[str, str]:
+        """Finished phases in order, each with its checkpoint prefix."""
+        path = self.path(STATE_FILE)
+        if not fileio.exists(path):
+            return {}
+        return {entry["phase"]: entry["checkpoint"] for entry in fileio.read_json(path)["completed"]}
+
+    def write_state(self, state: Dict[str, str]) -> None:
+        fileio.write_json_atomic(self.path(STATE_FILE),
+                                 {"completed": [{"phase": n, "checkpoint": p} for n, p in state.items()]})
+
+    def read_history(self) -> List[dict]:
+        path = self.path(HISTORY_FILE)
+        return list(fileio.read_json(path)) if fileio.exists(path) else []
+
+    def write_history(self, history: List[dict]) -> None:
+        fileio.write_json_atomic(self.path(HISTORY_FILE), history)
+
+    def read_plan(self) -> Optional[dict]:
+        path = self.path(PLAN_FILE)
+        return fileio.read_json(path) if fileio.exists(path) else None
+
+    def write_plan(self, document: dict) -> None:
+        fileio.write_json_atomic(self.path(PLAN_FILE), document)
+
+    @staticmethod
+    def remove(target: str) -> None:
+        """Removes a file or folder (a path this class gave), if there."""
+        if tf.io.gfile.isdir(target):
+            tf.io.gfile.rmtree(target)
+        elif tf.io.gfile.exists(target):
+            tf.io.gfile.remove(target)
+
+    # ------------------------------------------------------------------ whole-run rules
+
+    def check(self, cfg: Config, *, overwrite: bool, clear: bool = True) -> None:
+        """Refuses a folder that holds another run, unless `overwrite`; with it, clears what a run
+        writes here (when `clear`: the chief of a multi-worker job does it for all)."""
+        if overwrite:
+            if clear:
+                for name in OWNED:
+                    self.remove(self.path(name))
+            return
+        previous = self.read_config()
+        if previous is None:
+            return
+        old, new = previous.run_identity(), cfg.run_identity()
+        diff = [k for k in new if old.get(k) != new[k]]
+        if diff:
+            detail = ", ".join(f"{k}: {old[k]} vs {new[k]}" for k in diff)[:300]
+            raise ConfigError(f"--model_dir={self.root} holds a different run ({detail}); "
+                              "pass --overwrite to start afresh or choose another --model_dir")
+
+
+def restore_trained_model(model_dir: str, checkpoint: Optional[str] = None) -> Tuple["object", Config]:
+    """The float32 classifier of a finished (or partly finished) run, from config.json and a checkpoint."""
+    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel  # builds Keras models
+    run = RunDir(model_dir)
+    cfg = run.read_config()
+    if cfg is None:
+        raise ConfigError(f"{run.path(CONFIG_FILE)} not found: --model_dir must be the folder a training run wrote")
+    done = run.read_state()
+    if checkpoint is None and not done:
+        raise ConfigError(f"{model_dir} has no finished phase yet: pass --checkpoint=PREFIX or train first")
+    model = model_lib.build_classifier(dataclasses.replace(cfg.model, weights="none"))
+    model.load_weights(checkpoint or list(done.values())[-1]).expect_partial()
+    return model, cfg
