@@ -68,7 +68,7 @@ def measure_phase(name: str, *, records: str, image_size: int, batch_size: int, 
     sys.path.insert(0, ROOT)
     import trainer  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from trainer import config, data, preemption, train  # pylint: disable=import-outside-toplevel
+    from trainer import config, data, preemption, rundir, train  # pylint: disable=import-outside-toplevel
     from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
     cache, bn = PHASE_CONFIGS[name]
     train_glob, eval_glob = os.path.join(records, "train-*.tfrecord"), os.path.join(records, "validation-*.tfrecord")
@@ -84,10 +84,11 @@ def measure_phase(name: str, *, records: str, image_size: int, batch_size: int, 
         runtime=config.Runtime(model_dir=os.path.join(records, f"run-{name}"), frozen_cache=cache, report=False))
     strategy = tf.distribute.get_strategy()
     model = model_lib.build_classifier(cfg.model)
+    loop = train._PhaseLoop(model, cfg=cfg, run_dir=rundir.RunDir(cfg.runtime.model_dir), strategy=strategy,  # pylint: disable=protected-access
+                            chief=True, callbacks=[], last_phase_callbacks=[])
     start = time.perf_counter()
     with preemption.Guard(strategy=strategy) as guard:
-        train._fit_phase(model, cfg=cfg, phase=cfg.phases[0], strategy=strategy, history=[], chief=True,  # pylint: disable=protected-access
-                         guard=guard, extra_callbacks=[])
+        loop._fit_phase(cfg.phases[0], history=[], guard=guard, extra=[])  # pylint: disable=protected-access
     return {"name": name, "seconds": time.perf_counter() - start, "images": cfg.data.num_train_examples,
             "peak_rss_mb": _peak_rss_mb()}
 
