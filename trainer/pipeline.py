@@ -68,7 +68,7 @@ def report(cfg: Config, *, export_dir: str, history: List[dict]) -> dict:
             metrics = evaluate.write_report(export_dir, data_path=cfg.data.eval_data, output_dir=run_dir.eval_dir,
                                             label_offset=cfg.data.label_offset)
             images.update(evaluate.report_images(run_dir.eval_dir))
-            logging.info("validation report in %s: %s", run_dir.eval_dir, "; ".join(evaluate.summary_lines(metrics)))
+            logging.info("validation report in %s: %s", run_dir.eval_dir, "; ".join(evaluate.summary_lines(metrics)[:3]))
         except (data.DataError, predict.PredictError) as e:
             logging.warning("no evaluation report: %s", e)
     reports.write_tensorboard(run_dir.logs_dir("eval"), metrics=metrics, images=images, step=len(history))
