@@ -63,7 +63,7 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
 PHASE_CONFIGS = {"cached": ("auto", "frozen"), "streaming": ("off", "frozen"), "seed_bn": ("off", "trainable")}
 
 
-def measure_phase(name: str, *, records: str, image_size: int, batch_size: int, epochs: int) -> dict:
+def measure_phase(name: str, *, records: str, image_size: int, batch_size: int, epochs: int, augment: str) -> dict:
     """Runs in the child process: one whole frozen phase through train.py's own phase code."""
     sys.path.insert(0, ROOT)
     import trainer  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
@@ -75,6 +75,7 @@ def measure_phase(name: str, *, records: str, image_size: int, batch_size: int, 
     names = data.resolve_class_names(train_glob)
     cfg = config.Config(
         data=config.Data(train_data=train_glob, eval_data=eval_glob, class_names=names, image_size=image_size,
+                         augment=augment,
                          num_train_examples=data.count_examples(train_glob),
                          num_eval_examples=data.count_examples(eval_glob)),
         model=config.Model(backbone="efficientnet-b0", weights="none", num_classes=len(names), image_size=image_size,
@@ -111,10 +112,11 @@ def _phase_benchmark(args) -> None:
         for name in PHASE_CONFIGS:
             out = subprocess.run([sys.executable, __file__, f"--phase_child={name}", f"--records={records}",
                                   f"--image_size={args.image_size}", f"--batch_size={args.phase_batch_size}",
-                                  f"--phase_epochs={args.phase_epochs}"],
+                                  f"--phase_epochs={args.phase_epochs}", f"--augment={args.augment}"],
                                  capture_output=True, text=True, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
             r = results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"frozen_phase {name:9s} seconds={r['seconds']:.1f} images={r['images']} epochs={args.phase_epochs} "
+            print(f"frozen_phase {name:9s} augment={args.augment} seconds={r['seconds']:.1f} images={r['images']} "
+                  f"epochs={args.phase_epochs} "
                   f"peak_rss_mb={r['peak_rss_mb']:.0f}", flush=True)
     ours = results["cached"]["seconds"]
     print(f"frozen_phase_speedup_vs_seed_bn={results['seed_bn']['seconds'] / ours:.2f}  (goal >= 8)")
@@ -134,6 +136,7 @@ def main() -> None:
     parser.add_argument("--phase_images", type=int, default=320, help="images of the whole-phase benchmark; 0 skips it")
     parser.add_argument("--phase_epochs", type=int, default=5)
     parser.add_argument("--phase_batch_size", type=int, default=64)
+    parser.add_argument("--augment", default="flip", help="flip (2 cached views, the default) or none (1 view)")
     parser.add_argument("--skip_steps", action="store_true", help="only the whole-phase benchmark")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--phase_child", help=argparse.SUPPRESS)
@@ -141,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase_child:
         print(json.dumps(measure_phase(args.phase_child, records=args.records, image_size=args.image_size,
-                                       batch_size=args.batch_size, epochs=args.phase_epochs)))
+                                       batch_size=args.batch_size, epochs=args.phase_epochs, augment=args.augment)))
         return
     if args.skip_steps:
         _phase_benchmark(args)
