@@ -87,7 +87,6 @@ BOOT_DISK_TYPES = ("pd-ssd", "pd-standard", "hyperdisk-balanced")
 
 # The newest prebuilt TensorFlow training containers (pythonPackageSpec.executorImageUri).
 PREBUILT_CPU = "{prefix}-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest"
-PREBUILT_GPU = "{prefix}-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
 
 
 @dataclasses.dataclass(frozen=True)

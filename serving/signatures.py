@@ -186,16 +186,3 @@ def set_classify_method_name(saved_model_pb: bytes) -> bytes:
             meta_graph.signature_def[CLASSIFY].method_name = CLASSIFY_METHOD_NAME
     return proto.SerializeToString()
 
-
-def read_signature_defs(export_dir: str) -> dict:
-    """The serve-tagged MetaGraphDef's signature_def map of an export, as TF Serving sees it."""
-    # pylint: disable=import-outside-toplevel
-    from tensorflow.core.protobuf import saved_model_pb2
-    with tf.io.gfile.GFile(f"{export_dir.rstrip('/')}/saved_model.pb", "rb") as f:
-        proto = saved_model_pb2.SavedModel.FromString(f.read())
-    for meta_graph in proto.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError(f"{export_dir} has no MetaGraphDef tagged 'serve': re-export it with "
-                     "python -m trainer.export")
-

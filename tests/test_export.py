@@ -18,6 +18,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
 
 from serving import signatures  # noqa: E402
+from tests.testing.signature_defs import read_signature_defs  # noqa: E402
 from tests.testing import serving_server  # noqa: E402
 from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
 from trainer import config, decode, export, model as model_lib  # noqa: E402
@@ -48,7 +49,7 @@ def servable(exported):
 
 def test_signatures_carry_the_documented_keys_and_method_names(exported):
     _, names, _, path = exported
-    defs = signatures.read_signature_defs(path)
+    defs = read_signature_defs(path)
     assert {"serving_default", "classify", "features"} <= set(defs)
 
     def keys(sig):
@@ -157,7 +158,7 @@ def test_export_to_gcs_lands_whole_in_the_next_version(gcs_bucket):
     assert sorted(n.rstrip("/") for n in tf.io.gfile.listdir(base)) == ["1", "2", "notes"]
     out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([jpeg(6)]))
     assert out["classes"].shape == (1, 2)
-    assert signatures.read_signature_defs(path)["classify"].method_name == "tensorflow/serving/classify"
+    assert read_signature_defs(path)["classify"].method_name == "tensorflow/serving/classify"
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -95,12 +95,28 @@ def test_history_schema_and_loss_falls(full_run):
 
 
 def test_outputs_in_model_dir(full_run):
-    for name in ("config.json", "history.json", "state.json", "plots/learning_curves.png", "eval/metrics.json",
-                 "eval/per_class.csv", "eval/confusion_matrix.png"):
-        assert os.path.exists(os.path.join(full_run, name)), name
-    assert glob.glob(os.path.join(full_run, "logs", "frozen", "train", "events.*"))
+    """Every output is there and says what the run did (not only that the files exist)."""
+    run = rundir.RunDir(full_run)
+    state = run.read_state()
+    assert list(state) == ["frozen", "finetune"]
+    assert all(tf.train.load_checkpoint(prefix).get_variable_to_shape_map() for prefix in state.values())
+    plan = run.read_plan()
+    assert [p["name"] for p in plan["phases"]] == ["frozen", "finetune"]
+    assert [p["batch_size"] for p in plan["phases"]] == [16, 8]
+    assert run.read_config().model.image_size == IMAGE_SIZE
+    metrics = json.load(open(os.path.join(full_run, "eval", "metrics.json")))
+    assert metrics["num_examples"] == 24 and 0.0 <= metrics["accuracy"] <= 1.0
+    per_class = open(os.path.join(full_run, "eval", "per_class.csv")).read().splitlines()
+    assert len(per_class) == 1 + 4  # header + one row a class
+    for png in ("plots/learning_curves.png", "eval/confusion_matrix.png"):
+        with open(os.path.join(full_run, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+    events = glob.glob(os.path.join(full_run, "logs", "frozen", "train", "events.*"))
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+    assert "epoch_loss" in tags
     versions = os.listdir(os.path.join(full_run, "export"))
     assert len(versions) == 1 and versions[0].isdigit()
+    assert not os.path.exists(os.path.join(full_run, "cache"))  # the embedding cache is gone with the phase
 
 
 def test_export_matches_keras_model(full_run, demo_images):

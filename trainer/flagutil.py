@@ -87,8 +87,8 @@ def check_folder(flag: str, path: Optional[str]) -> None:
     Raises:
       FlagError: `--model_dir=PATH is a file, not a folder: ...`.
     """
-    if not path:
-        return
+    if not path or path.startswith("gs://"):
+        return  # a bucket path is checked for writing before training (gcs.check_writable), not here
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  # local or gs://; only when called
     if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
         raise FlagError(f"--{flag}={path} is a file, not a folder: pass a folder (it is created if missing), "

@@ -59,6 +59,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import signatures
+from tests.testing.signature_defs import read_signature_defs  # noqa: E402
 
 PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
 MAX_WARMUP_RECORDS = 1000
@@ -94,7 +95,7 @@ class _Servable:
     def __init__(self, name: str, version: int, path: str):
         self.name, self.version, self.path = name, version, path
         self.loaded = tf.saved_model.load(path)
-        self.signature_defs = signatures.read_signature_defs(path)
+        self.signature_defs = read_signature_defs(path)
 
 
 # --------------------------------------------------------------------------- request handling
