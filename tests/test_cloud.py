@@ -5,7 +5,6 @@ submit_job.py's --api_endpoint, the sdist is installed into a fresh venv that bo
 environment's already-installed dependencies, and the Dockerfile/cloudbuild.yaml are checked
 statically plus by running the parts of them that need no Docker daemon.
 """
-import http.server
 import importlib.util
 import json
 import os
@@ -16,7 +15,6 @@ import site
 import subprocess
 import sys
 import tarfile
-import threading
 import uuid
 from pathlib import Path
 
@@ -24,6 +22,8 @@ import pytest
 import yaml
 from google.cloud.aiplatform_v1 import types as aip
 from google.protobuf import json_format
+
+from tests.testing import json_stub
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "scripts" / "submit_job.py"
@@ -49,48 +49,30 @@ def validate(job, message_type=aip.CustomJob):
     json_format.ParseDict(job, message_type.pb(message_type()), ignore_unknown_fields=False)
 
 
-class _Stub(http.server.BaseHTTPRequestHandler):
+class _Stub(json_stub.JsonHandler):
     """Answers POSTs with the server's next (status, body) and records every request."""
 
+    def _record(self, body):
+        self.server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                     "body": body})
+
     def do_POST(self):  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-        self.server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+        self._record(self.body())
         status, payload = self.server.reply
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.reply(payload, status)
 
     def do_GET(self):  # noqa: N802 (http.server's name): the job's next state, as --wait polls it
-        self.server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                     "body": None})
+        self._record(None)
         status, payload = self.server.gets.pop(0) if self.server.gets else (404, {"error": {"message": "none"}})
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply(payload, status)
 
 
 @pytest.fixture
 def vertex_stub(tmp_path):
     """(server, extra submit flags): a fake Vertex AI endpoint and a token file for it."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    server.requests = []
-    server.gets = []
-    server.reply = (200, {"name": "projects/123/locations/us-central1/customJobs/987", "state": "JOB_STATE_PENDING"})
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    token = tmp_path / "token"
-    token.write_text("test-token\n")
-    yield server, (f"--api_endpoint=http://127.0.0.1:{server.server_address[1]}", f"--access_token_file={token}")
-    server.shutdown()
-    server.server_close()
+    with json_stub.serving(_Stub, tmp_path, gets=[], reply=(
+            200, {"name": "projects/123/locations/us-central1/customJobs/987", "state": "JOB_STATE_PENDING"})) as stub:
+        yield stub
 
 
 @pytest.fixture(scope="module")

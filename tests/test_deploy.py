@@ -6,18 +6,18 @@ endpoints.deployModel and operations.get as long-running operations, and :predic
 prebuilt TensorFlow container answers (one dict of outputs per instance).
 """
 import base64
-import http.server
 import io
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from google.cloud.aiplatform_v1 import types as aip
 from google.protobuf import json_format
 from PIL import Image
+
+from tests.testing import json_stub
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "scripts" / "deploy_vertex.py"
@@ -35,54 +35,37 @@ def run_deploy(*flags):
                           cwd=REPO, timeout=120)
 
 
-class _Vertex(http.server.BaseHTTPRequestHandler):
+class _Vertex(json_stub.JsonHandler):
     """A few Vertex AI REST methods; records (method, path, body) of every request."""
-
-    def _reply(self, payload, status=200):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):  # noqa: N802
         self.server.requests.append(("GET", self.path, None, self.headers.get("Authorization")))
         name = self.path[len("/v1/"):]
-        self._reply({"name": name, "done": True,
-                     "response": {"model": "projects/my-proj/locations/us-central1/models/42"}})
+        self.reply({"name": name, "done": True,
+                    "response": {"model": "projects/my-proj/locations/us-central1/models/42"}})
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = json.loads(self.body())
         self.server.requests.append(("POST", self.path, body, self.headers.get("Authorization")))
         if self.path.endswith("/models:upload"):
-            return self._reply({"name": "projects/my-proj/locations/us-central1/operations/1", "done": False})
+            return self.reply({"name": "projects/my-proj/locations/us-central1/operations/1", "done": False})
         if self.path.endswith("/endpoints"):
-            return self._reply({"name": "projects/my-proj/locations/us-central1/operations/2", "done": True,
-                                "response": {"name": ENDPOINT}})
+            return self.reply({"name": "projects/my-proj/locations/us-central1/operations/2", "done": True,
+                               "response": {"name": ENDPOINT}})
         if self.path.endswith(":deployModel"):
-            return self._reply({"name": "projects/my-proj/locations/us-central1/operations/3", "done": True,
-                                "response": {}})
+            return self.reply({"name": "projects/my-proj/locations/us-central1/operations/3", "done": True,
+                               "response": {}})
         if self.path.endswith(":predict"):
-            return self._reply({"predictions": [{"probabilities": [0.25, 0.75], "classes": ["dog", "cat"],
-                                                 "scores": [0.75, 0.25]} for _ in body["instances"]],
-                                "deployedModelId": "77"})
-        return self._reply({"error": {"code": 404, "status": "NOT_FOUND", "message": self.path}}, 404)
-
-    def log_message(self, *args):
-        pass
+            return self.reply({"predictions": [{"probabilities": [0.25, 0.75], "classes": ["dog", "cat"],
+                                                "scores": [0.75, 0.25]} for _ in body["instances"]],
+                               "deployedModelId": "77"})
+        return self.reply({"error": {"code": 404, "status": "NOT_FOUND", "message": self.path}}, 404)
 
 
 @pytest.fixture
 def vertex(tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Vertex)
-    server.requests = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    token = tmp_path / "token"
-    token.write_text("test-token\n")
-    yield server, (f"--api_endpoint=http://127.0.0.1:{server.server_address[1]}", f"--access_token_file={token}")
-    server.shutdown()
-    server.server_close()
+    with json_stub.serving(_Vertex, tmp_path) as stub:
+        yield stub
 
 
 def test_dry_run_prints_a_valid_model_and_deployed_model_offline():
