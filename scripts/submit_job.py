@@ -535,7 +535,7 @@ def parameter_spec(name: str, value, *, where: str) -> dict:
     spec = {"parameterId": name}
     if kind in ("double", "integer"):
         number = float if kind == "double" else int
-        low, high = value.get("min"), value.get("max")
+        low, high = (_as_number(value.get(k)) for k in ("min", "max"))
         _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and number(v) == v for v in (low, high))
                and low < high, f"{where}: {name} needs {kind} min < max")
         spec[f"{kind}ValueSpec"] = {"minValue": number(low), "maxValue": number(high)}
@@ -554,6 +554,16 @@ def parameter_spec(name: str, value, *, where: str) -> dict:
         _check(scale != "log" or min(_range(spec)) > 0, f"{where}: {name} with scale: log needs values above 0")
         spec["scaleType"] = _SCALES[scale]
     return spec
+
+
+def _as_number(value):
+    """YAML 1.1 reads 1e-5 (no dot) as a string; a number written so is still a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _range(spec: dict):

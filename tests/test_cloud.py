@@ -279,6 +279,19 @@ def test_tuning_dry_run_is_a_valid_hyperparameter_tuning_job(tmp_path, preset):
     assert set(gcloud) == {"studySpec", "maxTrialCount", "parallelTrialCount", "trialJobSpec"}
 
 
+def test_a_number_yaml_reads_as_text_is_still_a_number(tmp_path):
+    """YAML 1.1 reads 1e-5 (no dot) as a string: the study takes it as the number it means."""
+    specs = []
+    for text in (STUDY, STUDY.replace("min: 1.0e-5", "min: 1e-5")):
+        path = tmp_path / "study.yaml"
+        path.write_text(text)
+        result = run_submit("--preset=gpu", *BASE, f"--image_uri={IMAGE}", f"--hptune_config={path}", "--dry_run",
+                            trainer_args=(TRAIN_DATA, EVAL_DATA))
+        assert result.returncode == 0, result.stderr
+        specs.append(json.loads(result.stdout)["studySpec"]["parameters"])
+    assert specs[0] == specs[1]
+
+
 @pytest.mark.parametrize("study, trainer_args, says", [
     (STUDY.replace("goal: maximize", "goal: up"), (TRAIN_DATA, EVAL_DATA), "goal must be maximize or minimize"),
     (STUDY + "algorithm: grid\n", (TRAIN_DATA, EVAL_DATA), "unknown key(s) algorithm"),

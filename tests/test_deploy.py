@@ -78,6 +78,8 @@ def test_dry_run_prints_a_valid_model_and_deployed_model_offline():
     strict(aip.DeployedModel, out["deployedModel"])
     assert out["model"]["artifactUri"] == "gs://bkt/run/model/export/3"
     assert out["model"]["containerSpec"]["imageUri"].startswith("us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.")
+    from google.cloud.aiplatform.constants import prediction  # the client library's list of prebuilt images
+    assert out["model"]["containerSpec"]["imageUri"] in prediction.TF_CONTAINER_URIS
     resources = out["deployedModel"]["dedicatedResources"]
     assert resources == {"machineSpec": {"machineType": "n1-standard-8"}, "minReplicaCount": 1, "maxReplicaCount": 3}
 
