@@ -145,7 +145,10 @@ def move_folder(src: str, dst: str, *, first: str = "", last: str = "") -> None:
         target = dst + path[len(src):]
         tf.io.gfile.makedirs(os.path.dirname(target))
         tf.io.gfile.rename(path, target, overwrite=False)
-    tf.io.gfile.rmtree(src)
+    try:  # what is left: folder markers (GCS has no folders; once empty, `src` may already be gone)
+        tf.io.gfile.rmtree(src)
+    except tf.errors.NotFoundError:
+        pass
 
 
 def _all_files(folder: str) -> List[str]:
