@@ -15,7 +15,7 @@ WEIGHTS=${DEMO_WEIGHTS:-demo}
 mkdir -p "$DIR"
 start=$SECONDS
 if [ "$WEIGHTS" = demo ]; then
-  echo "== stand-in backbone (pretrained once on 8 other shapes, then cached)"
+  echo "== stand-in backbone (pretrained once on 16 other shapes, then cached)"
   WEIGHTS="$DIR/pretrained-b0-glyphs.h5"
   $PY -m trainer.demo --pretrain_weights="$WEIGHTS"
 fi

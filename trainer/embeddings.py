@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from absl import logging
@@ -162,7 +163,8 @@ def _compute(ds, *, embed: Callable, strategy, views: int, dim: int, folder: Opt
     writer = _ShardWriter(folder) if folder else None
     chunks: List[np.ndarray] = []
     labels: List[np.ndarray] = []
-    bar = keras.utils.Progbar(steps, unit_name="batch", verbose=1 if verbose else 0)
+    # A live bar on a terminal; in a log, one line at the end (a bar's updates would share one line).
+    bar = keras.utils.Progbar(steps, unit_name="batch", verbose=(1 if sys.stdout.isatty() else 2) if verbose else 0)
     logging.info("%s", title)
     for images, y in ds:
         out_e, out_y = embed(images, y)
