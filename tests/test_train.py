@@ -1,7 +1,7 @@
 """The two-phase recipe, asserted on weights: what must not move doesn't, what must move does.
 
 Each run is `python -m trainer.task` in a child process (flags -> Config -> pipeline.run), on the
-demo's TFRecords, B0 at 64 px, starting from the small pretrained backbone file; the
+demo's TFRecords, EfficientNet-Lite0 at 64 px, starting from its ImageNet notop weights file; the
 out-of-memory test calls pipeline.run in-process with a Config and an injected callback.
 """
 import glob
@@ -15,14 +15,14 @@ import tensorflow as tf
 
 from tests.testing.cli import run_module, train_flags
 from tests.testing.faults import OomOnce
-from tests.testing.presets import IMAGE_SIZE
+from tests.testing.presets import IMAGE_SIZE, PRETRAINED
 from trainer import model as model_lib
 from trainer import rundir
 
 
 def train_cli(model_dir, records, weights, *extra):
     """Runs python -m trainer.task with the small runs' flags; returns the exit code (0 = ok)."""
-    result = run_module("trainer.task", *train_flags(model_dir, records, weights, *extra))
+    result = run_module("trainer.task", *train_flags(model_dir, records, weights, *extra, backbone=PRETRAINED))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.returncode
 
@@ -38,7 +38,7 @@ def variables_by_name(model, weights_prefix):
 
 def fresh_model(weights, **overrides):
     from trainer import config
-    kwargs = dict(backbone="efficientnet-b0", weights=weights, num_classes=4, image_size=IMAGE_SIZE)
+    kwargs = dict(backbone=PRETRAINED, weights=weights, num_classes=4, image_size=IMAGE_SIZE)
     kwargs.update(overrides)
     return model_lib.build_classifier(config.Model(**kwargs))
 
@@ -157,7 +157,7 @@ def test_top_n_opens_only_the_top_blocks(tmp_path, demo_records, pretrained_weig
 def test_seed_blog_variant_trains_bn_in_frozen_phase(tmp_path, demo_records, pretrained_weights):
     model_dir = str(tmp_path / "bn_trainable")
     result = run_module("trainer.task", *train_flags(model_dir, demo_records, pretrained_weights, "--frozen_epochs=1",
-                                                     "--finetune_epochs=0", "--bn=trainable"))
+                                                     "--finetune_epochs=0", "--bn=trainable", backbone=PRETRAINED))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "frozen phase streams images: --bn=trainable" in result.stderr  # BN in training mode: no cache
     model = fresh_model(pretrained_weights, bn="trainable")
@@ -189,7 +189,7 @@ def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pr
         data=config.Data(train_data=train_glob, eval_data=eval_glob, class_names=names, image_size=IMAGE_SIZE,
                          num_train_examples=data.count_examples(train_glob),
                          num_eval_examples=data.count_examples(eval_glob)),
-        model=config.Model(backbone="efficientnet-b0", weights=pretrained_weights, num_classes=len(names),
+        model=config.Model(backbone=PRETRAINED, weights=pretrained_weights, num_classes=len(names),
                            image_size=IMAGE_SIZE),
         phases=(config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-2),
                 config.Phase(name="finetune", epochs=0, batch_size=8, learning_rate=1e-4, unfreeze="all")),

@@ -132,7 +132,8 @@ class Phase:
       name: frozen (only the head trains) or finetune (the backbone opens per `unfreeze`).
       epochs: maximum epochs; 0 skips the phase.
       batch_size: global batch size, or "auto" for the memory plan to choose.
-      learning_rate: peak learning rate at `base_batch_size`; scaled linearly with the batch.
+      learning_rate: peak learning rate at `base_batch_size` and below; above it, scaled with the
+        square root of the batch (trainer/schedules.py).
       unfreeze: none (frozen phase), all, or top:N (the top N EfficientNet blocks).
       early_stopping_patience: epochs without improvement before the phase stops.
       warmup_epochs: linear warmup before the cosine decay, in epochs.

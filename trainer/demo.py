@@ -1,28 +1,19 @@
-"""Built-in demo data: synthetic labelled images, and a stand-in for ImageNet weights, offline.
+"""Synthetic labelled images, any number, any size: smoke runs, benchmarks and plumbing tests.
 
+The demo itself trains on real photos (data/fashion-mnist) from real ImageNet weights; these
+images are for what needs data of a chosen size or count rather than a good classifier.
 `python -m trainer.demo --output_dir=DIR` writes DIR/<class>/<class>_NNNN.jpg. Three tasks, drawn
 in one visual world (a flat random colour with a little noise, a contrasting foreground, an
 object near the centre at a random size and offset):
-  shapes   - 4 classes (circle, cross, square, triangle): the demo's classification task.
+  shapes   - 4 classes (circle, cross, square, triangle).
   glyphs   - 16 other shapes (arrow, chevron, diamond, ell, ellipse, bars, polygons, pac-man,
-             ring, semicircle, star, tee, x): a different task,
-             on which `pretrain_backbone` trains B0 from scratch so that its features transfer
-             to `shapes`, as ImageNet features transfer to photos. Random EfficientNet features
-             carry nothing (a frozen-phase head on them stays at chance); these carry edges,
-             corners and curvature.
+             ring, semicircle, star, tee, x).
   patterns - 8 classes of textures (stripes at four angles, checkers, dots, rings, noise).
-
-`python -m trainer.demo --pretrain_weights=FILE.h5` writes that backbone as a notop HDF5 weights
-file, the format of the official downloads, for `--weights=FILE.h5`; `pretrained_weights()`
-keeps one per recipe under ~/.cache/effnet-trainer (EFFNET_CACHE), so a second demo or test
-session skips the pretraining.
 """
 from __future__ import annotations
 
 import io
 import os
-import shutil
-import sys
 
 from absl import app, flags, logging
 
@@ -152,99 +143,6 @@ def write_images(output_dir: str, *, task: str = "shapes", per_class: int = 40, 
     return counts
 
 
-# The stand-in pretraining, measured on 2 cores (docs/training.md): B0 from scratch at 64 px on
-# 12,800 distinct images of 16 glyphs, one pass at batch 16 (800 steps); the frozen phase's head
-# on its features reaches 0.79-0.88 on three draws of the demo's shapes (8 glyphs: 0.71-0.92;
-# random features: chance). Batch 64 (200 steps) reached only 0.74, batch 32 0.80.
-# Distinct images rather than epochs over few: B0 memorizes 1,280 images in 10 epochs (0.99
-# train, 0.38 held-out) without learning shapes. No drop-connect: stochastic depth slows a short
-# training.
-RECIPE = dict(backbone="efficientnet-b0", task="glyphs", image_size=64, images=12800, batch_size=16,
-              learning_rate=2e-3, seed=123)
-
-
-def recipe_key(recipe: dict = RECIPE) -> str:
-    """A file name that changes with every setting of the recipe (and this module's version of it)."""
-    return "pretrained-{backbone}-{task}-{image_size}px-n{images}-b{batch_size}-lr{learning_rate:g}-s{seed}-v5".format(**recipe)
-
-
-def cache_dir() -> str:
-    """Where pretrained stand-ins are kept between runs: EFFNET_CACHE, else ~/.cache/effnet-trainer."""
-    return os.environ.get("EFFNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "effnet-trainer")
-
-
-def pretrained_weights(recipe: dict = RECIPE) -> str:
-    """The path of the recipe's notop weights file in `cache_dir()`, pretraining it once if absent."""
-    path = os.path.join(cache_dir(), recipe_key(recipe) + ".h5")
-    if os.path.exists(path):
-        logging.info("stand-in backbone: %s (cached; delete it to pretrain again)", path)
-        return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return pretrain_backbone(path, **recipe)
-
-
-def pretrain_backbone(path: str, *, backbone: str, task: str, image_size: int, images: int, batch_size: int,
-                      learning_rate: float, seed: int) -> str:
-    """Trains `backbone` from scratch on `task` (not the demo's shapes) and saves its notop weights to `path`.
-
-    All layers train, BatchNormalization included, as in ImageNet pretraining; one pass over
-    `images` distinct images, Adam with a 5 % warmup and cosine decay. The file is written
-    atomically.
-    """
-    import tf_keras as keras  # pylint: disable=import-outside-toplevel  # TensorFlow only when needed
-    from trainer import config, model as model_lib  # pylint: disable=import-outside-toplevel
-    names = TASKS[task]
-    x, y = render_arrays(task, per_class=images // len(names), size=image_size, seed=seed)
-    keras.utils.set_random_seed(seed)
-    model = model_lib.build_classifier(
-        config.Model(backbone=backbone, weights="none", num_classes=len(names), image_size=image_size,
-                     bn="trainable", dropout=0.1), drop_connect_rate=0.0)
-    steps = -(-len(x) // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=learning_rate,
-                                                      warmup_steps=max(1, steps // 20))
-    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    logging.info("pretraining the stand-in backbone: %s from scratch on %d %s images at %d px (once; cached)",
-                 backbone, len(x), task, image_size)
-    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=1 if sys.stdout.isatty() else 2)
-    settle_bn_statistics(model, x[:2048], seed=seed)
-    tmp = f"{path}.tmp-{os.getpid()}.h5"
-    model_lib.backbone_of(model).save_weights(tmp)
-    os.replace(tmp, path)
-    logging.info("stand-in backbone written to %s", path)
-    return path
-
-
-def render_arrays(task: str, *, per_class: int, size: int, seed: int):
-    """(uint8 images [N, S, S, 3], int32 labels [N]) of `task`, class after class."""
-    names = TASKS[task]
-    x = np.zeros((per_class * len(names), size, size, 3), np.uint8)
-    for index, name in enumerate(names):
-        rng = np.random.default_rng([seed, index])
-        for i in range(per_class):
-            x[index * per_class + i] = np.asarray(render(task, name, size=size, rng=rng))
-    return x, np.repeat(np.arange(len(names), dtype=np.int32), per_class)
-
-
-def settle_bn_statistics(model, x: np.ndarray, *, seed: int, batch_size: int = 64) -> None:
-    """BatchNormalization's moving statistics set to the average over batches of `x`.
-
-    Momentum 0.99 leaves a 200-step training's moving averages mostly at their initial values,
-    and inference-mode features, the ones transfer uses, would be wrong. Batch k is folded in
-    with momentum k / (k + 1), which makes the statistics the plain mean over the batches.
-    """
-    import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
-    layers = [l for l in model_lib.leaf_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
-    saved = [l.momentum for l in layers]
-    order = np.random.default_rng(seed).permutation(len(x))
-    for k, start in enumerate(range(0, len(x) - batch_size + 1, batch_size)):
-        for layer in layers:
-            layer.momentum = k / (k + 1.0)
-        model(x[order[start:start + batch_size]].astype(np.float32), training=True)
-    for layer, momentum in zip(layers, saved):
-        layer.momentum = momentum
-
-
 FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the flags; called when the module runs as a command (or by tests), so that
@@ -254,22 +152,11 @@ def define_flags() -> None:
     flagutil.define("integer", "per_class", 40, "Images per class.")
     flagutil.define("integer", "size", 96, "Image side in pixels.")
     flagutil.define("integer", "seed", 0, "Random seed; the same seed writes the same images.")
-    flagutil.define("string", "pretrain_weights", None, "Instead of images: write the stand-in backbone (B0 pretrained "
-                    "on `glyphs`, an offline stand-in for ImageNet weights) as a notop weights file here; pretrained "
-                    "once and kept under ~/.cache/effnet-trainer.")
     flags.adopt_module_key_flags(flagutil)  # --helpshort lists them as this command's flags
-
-
 
 
 def main(argv):
     del argv
-    if FLAGS.pretrain_weights:
-        path = pretrained_weights()
-        if os.path.abspath(path) != os.path.abspath(FLAGS.pretrain_weights):
-            shutil.copyfile(path, FLAGS.pretrain_weights)
-        print(FLAGS.pretrain_weights)
-        return
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required: the folder to write the demo images into")
     counts = write_images(FLAGS.output_dir, task=FLAGS.task, per_class=FLAGS.per_class, size=FLAGS.size,

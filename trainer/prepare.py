@@ -512,8 +512,7 @@ def main(argv) -> None:
                        shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
                        num_workers=FLAGS.num_workers)
     except discovery.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        flagutil.fail(e)
     for item in info["skipped"]:
         logging.warning("skipped %s: %s", item["path"], item["reason"])
     print(_summary(info, output_dir=FLAGS.output_dir, seconds=time.time() - start))
@@ -521,8 +520,7 @@ def main(argv) -> None:
 
 def run_main() -> None:
     """Console-script entry point (effnet-prepare)."""
-    define_flags()
-    app.run(main)
+    flagutil.run(main, define_flags)
 
 
 if __name__ == "__main__":

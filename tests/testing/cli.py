@@ -49,8 +49,9 @@ def task_command(records: str, model_dir: str, *extra: str, module: str = "train
 
 def train_flags(model_dir, records: str, weights: str, *extra: str, backbone: Optional[str] = None) -> list:
     """The flags of the small two-phase runs on the demo's TFRecords (4 steps an epoch, rates as
-    given), for `run_module('trainer.task', *train_flags(...))`: B0 at IMAGE_SIZE, or `backbone`
-    (e.g. presets.TINY, at TINY_SIZE) where EfficientNet is not what the test checks."""
+    given), for `run_module('trainer.task', *train_flags(...))`: the default backbone (B0) at
+    IMAGE_SIZE, or `backbone` (presets.PRETRAINED, Lite0, for runs from ImageNet weights;
+    presets.TINY at TINY_SIZE where EfficientNet is not what the test checks)."""
     from tests.testing.presets import IMAGE_SIZE, TINY, TINY_SIZE  # pylint: disable=import-outside-toplevel
     model = [] if backbone is None else [f"--backbone={backbone}"]
     size = TINY_SIZE if backbone == TINY else IMAGE_SIZE

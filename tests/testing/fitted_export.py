@@ -1,7 +1,7 @@
 """A tiny trained export for the report and prediction tests (tests/test_evaluate.py and
 tests/test_predict.py share it through the conftest fixtures `export_base` and `loaded`).
 
-B0 at IMAGE_SIZE from the tests' small pretrained backbone, its head fitted in closed form on the
+EfficientNet-Lite0 at IMAGE_SIZE from its ImageNet weights, its head fitted in closed form on the
 pooled features of demo images (seconds, where a Keras fit would trace the whole network for
 minutes).
 """
@@ -14,7 +14,7 @@ import numpy as np
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # noqa: E402
 
-from tests.testing.presets import IMAGE_SIZE  # noqa: E402
+from tests.testing.presets import IMAGE_SIZE, PRETRAINED  # noqa: E402
 from trainer import config, data, demo  # noqa: E402
 from trainer import model as model_lib  # noqa: E402
 
@@ -42,7 +42,7 @@ def build(base: str, *, weights: str) -> str:
     images = os.path.join(base, "head_images")
     demo.write_images(images, task="shapes", per_class=8, size=96, seed=7)
     model = model_lib.build_classifier(config.Model(
-        backbone="efficientnet-b0", weights=weights, num_classes=4, image_size=IMAGE_SIZE))
+        backbone=PRETRAINED, weights=weights, num_classes=4, image_size=IMAGE_SIZE))
     fit_head(model, images)
     export.export_saved_model(model, class_names=list(demo.TASKS["shapes"]), image_size=IMAGE_SIZE,
                               export_base=export_base, version=1, verify=False)

@@ -1,12 +1,14 @@
 """Sizes and backbones the tests share: small enough for a 2-core CPU.
 
-Two presets: B0 at IMAGE_SIZE where EfficientNet itself is what a test checks (its blocks, its
-BN rules, transfer from the stand-in weights, export equals Keras), and `tiny` at TINY_SIZE
+Two presets: EfficientNet-Lite0 with its real ImageNet weights (PRETRAINED) at IMAGE_SIZE where
+EfficientNet itself is what a test checks (its blocks, its BN rules, transfer, export equals
+Keras; B0 with weights=none where the `efficientnet` package's network is), and `tiny` at TINY_SIZE
 (trainer/backbones.py: a few convolutions with EfficientNet's layer names) for the plumbing
 around it: resume, preemption, multi-worker, weights files, refusals, GCS, the CLI.
 """
 
-IMAGE_SIZE = 64  # the input side of the B0 runs on the demo images (large enough for B0's five downsamplings)
+IMAGE_SIZE = 64  # the input side of the EfficientNet runs (large enough for its five downsamplings)
+PRETRAINED = "efficientnet-lite0"  # real ImageNet weights offline (trainer/pretrained.py)
 TINY = "tiny"  # the plumbing backbone
 TINY_SIZE = 32  # its native size and the smallest input the trainer accepts
 
