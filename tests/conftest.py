@@ -73,3 +73,13 @@ def two_cpu_process():
     CPU is split into two logical devices (for MirroredStrategy; see tests/testing/two_cpus.py)."""
     from tests.testing import two_cpus
     return two_cpus.run
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a multi-minute end-to-end test; scheduled first (see below)")
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first: scripts/test.sh runs two xdist workers, and a long test started last
+    would leave one worker idle while it runs (longest-first scheduling)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -52,6 +52,7 @@ def _head(model_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
+@pytest.mark.slow
 def test_cached_head_equals_streamed_head(tmp_path, one_shard):
     """One epoch without augmentation, same seed and order: the same head weights both ways."""
     streamed, cached = str(tmp_path / "streamed"), str(tmp_path / "cached")

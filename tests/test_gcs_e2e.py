@@ -142,6 +142,7 @@ def test_train_export_and_predict_all_on_gcs(clean_run, bucket, shards, demo_ima
     assert top == [classes[i] for i in probabilities.argmax(axis=1)]
 
 
+@pytest.mark.slow
 def test_training_through_503s_ends_like_without(gcs, bucket, shards, clean_run):
     model_dir = f"{bucket}/runs/faulty"
     gcs.set_faults(every_nth_503=EVERY_NTH_503)

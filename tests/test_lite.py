@@ -198,11 +198,11 @@ def fake_torch(monkeypatch):
 
     class FloatStorage:
         pass
-    FloatStorage.__module__ = "torch"
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
 
     def _rebuild_tensor_v2(*args):
         return args
-    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
     torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
     monkeypatch.setitem(sys.modules, "torch", torch)
     monkeypatch.setitem(sys.modules, "torch._utils", utils)

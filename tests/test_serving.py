@@ -190,8 +190,10 @@ def test_retries_unavailable_and_deadline_but_not_invalid_argument(server, grpc_
     server.fail_next(2, grpc.StatusCode.UNAVAILABLE)
     assert grpc_client.predict(IMAGES[:1])["classes"].shape == (1, 3)
     assert server.calls["Predict"] - before == 3
-    fast = sc.GrpcClient(server.address, model="effnet", timeout=1.0, backoff_s=0.01)
-    server.delay_next(1, 2.5)
+    # The retried call must finish inside the deadline: 3 s leaves a busy 2-core machine room
+    # for a small predict (a 1 s deadline raced it); the first call sleeps past it.
+    fast = sc.GrpcClient(server.address, model="effnet", timeout=3.0, backoff_s=0.01)
+    server.delay_next(1, 4.0)
     assert fast.predict(IMAGES[:1])["classes"].shape == (1, 3)
     fast.close()
     before = server.calls["Predict"]

@@ -29,6 +29,7 @@ def assert_one_clear_line(result, *words):
     assert assert_one_error_line(result, *words).startswith("error:")
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
     """Image-folder input straight into the trainer, both phases, export; then --plan_only."""
     model_dir = tmp_path / "run"
@@ -115,6 +116,7 @@ def test_classifier_weights_of_same_class_count_load(tmp_path, demo_records):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_model_dir_of_another_run(tmp_path, demo_records):
     model_dir = tmp_path / "model"
     run = ("--frozen_epochs=1", "--finetune_epochs=0", "--steps_per_epoch=1")

@@ -39,7 +39,7 @@ def define_flags() -> None:
     flagutil.define("integer", "finetune_epochs", 10, "Epochs of the fine-tune phase; 0 skips it.")
     flagutil.define("string", "frozen_batch_size", "64", "Global batch size of the frozen phase, or auto.")
     flagutil.define("string", "finetune_batch_size", "16", "Global batch size of the fine-tune phase, or auto.")
-    flagutil.define("float", "frozen_learning_rate", 1e-2, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
+    flagutil.define("float", "frozen_learning_rate", 3e-3, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
     flagutil.define("float", "finetune_learning_rate", 1e-4, "Peak learning rate of the fine-tune phase at --lr_base_batch_size.")
     flagutil.define("integer", "lr_base_batch_size", 64,
                     "Batch size the learning rates are given for: above it they grow with the square root of the "
