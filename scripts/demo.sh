@@ -22,5 +22,4 @@ $PY -m trainer.task --train_data="$DIR/records/train-*.tfrecord" --eval_data="$D
 EXPORT=$(ls -d "$DIR"/model/export/[0-9]* | sort -V | tail -n 1)
 echo "== predictions through the export ($EXPORT) for 20 photos from Fashion-MNIST's test set (file name = true class)"
 $PY -m trainer.predict --model="$EXPORT" --input="$DATA/samples/*.png" --output="$DIR/predictions.csv" --top_k=3
-cat "$DIR/predictions.csv"
 echo "== done in $((SECONDS - start)) s: the classifier is $EXPORT; its validation report is $DIR/model/eval/"

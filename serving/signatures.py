@@ -2,7 +2,7 @@
 
 One preprocessing source: every signature turns its input into the model's pixels through
 `trainer.decode.decode_for_eval`, mapped over the batch, so what TF Serving answers is what
-evaluation measured. The contract (docs/serving.md, DESIGN.md "Serving contract"):
+evaluation measured. The contract (docs/serving.md):
 
 | signature         | input                                   | outputs                                  |
 |-------------------|-----------------------------------------|------------------------------------------|

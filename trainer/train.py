@@ -286,7 +286,7 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 class HistoryRecorder(keras.callbacks.Callback):
-    """Appends one DESIGN.md history record per epoch and rewrites history.json atomically.
+    """Appends one history record per epoch (docs/training.md) and rewrites history.json atomically.
 
     A resumed phase starts at the epoch its backup reached: records of that epoch and later ones
     (written by the stopped attempt after its last backup) are dropped when it begins, so each
