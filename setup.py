@@ -33,6 +33,8 @@ REQUIRED = [
     "requests>=2.31",
     "urllib3>=2.0",  # Retry on the REST client's session
     "absl-py>=2.0",
+    # LiteRT's interpreter scores every .tflite variant before it is kept (trainer.tflite).
+    "ai-edge-litert>=2.0",
     "matplotlib>=3.7",
     "pillow>=10.0",
     "pyyaml>=6",  # submit_job.py --hptune_config

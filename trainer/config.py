@@ -18,6 +18,7 @@ PHASE_NAMES = ("frozen", "finetune")
 BN_MODES = ("frozen", "trainable")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+TFLITE_VARIANTS = ("float16", "dynamic", "int8")  # trainer/tflite.py
 AUGMENT = ("none", "flip", "crop", "randaugment")
 FROZEN_CACHE = ("auto", "on", "off")
 MIN_IMAGE_SIZE = 32
@@ -192,6 +193,9 @@ class Runtime:
       report: after the export, write the validation report (model_dir/eval/) through it.
       frozen_cache: auto (train the frozen phase's head on cached embeddings where that applies),
         on (the same, an error where it does not), off (stream images every epoch).
+      calibrate: fit a temperature on the validation split and fold it into every export.
+      tflite: .tflite variants to write after the SavedModel (model_dir/tflite/), each scored.
+      max_accuracy_drop: the accuracy a .tflite variant may lose against the SavedModel.
     """
     model_dir: str
     strategy: str = "auto"
@@ -208,6 +212,9 @@ class Runtime:
     checkpoint_dir: Optional[str] = None
     report: bool = True
     frozen_cache: str = "auto"
+    calibrate: bool = True
+    tflite: Tuple[str, ...] = ()
+    max_accuracy_drop: float = 0.01
 
     def __post_init__(self):
         _check(bool(self.model_dir), "--model_dir is empty: pass a folder (local or gs://) or set AIP_MODEL_DIR")
@@ -219,6 +226,9 @@ class Runtime:
         _check(self.max_batch_size > 0, "--max_batch_size must be positive")
         _check(self.accumulate_steps >= 1, "--accumulate_steps must be 1 or more")
         _check(self.frozen_cache in FROZEN_CACHE, f"--frozen_cache={self.frozen_cache}: choose one of {', '.join(FROZEN_CACHE)}")
+        _check(all(v in TFLITE_VARIANTS for v in self.tflite),
+               f"--tflite={','.join(self.tflite)}: choose from {', '.join(TFLITE_VARIANTS)} (comma-separated)")
+        _check(0.0 <= self.max_accuracy_drop <= 1.0, "--max_accuracy_drop must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

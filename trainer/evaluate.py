@@ -41,12 +41,13 @@ METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_CSV = "confusion_matrix.csv"
 CONFUSION_PNG = "confusion_matrix.png"
+RELIABILITY_PNG = "reliability.png"
 PAIRS_FILE = "confused_pairs.csv"
 WORST_CSV = "worst.csv"
 WORST_PNG = "worst_images.png"
 SKIPPED_FILE = "skipped.csv"
 # TensorBoard image tag -> report file, for `report_images`.
-REPORT_IMAGES = {"confusion_matrix": CONFUSION_PNG, "worst_images": WORST_PNG}
+REPORT_IMAGES = {"confusion_matrix": CONFUSION_PNG, "worst_images": WORST_PNG, "reliability": RELIABILITY_PNG}
 
 _RECORD_FEATURES = dict(discovery.RECORD_FEATURES, **{  # the file name names a row of the report
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -219,7 +220,8 @@ def _write_tables(confusion: np.ndarray, *, class_names: Sequence[str], pairs: L
 
 def write_report(model: Union[str, predict.Export], *, data_path: str, output_dir: str,
                  batch_size: int = DEFAULT_BATCH_SIZE, label_offset: int = 0,
-                 top_k: int = reports.DEFAULT_TOP_K, worst: int = DEFAULT_WORST) -> dict:
+                 top_k: int = reports.DEFAULT_TOP_K, worst: int = DEFAULT_WORST,
+                 extra_metrics: Optional[dict] = None) -> dict:
     """Evaluates the export on labelled data and writes the report into `output_dir`.
 
     Args:
@@ -230,6 +232,7 @@ def write_report(model: Union[str, predict.Export], *, data_path: str, output_di
       label_offset: subtracted from TFRecord labels (1 for Google's ImageNet shards).
       top_k: k of the top-k accuracy.
       worst: how many worst-classified images to list and show.
+      extra_metrics: merged into metrics.json (the run's calibration: temperature, ECE before).
 
     Returns:
       The metrics, as written to metrics.json.
@@ -248,11 +251,15 @@ def write_report(model: Union[str, predict.Export], *, data_path: str, output_di
                                          num_classes=len(names))
     pairs = reports.most_confused_pairs(confusion, class_names=names, top=DEFAULT_PAIRS)
     metrics.update(export_dir=ev.export_dir, data=data_path, skipped_images=len(ev.skipped),
-                   most_confused=pairs)
+                   most_confused=pairs, **(extra_metrics or {}))
     _write_tables(confusion, class_names=names, pairs=pairs, ev=ev, output_dir=output_dir)
     reports.plot_confusion_matrix(confusion, class_names=names, path=fileio.join(output_dir, CONFUSION_PNG),
                                   title=f"{len(names)} classes, accuracy {metrics['accuracy']:.1%}, "
                                         "rows sorted by recall")
+    top1 = np.argmax(ev.probabilities, axis=1)
+    reports.plot_reliability(confidence=ev.probabilities.max(axis=1), correct=top1 == ev.labels,
+                             path=fileio.join(output_dir, RELIABILITY_PNG),
+                             title=f"reliability, ECE {metrics['expected_calibration_error']:.3f}")
     _write_worst(ev, class_names=names, output_dir=output_dir)
     fileio.write_json_atomic(fileio.join(output_dir, METRICS_FILE), metrics)
     logging.info("report for %d example(s) (%d skipped) written to %s", len(ev.ids), len(ev.skipped), output_dir)

@@ -1,7 +1,8 @@
 """SavedModel export for TF Serving: `export_base/<version>/` with the serving signatures.
 
 `export_saved_model` is what training calls at the end; `python -m trainer.export
---model_dir=DIR [--checkpoint=CKPT] [--version=N]` re-exports a checkpoint without training.
+--model_dir=DIR [--checkpoint=CKPT] [--version=N]` re-exports a checkpoint without training, and
+`--tflite=float16,dynamic,int8` writes scored .tflite files instead (trainer/tflite.py).
 
 The export is written to a non-numeric sibling (`export_base/.tmp-<id>`) and moved into place
 when complete: TF Serving only loads numeric folder names (its file-system source parses the
@@ -27,7 +28,7 @@ import tf_keras as keras
 from absl import flags, logging
 
 from serving import signatures, versions
-from trainer import fileio, flagutil
+from trainer import fileio, flagutil, tflite
 from trainer import model as model_lib
 
 _VERIFY_TOLERANCE = 1e-4
@@ -197,6 +198,10 @@ def define_flags() -> None:
     flagutil.define("string", "checkpoint", None, "Checkpoint prefix; default: the last finished phase.")
     flagutil.define("integer", "version", None, "Version number; default: the next one.")
     flagutil.define("string", "export_base", None, "Where version folders go; default: MODEL_DIR/export.")
+    flagutil.define("list", "tflite", [], "Instead of a SavedModel: .tflite variants (float16, dynamic, int8) "
+                    "to write to MODEL_DIR/tflite, each scored by LiteRT on the run's validation split.")
+    flagutil.define("float", "max_accuracy_drop", 0.01, "Refuse a .tflite variant that loses more accuracy than "
+                    "this against the SavedModel.")
 
 
 def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optional[int] = None,
@@ -204,7 +209,7 @@ def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optio
     """Exports a finished run's checkpoint again (after a failed or changed export); returns its path."""
     from trainer import rundir  # pylint: disable=import-outside-toplevel
     flagutil.check_folder("model_dir", model_dir)
-    model, cfg = rundir.restore_trained_model(model_dir, checkpoint)
+    model, cfg = _restore_calibrated(model_dir, checkpoint)
     return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
                               export_base=export_base or fileio.join(model_dir, "export"), version=version)
 
@@ -217,10 +222,40 @@ def main(argv: Sequence[str]) -> None:
     if not f.model_dir:
         flagutil.fail("--model_dir is required: pass the training run's output folder (config.json, checkpoints)")
     try:
+        if f.tflite:
+            _print_tflite(export_tflite(model_dir=f.model_dir, variants=f.tflite, checkpoint=f.checkpoint,
+                                        max_accuracy_drop=f.max_accuracy_drop))
+            return
         path = reexport(model_dir=f.model_dir, checkpoint=f.checkpoint, version=f.version, export_base=f.export_base)
     except (ValueError, OSError, tf.errors.OpError) as e:
-        flagutil.fail(f"export failed: {flagutil.one_line(e)}")
+        flagutil.fail(e if isinstance(e, tflite.TfliteError) else f"export failed: {flagutil.one_line(e)}")
     print(path)
+
+
+def export_tflite(*, model_dir: str, variants: Sequence[str], checkpoint: Optional[str] = None,
+                  max_accuracy_drop: float = 0.01) -> dict:
+    """A finished run's .tflite variants under MODEL_DIR/tflite, scored; returns the report."""
+    from trainer import rundir  # pylint: disable=import-outside-toplevel
+    flagutil.check_folder("model_dir", model_dir)
+    variants = tflite.parse_variants(",".join(variants))
+    model, cfg = _restore_calibrated(model_dir, checkpoint)
+    return tflite.export_run(model, cfg, variants=variants, output_dir=rundir.RunDir(model_dir).tflite_dir,
+                             max_accuracy_drop=max_accuracy_drop)
+
+
+def _restore_calibrated(model_dir: str, checkpoint: Optional[str]):
+    """The run's model with its fitted temperature folded in, as training exported it."""
+    from trainer import calibration, rundir  # pylint: disable=import-outside-toplevel
+    model, cfg = rundir.restore_trained_model(model_dir, checkpoint)
+    calibration.fold_into_head(model, (rundir.RunDir(model_dir).read_calibration() or {}).get("temperature"))
+    return model, cfg
+
+
+def _print_tflite(report: dict) -> None:
+    print(f"SavedModel accuracy {report['reference_accuracy']:.3f} on {report['num_examples']} validation images")
+    for name, v in report["variants"].items():
+        print(f"{name:8s} accuracy {v['accuracy']:.3f} (drop {v['accuracy_drop']:+.3f}), top-1 agreement "
+              f"{v['top1_agreement']:.3f}, {v['size_bytes'] / 2 ** 20:.2f} MB, {v['median_latency_ms']:.2f} ms/image")
 
 
 def run_main() -> None:

@@ -14,7 +14,9 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, evaluate, export, plots, predict, reports, train
+import numpy as np
+
+from trainer import calibration, data, evaluate, export, plots, predict, reports, tflite, train
 from trainer.config import Config
 from trainer.rundir import RunDir
 
@@ -52,13 +54,44 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
         return RunResult(None, trained.history)
     run_dir = RunDir.of(cfg.runtime)
     plots.plot_learning_curves(trained.history, run_dir.curves)
+    calibrated = calibrate(cfg, trained.model) if cfg.runtime.calibrate else None
     export_dir = export.export_saved_model(trained.model, class_names=cfg.data.class_names,
                                            image_size=cfg.model.image_size, export_base=run_dir.export_base)
-    metrics = report(cfg, export_dir=export_dir, history=trained.history) if cfg.runtime.report else {}
+    metrics = (report(cfg, export_dir=export_dir, history=trained.history, extra=calibrated)
+               if cfg.runtime.report else {})
+    if cfg.runtime.tflite:
+        tflite.export_run(trained.model, cfg, variants=cfg.runtime.tflite, output_dir=run_dir.tflite_dir,
+                          max_accuracy_drop=cfg.runtime.max_accuracy_drop)
     return RunResult(export_dir, trained.history, metrics or None, run_dir.eval_dir if metrics else None)
 
 
-def report(cfg: Config, *, export_dir: str, history: List[dict]) -> dict:
+def calibrate(cfg: Config, model: keras.Model) -> Optional[dict]:
+    """Fits the temperature on the validation split, folds it into the model's head and records
+    it in MODEL_DIR/calibration.json (trainer.calibration); None without validation data."""
+    if not cfg.data.eval_data:
+        return None
+    probabilities, labels = [], []
+    for x, y in data.build_dataset(cfg.data, split="eval", batch_size=64):
+        probabilities.append(model(x, training=False).numpy())
+        labels.append(y.numpy())
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    temperature = calibration.fit_temperature(probabilities, labels)
+    after = calibration.scaled(probabilities, temperature)
+    top1 = probabilities.argmax(axis=1) == labels
+    result = {"temperature": temperature,
+              "expected_calibration_error_before": reports.expected_calibration_error(
+                  confidence=probabilities.max(axis=1), correct=top1),
+              "log_loss_before": float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels],
+                                                                  1e-12)))),
+              "log_loss_after": float(-np.mean(np.log(np.maximum(after[np.arange(len(labels)), labels], 1e-12))))}
+    calibration.fold_into_head(model, temperature)
+    RunDir.of(cfg.runtime).write_calibration(result)
+    logging.info("calibration: temperature %.3f on %d validation images (log loss %.3f -> %.3f)", temperature,
+                 len(labels), result["log_loss_before"], result["log_loss_after"])
+    return result
+
+
+def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional[dict] = None) -> dict:
     """The validation report (model_dir/eval/) and its TensorBoard summaries, from the export itself."""
     run_dir = RunDir.of(cfg.runtime)
     images = {"learning_curves": run_dir.curves} if tf.io.gfile.exists(run_dir.curves) else {}
@@ -66,7 +99,7 @@ def report(cfg: Config, *, export_dir: str, history: List[dict]) -> dict:
     if cfg.data.eval_data:
         try:
             metrics = evaluate.write_report(export_dir, data_path=cfg.data.eval_data, output_dir=run_dir.eval_dir,
-                                            label_offset=cfg.data.label_offset)
+                                            label_offset=cfg.data.label_offset, extra_metrics=extra)
             images.update(evaluate.report_images(run_dir.eval_dir))
             logging.info("validation report in %s: %s", run_dir.eval_dir, "; ".join(evaluate.summary_lines(metrics)[:3]))
         except (data.DataError, predict.PredictError) as e:

@@ -222,6 +222,29 @@ def plot_confusion_matrix(confusion: np.ndarray, *, class_names: Sequence[str], 
     return [names[i] for i in ticks]
 
 
+def plot_reliability(*, confidence: np.ndarray, correct: np.ndarray, path: str,
+                     bins: int = CALIBRATION_BINS, title: str = "") -> None:
+    """Reliability diagram: accuracy against mean confidence per equal-width confidence bin (bar
+    width = the bin's share of the examples); a calibrated model sits on the diagonal."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ax.bar(confidence[mask].mean(), correct[mask].mean(), width=max(0.01, mask.mean() / 2),
+                   color="tab:blue", alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "reliability")
+    fig.tight_layout()
+    plots.save_figure(fig, path)
+
+
 def plot_image_grid(images: Sequence[Tuple[bytes, str, bool]], *, path: str, columns: int = 5,
                     thumbnail: int = 160) -> None:
     """Encoded images in a grid, each captioned (e.g. 'true -> predicted'); captions flagged

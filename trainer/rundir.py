@@ -15,6 +15,8 @@ wrote:
       plots/learning_curves.png
       eval/                the validation report, through the export
       export/<version>/    the SavedModel
+      tflite/              model_<variant>.tflite, labels.txt, tflite_report.json (trainer.tflite)
+      calibration.json     the fitted temperature folded into every export (trainer.calibration)
 
 Small files are written atomically through fileio (local: temp sibling + rename; gs://: one
 upload). Under MultiWorkerMirroredStrategy only the chief writes here; callers decide.
@@ -33,8 +35,11 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
 PLAN_FILE = "plan.json"
+CALIBRATION_FILE = "calibration.json"
 CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT = "checkpoints", "backup", "cache", "logs", "plots", "eval", "export"
-OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT)
+TFLITE = "tflite"
+OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT,
+         TFLITE, CALIBRATION_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,10 @@ class RunDir:
     def export_base(self) -> str:
         return self.path(EXPORT)
 
+    @property
+    def tflite_dir(self) -> str:
+        return self.path(TFLITE)
+
     # ------------------------------------------------------------------ files
 
     def write_config(self, cfg: Config) -> None:
@@ -118,6 +127,13 @@ class RunDir:
 
     def write_plan(self, document: dict) -> None:
         fileio.write_json_atomic(self.path(PLAN_FILE), document)
+
+    def read_calibration(self) -> Optional[dict]:
+        path = self.path(CALIBRATION_FILE)
+        return fileio.read_json(path) if fileio.exists(path) else None
+
+    def write_calibration(self, document: dict) -> None:
+        fileio.write_json_atomic(self.path(CALIBRATION_FILE), document)
 
     @staticmethod
     def remove(target: str) -> None:

@@ -71,6 +71,12 @@ def define_flags() -> None:
     flagutil.define("integer", "seed", 0, "Random seed.")
     flagutil.define("bool", "report", True, "After the export, write the validation report (metrics, per-class "
                       "table, confusion matrix, worst images) to MODEL_DIR/eval through the exported model.")
+    flagutil.define("bool", "calibrate", True, "Fit a temperature on the validation split (Guo et al. 2017) and "
+                    "fold it into every export, so that probabilities are calibrated; the argmax does not change.")
+    flagutil.define("list", "tflite", [], "After the SavedModel: .tflite variants to write to MODEL_DIR/tflite "
+                    "(float16, dynamic, int8), each scored by LiteRT on the validation split (docs/edge.md).")
+    flagutil.define("float", "max_accuracy_drop", 0.01, "Refuse a .tflite variant that loses more accuracy than "
+                    "this against the SavedModel.")
     flagutil.define("bool", "overwrite", False, "Start afresh even if --model_dir holds a run.")
     flagutil.define("bool", "plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
                       "rates), write plan.json, and exit without training.")
@@ -131,14 +137,15 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
         memory_budget_gb=f.memory_budget_gb, max_batch_size=f.max_batch_size, accumulate_steps=f.accumulate_steps,
         tensorboard_dir=f.tensorboard_dir or env.get("AIP_TENSORBOARD_LOG_DIR"),
         checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), report=f.report,
-        frozen_cache=f.frozen_cache)
+        frozen_cache=f.frozen_cache, calibrate=f.calibrate, tflite=tuple(f.tflite), max_accuracy_drop=f.max_accuracy_drop)
     return config.Config(data=data_cfg, model=model_cfg, phases=phases, runtime=runtime)
 
 
 def user_errors() -> tuple:
     """The exception types that mean 'the user must change something': one line, exit 2."""
-    from trainer import data, gcs, model  # pylint: disable=import-outside-toplevel
-    return (config.ConfigError, data.DataError, model.WeightsError, gcs.GcsError, flagutil.FlagError)
+    from trainer import data, gcs, model, tflite  # pylint: disable=import-outside-toplevel
+    return (config.ConfigError, data.DataError, model.WeightsError, gcs.GcsError, flagutil.FlagError,
+            tflite.TfliteError)
 
 
 def export_tf_config(env=os.environ) -> None:
