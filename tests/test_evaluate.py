@@ -163,4 +163,4 @@ def test_tensorboard_summaries(report, tmp_path):
                     Image.open(io.BytesIO(tensor[2])).verify()
     assert scalars["eval/accuracy"] == pytest.approx(metrics["accuracy"])
     assert scalars["eval/macro_f1"] == pytest.approx(metrics["macro_f1"])
-    assert images == {"eval/confusion_matrix", "eval/worst_images"}
+    assert images == {"eval/confusion_matrix", "eval/worst_images", "eval/reliability"}
