@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup tests "$@"
+exec .venv/bin/python -m pytest -q -n 2 tests "$@"
