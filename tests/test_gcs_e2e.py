@@ -27,8 +27,6 @@ import tensorflow as tf  # noqa: E402
 from tests.testing import cli  # noqa: E402
 from tests.testing.presets import TINY, TINY_SIZE, write_tiny_weights  # noqa: E402
 
-# One xdist worker runs this module, so its module-scoped runs are made once (scripts/test.sh).
-pytestmark = pytest.mark.xdist_group("gcs_e2e")
 
 EVERY_NTH_503 = 20
 

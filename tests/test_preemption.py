@@ -22,8 +22,6 @@ import pytest
 
 from tests.testing.cli import ROOT, task_command
 
-# One xdist worker runs this module, so its module-scoped runs are made once (scripts/test.sh).
-pytestmark = pytest.mark.xdist_group("preemption")
 
 FINETUNE_EPOCHS = 4
 STEPS = 3

@@ -19,9 +19,6 @@ from tests.testing.presets import IMAGE_SIZE, PRETRAINED
 from trainer import model as model_lib
 from trainer import rundir
 
-# One xdist worker runs this module, so its module-scoped runs are made once (scripts/test.sh).
-pytestmark = pytest.mark.xdist_group("train")
-
 
 def train_cli(model_dir, records, weights, *extra):
     """Runs python -m trainer.task with the small runs' flags; returns the exit code (0 = ok)."""
