@@ -74,20 +74,14 @@ def calibrate(cfg: Config, model: keras.Model) -> Optional[dict]:
     for x, y in data.build_dataset(cfg.data, split="eval", batch_size=64):
         probabilities.append(model(x, training=False).numpy())
         labels.append(y.numpy())
-    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
-    temperature = calibration.fit_temperature(probabilities, labels)
-    after = calibration.scaled(probabilities, temperature)
-    top1 = probabilities.argmax(axis=1) == labels
-    result = {"temperature": temperature,
-              "expected_calibration_error_before": reports.expected_calibration_error(
-                  confidence=probabilities.max(axis=1), correct=top1),
-              "log_loss_before": float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels],
-                                                                  1e-12)))),
-              "log_loss_after": float(-np.mean(np.log(np.maximum(after[np.arange(len(labels)), labels], 1e-12))))}
-    calibration.fold_into_head(model, temperature)
+    if not labels:
+        return None
+    result = calibration.fit(np.concatenate(probabilities), np.concatenate(labels))
+    calibration.fold_into_head(model, result["temperature"])
     RunDir.of(cfg.runtime).write_calibration(result)
-    logging.info("calibration: temperature %.3f on %d validation images (log loss %.3f -> %.3f)", temperature,
-                 len(labels), result["log_loss_before"], result["log_loss_after"])
+    logging.info("calibration: temperature %.3f on %d validation images (log loss %.3f -> %.3f)",
+                 result["temperature"], sum(len(y) for y in labels), result["log_loss_before"],
+                 result["log_loss_after"])
     return result
 
 
