@@ -10,7 +10,10 @@ evaluation measured. The contract (docs/serving.md):
 | `classify`        | `inputs` string [None] (tf.Example)     | `classes`, `scores` (TF Serving's Classify API) |
 | `features`        | `image_bytes` string [None]             | `features` float32 [None, D]             |
 
-K = min(TOP_K, C). Class names come from `assets/labels.txt` through a lookup table that the
+K = min(TOP_K, C). A multi-label classifier keeps these outputs (`probabilities` then holds
+independent per-class probabilities, `classes`/`scores` the top K of them); its `classify`
+answers every class in label order, and `assets/thresholds.txt` holds the per-class decision
+thresholds chosen on validation (one a line, label order). Class names come from `assets/labels.txt` through a lookup table that the
 SavedModel's init op fills at load time, so TF Serving, `tf.saved_model.load` and the TF1
 loader all read the same file. Warmup records (TF Serving replays them before serving, see
 tensorflow_serving/servables/tensorflow/saved_model_warmup_util.cc) are built here too, so
@@ -35,6 +38,7 @@ EXAMPLE_KEY = "inputs"
 EXAMPLE_IMAGE_FEATURE = "image/encoded"
 TOP_K = 5
 LABELS_FILENAME = "labels.txt"
+THRESHOLDS_FILENAME = "thresholds.txt"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 # The batch sizes TF Serving forms (serving/config/batching.config, allowed_batch_sizes): the
 # warmup replays each one so no request pays for a first-call trace.
@@ -69,10 +73,13 @@ class ServingModule(tf.Module):
       image_size: S.
       decode_fn: bytes scalar, image_size -> float32 [S, S, 3] 0..255; defaults to
         `trainer.decode.decode_for_eval`, the preprocessing evaluation uses.
+      thresholds_path: a multi-label model's thresholds.txt, saved as an asset; None for a
+        single-label model.
     """
 
     def __init__(self, model: keras.Model, *, features_model: keras.Model, labels_path: str,
-                 image_size: int, num_classes: int, decode_fn: Optional[DecodeFn] = None):
+                 image_size: int, num_classes: int, decode_fn: Optional[DecodeFn] = None,
+                 thresholds_path: Optional[str] = None):
         super().__init__(name="effnet_serving")
         # Only the variables are tracked. Tracking the Keras models themselves would make
         # tf.saved_model.save trace every layer's call for Keras revival (B0: ~100 s to save,
@@ -91,6 +98,10 @@ class ServingModule(tf.Module):
         self.labels_table = tf.lookup.StaticHashTable(initializer, default_value="")
         self._image_size = int(image_size)
         self._top_k = min(TOP_K, int(num_classes))
+        self._num_classes = int(num_classes)
+        self.multi_label = thresholds_path is not None
+        if self.multi_label:
+            self.thresholds_asset = tf.saved_model.Asset(thresholds_path)
         self._decode = decode_fn or _default_decode()
 
     def _pixels(self, image_bytes: tf.Tensor) -> tf.Tensor:
@@ -109,10 +120,14 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLE_KEY)])
     def classify(self, inputs):
-        """Serialized tf.Example with `image/encoded` -> top-K classes (TF Serving's Classify)."""
+        """Serialized tf.Example with `image/encoded` -> top-K classes (TF Serving's Classify);
+        multi-label: every class with its own score, in label order."""
         parsed = tf.io.parse_example(
             inputs, {EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
         probabilities, _ = self._network(self._pixels(parsed[EXAMPLE_IMAGE_FEATURE]))
+        if self.multi_label:
+            names = self.labels_table.lookup(tf.range(self._num_classes, dtype=tf.int64))
+            return {"classes": tf.tile(names[None], [tf.shape(probabilities)[0], 1]), "scores": probabilities}
         classes, scores = self._top_classes(probabilities)
         return {"classes": classes, "scores": scores}
 

@@ -21,6 +21,7 @@ MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 TFLITE_VARIANTS = ("float16", "dynamic", "int8")  # trainer/tflite.py
 AUGMENT = ("none", "flip", "crop", "randaugment")
 FROZEN_CACHE = ("auto", "on", "off")
+CLASS_WEIGHT_MODES = ("none", "balanced")  # or the path of a per-class file (trainer/targets.py)
 MIN_IMAGE_SIZE = 32
 
 
@@ -52,6 +53,11 @@ class Data:
       num_train_examples / num_eval_examples: known example counts (dataset.json), or None.
       cache_views: with randaugment, the random views per image the frozen phase's embedding
         cache holds (each epoch draws one).
+      multi_label: each record holds zero or more labels (a repeated `image/class/label`); the
+        head is a sigmoid per class (docs/training.md).
+      class_weight: none, balanced, or the path of a per-class weights file: how the training
+        examples of each class are weighted in the loss.
+      class_weights: the resolved weight per class (label order), or None for none.
     """
     train_data: str
     eval_data: Optional[str]
@@ -65,6 +71,9 @@ class Data:
     num_train_examples: Optional[int] = None
     num_eval_examples: Optional[int] = None
     cache_views: int = 4
+    multi_label: bool = False
+    class_weight: str = "none"
+    class_weights: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         _check(bool(self.train_data), "--train_data is empty: pass a TFRecord glob or an image folder")
@@ -79,6 +88,9 @@ class Data:
         _check(self.augment in AUGMENT, f"--augment={self.augment}: choose one of {', '.join(AUGMENT)}")
         _check(self.label_offset >= 0, "--label_offset must be 0 or more")
         _check(self.cache_views >= 1, "--cache_views must be 1 or more")
+        _check(self.class_weights is None or (len(self.class_weights) == len(self.class_names)
+                                              and all(w >= 0 for w in self.class_weights)),
+               "--class_weight: one non-negative weight per class is needed")
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +109,8 @@ class Model:
       dropout: dropout rate before the head's Dense layer.
       bn: frozen (BatchNormalization in inference mode in both phases) or trainable (the seed
         blog's variant: BN layers train even while the rest of the backbone is frozen).
+      multi_label: a sigmoid per class with binary cross-entropy instead of a softmax.
+      label_smoothing: the loss's label smoothing (0 = off).
     """
     backbone: str
     weights: str
@@ -104,6 +118,8 @@ class Model:
     image_size: int
     dropout: float = 0.2
     bn: str = "frozen"
+    multi_label: bool = False
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         spec = backbone_spec(self.backbone)
@@ -112,6 +128,7 @@ class Model:
                f"{', '.join(spec.named_weights + ('none',))} or the path of a weights file")
         _check(0.0 <= self.dropout < 1.0, f"--dropout={self.dropout} must be in [0, 1)")
         _check(self.bn in BN_MODES, f"--bn={self.bn}: choose one of {', '.join(BN_MODES)}")
+        _check(0.0 <= self.label_smoothing < 1.0, f"--label_smoothing={self.label_smoothing} must be in [0, 1), e.g. 0.1")
 
 
 def backbone_spec(name: str) -> backbones.BackboneSpec:
@@ -241,6 +258,10 @@ class Config:
     def __post_init__(self):
         _check(self.data.image_size == self.model.image_size, "data and model image sizes differ")
         _check(self.data.num_classes == self.model.num_classes, "data and model class counts differ")
+        _check(self.data.multi_label == self.model.multi_label, "data and model disagree on multi-label")
+        _check(not (self.data.multi_label and self.runtime.tflite),
+               "--tflite is for single-label classifiers (its gate scores top-1 accuracy); leave it out with "
+               "multi-label data, or export the SavedModel only")
         _check(not (self.runtime.frozen_cache == "on" and self.model.bn == "trainable"),
                "--frozen_cache=on needs --bn=frozen: with trainable BatchNormalization the backbone is no fixed "
                "function to cache; pass --frozen_cache=auto or off")
@@ -255,7 +276,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        data = dict(d["data"], class_names=tuple(d["data"]["class_names"]))
+        weights = d["data"].get("class_weights")
+        data = dict(d["data"], class_names=tuple(d["data"]["class_names"]),
+                    class_weights=tuple(weights) if weights is not None else None)
         return cls(data=Data(**data), model=Model(**d["model"]),
                    phases=tuple(Phase(**p) for p in d["phases"]), runtime=Runtime(**d["runtime"]))
 
@@ -267,4 +290,4 @@ class Config:
         """
         return {"backbone": self.model.backbone, "num_classes": self.model.num_classes,
                 "class_names": list(self.data.class_names), "image_size": self.model.image_size,
-                "bn": self.model.bn, "phases": [[p.name, p.unfreeze] for p in self.phases]}
+                "bn": self.model.bn, "multi_label": self.model.multi_label, "phases": [[p.name, p.unfreeze] for p in self.phases]}

@@ -19,12 +19,12 @@ from typing import List, Optional, Tuple
 import tensorflow as tf
 
 from trainer import decode as decode_lib
-from trainer import discovery, skips
+from trainer import discovery, skips, targets
 from trainer.randaugment import rand_augment
 
 # Re-exported: the entry point, training, the benchmarks and tests name these as data.X.
 from trainer.decode import decode_for_eval  # noqa: F401
-from trainer.discovery import (DataError, check_labels, count_examples,  # noqa: F401
+from trainer.discovery import (DataError, check_labels, class_counts, count_examples,  # noqa: F401
                                list_image_files, resolve_class_names)
 from trainer.skips import SkippedRecordsLogger, skipped_records  # noqa: F401
 
@@ -63,9 +63,10 @@ def _image_files(paths: List[str], labels: List[int], *, training: bool, input_c
 
 
 def _decode_counted(ds: tf.data.Dataset, *, unpack, decode, counter: skips.SkipCounter,
-                    num_classes: int, training: bool, seed: int) -> tf.data.Dataset:
-    """Decodes every element; one whose image fails to decode, or whose label is outside
-    [0, C), is dropped and stays recorded in `counter`.
+                    num_classes: int, multi_label: bool, training: bool, seed: int) -> tf.data.Dataset:
+    """Decodes every element; one whose image fails to decode, or whose labels are not what
+    the data holds (exactly one label in [0, C) single-label, zero or more in [0, C)
+    multi-label), is dropped and stays recorded in `counter`.
 
     The failing map call raises (a failed decode, or the label assertion) and `ignore_errors`
     drops that element: the cheap way. A per-element fallback dataset cost ~0.5 ms per image,
@@ -78,16 +79,22 @@ def _decode_counted(ds: tf.data.Dataset, *, unpack, decode, counter: skips.SkipC
     of an element independent draws from that one seed.
 
     Args:
-      unpack: element -> (image bytes, 0-based int64 label).
+      unpack: element -> (image bytes, 0-based int64 labels [n]).
       decode: (image bytes, seed) -> image.
+
+    Labels leave as int32 (single-label) or a float32 multi-hot [C] (multi-label).
     """
     def fn(*element):
-        image_bytes, label = unpack(*element)
-        key, image_bytes = counter.enter(
-            image_bytes, tf.logical_and(label >= 0, label < num_classes))
+        image_bytes, labels = unpack(*element)
+        ok = tf.reduce_all(tf.logical_and(labels >= 0, labels < num_classes))
+        if not multi_label:
+            ok = tf.logical_and(ok, tf.size(labels) == 1)
+        key, image_bytes = counter.enter(image_bytes, ok)
         draw = tf.random.uniform([2], minval=0, maxval=_SEED_RANGE, dtype=tf.int64, seed=seed)
         image = decode(image_bytes, draw)
-        return counter.leave(key, image), tf.cast(label, tf.int32)
+        target = (targets.multi_hot(labels, num_classes) if multi_label
+                  else tf.cast(tf.concat([labels, [-1]], 0)[0], tf.int32))
+        return counter.leave(key, image), target
 
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     return ds.ignore_errors(log_warning=True)
@@ -95,18 +102,18 @@ def _decode_counted(ds: tf.data.Dataset, *, unpack, decode, counter: skips.SkipC
 
 def _source(data_cfg, *, path: str, what: str, training: bool, input_context):
     """The elements of a TFRecord glob or an image folder, and the function that turns one
-    into (image bytes, 0-based label)."""
+    into (image bytes, 0-based labels [n])."""
     if discovery.is_image_folder(path):
         paths, labels = discovery.list_image_files(path, class_names=data_cfg.class_names, what=what)
         ds = _image_files(paths, labels, training=training, input_context=input_context,
                           seed=data_cfg.seed)
-        return ds, lambda image_bytes, label: (image_bytes, label)
+        return ds, lambda image_bytes, label: (image_bytes, label[None])
     ds = _records(discovery.list_record_files(path, what=what), training=training,
                   input_context=input_context, seed=data_cfg.seed)
 
     def parse(serialized):
         feats = tf.io.parse_single_example(serialized, discovery.RECORD_FEATURES)
-        return feats["image/encoded"], feats["image/class/label"] - data_cfg.label_offset
+        return feats["image/encoded"], feats[discovery.LABEL_KEY].values - data_cfg.label_offset
 
     return ds, parse
 
@@ -145,7 +152,9 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
       ram_budget_mb: tf.data autotune's RAM budget (default: tf.data's own, half the RAM).
 
     Returns:
-      Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]).
+      Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]) -- labels float32
+      multi-hot [B, C] with multi-label data; training batches gain per-example weights [B]
+      as a third element with class weights.
 
     Raises:
       DataError: missing or empty path, a glob matching nothing, an unknown class folder.
@@ -162,11 +171,12 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
         ds = ds.repeat()
     ds = _decode_counted(ds, unpack=unpack, decode=_decoder(data_cfg, training=training),
                          counter=skips.counter_for(split, path), num_classes=len(data_cfg.class_names),
-                         training=training, seed=data_cfg.seed)
+                         multi_label=data_cfg.multi_label, training=training, seed=data_cfg.seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=not training)
     if training:
-        ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        weights = data_cfg.class_weights
+        ds = ds.map(lambda x, y: _to_float(x, y, weights), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(training=training, ram_budget_mb=ram_budget_mb,
                                     sharded=input_context is not None))
@@ -193,7 +203,8 @@ def build_view_dataset(data_cfg, *, split: str, views: int, batch_size: int,
     ds, unpack = _source(data_cfg, path=path, what=what, training=False, input_context=input_context)
     decode = _view_decoder(data_cfg, views=views if training else 1, training=training)
     ds = _decode_counted(ds, unpack=unpack, decode=decode, counter=skips.counter_for(split, path),
-                         num_classes=len(data_cfg.class_names), training=False, seed=data_cfg.seed)
+                         num_classes=len(data_cfg.class_names), multi_label=data_cfg.multi_label,
+                         training=False, seed=data_cfg.seed)
     ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(
         _options(training=False, ram_budget_mb=None, sharded=input_context is not None))
@@ -248,9 +259,13 @@ def _decoder(data_cfg, *, training: bool):
     return train if training else evaluate
 
 
-def _to_float(images, labels):
-    """uint8 training batch -> float32, once per batch."""
-    return tf.cast(images, tf.float32), labels
+def _to_float(images, labels, class_weights):
+    """uint8 training batch -> float32, once per batch; with class weights, each example's
+    weight joins the batch (trainer/targets.py), in this same stage."""
+    images = tf.cast(images, tf.float32)
+    if not class_weights:
+        return images, labels
+    return images, labels, targets.example_weights(labels, class_weights)
 
 
 def _options(*, training: bool, ram_budget_mb: Optional[int], sharded: bool) -> tf.data.Options:

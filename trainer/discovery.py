@@ -22,14 +22,19 @@ LABELS_FILE = "labels.txt"
 INFO_FILE = "dataset.json"
 
 # The record keys the reader parses (the data contract); the label check also reads the names.
+# `image/class/label` is a list: one value in a single-label record, zero or more (sorted class
+# indices, their names in `image/class/text` in the same order) in a multi-label one.
+LABEL_KEY = "image/class/label"
 RECORD_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    LABEL_KEY: tf.io.VarLenFeature(tf.int64),
 }
 _CHECK_FEATURES = dict(RECORD_FEATURES, **{
-    "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class/text": tf.io.VarLenFeature(tf.string),
+    "image/class/synset": tf.io.VarLenFeature(tf.string),
 })
+# Pads the dense label lists of a batch (below any real label, whatever the offset).
+LABEL_PAD = -(2 ** 62)
 
 
 class DataError(ValueError):
@@ -161,16 +166,22 @@ def read_dataset_info(train_data: str) -> Optional[dict]:
             raise DataError(f"{path} is not valid JSON ({e}): delete it or rerun trainer.prepare")
 
 
-def _info_count(path: str, files: Sequence[str]) -> Optional[int]:
-    """The dataset.json count for the split whose shards are exactly `files`, else None."""
+def _info_split(path: str, files: Sequence[str]) -> Optional[dict]:
+    """The dataset.json entry of the split whose shards are exactly `files`, else None."""
     info = read_dataset_info(path)
     if not info:
         return None
     names = sorted(os.path.basename(f) for f in files)
     for split in (info.get("splits") or {}).values():
         if sorted(split.get("files", [])) == names:
-            return int(split["num_examples"])
+            return split
     return None
+
+
+def _info_count(path: str, files: Sequence[str]) -> Optional[int]:
+    """The dataset.json count for the split whose shards are exactly `files`, else None."""
+    split = _info_split(path, files)
+    return None if split is None else int(split["num_examples"])
 
 
 def count_examples(path: str) -> int:
@@ -241,51 +252,133 @@ def op_error_message(error: tf.errors.OpError) -> str:
 
 
 def check_labels(path: str, *, class_names: Sequence[str], label_offset: int = 0,
-                 max_records: int = 2000) -> None:
+                 max_records: int = 2000) -> bool:
     """Fails early, naming the file, when records disagree with the class names.
 
     Scans up to `max_records` records taken round-robin from every shard: each label (after
     `label_offset`) must be in [0, C), and `image/class/text` (or `image/class/synset`), when
-    present, must be the class name labels.txt gives that label. Better a one-line error at
+    present, must name the classes labels.txt gives those labels. Better a one-line error at
     start-up than a crash (or silent nonsense) hours into training.
+
+    Returns:
+      Whether a scanned record holds other than exactly one label (multi-label data).
 
     Raises:
       DataError: naming the file, the record's label and the fix.
     """
     if is_image_folder(path):
         list_image_files(path, class_names=class_names)  # raises on unknown class folders
-        return
+        return False
     files = list_record_files(path)
-    files_ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = _labelled_records(files, features=_CHECK_FEATURES, batch_size=256, limit=max_records)
+    multi = False
+    try:
+        for fnames, feats in ds.as_numpy_iterator():
+            for i, fname in enumerate(fnames):
+                row = {k: [v for v in column[i] if not _is_pad(v)] for k, column in feats.items()}
+                multi |= len(row[LABEL_KEY]) != 1
+                _check_record(fname.decode(), row, class_names=class_names, label_offset=label_offset)
+    except tf.errors.OpError as e:
+        raise _unreadable(files, e) from None
+    return multi
+
+
+def _is_pad(value) -> bool:
+    return (isinstance(value, bytes) and value == b"") or (not isinstance(value, bytes) and value == LABEL_PAD)
+
+
+def _labelled_records(files: Sequence[str], *, features: dict, batch_size: int,
+                      limit: Optional[int] = None) -> tf.data.Dataset:
+    """Batches of (file names, features) of every record, round-robin over the shards, the
+    list-valued features dense: label lists padded with LABEL_PAD, text lists with b""."""
+    files_ds = tf.data.Dataset.from_tensor_slices(list(files))
     ds = files_ds.interleave(
         lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)),
         cycle_length=min(len(files), 64), block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
-    ds = ds.take(max_records).batch(256).map(
-        lambda f, r: (f, tf.io.parse_example(r, _CHECK_FEATURES)))
-    try:
-        for fnames, feats in ds.as_numpy_iterator():
-            for i, fname in enumerate(fnames):
-                _check_record(fname.decode(), {k: v[i] for k, v in feats.items()},
-                              class_names=class_names, label_offset=label_offset)
-    except tf.errors.OpError as e:
-        raise _unreadable(files, e) from None
+    pads = {k: LABEL_PAD if v.dtype == tf.int64 else b"" for k, v in features.items()
+            if isinstance(v, tf.io.VarLenFeature)}
+
+    def parse(f, r):
+        feats = tf.io.parse_single_example(r, features)
+        return f, {k: tf.sparse.to_dense(feats[k], default_value=pad) for k, pad in pads.items()}
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if limit is not None:
+        ds = ds.take(limit)
+    return ds.padded_batch(batch_size, padding_values=(b"", pads))
 
 
 def _check_record(where: str, feats: dict, *, class_names: Sequence[str], label_offset: int):
     n = len(class_names)
-    label = int(feats["image/class/label"]) - label_offset
-    if not 0 <= label < n:
-        hint = ", or --label_offset=1 for 1-based labels (Google's ImageNet shards)" \
-            if label_offset == 0 and label == n else ""
-        raise DataError(
-            f"label {label + label_offset} in {where} is outside [{label_offset}, "
-            f"{n + label_offset}) for the {n} classes of labels.txt: pass the labels.txt written "
-            f"with these shards (--labels){hint}")
-    names = {t.decode() for t in (feats["image/class/text"], feats["image/class/synset"]) if t}
-    if names and class_names[label] not in names:
-        raise DataError(
-            f"label {label} in {where} says {sorted(names)[0]!r} but labels.txt line {label + 1} "
-            f"is {class_names[label]!r}: pass the labels.txt written with these shards (--labels) "
-            "or rerun trainer.prepare")
+    labels = [int(v) - label_offset for v in feats[LABEL_KEY]]
+    for label in labels:
+        if not 0 <= label < n:
+            hint = ", or --label_offset=1 for 1-based labels (Google's ImageNet shards)" \
+                if label_offset == 0 and label == n else ""
+            raise DataError(
+                f"label {label + label_offset} in {where} is outside [{label_offset}, "
+                f"{n + label_offset}) for the {n} classes of labels.txt: pass the labels.txt written "
+                f"with these shards (--labels){hint}")
+    for key in ("image/class/text", "image/class/synset"):
+        names = [t.decode() for t in feats.get(key, [])]
+        if names and len(names) == len(labels) and [class_names[label] for label in labels] != names:
+            label, said = next((label, name) for label, name in zip(labels, names) if class_names[label] != name)
+            raise DataError(
+                f"label {label} in {where} says {said!r} but labels.txt line {label + 1} "
+                f"is {class_names[label]!r}: pass the labels.txt written with these shards (--labels) "
+                "or rerun trainer.prepare")
 
+
+def dataset_multi_label(path: str) -> Optional[bool]:
+    """What dataset.json beside the shards says of multi-label (trainer.prepare writes it), or None."""
+    info = read_dataset_info(path)
+    if not info or "multi_label" not in info:
+        return None
+    return bool(info["multi_label"])
+
+
+def class_counts(path: str, *, class_names: Sequence[str], label_offset: int = 0) -> Optional[List[int]]:
+    """Examples holding each class (label order) behind a data path, or None when unknown.
+
+    From dataset.json when it describes exactly the matched shards, the file counts of an image
+    folder's class subfolders, or a scan of the records' labels (at most `_EXACT_COUNT_BYTES` of
+    shards; larger data without dataset.json is not read through at start-up).
+    """
+    if is_image_folder(path):
+        _, labels = list_image_files(path, class_names=class_names)
+        return [labels.count(i) for i in range(len(class_names))]
+    files = list_record_files(path)
+    split = _info_split(path, files)
+    if split is not None and isinstance(split.get("per_class"), dict):
+        return [int(split["per_class"].get(name, 0)) for name in class_names]
+    if sum(tf.io.gfile.stat(f).length for f in files) > _EXACT_COUNT_BYTES:
+        return None
+    counts = [0] * len(class_names)
+    ds = _labelled_records(files, features={LABEL_KEY: RECORD_FEATURES[LABEL_KEY]}, batch_size=1024)
+    try:
+        for _, feats in ds.as_numpy_iterator():
+            for value in feats[LABEL_KEY].ravel():
+                label = int(value) - label_offset
+                if value != LABEL_PAD and 0 <= label < len(counts):
+                    counts[label] += 1
+    except tf.errors.OpError as e:
+        raise _unreadable(files, e) from None
+    return counts
+
+
+def check_class_coverage(counts: Optional[Sequence[int]], *, class_names: Sequence[str], path: str,
+                         what: str) -> List[str]:
+    """The classes of labels.txt without an example at `path`.
+
+    Raises:
+      DataError: for the training data (`what` is --train_data): a class no image teaches would
+        still get an output, and the export would offer it.
+    """
+    if counts is None:
+        return []
+    missing = [name for name, n in zip(class_names, counts) if n == 0]
+    if missing and what == "--train_data":
+        raise DataError(f"class {missing[0]!r} has no image in the training split ({what} {path}; "
+                        f"{len(missing)} such class(es)): add images of it, or remove it from labels.txt "
+                        "(or its empty class folder)")
+    return missing

@@ -222,10 +222,12 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
 
 
 def exact_eval_pass(strategy: tf.distribute.Strategy) -> bool:
-    """Whether validation can be one exact pass over a finite dataset. Not across workers (each
-    must run the same number of steps, so their shards repeat and the steps are counted) nor on
-    TPUs (static shapes); elsewhere a repeated dataset would count wrapped-around images twice."""
-    return not (is_multi_worker(strategy) or is_tpu(strategy))
+    """Whether validation can be one exact pass over a finite dataset: only under the default
+    strategy. Keras needs a step count for every distributed dataset (they have no cardinality:
+    "When providing a distributed dataset, you must specify the number of steps to run"), and
+    across workers each must run the same number of steps, so there the eval data repeats and
+    its steps are counted; a wrapped-around batch then counts a few images twice."""
+    return is_default(strategy)
 
 
 def steps_per_execution(strategy: tf.distribute.Strategy, *, steps_per_epoch: int) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribute, fileio
+from trainer import data, distribute, fileio, targets
 from trainer import model as model_lib
 from trainer.rundir import RunDir
 
@@ -44,7 +44,6 @@ MANIFEST = "manifest.json"
 MEMORY_FRACTION = 0.25
 EXAMPLES_PER_SHARD = 4096
 EMBED_BATCH = 64
-_SPEC = {"embedding": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
 
 @dataclasses.dataclass
@@ -53,9 +52,11 @@ class Cache:
 
     Attributes:
       embeddings: float32 [N, V, D] in memory, or None when on disk.
-      labels: int32 [N] in memory, or None when on disk.
+      labels: int32 [N] (float32 multi-hot [N, C] with multi-label data) in memory, or None
+        when on disk.
       files: the float16 TFRecord shards when on disk.
       count / views / dim: examples, views per example, embedding width.
+      label_width: C for multi-hot labels, 0 for integer labels.
     """
     count: int
     views: int
@@ -63,6 +64,7 @@ class Cache:
     embeddings: Optional[np.ndarray] = None
     labels: Optional[np.ndarray] = None
     files: Tuple[str, ...] = ()
+    label_width: int = 0
 
     @property
     def where(self) -> str:
@@ -115,6 +117,7 @@ def build_caches(model: keras.Model, *, data_cfg, model_cfg, views: int, strateg
                 ds = strategy.distribute_datasets_from_function(dataset_fn)
                 steps = -(-(examples or 0) // (EMBED_BATCH * strategy.num_replicas_in_sync)) or None
                 cache = _compute(ds, embed=embed, strategy=strategy, views=split_views, dim=dim,
+                                 label_width=data_cfg.num_classes if data_cfg.multi_label else 0,
                                  folder=None if in_memory else folder, key=key, steps=steps, verbose=verbose,
                                  title=f"caching {split} embeddings")
             caches[split][ctx.input_pipeline_id] = cache
@@ -157,8 +160,8 @@ def _embedder(model: keras.Model, *, strategy: tf.distribute.Strategy) -> Callab
     return embed
 
 
-def _compute(ds, *, embed: Callable, strategy, views: int, dim: int, folder: Optional[str], key: str,
-             steps: Optional[int], verbose: bool, title: str) -> Cache:
+def _compute(ds, *, embed: Callable, strategy, views: int, dim: int, label_width: int, folder: Optional[str],
+             key: str, steps: Optional[int], verbose: bool, title: str) -> Cache:
     """Runs the backbone over the views once; keeps the result in memory or writes shards."""
     writer = _ShardWriter(folder) if folder else None
     chunks: List[np.ndarray] = []
@@ -177,14 +180,15 @@ def _compute(ds, *, embed: Callable, strategy, views: int, dim: int, folder: Opt
                 labels.append(l)
         bar.add(1)
     if writer:
-        return writer.close(key=key, views=views, dim=dim)
+        return writer.close(key=key, views=views, dim=dim, label_width=label_width)
     emb = np.concatenate(chunks) if chunks else np.zeros((0, views, dim), np.float32)
-    lab = np.concatenate(labels).astype(np.int32) if labels else np.zeros((0,), np.int32)
-    return Cache(count=len(lab), views=views, dim=dim, embeddings=emb, labels=lab)
+    dtype, shape = (np.float32, (0, label_width)) if label_width else (np.int32, (0,))
+    lab = np.concatenate(labels).astype(dtype) if labels else np.zeros(shape, dtype)
+    return Cache(count=len(lab), views=views, dim=dim, embeddings=emb, labels=lab, label_width=label_width)
 
 
 class _ShardWriter:
-    """float16 TFRecord shards of (embedding [V*D], label) in one folder, then its manifest.
+    """float16 TFRecord shards of (embedding [V*D], label or multi-hot [C]) in one folder, then its manifest.
 
     The manifest is written last, atomically: a folder without one (a job killed while caching)
     is recomputed, never read half-written.
@@ -201,7 +205,7 @@ class _ShardWriter:
             if self._writer is None or self._in_shard >= EXAMPLES_PER_SHARD:
                 self._next_shard()
             feature = {"embedding": tf.train.Feature(bytes_list=tf.train.BytesList(value=[e.tobytes()])),
-                       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(l)]))}
+                       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=np.ravel(l).astype(np.int64)))}
             self._writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
             self._in_shard += 1
             self.count += 1
@@ -212,13 +216,14 @@ class _ShardWriter:
         self.files.append(fileio.join(self.folder, f"shard-{len(self.files):05d}.tfrecord"))
         self._writer, self._in_shard = tf.io.TFRecordWriter(self.files[-1]), 0
 
-    def close(self, *, key: str, views: int, dim: int) -> Cache:
+    def close(self, *, key: str, views: int, dim: int, label_width: int) -> Cache:
         if self._writer:
             self._writer.close()
         names = [f.rsplit("/", 1)[-1] for f in self.files]
         fileio.write_json_atomic(fileio.join(self.folder, MANIFEST),
-                                 {"key": key, "count": self.count, "views": views, "dim": dim, "files": names})
-        return Cache(count=self.count, views=views, dim=dim, files=tuple(self.files))
+                                 {"key": key, "count": self.count, "views": views, "dim": dim, "files": names,
+                                  "label_width": label_width})
+        return Cache(count=self.count, views=views, dim=dim, files=tuple(self.files), label_width=label_width)
 
 
 def _reuse(folder: str, key: str) -> Optional[Cache]:
@@ -231,7 +236,8 @@ def _reuse(folder: str, key: str) -> Optional[Cache]:
     if manifest.get("key") != key or not all(fileio.exists(f) for f in files):
         return None
     logging.info("frozen phase: reusing the embedding cache in %s", folder)
-    return Cache(count=manifest["count"], views=manifest["views"], dim=manifest["dim"], files=files)
+    return Cache(count=manifest["count"], views=manifest["views"], dim=manifest["dim"], files=files,
+                 label_width=manifest.get("label_width", 0))
 
 
 def _key(data_cfg, model_cfg, *, split: str, views: int, ctx) -> str:
@@ -239,13 +245,16 @@ def _key(data_cfg, model_cfg, *, split: str, views: int, ctx) -> str:
     ident = {"split": split, "views": views, "pipeline": [ctx.input_pipeline_id, ctx.num_input_pipelines],
              "data": data_cfg.train_data if split == "train" else data_cfg.eval_data,
              "label_offset": data_cfg.label_offset, "classes": list(data_cfg.class_names),
+             "multi_label": data_cfg.multi_label,
              "image_size": data_cfg.image_size, "augment": data_cfg.augment, "seed": data_cfg.seed,
              "backbone": model_cfg.backbone, "weights": model_cfg.weights}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def build_dataset(cache: Cache, *, batch_size: int, training: bool, seed: int, repeat: bool = True) -> tf.data.Dataset:
-    """Batches of (embedding float32 [B, D], label) from a cache, repeated unless `repeat` is False.
+def build_dataset(cache: Cache, *, batch_size: int, training: bool, seed: int, repeat: bool = True,
+                  class_weights: Optional[Tuple[float, ...]] = None) -> tf.data.Dataset:
+    """Batches of (embedding float32 [B, D], label) from a cache, repeated unless `repeat` is False;
+    with `class_weights`, each example's weight as a third element (trainer/targets.py).
 
     Training: a new shuffle of the examples each epoch (a full shuffle in memory; the shards and
     a 10,000-example buffer on disk) and one view drawn per example. The in-memory order is the
@@ -257,7 +266,11 @@ def build_dataset(cache: Cache, *, batch_size: int, training: bool, seed: int, r
     else:
         ds = _disk_examples(cache, training=training, seed=seed)
     ds = (ds.repeat() if repeat else ds).batch(batch_size)
-    ds = ds.map(lambda e, l: (_pick_view(e, training=training, seed=seed), l), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def pick(e, l):
+        e = _pick_view(e, training=training, seed=seed)
+        return (e, l) if not class_weights else (e, l, targets.example_weights(l, class_weights))
+    ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
@@ -278,10 +291,14 @@ def _disk_examples(cache: Cache, *, training: bool, seed: int) -> tf.data.Datase
     if training:
         ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
 
+    width = cache.label_width
+    spec = {"embedding": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([width] if width else [], tf.int64)}
+
     def parse(record):
-        feats = tf.io.parse_single_example(record, _SPEC)
+        feats = tf.io.parse_single_example(record, spec)
         emb = tf.reshape(tf.io.decode_raw(feats["embedding"], tf.float16), [cache.views, cache.dim])
-        return tf.cast(emb, tf.float32), tf.cast(feats["label"], tf.int32)
+        return tf.cast(emb, tf.float32), tf.cast(feats["label"], tf.float32 if width else tf.int32)
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
 
 
@@ -301,7 +318,7 @@ def _options() -> tf.data.Options:
 
 
 def datasets_fn(caches: Dict[str, Dict[int, Cache]], *, strategy: tf.distribute.Strategy, seed: int,
-                eval_examples: Optional[int]):
+                eval_examples: Optional[int], class_weights: Optional[Tuple[float, ...]] = None):
     """batch_size -> (train, eval or None, eval steps or None), distributed like train.py's image pipelines."""
     exact = distribute.exact_eval_pass(strategy)
 
@@ -309,7 +326,8 @@ def datasets_fn(caches: Dict[str, Dict[int, Cache]], *, strategy: tf.distribute.
         return strategy.distribute_datasets_from_function(
             lambda ctx: build_dataset(caches[split][ctx.input_pipeline_id],
                                       batch_size=ctx.get_per_replica_batch_size(batch_size), training=training,
-                                      seed=seed, repeat=training or not exact))
+                                      seed=seed, repeat=training or not exact,
+                                      class_weights=class_weights if training else None))
 
     def datasets(batch_size: int):
         train = make("train", batch_size, True)

@@ -14,6 +14,13 @@ and network TF Serving runs, never a re-implementation of them. The report in DI
   confused_pairs.csv      the largest off-diagonal cells
   worst.csv / worst_images.png   the examples given the lowest probability for their true class
 
+A multi-label export (it carries assets/thresholds.txt) gets the multi-label report instead:
+metrics.json with mean average precision, micro and macro F1 and precision/recall at the
+export's thresholds, subset accuracy; per_class.csv with each class's average precision,
+threshold, precision, recall, F1 and support; worst.csv / worst_images.png by binary
+cross-entropy. A class of labels.txt without an example in the data is listed in metrics.json
+(`classes_without_examples`) and logged as a warning.
+
 Undecodable images are skipped, counted (`skipped_images`) and listed in skipped.csv. Class
 names are the export's own (assets/labels.txt), so the report reads labels as the model does.
 `write_report` is what training calls for its validation split.
@@ -32,7 +39,7 @@ import numpy as np
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 
-from trainer import discovery, fileio, flagutil, predict, reports
+from trainer import discovery, fileio, flagutil, multilabel, predict, reports
 
 DEFAULT_BATCH_SIZE = predict.DEFAULT_BATCH_SIZE
 DEFAULT_WORST = 25
@@ -53,14 +60,17 @@ _RECORD_FEATURES = dict(discovery.RECORD_FEATURES, **{  # the file name names a 
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
 })
 
-# A batch of labelled inputs: ((example id, label), bytes or None, why not).
-LabelledBatch = List[Tuple[Tuple[str, int], Optional[bytes], str]]
+# A batch of labelled inputs: ((example id, label or multi-hot row), bytes or None, why not).
+LabelledBatch = List[Tuple[Tuple[str, Union[int, np.ndarray]], Optional[bytes], str]]
 
 
 # --------------------------------------------------------------------------- reading labelled data
 
-def _folder_batches(folder: str, *, class_names: Sequence[str],
-                    batch_size: int) -> Tuple[int, Iterator[LabelledBatch]]:
+def _folder_batches(folder: str, *, class_names: Sequence[str], batch_size: int,
+                    multi_label: bool) -> Tuple[int, Iterator[LabelledBatch]]:
+    if multi_label:
+        raise discovery.DataError(f"--data {folder} is a folder of class folders (one label per image) but the "
+                                  "export is multi-label: pass TFRecords with a repeated image/class/label")
     paths, labels = discovery.list_image_files(folder, class_names=class_names, what="--data")
     label_of = dict(zip(paths, labels))
 
@@ -76,13 +86,38 @@ def _record_dataset(files: Sequence[str], *, batch_size: int) -> tf.data.Dataset
     def records(shard):
         return tf.data.TFRecordDataset(shard).enumerate().map(lambda i, r: (shard, i, r))
     ds = tf.data.Dataset.from_tensor_slices(list(files)).flat_map(records).batch(batch_size)
-    ds = ds.map(lambda s, i, r: (s, i, tf.io.parse_example(r, _RECORD_FEATURES)),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    def parse(shards, indices, records):
+        feats = tf.io.parse_example(records, _RECORD_FEATURES)
+        labels = feats[discovery.LABEL_KEY]
+        feats[discovery.LABEL_KEY] = tf.sparse.to_dense(labels, default_value=discovery.LABEL_PAD)
+        return shards, indices, feats
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(2)
 
 
+def _target(values: np.ndarray, *, where: str, num_classes: int, label_offset: int,
+            multi_label: bool) -> Union[int, np.ndarray]:
+    """One record's label list -> its label (single-label) or multi-hot row; DataError when it
+    does not fit the export."""
+    labels = [int(v) - label_offset for v in values if v != discovery.LABEL_PAD]
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad:
+        raise discovery.DataError(
+            f"record {where} has label {bad[0] + label_offset}, outside [{label_offset}, "
+            f"{num_classes + label_offset}) for the export's {num_classes} classes: "
+            "pass the data the model was trained for, or --label_offset=1 for 1-based labels")
+    if multi_label:
+        row = np.zeros(num_classes, np.float32)
+        row[labels] = 1.0
+        return row
+    if len(labels) != 1:
+        raise discovery.DataError(f"record {where} has {len(labels)} labels but the export is single-label: "
+                                  "evaluate a multi-label export on multi-label data")
+    return labels[0]
+
+
 def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
-                    batch_size: int) -> Tuple[int, Iterator[LabelledBatch]]:
+                    batch_size: int, multi_label: bool) -> Tuple[int, Iterator[LabelledBatch]]:
     files = discovery.list_record_files(path, what="--data")
     discovery.check_labels(path, class_names=class_names, label_offset=label_offset)
     total = discovery.count_examples(path)
@@ -90,15 +125,11 @@ def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
     def batches():
         for shards, indices, feats in _record_dataset(files, batch_size=batch_size).as_numpy_iterator():
             batch = []
-            for shard, index, image, label, name in zip(shards, indices, feats["image/encoded"],
-                                                        feats["image/class/label"], feats["image/filename"]):
+            for shard, index, image, values, name in zip(shards, indices, feats["image/encoded"],
+                                                         feats[discovery.LABEL_KEY], feats["image/filename"]):
                 where = f"{os.path.basename(shard.decode())}#{index}"
-                label = int(label) - label_offset
-                if not 0 <= label < len(class_names):
-                    raise discovery.DataError(
-                        f"record {where} has label {label + label_offset}, outside [{label_offset}, "
-                        f"{len(class_names) + label_offset}) for the export's {len(class_names)} classes: "
-                        "pass the data the model was trained for, or --label_offset=1 for 1-based labels")
+                label = _target(values, where=where, num_classes=len(class_names), label_offset=label_offset,
+                                multi_label=multi_label)
                 ident = name.decode("utf-8", "replace") or where
                 batch.append(((ident, label), image or None, "" if image else "no image/encoded"))
             yield batch
@@ -106,8 +137,10 @@ def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
 
 
 def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int = 0,
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> Tuple[int, Iterator[LabelledBatch]]:
-    """The example count and the batches of a TFRecord glob or a class-folder tree.
+                     batch_size: int = DEFAULT_BATCH_SIZE,
+                     multi_label: bool = False) -> Tuple[int, Iterator[LabelledBatch]]:
+    """The example count and the batches of a TFRecord glob or a class-folder tree; labels are
+    integers, or multi-hot rows with `multi_label`.
 
     Raises:
       DataError: a path naming nothing, a class folder or label the export does not know.
@@ -115,8 +148,9 @@ def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int
     if not path:
         raise discovery.DataError("--data is empty: pass a TFRecord glob (DIR/validation-*) or a folder of class folders")
     if discovery.is_image_folder(path):
-        return _folder_batches(path, class_names=class_names, batch_size=batch_size)
-    return _record_batches(path, class_names=class_names, label_offset=label_offset, batch_size=batch_size)
+        return _folder_batches(path, class_names=class_names, batch_size=batch_size, multi_label=multi_label)
+    return _record_batches(path, class_names=class_names, label_offset=label_offset, batch_size=batch_size,
+                           multi_label=multi_label)
 
 
 # --------------------------------------------------------------------------- running the export
@@ -127,24 +161,33 @@ class Evaluation:
     export_dir: str
     class_names: Tuple[str, ...]
     ids: List[str]
-    labels: np.ndarray
+    labels: np.ndarray  # int [N], or multi-hot [N, C] for a multi-label export
     probabilities: np.ndarray
     skipped: List[Tuple[str, str]]
-    # The examples with the lowest probability for their true class, worst first:
-    # (id, label, probabilities row, encoded image).
-    worst: List[Tuple[str, int, np.ndarray, bytes]]
+    # The worst-classified examples, worst first: (id, label, probabilities row, encoded image).
+    worst: List[Tuple[str, Union[int, np.ndarray], np.ndarray, bytes]]
+    thresholds: Optional[np.ndarray] = None  # a multi-label export's per-class thresholds
+
+
+def _badness(label, probs: np.ndarray) -> float:
+    """How wrong one answer is: minus the true class's probability, or for a multi-hot label
+    the binary cross-entropy summed over the classes."""
+    if np.ndim(label) == 0:
+        return -float(probs[label])
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-(label * np.log(p) + (1 - label) * np.log(1 - p)).sum())
 
 
 class _WorstKeeper:
-    """Keeps the `n` examples with the lowest true-class probability, with their bytes, so the
-    report can show them without holding every image of the data in memory."""
+    """Keeps the `n` worst-classified examples (`_badness`), with their bytes, so the report can
+    show them without holding every image of the data in memory."""
 
     def __init__(self, n: int):
         self.n, self.heap, self.counter = n, [], itertools.count()
 
     def add(self, ids, labels, probabilities, images) -> None:
         for ident, label, probs, image in zip(ids, labels, probabilities, images):
-            heapq.heappush(self.heap, (-float(probs[label]), next(self.counter), ident, int(label), probs, image))
+            heapq.heappush(self.heap, (_badness(label, probs), next(self.counter), ident, label, probs, image))
             if len(self.heap) > self.n:
                 heapq.heappop(self.heap)
 
@@ -160,8 +203,10 @@ def evaluate(model: Union[str, predict.Export], *, data_path: str, label_offset:
     1,000 classes) and the bytes of the `worst` worst examples.
     """
     # The data is checked before the export loads (seconds to minutes), so a typo fails fast.
+    thresholds = model.thresholds if isinstance(model, predict.Export) else predict.export_thresholds(model)
     total, batches = labelled_batches(data_path, class_names=predict.class_names_of(model),
-                                      label_offset=label_offset, batch_size=batch_size)
+                                      label_offset=label_offset, batch_size=batch_size,
+                                      multi_label=thresholds is not None)
     export = predict.as_export(model)
     keys, probabilities, skipped, keeper = [], [], [], _WorstKeeper(worst)
     for batch in predict.run_batches(export, batches, total=total):
@@ -170,11 +215,15 @@ def evaluate(model: Union[str, predict.Export], *, data_path: str, label_offset:
         keys += batch.keys
         probabilities.append(batch.probabilities)
         skipped += [(ident, why) for (ident, _), why in batch.skipped]
+    width = len(export.class_names)
+    labels = [label for _, label in keys]
+    if thresholds is not None:
+        labels = np.stack(labels) if labels else np.zeros((0, width), np.float32)
     return Evaluation(
         export_dir=export.export_dir, class_names=export.class_names, ids=[ident for ident, _ in keys],
-        labels=np.array([label for _, label in keys], np.int64),
-        probabilities=predict.stack_rows(probabilities, width=len(export.class_names)),
-        skipped=skipped, worst=keeper.worst_first())
+        labels=np.asarray(labels, np.float32 if thresholds is not None else np.int64),
+        probabilities=predict.stack_rows(probabilities, width=width),
+        skipped=skipped, worst=keeper.worst_first(), thresholds=thresholds)
 
 
 # --------------------------------------------------------------------------- the report
@@ -184,9 +233,25 @@ def _confusion_csv(confusion: np.ndarray, class_names: Sequence[str]) -> str:
     return reports.csv_text(["true \\ predicted"] + list(class_names), rows)
 
 
+def _label_text(label, class_names: Sequence[str], *, probs: Optional[np.ndarray] = None,
+                thresholds: Optional[np.ndarray] = None) -> str:
+    """A label as text: the class name, or a multi-hot row (or the classes over their
+    thresholds) as names joined by '|'."""
+    if probs is not None:
+        return "|".join(n for n, p, t in zip(class_names, probs, thresholds) if p >= t)
+    if np.ndim(label) == 0:
+        return class_names[int(label)]
+    return "|".join(n for n, v in zip(class_names, label) if v > 0)
+
+
 def _worst_rows(ev: Evaluation, class_names: Sequence[str]) -> List[list]:
     rows = []
     for ident, label, probs, _ in ev.worst:
+        if ev.thresholds is not None:
+            rows.append([ident, _label_text(label, class_names),
+                         _label_text(label, class_names, probs=probs, thresholds=ev.thresholds),
+                         f"{_badness(label, probs):.6f}", f"{probs.max():.6f}"])
+            continue
         predicted = int(np.argmax(probs))
         rows.append([ident, class_names[label], class_names[predicted], f"{probs[label]:.6f}",
                      f"{probs[predicted]:.6f}"])
@@ -195,27 +260,27 @@ def _worst_rows(ev: Evaluation, class_names: Sequence[str]) -> List[list]:
 
 def _write_worst(ev: Evaluation, *, class_names: Sequence[str], output_dir: str) -> None:
     """worst.csv, and worst_images.png when there is any example to show."""
-    header = ("image", "true", "predicted", "true_probability", "predicted_probability")
+    multi = ev.thresholds is not None
+    header = ("image", "true", "predicted") + (("log_loss", "max_probability") if multi else
+                                               ("true_probability", "predicted_probability"))
     rows = _worst_rows(ev, class_names)
     fileio.write_text_atomic(fileio.join(output_dir, WORST_CSV), reports.csv_text(header, rows))
     if not rows:
         return
-    tiles = [(image, f"{os.path.basename(r[0])[:24]}\n{r[1]} -> {r[2]}\np(true)={float(r[3]):.2f}", r[1] != r[2])
+    figure = "loss" if multi else "p(true)"
+    tiles = [(image, f"{os.path.basename(r[0])[:24]}\n{r[1]} -> {r[2]}\n{figure}={float(r[3]):.2f}", r[1] != r[2])
              for (_, _, _, image), r in zip(ev.worst, rows)]
     reports.plot_image_grid(tiles, path=fileio.join(output_dir, WORST_PNG))
 
 
 def _write_tables(confusion: np.ndarray, *, class_names: Sequence[str], pairs: List[dict],
-                  ev: Evaluation, output_dir: str) -> None:
+                  output_dir: str) -> None:
     fileio.write_text_atomic(fileio.join(output_dir, PER_CLASS_FILE),
                              reports.per_class_csv(confusion, class_names=class_names))
     fileio.write_text_atomic(fileio.join(output_dir, CONFUSION_CSV), _confusion_csv(confusion, class_names))
     fileio.write_text_atomic(fileio.join(output_dir, PAIRS_FILE), reports.csv_text(
         ("true", "predicted", "count", "fraction"),
         [(p["true"], p["predicted"], p["count"], f"{p['fraction']:.6f}") for p in pairs]))
-    if ev.skipped:
-        fileio.write_text_atomic(fileio.join(output_dir, SKIPPED_FILE),
-                                 reports.csv_text(("image", "reason"), ev.skipped))
 
 
 def write_report(model: Union[str, predict.Export], *, data_path: str, output_dir: str,
@@ -245,14 +310,42 @@ def write_report(model: Union[str, predict.Export], *, data_path: str, output_di
     if not ev.ids:
         raise discovery.DataError(f"--data {data_path}: none of its {len(ev.skipped)} image(s) could be decoded; "
                              "check the files are JPEG, PNG, GIF or BMP")
+    if ev.thresholds is not None:
+        metrics = _multi_label_tables(ev, output_dir=output_dir)
+    else:
+        metrics = _single_label_tables(ev, output_dir=output_dir, top_k=top_k)
+    missing = _classes_without_examples(ev)
+    metrics.update(export_dir=ev.export_dir, data=data_path, skipped_images=len(ev.skipped),
+                   classes_without_examples=missing, **(extra_metrics or {}))
+    if ev.skipped:
+        fileio.write_text_atomic(fileio.join(output_dir, SKIPPED_FILE),
+                                 reports.csv_text(("image", "reason"), ev.skipped))
+    _write_worst(ev, class_names=ev.class_names, output_dir=output_dir)
+    fileio.write_json_atomic(fileio.join(output_dir, METRICS_FILE), metrics)
+    logging.info("report for %d example(s) (%d skipped) written to %s", len(ev.ids), len(ev.skipped), output_dir)
+    return metrics
+
+
+def _classes_without_examples(ev: Evaluation) -> List[str]:
+    """The export's classes no example of the data holds (logged: their figures are empty)."""
+    support = ev.labels.sum(axis=0) if ev.labels.ndim == 2 else np.bincount(ev.labels, minlength=len(ev.class_names))
+    missing = [name for name, n in zip(ev.class_names, support) if n == 0]
+    if missing:
+        logging.warning("%d class(es) have no example in the evaluated data (%s): their recall and F1 are "
+                        "not measured", len(missing), ", ".join(missing[:5]))
+    return missing
+
+
+def _single_label_tables(ev: Evaluation, *, output_dir: str, top_k: int) -> dict:
+    """metrics (accuracy, F1, calibration...), per_class.csv, the confusion matrix and pairs, the
+    reliability diagram."""
     names = ev.class_names
     metrics = reports.classification_metrics(labels=ev.labels, probabilities=ev.probabilities, top_k=top_k)
     confusion = reports.confusion_matrix(labels=ev.labels, predictions=np.argmax(ev.probabilities, axis=1),
                                          num_classes=len(names))
     pairs = reports.most_confused_pairs(confusion, class_names=names, top=DEFAULT_PAIRS)
-    metrics.update(export_dir=ev.export_dir, data=data_path, skipped_images=len(ev.skipped),
-                   most_confused=pairs, **(extra_metrics or {}))
-    _write_tables(confusion, class_names=names, pairs=pairs, ev=ev, output_dir=output_dir)
+    metrics["most_confused"] = pairs
+    _write_tables(confusion, class_names=names, pairs=pairs, output_dir=output_dir)
     reports.plot_confusion_matrix(confusion, class_names=names, path=fileio.join(output_dir, CONFUSION_PNG),
                                   title=f"{len(names)} classes, accuracy {metrics['accuracy']:.1%}, "
                                         "rows sorted by recall")
@@ -260,9 +353,19 @@ def write_report(model: Union[str, predict.Export], *, data_path: str, output_di
     reports.plot_reliability(confidence=ev.probabilities.max(axis=1), correct=top1 == ev.labels,
                              path=fileio.join(output_dir, RELIABILITY_PNG),
                              title=f"reliability, ECE {metrics['expected_calibration_error']:.3f}")
-    _write_worst(ev, class_names=names, output_dir=output_dir)
-    fileio.write_json_atomic(fileio.join(output_dir, METRICS_FILE), metrics)
-    logging.info("report for %d example(s) (%d skipped) written to %s", len(ev.ids), len(ev.skipped), output_dir)
+    return metrics
+
+
+def _multi_label_tables(ev: Evaluation, *, output_dir: str) -> dict:
+    """metrics (mAP, micro/macro F1 at the export's thresholds) and per_class.csv."""
+    metrics = multilabel.metrics(ev.probabilities, ev.labels, ev.thresholds)
+    table = multilabel.per_class(ev.probabilities, ev.labels, ev.thresholds)
+    header = ("class", "average_precision", "threshold", "precision", "recall", "f1", "support", "predicted")
+    rows = [(name, "" if np.isnan(table["average_precision"][c]) else f"{table['average_precision'][c]:.6f}",
+             f"{ev.thresholds[c]:.6f}", f"{table['precision'][c]:.6f}", f"{table['recall'][c]:.6f}",
+             f"{table['f1'][c]:.6f}", int(table["support"][c]), int(table["predicted"][c]))
+            for c, name in enumerate(ev.class_names)]
+    fileio.write_text_atomic(fileio.join(output_dir, PER_CLASS_FILE), reports.csv_text(header, rows))
     return metrics
 
 
@@ -274,6 +377,11 @@ def report_images(output_dir: str) -> Dict[str, str]:
 
 def summary_lines(metrics: dict) -> List[str]:
     """The headline numbers for a terminal."""
+    if metrics.get("multi_label"):
+        return [f"examples: {metrics['num_examples']} ({metrics['skipped_images']} skipped), classes: "
+                f"{metrics['num_classes']}, multi-label ({metrics['labels_per_image']:.2f} labels per image)",
+                f"mAP: {metrics['mean_average_precision']:.4f}  micro F1: {metrics['micro_f1']:.4f}  "
+                f"macro F1: {metrics['macro_f1']:.4f}  subset accuracy: {metrics['subset_accuracy']:.4f}"]
     k = metrics["top_k"]
     lines = [f"examples: {metrics['num_examples']} ({metrics['skipped_images']} skipped), "
              f"classes: {metrics['num_classes']}",

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +40,7 @@ class ExportError(ValueError):
 
 def export_saved_model(model: keras.Model, *, class_names: Sequence[str], image_size: int,
                        export_base: str, version: Optional[int] = None,
-                       verify: bool = True) -> str:
+                       verify: bool = True, thresholds: Optional[Sequence[float]] = None) -> str:
     """Writes the serving SavedModel to `export_base/<version>/` and returns that path.
 
     Args:
@@ -51,6 +51,8 @@ def export_saved_model(model: keras.Model, *, class_names: Sequence[str], image_
       export_base: the folder TF Serving watches (local or gs://).
       version: the version number; None for the next integer after the existing ones.
       verify: reload the written export and check it answers like `model` before publishing.
+      thresholds: a multi-label (sigmoid) model's per-class decision thresholds, written to
+        assets/thresholds.txt; default 0.5 each. Ignored for a softmax model.
 
     Raises:
       ExportError: the model, the class names or the version do not fit.
@@ -62,7 +64,8 @@ def export_saved_model(model: keras.Model, *, class_names: Sequence[str], image_
     tmp = fileio.join(export_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     progress = keras.utils.Progbar(4, stateful_metrics=[], unit_name="step")
     try:
-        _write_saved_model(model, class_names=class_names, image_size=image_size, path=tmp)
+        _write_saved_model(model, class_names=class_names, image_size=image_size, path=tmp,
+                           thresholds=_thresholds(model, thresholds, num_classes=len(class_names)))
         progress.update(1)
         _write_warmup(tmp, image_size=image_size)
         progress.update(2)
@@ -100,6 +103,18 @@ def _check_model(model: keras.Model, *, num_classes: int, image_size: int) -> No
                           "float scores and a mixed-precision graph is slower on CPU")
 
 
+def _thresholds(model: keras.Model, thresholds: Optional[Sequence[float]], *,
+                num_classes: int) -> Optional[List[float]]:
+    """The thresholds a multi-label model's export carries (None for a softmax model)."""
+    if not model_lib.is_multi_label(model):
+        return None
+    values = [float(t) for t in thresholds] if thresholds is not None else [0.5] * num_classes
+    if len(values) != num_classes or not all(0.0 <= t <= 1.0 for t in values):
+        raise ExportError(f"{len(values)} thresholds for {num_classes} classes, or one outside [0, 1]: pass one "
+                          "threshold per class (MODEL_DIR/thresholds.json), or none for 0.5")
+    return values
+
+
 def _check_class_names(class_names: Sequence[str]) -> None:
     bad = [repr(n) for n in class_names if not isinstance(n, str) or not n.strip() or "\n" in n or "\r" in n]
     if bad:
@@ -130,15 +145,20 @@ def _choose_version(export_base: str, version: Optional[int]) -> int:
 
 
 def _write_saved_model(model: keras.Model, *, class_names: Sequence[str], image_size: int,
-                       path: str) -> None:
+                       path: str, thresholds: Optional[List[float]]) -> None:
     labels_dir = tempfile.mkdtemp(prefix="labels-")
     try:
         labels_path = os.path.join(labels_dir, signatures.LABELS_FILENAME)
         with open(labels_path, "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in class_names))
+        thresholds_path = None
+        if thresholds is not None:
+            thresholds_path = os.path.join(labels_dir, signatures.THRESHOLDS_FILENAME)
+            with open(thresholds_path, "w", encoding="utf-8") as f:
+                f.write("".join(f"{t!r}\n" for t in thresholds))
         module = signatures.ServingModule(
             model, features_model=model_lib.feature_model(model), labels_path=labels_path,
-            image_size=image_size, num_classes=len(class_names))
+            image_size=image_size, num_classes=len(class_names), thresholds_path=thresholds_path)
         # Custom-gradient tracing is for fine-tuning a reloaded model; serving never takes
         # gradients, and skipping it saves a third of the save time.
         tf.saved_model.save(module, path, signatures=module.signatures(),
@@ -210,8 +230,10 @@ def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optio
     from trainer import rundir  # pylint: disable=import-outside-toplevel
     flagutil.check_folder("model_dir", model_dir)
     model, cfg = _restore_calibrated(model_dir, checkpoint)
+    thresholds = (rundir.RunDir(model_dir).read_thresholds() or {}).get("thresholds")
     return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
-                              export_base=export_base or fileio.join(model_dir, "export"), version=version)
+                              export_base=export_base or fileio.join(model_dir, "export"), version=version,
+                              thresholds=thresholds)
 
 
 def main(argv: Sequence[str]) -> None:

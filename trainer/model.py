@@ -31,6 +31,8 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 def build_classifier(model_cfg: Model, *, drop_connect_rate: Optional[float] = None) -> keras.Model:
     """Builds image (0..255 float pixels) -> class probabilities, with the backbone nested.
 
+    The head is a softmax over the classes, or with `multi_label` an independent sigmoid per class.
+
     The backbone is one nested layer so that `backbone.trainable` flips it as a whole. With
     `bn="frozen"` it is called with `training=False`, so its BatchNormalization layers (and
     drop-connect) run in inference mode in every phase, as the Keras transfer-learning guide
@@ -46,8 +48,8 @@ def build_classifier(model_cfg: Model, *, drop_connect_rate: Optional[float] = N
     x = backbone(x, training=False if model_cfg.bn == "frozen" else None)
     x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
     x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(model_cfg.num_classes, activation="softmax", dtype="float32",
-                                 name=HEAD_LAYER)(x)
+    outputs = keras.layers.Dense(model_cfg.num_classes, activation="sigmoid" if model_cfg.multi_label else "softmax",
+                                 dtype="float32", name=HEAD_LAYER)(x)
     model = keras.Model(inputs, outputs, name=f"{spec.name}-classifier")
     if is_weights_file(model_cfg.weights):
         load_weights_file(model, model_cfg.weights, num_classes=model_cfg.num_classes)
@@ -288,6 +290,11 @@ def leaf_layers(model: keras.Model):
 
 def _without_weights(model_cfg: Model) -> Model:
     return dataclasses.replace(model_cfg, weights="none")
+
+
+def is_multi_label(model: keras.Model) -> bool:
+    """True for a classifier whose output layer is a sigmoid per class (multi-label)."""
+    return getattr(model.layers[-1], "activation", None) is keras.activations.sigmoid
 
 
 def embedding_width(model: keras.Model) -> int:

@@ -16,7 +16,7 @@ import tf_keras as keras
 
 import numpy as np
 
-from trainer import calibration, data, evaluate, export, plots, predict, reports, tflite, train
+from trainer import calibration, data, evaluate, export, multilabel, plots, predict, reports, tflite, train
 from trainer.config import Config
 from trainer.rundir import RunDir
 
@@ -36,7 +36,11 @@ class RunResult:
             scores = [r["val_accuracy"] for r in records if r.get("val_accuracy") is not None]
             key, best = ("val_accuracy", max(scores)) if scores else ("accuracy", max(r["accuracy"] for r in records))
             lines.append(f"{phase} phase: {len(records)} epoch(s), best {key} {best:.3f}")
-        if self.metrics:
+        if self.metrics and self.metrics.get("multi_label"):
+            lines.append(f"validation mAP {self.metrics['mean_average_precision']:.3f}, micro F1 "
+                         f"{self.metrics['micro_f1']:.3f} on {self.metrics['num_examples']} images through the "
+                         f"export; report: {self.report_dir}")
+        elif self.metrics:
             lines.append(f"validation accuracy {self.metrics['accuracy']:.3f} on {self.metrics['num_examples']} "
                          f"images through the export; report: {self.report_dir}")
         if self.export_dir:
@@ -54,9 +58,11 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
         return RunResult(None, trained.history)
     run_dir = RunDir.of(cfg.runtime)
     plots.plot_learning_curves(trained.history, run_dir.curves)
-    calibrated = calibrate(cfg, trained.model) if cfg.runtime.calibrate else None
+    calibrated = calibrate(cfg, trained.model) if cfg.runtime.calibrate and not cfg.data.multi_label else None
+    thresholds = choose_thresholds(cfg, trained.model) if cfg.data.multi_label else None
     export_dir = export.export_saved_model(trained.model, class_names=cfg.data.class_names,
-                                           image_size=cfg.model.image_size, export_base=run_dir.export_base)
+                                           image_size=cfg.model.image_size, export_base=run_dir.export_base,
+                                           thresholds=thresholds)
     metrics = (report(cfg, export_dir=export_dir, history=trained.history, extra=calibrated)
                if cfg.runtime.report else {})
     if cfg.runtime.tflite:
@@ -68,6 +74,35 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
 def calibrate(cfg: Config, model: keras.Model) -> Optional[dict]:
     """Fits the temperature on the validation split, folds it into the model's head and records
     it in MODEL_DIR/calibration.json (trainer.calibration); None without validation data."""
+    predicted = _validation_predictions(cfg, model)
+    if predicted is None:
+        return None
+    probabilities, labels = predicted
+    result = calibration.fit(probabilities, labels)
+    calibration.fold_into_head(model, result["temperature"])
+    RunDir.of(cfg.runtime).write_calibration(result)
+    logging.info("calibration: temperature %.3f on %d validation images (log loss %.3f -> %.3f)",
+                 result["temperature"], len(labels), result["log_loss_before"], result["log_loss_after"])
+    return result
+
+
+def choose_thresholds(cfg: Config, model: keras.Model) -> Optional[List[float]]:
+    """A multi-label model's per-class decision thresholds, each maximizing its class's F1 on the
+    validation split (trainer.multilabel); recorded in MODEL_DIR/thresholds.json. None (0.5 each
+    in the export) without validation data."""
+    predicted = _validation_predictions(cfg, model)
+    if predicted is None:
+        return None
+    thresholds = multilabel.choose_thresholds(*predicted)
+    RunDir.of(cfg.runtime).write_thresholds({"thresholds": thresholds, "class_names": list(cfg.data.class_names),
+                                             "chosen_on": cfg.data.eval_data, "num_examples": len(predicted[1])})
+    logging.info("multi-label thresholds chosen on %d validation images: %s", len(predicted[1]),
+                 " ".join(f"{t:.2f}" for t in thresholds[:10]) + (" ..." if len(thresholds) > 10 else ""))
+    return thresholds
+
+
+def _validation_predictions(cfg: Config, model: keras.Model):
+    """(probabilities, labels) of the Keras model on the validation split, or None without one."""
     if not cfg.data.eval_data:
         return None
     probabilities, labels = [], []
@@ -76,13 +111,7 @@ def calibrate(cfg: Config, model: keras.Model) -> Optional[dict]:
         labels.append(y.numpy())
     if not labels:
         return None
-    result = calibration.fit(np.concatenate(probabilities), np.concatenate(labels))
-    calibration.fold_into_head(model, result["temperature"])
-    RunDir.of(cfg.runtime).write_calibration(result)
-    logging.info("calibration: temperature %.3f on %d validation images (log loss %.3f -> %.3f)",
-                 result["temperature"], sum(len(y) for y in labels), result["log_loss_before"],
-                 result["log_loss_after"])
-    return result
+    return np.concatenate(probabilities), np.concatenate(labels)
 
 
 def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional[dict] = None) -> dict:

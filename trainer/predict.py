@@ -51,6 +51,7 @@ class Export:
     serve: Callable
     features: Callable
     saved_model: object  # keeps the loaded object (and so the functions' variables) alive
+    thresholds: Optional[np.ndarray] = None  # a multi-label export's per-class decision thresholds
 
 
 def resolve_export_dir(path: str) -> str:
@@ -83,6 +84,15 @@ def export_class_names(path: str) -> Tuple[str, Tuple[str, ...]]:
     return export_dir, tuple(line.strip() for line in fileio.read_text(labels_path).splitlines() if line.strip())
 
 
+def export_thresholds(path: str) -> Optional[np.ndarray]:
+    """A multi-label export's per-class thresholds (assets/thresholds.txt), or None for a
+    single-label export."""
+    thresholds_path = fileio.join(resolve_export_dir(path), "assets", signatures.THRESHOLDS_FILENAME)
+    if not tf.io.gfile.exists(thresholds_path):
+        return None
+    return np.array([float(v) for v in fileio.read_text(thresholds_path).split()], np.float32)
+
+
 def load_export(path: str) -> Export:
     """Loads the export `path` names (see `resolve_export_dir`) with its labels.txt."""
     export_dir, class_names = export_class_names(path)
@@ -94,7 +104,8 @@ def load_export(path: str) -> Export:
                            "python -m trainer.export --model_dir=MODEL_DIR")
     return Export(export_dir=export_dir, class_names=class_names,
                   serve=loaded.signatures[signatures.SERVING_DEFAULT],
-                  features=loaded.signatures[signatures.FEATURES], saved_model=loaded)
+                  features=loaded.signatures[signatures.FEATURES], saved_model=loaded,
+                  thresholds=export_thresholds(export_dir))
 
 
 def as_export(model: Union[str, Export]) -> Export:

@@ -36,10 +36,11 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
 PLAN_FILE = "plan.json"
 CALIBRATION_FILE = "calibration.json"
+THRESHOLDS_FILE = "thresholds.json"
 CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT = "checkpoints", "backup", "cache", "logs", "plots", "eval", "export"
 TFLITE = "tflite"
 OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT,
-         TFLITE, CALIBRATION_FILE)
+         TFLITE, CALIBRATION_FILE, THRESHOLDS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,18 +123,27 @@ class RunDir:
         fileio.write_json_atomic(self.path(HISTORY_FILE), history)
 
     def read_plan(self) -> Optional[dict]:
-        path = self.path(PLAN_FILE)
-        return fileio.read_json(path) if fileio.exists(path) else None
+        return self._read_optional(PLAN_FILE)
 
     def write_plan(self, document: dict) -> None:
         fileio.write_json_atomic(self.path(PLAN_FILE), document)
 
-    def read_calibration(self) -> Optional[dict]:
-        path = self.path(CALIBRATION_FILE)
+    def _read_optional(self, name: str) -> Optional[dict]:
+        path = self.path(name)
         return fileio.read_json(path) if fileio.exists(path) else None
+
+    def read_calibration(self) -> Optional[dict]:
+        return self._read_optional(CALIBRATION_FILE)
 
     def write_calibration(self, document: dict) -> None:
         fileio.write_json_atomic(self.path(CALIBRATION_FILE), document)
+
+    def read_thresholds(self) -> Optional[dict]:
+        """A multi-label run's per-class decision thresholds ({"thresholds": [...], ...})."""
+        return self._read_optional(THRESHOLDS_FILE)
+
+    def write_thresholds(self, document: dict) -> None:
+        fileio.write_json_atomic(self.path(THRESHOLDS_FILE), document)
 
     @staticmethod
     def remove(target: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import flags
+from absl import flags, logging
 
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from trainer import backbones, config, flagutil, hptune
@@ -27,6 +27,12 @@ def define_flags() -> None:
     flagutil.define("string", "eval_data", None, "Validation data, same forms as --train_data.")
     flagutil.define("string", "labels", None, "labels.txt (one class a line); default: beside --train_data.")
     flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
+    flagutil.define("bool", "multi_label", False, "Each image has zero or more labels (sigmoid head, binary "
+                    "cross-entropy); default: what the data says (dataset.json, or records with other than one label).")
+    flagutil.define("string", "class_weight", "none", "Weights of the classes in the loss: none, balanced "
+                    "(N / (C * n_c)), or a JSON/CSV file of class,weight pairs. Applied per example in the input "
+                    "pipeline, so it works under every strategy.")
+    flagutil.define("float", "label_smoothing", 0.0, "Label smoothing of the loss (0 = off; e.g. 0.1).")
     flagutil.define("string", "model_dir", None, "Output folder (local or gs://); default $AIP_MODEL_DIR.")
     flagutil.define("string", "checkpoint_dir", None, "Checkpoints; default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints.")
     flagutil.define("string", "tensorboard_dir", None, "TensorBoard logs; default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs.")
@@ -98,7 +104,6 @@ def _batch_size(value: str, flag: str):
 
 def build_config(f=FLAGS, env=os.environ) -> config.Config:
     """One validated Config from flags and the Vertex AI environment; reads the data's labels."""
-    from trainer import data  # pylint: disable=import-outside-toplevel  # TensorFlow loads here
     if not f.train_data:
         raise config.ConfigError("--train_data is required: pass a TFRecord glob or an image folder")
     model_dir = f.model_dir or env.get("AIP_MODEL_DIR")
@@ -112,16 +117,10 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
             raise config.ConfigError(str(e)) from None
     spec = config.backbone_spec(f.backbone)
     image_size = f.image_size or spec.native_size
-    class_names = data.resolve_class_names(f.train_data, f.labels)
-    data_cfg = config.Data(
-        train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
-        label_offset=f.label_offset, augment=f.augment, cache=f.cache, seed=f.seed, cache_views=f.cache_views,
-        num_train_examples=data.count_examples(f.train_data),
-        num_eval_examples=data.count_examples(f.eval_data) if f.eval_data else None)
-    for path in filter(None, (f.train_data, f.eval_data)):
-        data.check_labels(path, class_names=class_names, label_offset=f.label_offset)
-    model_cfg = config.Model(backbone=f.backbone, weights=f.weights, num_classes=len(class_names),
-                             image_size=image_size, dropout=f.dropout, bn=f.bn)
+    data_cfg = _data_config(f, image_size=image_size)
+    model_cfg = config.Model(backbone=f.backbone, weights=f.weights, num_classes=data_cfg.num_classes,
+                             image_size=image_size, dropout=f.dropout, bn=f.bn, multi_label=data_cfg.multi_label,
+                             label_smoothing=f.label_smoothing)
     common = dict(early_stopping_patience=f.early_stopping_patience, warmup_epochs=f.warmup_epochs,
                   base_batch_size=f.lr_base_batch_size)
     phases = (
@@ -139,6 +138,39 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
         checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), report=f.report,
         frozen_cache=f.frozen_cache, calibrate=f.calibrate, tflite=tuple(f.tflite), max_accuracy_drop=f.max_accuracy_drop)
     return config.Config(data=data_cfg, model=model_cfg, phases=phases, runtime=runtime)
+
+
+def _data_config(f, *, image_size: int) -> config.Data:
+    """The data part of the Config: class names, example and class counts, multi-label or not,
+    class weights; checks the labels of the records and that every class has training images."""
+    from trainer import data, discovery, targets  # pylint: disable=import-outside-toplevel  # TensorFlow loads here
+    class_names = data.resolve_class_names(f.train_data, f.labels)
+    multi_label = False
+    for path in filter(None, (f.train_data, f.eval_data)):
+        multi_label |= data.check_labels(path, class_names=class_names, label_offset=f.label_offset)
+    if f.multi_label and discovery.is_image_folder(f.train_data):
+        raise config.ConfigError(f"--multi_label with the image folder {f.train_data}: a class folder gives one "
+                                 "label per image; prepare multi-label data with python -m trainer.prepare "
+                                 "--import_file=FILE (docs/data.md)")
+    said = discovery.dataset_multi_label(f.train_data)
+    multi_label = f.multi_label or multi_label or bool(said)
+    counts = data.class_counts(f.train_data, class_names=class_names, label_offset=f.label_offset)
+    discovery.check_class_coverage(counts, class_names=class_names, path=f.train_data, what="--train_data")
+    if f.eval_data:
+        missing = discovery.check_class_coverage(
+            data.class_counts(f.eval_data, class_names=class_names, label_offset=f.label_offset),
+            class_names=class_names, path=f.eval_data, what="--eval_data")
+        if missing:
+            logging.warning("%d class(es) have no validation image in %s (%s): their validation figures will be "
+                            "missing from the report", len(missing), f.eval_data, ", ".join(missing[:5]))
+    num_train = data.count_examples(f.train_data)
+    return config.Data(
+        train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
+        label_offset=f.label_offset, augment=f.augment, cache=f.cache, seed=f.seed, cache_views=f.cache_views,
+        num_train_examples=num_train, num_eval_examples=data.count_examples(f.eval_data) if f.eval_data else None,
+        multi_label=multi_label, class_weight=f.class_weight,
+        class_weights=targets.resolve_class_weights(f.class_weight, class_names=class_names, counts=counts,
+                                                    num_examples=num_train))
 
 
 def user_errors() -> tuple:

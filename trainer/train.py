@@ -23,9 +23,9 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import accumulate, data, distribute, embeddings, fileio, memory, oom, preemption, schedules
+from trainer import accumulate, data, distribute, embeddings, fileio, memory, oom, preemption, schedules, targets
 from trainer import model as model_lib
-from trainer.config import Config, ConfigError, Data, Phase, Runtime
+from trainer.config import Config, ConfigError, Data, Model, Phase, Runtime
 from trainer.rundir import RunDir
 
 
@@ -119,8 +119,9 @@ class _PhaseLoop:
             recorder = HistoryRecorder(phase=phase.name, previous=state["history"],
                                        run_dir=self.run_dir if self.chief else None)
             try:
-                fit = _Fit(target, phase=phase, runtime=self.cfg.runtime, num_examples=self.cfg.data.num_train_examples,
-                           run_dir=self.run_dir, strategy=self.strategy, chief=self.chief)
+                fit = _Fit(target, phase=phase, runtime=self.cfg.runtime, model_cfg=self.cfg.model,
+                           num_examples=self.cfg.data.num_train_examples, run_dir=self.run_dir,
+                           strategy=self.strategy, chief=self.chief)
                 fit(batch_size, datasets=datasets, callbacks=[recorder] + extra, guard=guard, counts=counts)
             finally:
                 state["history"] = recorder.history  # a retry keeps the epochs this attempt recorded
@@ -148,7 +149,8 @@ class _PhaseLoop:
                     views=data.view_count(cfg.data.augment, randaugment_views=cfg.data.cache_views),
                     memory_budget=int(memory.cpu_available_bytes() * embeddings.MEMORY_FRACTION), verbose=self.chief)
                 return model_lib.head_model(self.model), embeddings.datasets_fn(
-                    caches, strategy=self.strategy, seed=cfg.data.seed, eval_examples=cfg.data.num_eval_examples)
+                    caches, strategy=self.strategy, seed=cfg.data.seed, eval_examples=cfg.data.num_eval_examples,
+                    class_weights=cfg.data.class_weights)
         return self.model, lambda batch_size: _datasets(cfg.data, strategy=self.strategy, batch_size=batch_size)
 
     def _finish_phase(self, phase_name: str, *, state: Dict[str, str]) -> None:
@@ -175,6 +177,7 @@ class _Fit:
     model: keras.Model
     phase: Phase
     runtime: Runtime
+    model_cfg: Model
     num_examples: int
     run_dir: RunDir
     strategy: tf.distribute.Strategy
@@ -192,8 +195,9 @@ class _Fit:
         self.model.compile(
             optimizer=keras.optimizers.Adam(schedules.build_schedule(
                 peak_learning_rate=peak_lr, total_steps=total, warmup=warmup)),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            loss=targets.build_loss(multi_label=self.model_cfg.multi_label, num_classes=self.model_cfg.num_classes,
+                                    label_smoothing=self.model_cfg.label_smoothing),
+            metrics=targets.build_metrics(multi_label=self.model_cfg.multi_label, num_classes=self.model_cfg.num_classes),
             jit_compile=runtime.jit_compile,
             steps_per_execution=distribute.steps_per_execution(self.strategy, steps_per_epoch=steps))
         train_ds, eval_ds, eval_steps = datasets(batch_size)
