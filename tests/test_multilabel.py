@@ -8,6 +8,7 @@ an image shows 0 to 4 of them, 1.9 on average. Measured (docs/training.md): Lite
 px, default flags, frozen phase alone mAP 0.945 / micro F1 0.892 on 120 held-out mosaics, both
 phases 0.982 / 0.943; a ranking by chance gives mAP ~0.47.
 """
+import csv
 import json
 import os
 import subprocess
@@ -72,6 +73,19 @@ def test_multi_label_transfer_on_real_photo_mosaics(mosaics, pretrained_weights,
     assert classify["classes"].shape == (4, len(CLASSES))
     assert [c.decode() for c in classify["classes"].numpy()[0]] == list(CLASSES)
     np.testing.assert_allclose(classify["scores"].numpy(), served, atol=1e-6)
+
+    # trainer.predict names each image's label set: the classes at or over their thresholds.
+    from trainer import predict
+    files = []
+    for i, image in enumerate(encoded):
+        (tmp_path / f"m{i}.png").write_bytes(image)
+        files.append(str(tmp_path / f"m{i}.png"))
+    predict.run(model=export_dir, specs=files, output=str(tmp_path / "p.csv"), features_output=None, top_k=2,
+                batch_size=4)
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [os.path.basename(r["path"]) for r in rows] == [os.path.basename(f) for f in files]
+    for row, probs in zip(rows, served):
+        assert row["labels"] == "|".join(c for c, p, t in zip(CLASSES, probs, chosen) if p >= t)
 
 
 def test_multi_label_embedding_cache_on_disk_keeps_the_label_sets(mosaics, tmp_path):

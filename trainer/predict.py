@@ -275,20 +275,26 @@ def stack_rows(parts: Sequence[Optional[np.ndarray]], *, width: int) -> np.ndarr
 
 # --------------------------------------------------------------------------- outputs
 
-def top_k_rows(predictions: Predictions, *, class_names: Sequence[str], top_k: int) -> List[list]:
-    """[path, class_1, score_1, ..., class_k, score_k] per image, most probable first."""
+def top_k_rows(predictions: Predictions, *, class_names: Sequence[str], top_k: int,
+               thresholds: Optional[np.ndarray] = None) -> List[list]:
+    """[path, class_1, score_1, ..., class_k, score_k] per image, most probable first; for a
+    multi-label export (`thresholds`), [path, labels, class_1, ...] where labels are the classes
+    at or over their thresholds, joined by '|'."""
     top = reports.top_k_indices(predictions.probabilities, top_k)
     rows = []
     for path, probs, indices in zip(predictions.paths, predictions.probabilities, top):
         row = [path]
+        if thresholds is not None:
+            row.append("|".join(n for n, p, t in zip(class_names, probs, thresholds) if p >= t))
         for i in indices:
             row += [class_names[i], f"{probs[i]:.6f}"]
         rows.append(row)
     return rows
 
 
-def csv_header(top_k: int) -> List[str]:
-    return ["path"] + [f"{what}_{i}" for i in range(1, top_k + 1) for what in ("class", "score")]
+def csv_header(top_k: int, *, multi_label: bool = False) -> List[str]:
+    return ["path"] + (["labels"] if multi_label else []) + [
+        f"{what}_{i}" for i in range(1, top_k + 1) for what in ("class", "score")]
 
 
 def write_features(path: str, features: np.ndarray) -> None:
@@ -298,14 +304,17 @@ def write_features(path: str, features: np.ndarray) -> None:
     fileio.write_bytes_atomic(path, buf.getvalue())
 
 
-def format_rows(rows: Sequence[list], *, limit: int) -> str:
-    """The top-k per image for a reader: 'path  class 0.912 | class 0.051 | ...'."""
+def format_rows(rows: Sequence[list], *, limit: int, multi_label: bool = False) -> str:
+    """The top-k per image for a reader: 'path  class 0.912 | class 0.051 | ...' (multi-label:
+    'path  [labels]  class 0.912 | ...')."""
     shown = rows if limit < 0 else rows[:limit]
     width = min(max((len(r[0]) for r in shown), default=0), 80)
+    first = 2 if multi_label else 1
     lines = []
     for row in shown:
-        pairs = " | ".join(f"{row[i]} {float(row[i + 1]):.3f}" for i in range(1, len(row), 2))
-        lines.append(f"{row[0]:<{width}}  {pairs}")
+        pairs = " | ".join(f"{row[i]} {float(row[i + 1]):.3f}" for i in range(first, len(row), 2))
+        labels = f"[{row[1]}]  " if multi_label else ""
+        lines.append(f"{row[0]:<{width}}  {labels}{pairs}")
     if len(rows) > len(shown):
         lines.append(f"... {len(rows) - len(shown)} more row(s) in the CSV")
     return "\n".join(lines)
@@ -376,11 +385,12 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     if not predictions.paths:
         raise PredictError(f"none of the {len(paths)} input image(s) could be read or decoded (see the list "
                            "above): pass JPEG, PNG, GIF or BMP files")
-    rows = top_k_rows(predictions, class_names=export.class_names, top_k=k)
-    fileio.write_text_atomic(output, reports.csv_text(csv_header(k), rows))
+    multi = export.thresholds is not None
+    rows = top_k_rows(predictions, class_names=export.class_names, top_k=k, thresholds=export.thresholds)
+    fileio.write_text_atomic(output, reports.csv_text(csv_header(k, multi_label=multi), rows))
     if features_output:
         write_features(features_output, predictions.features)
-    print(format_rows(rows, limit=print_limit))
+    print(format_rows(rows, limit=print_limit, multi_label=multi))
     print(f"wrote {len(rows)} row(s) to {output}" +
           (f" and features {predictions.features.shape} to {features_output}" if features_output else ""))
     return predictions
