@@ -288,3 +288,18 @@ def test_training_decode_scales_large_jpeg_windows_in_the_dct():
         y, x, h, w = window
         reference = tf.image.resize(big[y:y + h, x:x + w], part.shape[:2], antialias=True)
         assert float(tf.reduce_mean(tf.abs(tf.cast(part, tf.float32) - reference))) < 3.0
+
+
+def test_eval_decode_reads_only_the_center_window_of_a_jpeg():
+    """The evaluation crop of a JPEG decodes its window alone: at full resolution it equals
+    decode-then-crop exactly; for a large photo (DCT-scaled) it stays close to it."""
+    small = tf.constant(_encode(_pixels(3, (50, 70, 3))))  # window 43 px < 2 x 32: full resolution
+    whole = tf.io.decode_jpeg(small, channels=3)
+    y, x, h, w = decode._center_window(tf.shape(whole)).numpy()
+    expected = decode._resize(whole[y:y + h, x:x + w], SIZE).numpy()
+    np.testing.assert_array_equal(decode.decode_for_eval(small, SIZE).numpy(), expected)
+    big = np.kron(_pixels(7, (60, 80, 3)), np.ones((10, 10, 1), np.uint8))  # 600x800: window 525, 1/8 scale
+    jpeg = tf.constant(_encode(big))
+    y, x, h, w = decode._center_window(tf.constant([600, 800, 3])).numpy()
+    reference = tf.image.resize(big[y:y + h, x:x + w], [SIZE, SIZE], antialias=True).numpy()
+    assert np.abs(decode.decode_for_eval(jpeg, SIZE).numpy() - reference).mean() < 3.0

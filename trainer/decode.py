@@ -2,9 +2,10 @@
 
 `decode_for_eval` is the single preprocessing source for evaluation and serving (the eval
 pipeline and serving/signatures.py both call it), so a served image is seen exactly as in
-evaluation. `decode_for_train` is the Inception-style random crop, decoding only the crop of a
-JPEG; `random_flip` and `to_uint8` are the cheap steps after it. Pixels are not normalized:
-each backbone normalizes inside the model, so the exported SavedModel stands alone.
+evaluation. `decode_for_train` is the Inception-style random crop. Both decode only their window
+of a JPEG, scaled in the DCT where the window is large; `random_flip` and `to_uint8` are the
+cheap steps after them. Pixels are not normalized: each backbone normalizes inside the model,
+so the exported SavedModel stands alone.
 """
 from __future__ import annotations
 
@@ -46,8 +47,11 @@ def _center_window(shape: tf.Tensor) -> tf.Tensor:
 def decode_for_eval(image_bytes, image_size: int) -> tf.Tensor:
     """Deterministic preprocessing for evaluation and serving: decode, center crop, resize.
 
-    The single source of evaluation preprocessing: the eval pipeline and the exported serving
-    signatures both call it, so a served image is seen exactly as in evaluation.
+    The single source of evaluation preprocessing: the eval pipeline, the frozen phase's views
+    and the exported serving signatures all call it, so a served image is seen exactly as in
+    evaluation. For JPEG only the crop window is decoded, at the largest DCT scaling that keeps
+    it at least `image_size` (`_decode_jpeg_window`, as the training crop does); other formats
+    are decoded whole, then cropped.
 
     Args:
       image_bytes: scalar string tensor of JPEG, PNG, GIF (first frame) or BMP bytes.
@@ -56,9 +60,22 @@ def decode_for_eval(image_bytes, image_size: int) -> tf.Tensor:
     Returns:
       float32 [image_size, image_size, 3] with values in 0..255.
     """
-    image = _decode_any(image_bytes)
-    y, x, h, w = tf.unstack(_center_window(tf.shape(image)))
-    image = tf.image.crop_to_bounding_box(image, y, x, h, w)
+    return _decode_window(image_bytes, image_size, _center_window)
+
+
+def _decode_window(image_bytes, image_size: int, window_of) -> tf.Tensor:
+    """Decodes the window `window_of(shape)` ([y, x, h, w]) of an image and resizes it to
+    [S, S, 3]: only the window of a JPEG, scaled in the DCT; other formats whole, then cropped."""
+    def jpeg():
+        return _decode_jpeg_window(image_bytes, window_of(tf.io.extract_jpeg_shape(image_bytes)), image_size)
+
+    def other():
+        image = _decode_any(image_bytes)
+        y, x, h, w = tf.unstack(window_of(tf.shape(image)))
+        return tf.image.crop_to_bounding_box(image, y, x, h, w)
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    image.set_shape([None, None, 3])
     return _resize(image, image_size)
 
 
@@ -79,18 +96,7 @@ def decode_for_train(image_bytes, image_size: int, seed) -> tf.Tensor:
     window are never decoded), which keeps the reader near the speed of decoding; other formats
     are decoded whole, then cropped.
     """
-    def jpeg():
-        window = _random_window(tf.io.extract_jpeg_shape(image_bytes), seed)
-        return _decode_jpeg_window(image_bytes, window, image_size)
-
-    def other():
-        image = _decode_any(image_bytes)
-        y, x, h, w = tf.unstack(_random_window(tf.shape(image), seed))
-        return tf.image.crop_to_bounding_box(image, y, x, h, w)
-
-    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-    image.set_shape([None, None, 3])
-    return _resize(image, image_size)
+    return _decode_window(image_bytes, image_size, lambda shape: _random_window(shape, seed))
 
 
 _DCT_RATIOS = (1, 2, 4, 8)
