@@ -1,18 +1,28 @@
-"""python -m trainer.prepare: an image folder (or a CSV of path,label rows) -> TFRecord shards.
+"""python -m trainer.prepare: an image folder, a CSV of path,label rows, or a Vertex AI import
+file -> TFRecord shards.
 
     python -m trainer.prepare --input_dir=IMAGES --output_dir=DATA --validation_fraction=0.1 \
-        [--num_shards=N | --shard_size_mb=M] [--seed=S] [--csv=FILE]
+        [--num_shards=N | --shard_size_mb=M] [--seed=S] [--csv=FILE | --import_file=FILE] \
+        [--multi_label]
 
-writes, per the data contract (docs/data.md), `train-00000-of-0000N.tfrecord` and
-`validation-...` shards, `labels.txt` (sorted class names) and `dataset.json` (counts per split
-and class, every skipped file with its reason).
+writes, per the data contract (docs/data.md), `train-00000-of-0000N.tfrecord`, `validation-...`
+and (when an import file names a test split) `test-...` shards, `labels.txt` (sorted class
+names) and `dataset.json` (counts per split and class, every skipped file with its reason,
+warnings, and whether the data is multi-label).
+
+A Vertex AI import file (.csv or .jsonl, trainer.importfile) may fix each image's split
+(ML_USE); its given splits are kept exactly, the other rows are split as a folder's are. A
+multi-label dataset (a row with several labels, JSONL `classificationAnnotations`, or
+--multi_label) stores each image's sorted class indices as a list in `image/class/label`.
 
 Every file is read and decoded once, in parallel, to check it; a file that is empty, truncated,
 not an image, or an image TensorFlow cannot decode is skipped and listed with its reason. A
 valid image keeps its bytes and gets the `image/format` its content says (a PNG named .jpg is
 stored as PNG), so nothing is re-encoded and nothing loses quality. The split is stratified over
-the valid images. Output is written under a temporary sibling folder and swapped into place
-when complete, so an interrupted run leaves the previous output as it was.
+the valid images (random for multi-label data). A class without a training image is an error; a
+class missing from validation or test, a warning. Output is written under a temporary sibling
+folder and swapped into place when complete, so an interrupted run leaves the previous output
+as it was.
 """
 from __future__ import annotations
 
@@ -37,22 +47,16 @@ from trainer import flagutil
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from trainer import discovery, fileio
+from trainer import discovery, fileio, importfile
+from trainer.importfile import Source
 
 DEFAULT_SHARD_SIZE_MB = 100
-_SHARD_RE = re.compile(r"^(train|validation)-\d{5}-of-\d{5}\.tfrecord$")
+SPLITS = ("train", "validation", "test")  # shard prefixes, in this order in dataset.json
+_SHARD_RE = re.compile(rf"^({'|'.join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord$")
 _OWN_FILES = (discovery.LABELS_FILE, discovery.INFO_FILE)
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
           (b"GIF89a", "GIF"), (b"BM", "BMP"))
 _EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """One input file and the class it belongs to."""
-    path: str
-    class_name: str
-    name: str  # the path shown to people and stored as image/filename (relative to the input)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +95,7 @@ def list_folder(input_dir: str) -> Tuple[List[Source], List[dict], List[str]]:
             skipped.append({"path": entry + "/", "reason": "hidden folder"})
             continue
         classes.append(entry)
-        sources += [Source(path=path, class_name=entry, name=os.path.relpath(path, input_dir))
+        sources += [Source(path=path, labels=(entry,), name=os.path.relpath(path, input_dir))
                     for path in fileio.list_files(full)]
     return sources, skipped, classes
 
@@ -101,8 +105,7 @@ def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
     CSV's folder, so a CSV can travel with its images (local or gs://)."""
     if not tf.io.gfile.exists(csv_path):
         raise discovery.DataError(f"--csv {csv_path} does not exist: pass a file of path,label rows")
-    with tf.io.gfile.GFile(csv_path, "r") as f:
-        rows = list(csv_lib.reader(io.StringIO(f.read())))
+    rows = list(csv_lib.reader(io.StringIO(importfile.read_text(csv_path, what="--csv"))))
     base = os.path.dirname(csv_path)
     sources, skipped = [], []
     for number, row in enumerate(rows, start=1):
@@ -112,8 +115,7 @@ def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
         if len(row) != 2 or not row[0] or not row[1]:
             raise discovery.DataError(f"--csv {csv_path} line {number} is {','.join(row)!r}: each row "
                                  "must be path,label")
-        path = row[0] if (discovery.is_absolute(row[0])) else os.path.join(base, row[0])
-        sources.append(Source(path=path, class_name=row[1], name=row[0]))
+        sources.append(Source(path=importfile.resolve(base, row[0]), labels=(row[1],), name=row[0]))
     return sources, skipped, sorted({s.class_name for s in sources})
 
 
@@ -166,17 +168,25 @@ def check_all(sources: Sequence[Source], *, num_workers: int) -> List[Checked]:
 
 # --------------------------------------------------------------------------- planning
 
-def split_stratified(items: Sequence[Checked], *, validation_fraction: float,
-                     seed: int) -> Dict[str, List[Checked]]:
-    """Per class, round(n * fraction) valid images go to validation, clamped so a class with
-    at least 2 images appears in both splits (when the fraction is above 0)."""
-    by_class = collections.defaultdict(list)
+def split_examples(items: Sequence[Checked], *, validation_fraction: float, seed: int,
+                   stratify: bool = True) -> Dict[str, List[Checked]]:
+    """The valid images by split (`SPLITS` order; empty splits left out).
+
+    An image whose input fixed its split (ML_USE) goes there. Of the others, per class
+    (`stratify`; single-label data) or all together (multi-label data, where one class cannot
+    stand for an image), round(n * fraction) go to validation, clamped so that a group of at
+    least 2 images appears in both splits (when the fraction is above 0). Deterministic by seed.
+    """
+    splits: Dict[str, List[Checked]] = {name: [] for name in SPLITS}
+    groups = collections.defaultdict(list)
     for item in items:
-        by_class[item.source.class_name].append(item)
-    splits = {"train": [], "validation": []}
-    for name in sorted(by_class):
-        members = sorted(by_class[name], key=lambda c: c.source.name)
-        random.Random(f"{seed}/{name}").shuffle(members)
+        if item.source.ml_use:
+            splits[importfile.ML_USE_SPLITS[item.source.ml_use]].append(item)
+        else:
+            groups[item.source.class_name if stratify else ""].append(item)
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda c: c.source.name)
+        random.Random(f"{seed}/{key}").shuffle(members)
         n_val = round(len(members) * validation_fraction)
         if validation_fraction > 0 and len(members) >= 2:
             n_val = min(max(n_val, 1), len(members) - 1)
@@ -187,9 +197,32 @@ def split_stratified(items: Sequence[Checked], *, validation_fraction: float,
     return {name: members for name, members in splits.items() if members}
 
 
+def check_coverage(splits: Dict[str, List[Checked]], *, class_names: Sequence[str],
+                   source: str) -> List[str]:
+    """Warnings for the classes missing from validation or test (their figures will be
+    missing); a class without a training image is an error: no image would teach it.
+
+    Raises:
+      DataError: naming the first class without a training image.
+    """
+    held = {split: {n for c in members for n in c.source.labels} for split, members in splits.items()}
+    untaught = [n for n in class_names if n not in held.get("train", ())]
+    if untaught:
+        raise discovery.DataError(
+            f"class {untaught[0]!r} has no image in the training split of {source} ({len(untaught)} "
+            "such class(es)): give it training images (ML_USE training, or none and a "
+            "--validation_fraction that leaves some for training), or remove it")
+    warnings = [f"class {name!r} has no image in the {split} split of {source}: its {split} figures "
+                f"will be missing; add {split} images of it"
+                for split in splits if split != "train" for name in class_names if name not in held[split]]
+    for warning in warnings:
+        logging.warning("%s", warning)
+    return warnings
+
+
 def shard_counts(splits: Dict[str, List[Checked]], *, num_shards: Optional[int],
                  shard_size_mb: Optional[float]) -> Dict[str, int]:
-    """Shards per split: `num_shards` for train and validation in proportion to its size, or
+    """Shards per split: `num_shards` for train and the others in proportion to their size, or
     enough shards of about `shard_size_mb` each; never more shards than examples."""
     counts = {}
     n_train = len(splits.get("train", ()))
@@ -209,21 +242,27 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 # --------------------------------------------------------------------------- writing
 
-def _int64(v):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+def _int64(*values: int):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
-def _bytes(v: bytes):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+def _bytes(*values: bytes):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
 
-def build_example(checked: Checked, content: bytes, *, label: int) -> tf.train.Example:
-    """A tf.Example with the feature keys of Google's ImageNet TFRecords."""
+def build_example(checked: Checked, content: bytes, *, class_index: Dict[str, int]) -> tf.train.Example:
+    """A tf.Example with the feature keys of Google's ImageNet TFRecords.
+
+    `image/class/label` holds the image's class indices, sorted, and `image/class/text` their
+    names in the same order: one value each for single-label data (as Google's shards), zero or
+    more in a multi-label dataset.
+    """
+    labels = sorted((class_index[name], name) for name in checked.source.labels)
     return tf.train.Example(features=tf.train.Features(feature={
         "image/encoded": _bytes(content),
         "image/format": _bytes(checked.format.encode()),
-        "image/class/label": _int64(label),
-        "image/class/text": _bytes(checked.source.class_name.encode()),
+        "image/class/label": _int64(*(index for index, _ in labels)),
+        "image/class/text": _bytes(*(name.encode() for _, name in labels)),
         "image/filename": _bytes(checked.source.name.encode()),
         "image/height": _int64(checked.height),
         "image/width": _int64(checked.width),
@@ -238,7 +277,7 @@ def write_shard(path: str, members: Sequence[Checked], *, class_index: Dict[str,
         for checked in members:
             with tf.io.gfile.GFile(checked.source.path, "rb") as f:
                 content = f.read()
-            example = build_example(checked, content, label=class_index[checked.source.class_name])
+            example = build_example(checked, content, class_index=class_index)
             writer.write(example.SerializeToString())
             bar.add(1)
 
@@ -263,8 +302,9 @@ def write_all(folder: str, splits: Dict[str, List[Checked]], counts: Dict[str, i
 
 def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, List[Checked]],
                files: Dict[str, List[str]], skipped: List[dict], notes: List[dict],
-               validation_fraction: float, seed: int) -> dict:
-    """The dataset.json content: what is where, and what was left out and why."""
+               warnings: List[str], multi_label: bool, validation_fraction: float, seed: int) -> dict:
+    """The dataset.json content: what is where, and what was left out and why. A class's
+    per_class count is the number of images holding it (several per image when multi-label)."""
     formats = collections.Counter(c.format for members in splits.values() for c in members)
     return {
         "format_version": 1,
@@ -272,19 +312,21 @@ def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, Lis
         "source": source,
         "class_names": list(class_names),
         "num_classes": len(class_names),
+        "multi_label": multi_label,
         "validation_fraction": validation_fraction,
         "seed": seed,
         "splits": {split: {
             "num_examples": len(members),
             "num_shards": len(files[split]),
             "files": files[split],
-            "per_class": {name: sum(c.source.class_name == name for c in members)
+            "per_class": {name: sum(name in c.source.labels for c in members)
                           for name in class_names},
         } for split, members in splits.items()},
         "formats": dict(sorted(formats.items())),
         "num_skipped": len(skipped),
         "skipped": skipped,
         "notes": notes,
+        "warnings": warnings,
     }
 
 
@@ -352,25 +394,39 @@ def _swap_into_place(tmp: str, output_dir: str) -> None:
 
 def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: float,
             num_shards: Optional[int] = None, shard_size_mb: Optional[float] = None,
-            seed: int = 0, csv: Optional[str] = None, num_workers: Optional[int] = None) -> dict:
+            seed: int = 0, csv: Optional[str] = None, num_workers: Optional[int] = None,
+            import_file: Optional[str] = None, multi_label: bool = False) -> dict:
     """Prepares TFRecord shards, labels.txt and dataset.json; returns the dataset.json content.
 
+    Args:
+      input_dir, csv, import_file: the input, exactly one of them: a folder of class folders,
+        a CSV of path,label rows, or a Vertex AI import file (.csv or .jsonl).
+      multi_label: write multi-label records even when no row holds several labels.
+
     Raises:
-      DataError: bad arguments, no valid image at all, or a class left without images.
+      DataError: bad arguments or rows, no valid image at all, or a class left without
+        (training) images.
     """
-    _validate_args(input_dir=input_dir, csv=csv, output_dir=output_dir,
+    _validate_args(input_dir=input_dir, csv=csv, import_file=import_file, output_dir=output_dir,
                    validation_fraction=validation_fraction, num_shards=num_shards,
                    shard_size_mb=shard_size_mb)
     num_workers = num_workers or os.cpu_count() or 1
-    sources, skipped, classes = list_csv(csv) if csv else list_folder(input_dir)
+    source = import_file or csv or input_dir
+    if import_file:
+        sources, skipped, classes, multi_label = importfile.list_import_file(import_file,
+                                                                            multi_label=multi_label)
+    else:
+        sources, skipped, classes = list_csv(csv) if csv else list_folder(input_dir)
     if not sources:
-        raise discovery.DataError(f"no file found in {csv or input_dir}: pass a folder with one "
-                             "subfolder of images per class (or a CSV of path,label rows)")
+        raise discovery.DataError(f"no file found in {source}: pass a folder with one subfolder of "
+                                  "images per class (or a CSV of path,label rows, or an import file)")
     checked = check_all(sources, num_workers=num_workers)
     valid = [c for c in checked if c.ok]
     skipped += [{"path": c.source.name, "reason": c.reason} for c in checked if not c.ok]
-    class_names = _class_names(classes, sources, valid, source=csv or input_dir)
-    splits = split_stratified(valid, validation_fraction=validation_fraction, seed=seed)
+    class_names = _class_names(classes, sources, valid, source=source)
+    splits = split_examples(valid, validation_fraction=validation_fraction, seed=seed,
+                            stratify=not multi_label)
+    warnings = check_coverage(splits, class_names=class_names, source=source)
     counts = shard_counts(splits, num_shards=num_shards, shard_size_mb=shard_size_mb)
     _recover(output_dir)
     tmp = _sibling(output_dir, "tmp")
@@ -378,9 +434,10 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     try:
         files = write_all(tmp, splits, counts, class_index={n: i for i, n in enumerate(class_names)},
                           num_workers=num_workers)
-        info = build_info(source=csv or input_dir, class_names=class_names, splits=splits,
+        info = build_info(source=source, class_names=class_names, splits=splits,
                           files=files, skipped=skipped,
                           notes=[{"path": c.source.name, "note": c.note} for c in valid if c.note],
+                          warnings=warnings, multi_label=multi_label,
                           validation_fraction=validation_fraction, seed=seed)
         _write_text(os.path.join(tmp, discovery.LABELS_FILE), "".join(n + "\n" for n in class_names))
         _write_text(os.path.join(tmp, discovery.INFO_FILE), _to_json(info))
@@ -391,11 +448,12 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     return info
 
 
-def _validate_args(*, input_dir, csv, output_dir, validation_fraction, num_shards,
+def _validate_args(*, input_dir, csv, import_file, output_dir, validation_fraction, num_shards,
                    shard_size_mb) -> None:
-    if bool(input_dir) == bool(csv):
-        raise discovery.DataError("pass exactly one of --input_dir (a folder of class folders) and "
-                             "--csv (a file of path,label rows)")
+    if sum(bool(x) for x in (input_dir, csv, import_file)) != 1:
+        raise discovery.DataError("pass exactly one of --input_dir (a folder of class folders), --csv "
+                                  "(a file of path,label rows) and --import_file (a Vertex AI .csv "
+                                  "or .jsonl import file)")
     if not output_dir:
         raise discovery.DataError("--output_dir is empty: pass the folder to write the shards to")
     if not 0.0 <= validation_fraction < 1.0:
@@ -425,13 +483,13 @@ def _inside(path: str, folder: str) -> bool:
 
 def _class_names(classes: Sequence[str], sources: Sequence[Source], valid: Sequence[Checked], *,
                  source: str) -> List[str]:
-    """Sorted class names; a class folder that is empty, or whose every file was skipped, is
-    an error, not a silent drop that would renumber the labels."""
+    """Sorted class names; a class folder (or label) that is empty, or whose every file was
+    skipped, is an error, not a silent drop that would renumber the labels."""
     names = sorted(classes)
     if not valid:
         raise discovery.DataError(f"no valid image in {source} ({len(sources)} files, all skipped as "
                              "empty, truncated or not images): check the input")
-    present = {c.source.class_name for c in valid}
+    present = {n for c in valid for n in c.source.labels}
     empty = [n for n in names if n not in present]
     if empty:
         raise discovery.DataError(f"class {empty[0]!r} in {source} has no valid image "
@@ -478,8 +536,10 @@ def _progress(total: int, label: str) -> _Bar:
 def _summary(info: dict, *, output_dir: str, seconds: float) -> str:
     parts = [f"{s}: {v['num_examples']} images in {v['num_shards']} shard(s)"
              for s, v in info["splits"].items()]
-    return (f"wrote {output_dir}: {info['num_classes']} classes; {'; '.join(parts)}; "
-            f"skipped {info['num_skipped']} file(s) (reasons in dataset.json); {seconds:.1f} s")
+    kind = " (multi-label)" if info["multi_label"] else ""
+    warned = f"; {len(info['warnings'])} warning(s) (in dataset.json)" if info["warnings"] else ""
+    return (f"wrote {output_dir}: {info['num_classes']} classes{kind}; {'; '.join(parts)}; "
+            f"skipped {info['num_skipped']} file(s) (reasons in dataset.json){warned}; {seconds:.1f} s")
 
 
 # --------------------------------------------------------------------------- command line
@@ -489,9 +549,14 @@ def define_flags() -> None:
     beside another entry point (tests, the demo) defines no clashing flags."""
     flagutil.define("string", "input_dir", None, "Folder (local or gs://) with one subfolder of images per class.")
     flagutil.define("string", "csv", None, "Instead of --input_dir: a CSV of path,label rows.")
+    flagutil.define("string", "import_file", None, "Instead of --input_dir: a Vertex AI image-classification "
+                    "import file, .csv ([ML_USE,]PATH[,LABEL...]) or .jsonl (local or gs://).")
+    flagutil.define("bool", "multi_label", False, "Write multi-label records (a list of labels per image) "
+                    "even when no row holds several labels.")
     flagutil.define("string", "output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
-    flagutil.define("float", "validation_fraction", 0.1, "Fraction of each class held out for validation.")
-    flagutil.define("integer", "num_shards", None, "Train shards (validation gets a proportional number).")
+    flagutil.define("float", "validation_fraction", 0.1, "Fraction of each class held out for validation "
+                    "(of the rows without ML_USE).")
+    flagutil.define("integer", "num_shards", None, "Train shards (validation and test get a proportional number).")
     flagutil.define("float", "shard_size_mb", None, f"Target shard size instead of --num_shards "
                        f"(default {DEFAULT_SHARD_SIZE_MB} MB).")
     flagutil.define("integer", "seed", 0, "Seed of the split and of the order inside shards.")
@@ -510,7 +575,8 @@ def main(argv) -> None:
         info = prepare(input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
                        validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
                        shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
-                       num_workers=FLAGS.num_workers)
+                       num_workers=FLAGS.num_workers, import_file=FLAGS.import_file,
+                       multi_label=FLAGS.multi_label)
     except discovery.DataError as e:
         flagutil.fail(e)
     for item in info["skipped"]:
