@@ -12,7 +12,7 @@ import tf_keras as keras
 from tests.testing import two_cpus
 from tests.testing.faults import OomOnce
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
-from trainer import accumulate, config, memory, oom, rundir
+from trainer import accumulate, config, memory, oom, rundir, schedules
 from trainer import model as model_lib
 
 GIB = 1024 ** 3
@@ -224,13 +224,14 @@ def test_oom_recovery_halves_the_batch(tmp_path):
     x, y = tiny_data()
     attempts, injected = [], OomOnce()
 
-    def fit_once(batch_size):
-        attempts.append((batch_size, [np.array_equal(a, b) for a, b in zip(before, model.get_weights())]))
+    def fit_once(plan):
+        attempts.append((plan.batch_size, [np.array_equal(a, b) for a, b in zip(before, model.get_weights())]))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(plan.batch_size)
         return model.fit(ds, epochs=1, verbose=0, callbacks=[injected])
 
-    history = oom.fit_with_oom_recovery(fit_once, phase=phase, replicas=2, run_dir=run_dir)
+    planned = schedules.PhasePlan(phase, replicas=2, num_examples=64)
+    history = oom.fit_with_oom_recovery(fit_once, plan=planned, run_dir=run_dir)
     assert [a[0] for a in attempts] == [16, 8]
     assert all(attempts[1][1])  # the retry starts from the weights the failed step left untouched
     assert len(history.history["loss"]) == 1
@@ -238,6 +239,7 @@ def test_oom_recovery_halves_the_batch(tmp_path):
     entry = run_dir.read_plan()["phases"][0]
     assert entry["batch_size"] == 8 and entry["per_replica_batch_size"] == 4
     assert entry["learning_rate"] == pytest.approx(1e-3)  # below the base batch: the rate as given
+    assert entry["steps_per_epoch"] == 8  # every derived number follows the revised batch
     assert entry["oom_retries"][0]["batch_size"] == 16 and entry["oom_retries"][0]["new_batch_size"] == 8
     assert "injected by the test" in entry["oom_retries"][0]["error"]
 
@@ -246,12 +248,12 @@ def test_oom_gives_up_below_one_example_per_replica(tmp_path):
     phase = config.Phase(name="finetune", epochs=1, batch_size=8, learning_rate=1e-3, unfreeze="all")
     tried = []
 
-    def always_oom(batch_size):
-        tried.append(batch_size)
+    def always_oom(plan):
+        tried.append(plan.batch_size)
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[4,112,112,96]")
 
     with pytest.raises(oom.OutOfMemoryError) as info:
-        oom.fit_with_oom_recovery(always_oom, phase=phase, replicas=2, run_dir=None)
+        oom.fit_with_oom_recovery(always_oom, plan=schedules.PhasePlan(phase, replicas=2), run_dir=None)
     assert tried == [8, 4, 2]
     assert isinstance(info.value, config.ConfigError) and "\n" not in str(info.value)
     assert "even at batch size 2" in str(info.value)

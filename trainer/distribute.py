@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -234,3 +234,25 @@ def steps_per_execution(strategy: tf.distribute.Strategy, *, steps_per_epoch: in
     """Train steps per call into the device: many on a TPU (each call has a host round trip),
     one elsewhere so callbacks see every step."""
     return min(steps_per_epoch, TPU_STEPS_PER_EXECUTION) if is_tpu(strategy) else 1
+
+
+def train_and_eval_datasets(build: Callable, *, strategy: tf.distribute.Strategy, batch_size: int,
+                            has_eval: bool, eval_examples: Optional[int]):
+    """(train, eval or None, eval steps or None), distributed: what a phase fits on, images or
+    embeddings alike.
+
+    `build(split, input_context, per_replica_batch, repeat)` makes one input pipeline's dataset
+    of 'train' or 'eval'. Training repeats (the steps per epoch are counted); validation is one
+    exact pass where the strategy allows (`exact_eval_pass`), else it repeats and its steps are
+    counted from `eval_examples` at the global `batch_size`.
+    """
+    def make(split: str, repeat: bool):
+        return strategy.distribute_datasets_from_function(
+            lambda ctx: build(split, ctx, ctx.get_per_replica_batch_size(batch_size), repeat))
+    train = make("train", True)
+    if not has_eval:
+        return train, None, None
+    if exact_eval_pass(strategy):
+        return train, make("eval", False), None
+    return train, make("eval", True), max(1, -(-(eval_examples or 1) // batch_size))
+

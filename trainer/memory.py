@@ -535,8 +535,9 @@ def _too_small_message(estimate: Estimate, *, budget: Budget, replicas: int) -> 
 
 def plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_examples: Optional[int],
          replicas: int, run_dir: Optional[RunDir] = None, device: Optional[str] = None,
-         budget: Optional[Budget] = None) -> Tuple[Phase, ...]:
-    """The phases with integer global batch sizes, each divisible by replicas * accumulate_steps.
+         budget: Optional[Budget] = None) -> Tuple[schedules.PhasePlan, ...]:
+    """Each phase's plan (`schedules.PhasePlan`): an integer global batch divisible by
+    replicas * accumulate_steps, and the steps and learning rates that follow from it.
 
     Estimates every phase on `model` (its trainable flags are restored afterwards), resolves
     `auto` batch sizes, logs the plan and, given `run_dir` (the chief's), writes plan.json.
@@ -558,8 +559,11 @@ def plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_e
             estimate = estimate_phase(model, phase=phase, bn=bn, device=device, accumulate_steps=runtime.accumulate_steps)
         batch = _resolve_batch(phase, estimate=estimate, budget=budget, runtime=runtime, num_examples=num_examples,
                                replicas=replicas, device=device)
-        planned.append(phase.with_batch_size(batch))
-        entries.append(plan_entry(planned[-1], estimate=estimate, replicas=replicas, auto=phase.batch_size == "auto"))
+        planned.append(schedules.PhasePlan(
+            phase.with_batch_size(batch), replicas=replicas, accumulate_steps=runtime.accumulate_steps,
+            num_examples=num_examples, steps_cap=runtime.steps_per_epoch, auto=phase.batch_size == "auto",
+            total_params=estimate.total_params, trainable_params=estimate.trainable_params))
+        entries.append(plan_entry(planned[-1], estimate=estimate))
     document = {"replicas": replicas, "device": device, "accumulate_steps": runtime.accumulate_steps,
                 "budget_bytes": budget.bytes if budget else None, "budget_source": budget.source if budget else None,
                 "safety_fraction": SAFETY_FRACTION, "phases": entries}
@@ -596,21 +600,21 @@ def _resolve_batch(phase: Phase, *, estimate: Estimate, budget: Optional[Budget]
     return batch
 
 
-def plan_entry(phase: Phase, *, estimate: Estimate, replicas: int, auto: bool) -> dict:
-    """The plan.json record of one phase."""
-    batch = int(phase.batch_size)
-    per_replica = batch // replicas
+def plan_entry(phase_plan: schedules.PhasePlan, *, estimate: Estimate) -> dict:
+    """The plan.json record of one phase: its plan and its memory estimate."""
+    return dict(
+        phase_plan.to_dict(),
+        **_estimate_entry(estimate, per_replica=phase_plan.per_replica_batch_size))
+
+
+def _estimate_entry(estimate: Estimate, *, per_replica: int) -> dict:
     return {
-        "name": phase.name, "epochs": phase.epochs, "unfreeze": phase.unfreeze, "batch_size": batch,
-        "per_replica_batch_size": per_replica, "micro_batch_size": math.ceil(per_replica / estimate.accumulate_steps),
-        "auto": auto,
-        "learning_rate": schedules.scaled_learning_rate(phase.learning_rate, batch_size=batch,
-                                                        base_batch_size=phase.base_batch_size),
         "total_params": estimate.total_params, "trainable_params": estimate.trainable_params,
         "fixed_bytes": estimate.fixed_bytes, "bytes_per_example": estimate.bytes_per_example,
         "input_bytes_per_example": estimate.input_bytes_per_example,
         "estimated_peak_bytes": estimate.peak_bytes(per_replica),
         "first_trainable_layer": estimate.activations.first_trainable,
+        "non_trainable_params": estimate.total_params - estimate.trainable_params,
         "oom_retries": [],
     }
 

@@ -59,17 +59,19 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
     with strategy.scope():
         model = model_lib.build_classifier(cfg.model)
         accumulate.install(model, steps=cfg.runtime.accumulate_steps)
-        phases = memory.plan(cfg.phases, model=model, bn=cfg.model.bn, runtime=cfg.runtime,
-                             num_examples=cfg.data.num_train_examples, replicas=strategy.num_replicas_in_sync,
-                             run_dir=run_dir if chief else None)
-        _log_plan(model, bn=cfg.model.bn, phases=phases)
+        plans = memory.plan(cfg.phases, model=model, bn=cfg.model.bn, runtime=cfg.runtime,
+                            num_examples=cfg.data.num_train_examples, replicas=strategy.num_replicas_in_sync,
+                            run_dir=run_dir if chief else None)
+        for plan in plans:
+            if plan.epochs:
+                _log_phase_table(plan)
         if plan_only:
             return TrainResult(None, [], chief)
         if chief:
             run_dir.write_config(cfg)
         loop = _PhaseLoop(model, cfg=cfg, run_dir=run_dir, strategy=strategy, chief=chief,
                           callbacks=list(callbacks), last_phase_callbacks=list(last_phase_callbacks))
-        history = loop.run(phases)
+        history = loop.run(plans)
     logging.info("final weights: %s", weights_digest(model))
     return TrainResult(_exportable(model, cfg=cfg, strategy=strategy), history, chief)
 
@@ -87,48 +89,45 @@ class _PhaseLoop:
         self.model, self.cfg, self.run_dir, self.strategy, self.chief = model, cfg, run_dir, strategy, chief
         self.callbacks, self.last_phase_callbacks = callbacks, last_phase_callbacks
 
-    def run(self, phases: Sequence[Phase]) -> List[dict]:
+    def run(self, plans: Sequence[schedules.PhasePlan]) -> List[dict]:
         state = self.run_dir.read_state()
-        todo = [p for p in phases if p.epochs > 0 and p.name not in state]
+        todo = [p for p in plans if p.epochs > 0 and p.name not in state]
         history = [h for h in self.run_dir.read_history() if h["phase"] in state or h["phase"] in {p.name for p in todo}]
         if state:
             self.model.load_weights(state[list(state)[-1]])
             logging.info("resuming %s: phase(s) %s already done", self.run_dir.root, ", ".join(state))
-        last = [p for p in phases if p.epochs > 0][-1:]
+        last = [p.name for p in plans if p.epochs > 0][-1:]
         with preemption.Guard(strategy=self.strategy) as guard:
-            for phase in todo:
-                extra = self.callbacks + (self.last_phase_callbacks if [phase] == last else [])
-                history = self._fit_phase(phase, history=history, guard=guard, extra=extra)
-                self._finish_phase(phase.name, state=state)
+            for plan in todo:
+                extra = self.callbacks + (self.last_phase_callbacks if [plan.name] == last else [])
+                history = self._fit_phase(plan, history=history, guard=guard, extra=extra)
+                self._finish_phase(plan.name, state=state)
         return history
 
-    def _fit_phase(self, phase: Phase, *, history: List[dict], guard: preemption.Guard,
+    def _fit_phase(self, planned: schedules.PhasePlan, *, history: List[dict], guard: preemption.Guard,
                    extra: List[keras.callbacks.Callback]) -> List[dict]:
         """Opens the phase's layers and fits it; out of memory, it retries at half the batch."""
+        phase = planned.phase
         model_lib.set_trainable(self.model, phase=phase, bn=self.cfg.model.bn)
-        counts = model_lib.parameter_counts(self.model)
         logging.info("starting phase %s", phase.name)
         target, datasets = self._phase_inputs(phase)
         state = {"history": list(history)}
 
-        def fit_once(batch_size: int) -> List[dict]:
-            if batch_size != int(phase.batch_size) and self.chief:
+        def fit_once(plan: schedules.PhasePlan) -> List[dict]:
+            if plan.batch_size != planned.batch_size and self.chief:
                 # A backup's step counts batches of the old size: the retry starts the phase over
                 # (from the weights of the last good step) rather than resuming at a wrong offset.
                 self.run_dir.remove(self.run_dir.backup_dir(phase.name))
             recorder = HistoryRecorder(phase=phase.name, previous=state["history"],
                                        run_dir=self.run_dir if self.chief else None)
             try:
-                fit = _Fit(target, phase=phase, runtime=self.cfg.runtime, model_cfg=self.cfg.model,
-                           num_examples=self.cfg.data.num_train_examples, run_dir=self.run_dir,
-                           strategy=self.strategy, chief=self.chief)
-                fit(batch_size, datasets=datasets, callbacks=[recorder] + extra, guard=guard, counts=counts)
+                fit = _Fit(target, plan=plan, runtime=self.cfg.runtime, model_cfg=self.cfg.model,
+                           run_dir=self.run_dir, strategy=self.strategy, chief=self.chief)
+                fit(datasets=datasets, callbacks=[recorder] + extra, guard=guard)
             finally:
                 state["history"] = recorder.history  # a retry keeps the epochs this attempt recorded
             return recorder.history
-        return oom.fit_with_oom_recovery(fit_once, phase=phase, replicas=self.strategy.num_replicas_in_sync,
-                                         run_dir=self.run_dir if self.chief else None,
-                                         accumulate_steps=self.cfg.runtime.accumulate_steps)
+        return oom.fit_with_oom_recovery(fit_once, plan=planned, run_dir=self.run_dir if self.chief else None)
 
     def _phase_inputs(self, phase: Phase):
         """What the phase fits, and a function batch_size -> (train, eval, eval steps) it fits on.
@@ -173,34 +172,27 @@ class _PhaseLoop:
 
 @dataclasses.dataclass
 class _Fit:
-    """One phase's fit at a batch size: recompile (learning rate, schedule), datasets, callbacks."""
+    """One phase's fit as its plan says: recompile (learning rate, schedule), datasets, callbacks."""
     model: keras.Model
-    phase: Phase
+    plan: schedules.PhasePlan
     runtime: Runtime
     model_cfg: Model
-    num_examples: int
     run_dir: RunDir
     strategy: tf.distribute.Strategy
     chief: bool
 
-    def __call__(self, batch_size: int, *, datasets, callbacks: list, guard: preemption.Guard, counts: dict) -> None:
-        phase, runtime = self.phase, self.runtime
-        steps = schedules.steps_per_epoch(num_examples=self.num_examples, batch_size=batch_size,
-                                          cap=runtime.steps_per_epoch)
-        peak_lr = schedules.scaled_learning_rate(phase.learning_rate, batch_size=batch_size,
-                                                 base_batch_size=phase.base_batch_size)
-        total = steps * phase.epochs
-        warmup = schedules.warmup_steps(warmup_epochs=phase.warmup_epochs, steps_per_epoch=steps, total_steps=total)
-        _log_phase_table(phase, counts=counts, batch_size=batch_size, lr=peak_lr, steps=steps)
+    def __call__(self, *, datasets, callbacks: list, guard: preemption.Guard) -> None:
+        plan, phase, runtime = self.plan, self.plan.phase, self.runtime
+        steps = plan.steps_per_epoch
+        _log_phase_table(plan)
         self.model.compile(
-            optimizer=keras.optimizers.Adam(schedules.build_schedule(
-                peak_learning_rate=peak_lr, total_steps=total, warmup=warmup)),
+            optimizer=keras.optimizers.Adam(plan.build_schedule()),
             loss=targets.build_loss(multi_label=self.model_cfg.multi_label, num_classes=self.model_cfg.num_classes,
                                     label_smoothing=self.model_cfg.label_smoothing),
             metrics=targets.build_metrics(multi_label=self.model_cfg.multi_label, num_classes=self.model_cfg.num_classes),
             jit_compile=runtime.jit_compile,
             steps_per_execution=distribute.steps_per_execution(self.strategy, steps_per_epoch=steps))
-        train_ds, eval_ds, eval_steps = datasets(batch_size)
+        train_ds, eval_ds, eval_steps = datasets(plan.batch_size)
         backup = preemption.PhaseBackup(self.run_dir.backup_dir(phase.name), epochs=phase.epochs,
                                         steps_per_epoch=steps, guard=guard)
         # A progress bar per epoch on a terminal when epochs are slow (images); else one line an epoch.
@@ -213,12 +205,12 @@ class _Fit:
 
     def _standard_callbacks(self, *, has_eval: bool) -> list:
         callbacks: list = [data.SkippedRecordsLogger()]
-        if self.phase.early_stopping_patience > 0:
+        if self.plan.phase.early_stopping_patience > 0:
             callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss" if has_eval else "loss", patience=self.phase.early_stopping_patience,
+                monitor="val_loss" if has_eval else "loss", patience=self.plan.phase.early_stopping_patience,
                 restore_best_weights=True, verbose=1))
         if self.chief:
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=self.run_dir.logs_dir(self.phase.name), profile_batch=0))
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=self.run_dir.logs_dir(self.plan.name), profile_batch=0))
         return callbacks
 
 
@@ -230,42 +222,23 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _log_plan(model: keras.Model, *, bn: str, phases: Sequence[Phase]) -> None:
-    with model_lib.trainable_flags_kept(model):
-        for phase in phases:
-            if phase.epochs == 0:
-                continue
-            model_lib.set_trainable(model, phase=phase, bn=bn)
-            batch_size = int(phase.batch_size)
-            _log_phase_table(phase, counts=model_lib.parameter_counts(model), batch_size=batch_size,
-                             lr=schedules.scaled_learning_rate(phase.learning_rate, batch_size=batch_size,
-                                                               base_batch_size=phase.base_batch_size))
-
-
-def _log_phase_table(phase: Phase, *, counts: dict, batch_size: int, lr: float, steps: Optional[int] = None) -> None:
-    lines = [f"phase {phase.name}: unfreeze={phase.unfreeze} epochs={phase.epochs} batch_size={batch_size} "
-             f"learning_rate={lr:.3g}" + (f" steps_per_epoch={steps}" if steps else ""),
-             f"  {'total params':>22}: {counts['total']:>12,}",
-             f"  {'trainable params':>22}: {counts['trainable']:>12,}",
-             f"  {'non-trainable params':>22}: {counts['non_trainable']:>12,}"]
+def _log_phase_table(plan: schedules.PhasePlan) -> None:
+    lines = [f"phase {plan.name}: unfreeze={plan.phase.unfreeze} epochs={plan.epochs} batch_size={plan.batch_size} "
+             f"learning_rate={plan.peak_learning_rate:.3g} steps_per_epoch={plan.steps_per_epoch}",
+             f"  {'total params':>22}: {plan.total_params:>12,}",
+             f"  {'trainable params':>22}: {plan.trainable_params:>12,}",
+             f"  {'non-trainable params':>22}: {plan.total_params - plan.trainable_params:>12,}"]
     logging.info("\n".join(lines))
 
 
 def _datasets(data_cfg: Data, *, strategy, batch_size: int) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], Optional[int]]:
-    """Per-replica input pipelines; the batch size given is global. TPUs need static shapes."""
+    """Per-replica image pipelines; the batch size given is global. TPUs need static shapes."""
     static = distribute.is_tpu(strategy)
-
-    def make(split: str, repeat: bool):
-        return strategy.distribute_datasets_from_function(
-            lambda ctx: data.build_dataset(data_cfg, split=split, batch_size=ctx.get_per_replica_batch_size(batch_size),
-                                           input_context=ctx, repeat=repeat, drop_remainder=static))
-    train_ds = make("train", True)
-    if not data_cfg.eval_data:
-        return train_ds, None, None
-    if distribute.exact_eval_pass(strategy):
-        return train_ds, make("eval", False), None
-    eval_steps = schedules.steps_per_epoch(num_examples=data_cfg.num_eval_examples, batch_size=batch_size, cap=None)
-    return train_ds, make("eval", True), eval_steps
+    return distribute.train_and_eval_datasets(
+        lambda split, ctx, batch, repeat: data.build_dataset(data_cfg, split=split, batch_size=batch, input_context=ctx,
+                                                             repeat=repeat, drop_remainder=static),
+        strategy=strategy, batch_size=batch_size, has_eval=bool(data_cfg.eval_data),
+        eval_examples=data_cfg.num_eval_examples)
 
 
 class EpochLogger(keras.callbacks.Callback):
