@@ -319,20 +319,26 @@ def _options() -> tf.data.Options:
 
 def datasets_fn(caches: Dict[str, Dict[int, Cache]], *, strategy: tf.distribute.Strategy, seed: int,
                 eval_examples: Optional[int], class_weights: Optional[Tuple[float, ...]] = None):
-    """batch_size -> (train, eval or None, eval steps or None), distributed like train.py's image pipelines."""
-    exact = distribute.exact_eval_pass(strategy)
-
-    def make(split: str, batch_size: int, training: bool):
-        return strategy.distribute_datasets_from_function(
-            lambda ctx: build_dataset(caches[split][ctx.input_pipeline_id],
-                                      batch_size=ctx.get_per_replica_batch_size(batch_size), training=training,
-                                      seed=seed, repeat=training or not exact,
-                                      class_weights=class_weights if training else None))
+    """batch_size -> (train, eval or None, eval steps or None), distributed as train.py's image
+    pipelines are (`distribute.train_and_eval_datasets`)."""
+    def build(split: str, ctx, batch: int, repeat: bool):
+        training = split == "train"
+        return build_dataset(caches[split][ctx.input_pipeline_id], batch_size=batch, training=training, seed=seed,
+                             repeat=repeat, class_weights=class_weights if training else None)
 
     def datasets(batch_size: int):
-        train = make("train", batch_size, True)
-        if "eval" not in caches:
-            return train, None, None
-        steps = None if exact else max(1, -(-(eval_examples or 1) // batch_size))
-        return train, make("eval", batch_size, False), steps
+        return distribute.train_and_eval_datasets(build, strategy=strategy, batch_size=batch_size,
+                                                  has_eval="eval" in caches, eval_examples=eval_examples)
     return datasets
+
+
+def image_embedder(model: keras.Model) -> Callable[[tf.Tensor], np.ndarray]:
+    """The frozen phase's embedding function for a tool that embeds each image once, outside
+    training (trainer.audit): images float32 [B, S, S, 3] in 0..255 -> pooled embeddings
+    float32 [B, D] (numpy), the backbone in inference mode, under the default strategy."""
+    embed = _embedder(model, strategy=tf.distribute.get_strategy())
+
+    def run(images: tf.Tensor) -> np.ndarray:
+        embedded, _ = embed(images[:, None], tf.zeros(tf.shape(images)[:1], tf.int32))
+        return embedded.numpy()[:, 0]
+    return run
