@@ -188,7 +188,6 @@ def test_bad_inputs_are_refused_before_writing(tmp_path, kwargs, message):
 
 def test_reexport_of_a_run(tmp_path, monkeypatch):
     """What `python -m trainer.export` runs (export.reexport), with the run's restore injected."""
-    from trainer import rundir
     cfg = config.Config(
         data=config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=SIZE),
         model=config.Model(backbone="efficientnet-b0", weights="none", num_classes=2, image_size=SIZE),
@@ -199,7 +198,7 @@ def test_reexport_of_a_run(tmp_path, monkeypatch):
     def restore(model_dir, checkpoint=None):
         asked.append((model_dir, checkpoint))
         return small_net(2), cfg
-    monkeypatch.setattr(rundir, "restore_trained_model", restore)
+    monkeypatch.setattr(model_lib, "restore_trained_model", restore)
     path = export.reexport(model_dir=str(tmp_path), checkpoint="ckpt-7", version=3)
     assert asked == [(str(tmp_path), "ckpt-7")]
     assert path.endswith(os.path.join(str(tmp_path), "export", "3"))

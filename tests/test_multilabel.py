@@ -59,8 +59,8 @@ def test_multi_label_transfer_on_real_photo_mosaics(mosaics, pretrained_weights,
     assert rows[0].startswith("class,average_precision,threshold") and len(rows) == 1 + len(CLASSES)
 
     # serving_default: independent probabilities equal to the Keras model's; classify: every class.
-    from trainer import rundir
-    model, _ = rundir.restore_trained_model(model_dir)
+    from trainer import model as model_lib
+    model, _ = model_lib.restore_trained_model(model_dir)
     images = [r.numpy() for r in tf.data.TFRecordDataset(f"{mosaics}/validation-00000-of-00001.tfrecord").take(4)]
     encoded = [tf.train.Example.FromString(r).features.feature["image/encoded"].bytes_list.value[0] for r in images]
     loaded = tf.saved_model.load(export_dir)

@@ -126,7 +126,7 @@ def test_export_matches_keras_model(full_run, demo_images):
     from trainer import data
     export_dir = glob.glob(os.path.join(full_run, "export", "*"))[0]
     loaded = tf.saved_model.load(export_dir)
-    model, cfg = rundir.restore_trained_model(full_run)
+    model, cfg = model_lib.restore_trained_model(full_run)
     paths = sorted(glob.glob(os.path.join(demo_images, "*", "*_000[01].jpg")))
     image_bytes = [open(p, "rb").read() for p in paths]
     pixels = tf.stack([data.decode_for_eval(tf.constant(b), cfg.model.image_size) for b in image_bytes])

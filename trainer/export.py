@@ -268,7 +268,7 @@ def export_tflite(*, model_dir: str, variants: Sequence[str], checkpoint: Option
 def _restore_calibrated(model_dir: str, checkpoint: Optional[str]):
     """The run's model with its fitted temperature folded in, as training exported it."""
     from trainer import calibration, rundir  # pylint: disable=import-outside-toplevel
-    model, cfg = rundir.restore_trained_model(model_dir, checkpoint)
+    model, cfg = model_lib.restore_trained_model(model_dir, checkpoint)
     calibration.fold_into_head(model, (rundir.RunDir(model_dir).read_calibration() or {}).get("temperature"))
     return model, cfg
 

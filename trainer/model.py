@@ -17,8 +17,9 @@ import numpy as np
 import tf_keras as keras
 
 from trainer import backbones, fileio, lite, pretrained
-from trainer.config import Model, Phase, is_weights_file
+from trainer.config import Config, ConfigError, Model, Phase, is_weights_file
 from trainer.errors import WeightsError
+from trainer.rundir import RunDir
 
 FEATURES_LAYER = "avg_pool"
 HEAD_LAYER = "head_dense"
@@ -316,3 +317,22 @@ def head_model(model: keras.Model) -> keras.Model:
 def feature_model(model: keras.Model) -> keras.Model:
     """image -> pooled embedding (before dropout): what the `features` signature serves."""
     return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+
+
+def restore_trained_model(model_dir: str, checkpoint: Optional[str] = None) -> "tuple[keras.Model, Config]":
+    """The float32 classifier of a finished (or partly finished) run, from its config.json and a
+    checkpoint (default: the last finished phase's).
+
+    Raises:
+      ConfigError: `model_dir` holds no run, or no finished phase and no `checkpoint` is given.
+    """
+    run = RunDir(model_dir)
+    cfg = run.read_config()
+    if cfg is None:
+        raise ConfigError(f"{run.path('config.json')} not found: --model_dir must be the folder a training run wrote")
+    done = run.read_state()
+    if checkpoint is None and not done:
+        raise ConfigError(f"{model_dir} has no finished phase yet: pass --checkpoint=PREFIX or train first")
+    model = build_classifier(_without_weights(cfg.model))
+    model.load_weights(checkpoint or list(done.values())[-1]).expect_partial()
+    return model, cfg

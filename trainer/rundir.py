@@ -172,18 +172,3 @@ class RunDir:
             detail = ", ".join(f"{k}: {old[k]} vs {new[k]}" for k in diff)[:300]
             raise ConfigError(f"--model_dir={self.root} holds a different run ({detail}); "
                               "pass --overwrite to start afresh or choose another --model_dir")
-
-
-def restore_trained_model(model_dir: str, checkpoint: Optional[str] = None) -> Tuple["object", Config]:
-    """The float32 classifier of a finished (or partly finished) run, from config.json and a checkpoint."""
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel  # builds Keras models
-    run = RunDir(model_dir)
-    cfg = run.read_config()
-    if cfg is None:
-        raise ConfigError(f"{run.path(CONFIG_FILE)} not found: --model_dir must be the folder a training run wrote")
-    done = run.read_state()
-    if checkpoint is None and not done:
-        raise ConfigError(f"{model_dir} has no finished phase yet: pass --checkpoint=PREFIX or train first")
-    model = model_lib.build_classifier(dataclasses.replace(cfg.model, weights="none"))
-    model.load_weights(checkpoint or list(done.values())[-1]).expect_partial()
-    return model, cfg
