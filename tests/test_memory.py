@@ -12,7 +12,7 @@ import tf_keras as keras
 from tests.testing import two_cpus
 from tests.testing.faults import OomOnce
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
-from trainer import accumulate, config, memory, oom, rundir, schedules
+from trainer import accumulate, activations, config, devices, memory, oom, rundir, schedules
 from trainer import model as model_lib
 
 GIB = 1024 ** 3
@@ -88,13 +88,13 @@ def test_kept_tensors_follow_the_gradient_rules():
     toy = keras.Model(inputs, outputs)
     for layer in toy.layers:
         layer.trainable = layer.name == "dense"
-    acts = memory.analyze_activations(toy)
+    acts = activations.analyze_activations(toy)
     assert acts.kept == 5 * 4                                  # dense keeps its input only
     assert acts.first_trainable == "dense" and acts.backward_layers == 1
     # Forward peak: relu's input and output alive at once (48 + 48), or conv2's in and out (48 + 80).
     assert acts.forward_peak == (48 + 80) * 4
     conv1.trainable = True
-    acts = memory.analyze_activations(toy)
+    acts = activations.analyze_activations(toy)
     # conv1 keeps the input (32), bn keeps its input (48), relu its output (48); conv2 (frozen) nothing.
     assert acts.kept == (32 + 48 + 48 + 5) * 4
     assert acts.backward_layers == 6
@@ -110,7 +110,7 @@ def test_mixed_precision_halves_activations():
             x = keras.layers.Conv2D(4, 3, padding="same")(x)
             x = keras.layers.Activation("relu")(x)
             outputs = keras.layers.Dense(2, dtype="float32")(keras.layers.GlobalAveragePooling2D()(x))
-            sizes.append(memory.analyze_activations(keras.Model(inputs, outputs)).kept)
+            sizes.append(activations.analyze_activations(keras.Model(inputs, outputs)).kept)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     assert sizes[1] < sizes[0]
@@ -120,17 +120,17 @@ def test_mixed_precision_halves_activations():
 
 
 def test_auto_batch_size_rounding_and_caps():
-    acts = memory.Activations(kept=0, forward_peak=100 * MIB, backward_peak=0, input=0, first_trainable=None)
+    acts = activations.Activations(kept=0, forward_peak=100 * MIB, backward_peak=0, input=0, first_trainable=None)
     estimate = memory.Estimate(phase="finetune", total_params=0, trainable_params=0, param_bytes=GIB,
                                optimizer_bytes=0, workspace_bytes=0, bytes_per_example=100 * MIB, activations=acts)
-    budget = memory.Budget(int(3 * GIB), "GPU", "test")  # usable 2.4 GiB: 14 examples -> 8
+    budget = devices.Budget(int(3 * GIB), "GPU", "test")  # usable 2.4 GiB: 14 examples -> 8
     auto = lambda **kw: memory.auto_batch_size(estimate, budget=budget, **{
         "replicas": 1, "max_batch_size": 1024, "num_examples": None, **kw})
     assert auto() == 8
     assert auto(replicas=4) == 32
     assert auto(replicas=2, max_batch_size=12) == 12
     assert auto(num_examples=5) == 5
-    small = memory.Budget(int(1.5 * GIB), "GPU", "test")  # usable 1.2 GiB: 2 examples, fewer than 8
+    small = devices.Budget(int(1.5 * GIB), "GPU", "test")  # usable 1.2 GiB: 2 examples, fewer than 8
     assert memory.auto_batch_size(estimate, budget=small, replicas=1, max_batch_size=1024, num_examples=None) == 2
     accumulating = dataclasses.replace(estimate, accumulate_steps=4)
     assert memory.auto_batch_size(accumulating, budget=budget, replicas=2, accumulate_steps=4,
@@ -176,26 +176,26 @@ def test_explicit_batch_must_divide_among_replicas_and_micro_batches(b0_224, tmp
 
 
 def test_detect_budget(monkeypatch, tmp_path):
-    assert memory.detect_budget(memory_budget_gb=2.0, replicas=1, device="GPU") == \
-        memory.Budget(2 * GIB, "GPU", "--memory_budget_gb")
-    cpu = memory.detect_budget(memory_budget_gb=None, replicas=1, device="CPU")
-    assert 0 < cpu.bytes <= memory._physical_bytes()  # pylint: disable=protected-access
+    assert devices.detect_budget(memory_budget_gb=2.0, replicas=1, device="GPU") == \
+        devices.Budget(2 * GIB, "GPU", "--memory_budget_gb")
+    cpu = devices.detect_budget(memory_budget_gb=None, replicas=1, device="CPU")
+    assert 0 < cpu.bytes <= devices._physical_bytes()  # pylint: disable=protected-access
     fake = tmp_path / "nvidia-smi"  # answers like nvidia-smi on a host with an 80 GB and a 141 GB GPU
     fake.write_text("#!/bin/sh\nprintf '81559\\n143771\\n'\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(memory.shutil, "which", lambda name: str(fake))
-    assert memory.detect_budget(memory_budget_gb=None, replicas=2, device="GPU") == \
-        memory.Budget(81559 * MIB, "GPU", "nvidia-smi memory.total")
-    monkeypatch.setattr(memory.shutil, "which", lambda name: None)
-    assert memory.detect_budget(memory_budget_gb=None, replicas=1, device="GPU") is None
-    assert memory.tpu_hbm_bytes("TPU v4") == 32 * GIB
-    assert memory.tpu_hbm_bytes("TPU v5 lite") == 16 * GIB
-    assert memory.tpu_hbm_bytes("TPU v3") == 16 * GIB
-    assert memory.tpu_hbm_bytes("TPU v9") is None
+    monkeypatch.setattr(devices.shutil, "which", lambda name: str(fake))
+    assert devices.detect_budget(memory_budget_gb=None, replicas=2, device="GPU") == \
+        devices.Budget(81559 * MIB, "GPU", "nvidia-smi memory.total")
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
+    assert devices.detect_budget(memory_budget_gb=None, replicas=1, device="GPU") is None
+    assert devices.tpu_hbm_bytes("TPU v4") == 32 * GIB
+    assert devices.tpu_hbm_bytes("TPU v5 lite") == 16 * GIB
+    assert devices.tpu_hbm_bytes("TPU v3") == 16 * GIB
+    assert devices.tpu_hbm_bytes("TPU v9") is None
 
 
 def test_auto_without_a_detectable_budget_asks_for_one(b0_224, tmp_path, monkeypatch):
-    monkeypatch.setattr(memory.shutil, "which", lambda name: None)
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
     cfg = make_config(tmp_path, budget_gb=None)
     with pytest.raises(config.ConfigError, match="pass --memory_budget_gb"):
         plan(cfg, model=b0_224, replicas=1, device="GPU")

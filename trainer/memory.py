@@ -23,14 +23,9 @@ The estimate of one replica's peak memory, for a per-replica batch of `b` exampl
               kept tensors plus the backward pass's largest working set
   input_bytes_per_example = the model input of the batches the input pipeline holds
 
-Which tensors the backward pass keeps follows TensorFlow's registered gradients: a
-convolution or dense layer keeps its input only when its kernel trains (the input's gradient
-needs the kernel alone); batch normalization keeps its input (FusedBatchNormGrad reads it,
-also in inference mode); the `efficientnet` package's swish (x * sigmoid(x), two ops under
-tf_keras) keeps its input and the sigmoid; a multiply keeps the other operand; add, pooling,
-reshape and padding keep nothing. Layers before the first one that trains keep nothing: the
-gradient never reaches them. bench/memory.py compares the estimate with measured peaks;
-docs/memory.md holds the table.
+Which tensors the backward pass keeps is the activation walk's (trainer/activations.py); the
+budget is the device's (trainer/devices.py). bench/memory.py compares the estimate with
+measured peaks; docs/memory.md holds the table.
 
 `plan` turns the estimates into integer batch sizes (`auto` = the largest that fits) and
 writes plan.json through trainer/rundir.py; when a phase runs out of memory anyway, training
@@ -40,24 +35,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
-import shutil
-import subprocess
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 
 from trainer import schedules
 from trainer import model as model_lib
+from trainer.activations import Activations, analyze_activations
 from trainer.config import ConfigError, Phase
+from trainer.devices import GIB, MIB, Budget, detect_budget, device_kind
 from trainer.rundir import RunDir
 
-GIB = 1024 ** 3
-MIB = 1024 ** 2
 # An automatic batch must fit in (1 - SAFETY_FRACTION) of the budget: the estimate is meant to
 # be within +-25 % of the measured peak (bench/memory.py), and an allocator fragments.
 SAFETY_FRACTION = 0.2
@@ -77,210 +67,6 @@ CPU_BYTES_PER_BACKWARD_LAYER = 256 * 1024
 # GPU/TPU: scratch space of cuDNN / XLA and allocator fragmentation. Not measured here (no
 # accelerator on the development machines): a round margin, to be checked with the benchmark.
 ACCELERATOR_WORKSPACE_BYTES = 1 * GIB
-# HBM per TensorFlow TPU device (a core on v2/v3, a chip on v4 and later), from Google Cloud's
-# TPU system architecture pages.
-TPU_HBM_GIB = {"v2": 8, "v3": 16, "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
-
-
-# ---------------------------------------------------------------------------------------------
-# The graph: leaf layer calls in execution order, tensors as sizes per example.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Call:
-    """One leaf layer call of the (flattened) model: tensor keys in, tensor keys out."""
-    layer: keras.layers.Layer
-    inputs: Tuple[int, ...]
-    outputs: Tuple[int, ...]
-    trainable: bool  # the layer has weights that train in this phase
-
-
-def _ordered_nodes(model: keras.Model) -> List[Any]:
-    return [node for depth in sorted(model._nodes_by_depth, reverse=True)  # pylint: disable=protected-access
-            for node in model._nodes_by_depth[depth] if not node.is_input]  # pylint: disable=protected-access
-
-
-def _flat_calls(model: keras.Model, *, alias: Dict[int, int], sizes: Dict[int, int],
-                parent_trainable: bool = True) -> List[_Call]:
-    """The leaf calls of a functional model, nested functional models flattened in place."""
-    calls: List[_Call] = []
-    for node in _ordered_nodes(model):
-        layer = node.layer
-        ins = tuple(alias.get(id(t), id(t)) for t in node.keras_inputs)
-        outs = tuple(tf.nest.flatten(node.outputs))
-        for t in outs:
-            sizes[id(t)] = _bytes_per_example(t)
-        trainable = parent_trainable and layer.trainable
-        if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
-            for inner, outer in zip(layer.inputs, ins):
-                alias[id(inner)] = outer
-            calls += _flat_calls(layer, alias=alias, sizes=sizes, parent_trainable=trainable)
-            for inner, outer in zip(tf.nest.flatten(layer.outputs), outs):
-                alias[id(outer)] = alias.get(id(inner), id(inner))
-            continue
-        calls.append(_Call(layer, ins, tuple(id(t) for t in outs), trainable and bool(layer.trainable_weights)))
-    return calls
-
-
-def _bytes_per_example(tensor) -> int:
-    shape = tensor.shape[1:]
-    if any(d is None for d in shape):
-        raise ValueError(f"cannot size {tensor.name}: its shape {tensor.shape} is not static")
-    return int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(tensor.dtype).size
-
-
-# ---------------------------------------------------------------------------------------------
-# What the backward pass keeps, per layer type (TensorFlow's registered gradients).
-
-# Dropout keeps a mask: EfficientNet's drop-connect mask is one number per example, the head's
-# one per feature, so it is left out.
-_KEEPS_NOTHING = (keras.layers.Add, keras.layers.GlobalAveragePooling2D, keras.layers.Reshape,
-                  keras.layers.ZeroPadding2D, keras.layers.Flatten, keras.layers.Identity,
-                  keras.layers.Rescaling, keras.layers.Normalization, keras.layers.InputLayer,
-                  keras.layers.Average, keras.layers.AveragePooling2D, keras.layers.Dropout)
-_WEIGHTED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
-             keras.layers.SeparableConv2D)
-
-
-def _activation_kind(fn) -> str:
-    """How an activation's gradient is computed: which tensors it keeps.
-
-    Returns 'input' (tf.nn.silu's custom gradient recomputes the sigmoid), 'output' (relu,
-    sigmoid, tanh, softmax read their output), 'input+temp' (x * sigmoid(x) written out as
-    two ops: Mul keeps x and sigmoid(x)), or 'none' (linear).
-    """
-    name = getattr(fn, "__name__", "")
-    module = getattr(fn, "__module__", "") or ""
-    if name in ("linear", "identity") or fn is None:
-        return "none"
-    if name in ("swish", "silu") and not module.startswith(("tf_keras", "keras", "tensorflow")):
-        return "input+temp"
-    if name in ("swish", "silu", "gelu"):
-        return "input"
-    return "output"
-
-
-def _kept_by(call: _Call, *, needs_grad: Dict[int, bool], sizes: Dict[int, int]) -> Tuple[List[int], int]:
-    """(tensor keys this call keeps for its gradient, bytes of call-internal tensors it keeps)."""
-    layer = call.layer
-    if isinstance(layer, _KEEPS_NOTHING):
-        return [], 0
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return list(call.inputs), 0
-    if isinstance(layer, keras.layers.Activation):
-        return _activation_keeps(_activation_kind(layer.activation), call, sizes)
-    if isinstance(layer, keras.layers.Multiply):
-        others = [t for t in call.inputs if any(needs_grad.get(o, False) for o in call.inputs if o != t)]
-        return others, 0
-    if isinstance(layer, _WEIGHTED):
-        keep = list(call.inputs) if call.trainable else []
-        keys, extra = _activation_keeps(_activation_kind(getattr(layer, "activation", None)), call, sizes)
-        return keep + keys, extra
-    return list(call.inputs) + list(call.outputs), 0  # unknown layer: assume it keeps both
-
-
-def _activation_keeps(kind: str, call: _Call, sizes: Dict[int, int]) -> Tuple[List[int], int]:
-    """(keys, internal bytes) an activation of `kind` keeps (see `_activation_kind`)."""
-    out = sum(sizes[t] for t in call.outputs)
-    if kind == "none":
-        return [], 0
-    if kind == "input":
-        return list(call.inputs), 0
-    if kind == "input+temp":
-        return list(call.inputs), out
-    return list(call.outputs), 0
-
-
-def _temp_bytes(call: _Call, sizes: Dict[int, int]) -> int:
-    """Bytes a call holds inside itself besides its outputs (forward): swish's sigmoid."""
-    if _activation_kind(getattr(call.layer, "activation", None)) != "input+temp":
-        return 0
-    return sum(sizes[t] for t in call.outputs)
-
-
-@dataclasses.dataclass(frozen=True)
-class Activations:
-    """Activation memory per example of one phase, in bytes.
-
-    Attributes:
-      kept: tensors kept from the forward pass for the backward pass.
-      forward_peak: the most alive at once during the forward pass, kept tensors included.
-      backward_peak: kept tensors plus the backward pass's largest working set.
-      input: one example of model input.
-      first_trainable: name of the first layer whose weights train (None: none do).
-      layers / backward_layers: leaf layer calls, and those the backward pass goes through.
-    """
-    kept: int
-    forward_peak: int
-    backward_peak: int
-    input: int
-    first_trainable: Optional[str]
-    layers: int = 0
-    backward_layers: int = 0
-
-    @property
-    def peak(self) -> int:
-        return max(self.forward_peak, self.backward_peak)
-
-
-def analyze_activations(model: keras.Model) -> Activations:
-    """Walks the model in execution order with its current trainable flags (see module doc).
-
-    BatchNormalization keeps its input in training and inference mode alike, so --bn changes
-    the estimate only through which layers train.
-    """
-    sizes: Dict[int, int] = {id(t): _bytes_per_example(t) for t in model.inputs}
-    calls = _flat_calls(model, alias={}, sizes=sizes)
-    needs_grad: Dict[int, bool] = {}
-    kept_keys: set = set()
-    kept_extra = 0
-    backward_work = 0
-    backward_layers = 0
-    first = None
-    for call in calls:
-        upstream = any(needs_grad.get(t, False) for t in call.inputs)
-        on_path = upstream or call.trainable
-        for t in call.outputs:
-            needs_grad[t] = on_path
-        if call.trainable and first is None:
-            first = call.layer.name
-        if not on_path:
-            continue
-        backward_layers += 1
-        keys, extra = _kept_by(call, needs_grad=needs_grad, sizes=sizes)
-        kept_keys.update(keys)
-        kept_extra += extra
-        if upstream:
-            work = sum(sizes[t] for t in call.inputs) + 2 * sum(sizes[t] for t in call.outputs)
-            backward_work = max(backward_work, work)
-    kept = sum(sizes[t] for t in kept_keys) + kept_extra
-    forward = _forward_peak(calls, sizes=sizes, kept=kept_keys, inputs=[id(t) for t in model.inputs],
-                            outputs=[id(t) for t in model.outputs])
-    return Activations(kept=kept, forward_peak=forward + kept_extra, backward_peak=kept + backward_work,
-                       input=sum(sizes[id(t)] for t in model.inputs), first_trainable=first,
-                       layers=len(calls), backward_layers=backward_layers)
-
-
-def _forward_peak(calls: Sequence[_Call], *, sizes: Dict[int, int], kept: set, inputs: List[int],
-                  outputs: List[int]) -> int:
-    """Most bytes alive at once when the calls run in order, tensors freed after their last reader."""
-    remaining: Dict[int, int] = {}
-    for call in calls:
-        for t in call.inputs:
-            remaining[t] = remaining.get(t, 0) + 1
-    live = {t: sizes[t] for t in inputs}
-    current = sum(live.values())
-    peak = current
-    for call in calls:
-        new = {t: sizes[t] for t in call.outputs if t not in live}
-        current += sum(new.values())
-        live.update(new)
-        peak = max(peak, current + _temp_bytes(call, sizes))
-        for t in set(call.inputs):
-            remaining[t] -= call.inputs.count(t)
-            if remaining[t] <= 0 and t not in kept and t not in outputs and t in live:
-                current -= live.pop(t)
-    return peak
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,126 +144,6 @@ def _workspace_bytes(*, device: str, acts: Activations) -> int:
     if device != "CPU":
         return ACCELERATOR_WORKSPACE_BYTES
     return CPU_RUNTIME_BYTES + CPU_BYTES_PER_BACKWARD_LAYER * acts.backward_layers
-
-
-# ---------------------------------------------------------------------------------------------
-# Device memory.
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """Memory one replica may use, and where the figure came from (for the plan's log)."""
-    bytes: int
-    device: str
-    source: str
-
-
-def device_kind() -> str:
-    """TPU, GPU or CPU: the kind of device the replicas run on."""
-    for kind in ("TPU", "GPU"):
-        if tf.config.list_logical_devices(kind):
-            return kind
-    return "CPU"
-
-
-def detect_budget(*, memory_budget_gb: Optional[float], replicas: int,
-                  device: Optional[str] = None) -> Optional[Budget]:
-    """One replica's memory: --memory_budget_gb, else detected; None when it cannot be known.
-
-    --memory_budget_gb is the memory of one device (a GPU, a TPU core/chip); on CPU it is the
-    RAM the process may use, shared by the replicas of this host.
-    """
-    device = device or device_kind()
-    local = max(1, min(replicas, len(tf.config.list_logical_devices("CPU")))) if device == "CPU" else 1
-    if memory_budget_gb is not None:
-        return Budget(int(memory_budget_gb * GIB / local), device, "--memory_budget_gb")
-    if device == "GPU":
-        found = gpu_memory_bytes()
-        return Budget(found[0], device, found[1]) if found else None
-    if device == "TPU":
-        return Budget(*tpu_memory_bytes())
-    available = cpu_available_bytes()
-    return Budget(available // local, device, "available RAM" + (f" / {local} replicas" if local > 1 else ""))
-
-
-def gpu_memory_bytes() -> Optional[Tuple[int, str]]:
-    """Total memory of the smallest GPU from nvidia-smi (one replica per GPU), or None.
-
-    TensorFlow's device details name the GPU but not its memory, hence nvidia-smi.
-    """
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-        return min(int(float(line)) for line in out.split()) * MIB, "nvidia-smi memory.total"
-    except (subprocess.SubprocessError, OSError, ValueError):
-        return None
-
-
-def tpu_memory_bytes() -> Tuple[int, str, str]:
-    """(HBM of one TPU device, "TPU", source), by the TPU type in the device details."""
-    kind = ""
-    for device in tf.config.list_physical_devices("TPU")[:1]:
-        try:
-            kind = str(tf.config.experimental.get_device_details(device).get("device_kind", ""))
-        except (ValueError, RuntimeError, NotImplementedError):
-            kind = ""
-    found = tpu_hbm_bytes(kind)
-    if found:
-        return found, "TPU", f"HBM of {kind}"
-    return (min(TPU_HBM_GIB.values()) * GIB, "TPU",
-            f"TPU type {kind or 'unknown'}: the smallest HBM; pass --memory_budget_gb")
-
-
-def tpu_hbm_bytes(kind: str) -> Optional[int]:
-    """HBM per TensorFlow device for a TPU type such as 'TPU v4', 'TPU v5 lite', 'v5p'; None if unknown."""
-    match = re.search(r"v(\d+)\s*(lite|litepod|e|p)?\b", kind.lower())
-    if not match:
-        return None
-    suffix = {"lite": "e", "litepod": "e"}.get(match.group(2), match.group(2) or "")
-    return TPU_HBM_GIB.get(f"v{match.group(1)}{suffix}", 0) * GIB or None
-
-
-def cpu_available_bytes() -> int:
-    """Available RAM: /proc/meminfo's MemAvailable, capped by a cgroup (container) limit."""
-    available = _meminfo_available()
-    limit = _cgroup_headroom()
-    return min(x for x in (available, limit) if x is not None) if (available or limit) else _physical_bytes()
-
-
-def _meminfo_available() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _cgroup_headroom() -> Optional[int]:
-    """limit - usage of this process's memory cgroup (v2, then v1); None when unlimited."""
-    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit_path) as f:
-                limit = f.read().strip()
-            with open(usage_path) as f:
-                usage = int(f.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or int(limit) >= 2 ** 60:
-            return None
-        return max(0, int(limit) - usage)
-    return None
-
-
-def _physical_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,5 +299,3 @@ def format_plan(document: dict) -> str:
                      f"{e['fixed_bytes'] / MIB:>11.0f}{e['bytes_per_example'] / MIB:>12.1f}"
                      f"{e['estimated_peak_bytes'] / MIB:>10.0f}")
     return "\n".join(lines + ["  (* = auto; peak is per replica at the planned batch)"])
-
-

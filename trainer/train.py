@@ -23,7 +23,8 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import accumulate, data, distribute, embeddings, fileio, memory, oom, preemption, schedules, targets
+from trainer import (accumulate, data, devices, distribute, embeddings, fileio, memory, oom, preemption,
+                     schedules, targets)
 from trainer import model as model_lib
 from trainer.config import Config, ConfigError, Data, Model, Phase, Runtime
 from trainer.rundir import RunDir
@@ -146,7 +147,7 @@ class _PhaseLoop:
                 caches = embeddings.build_caches(
                     self.model, data_cfg=cfg.data, model_cfg=cfg.model, strategy=self.strategy, run_dir=self.run_dir,
                     views=data.view_count(cfg.data.augment, randaugment_views=cfg.data.cache_views),
-                    memory_budget=int(memory.cpu_available_bytes() * embeddings.MEMORY_FRACTION), verbose=self.chief)
+                    memory_budget=int(devices.cpu_available_bytes() * embeddings.MEMORY_FRACTION), verbose=self.chief)
                 return model_lib.head_model(self.model), embeddings.datasets_fn(
                     caches, strategy=self.strategy, seed=cfg.data.seed, eval_examples=cfg.data.num_eval_examples,
                     class_weights=cfg.data.class_weights)
