@@ -15,7 +15,7 @@ from PIL import Image
 import trainer  # noqa: F401
 import tensorflow as tf  # noqa: E402  # gcs / gcs_bucket: the conftest plugin (tests/testing/gcs_front.py)
 
-from trainer import config, data, discovery, prepare  # noqa: E402
+from trainer import config, data, discovery, folderswap, prepare, shards  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
@@ -179,7 +179,7 @@ def test_interrupted_prepare_leaves_previous_output_intact(tmp_path, monkeypatch
     before = _snapshot(out)
     _make_folder(tmp_path / "in", {"c": 3}, start_seed=50)
     written = []
-    real_write_shard = prepare.write_shard
+    real_write_shard = shards.write_shard
 
     def crash_after_first_shard(path, members, **kwargs):
         if written:
@@ -187,7 +187,7 @@ def test_interrupted_prepare_leaves_previous_output_intact(tmp_path, monkeypatch
         real_write_shard(path, members, **kwargs)
         written.append(path)
 
-    monkeypatch.setattr(prepare, "write_shard", crash_after_first_shard)
+    monkeypatch.setattr(shards, "write_shard", crash_after_first_shard)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
                         num_shards=3, num_workers=1)
@@ -207,7 +207,7 @@ def test_rerun_replaces_output_and_recovers_from_a_killed_swap(tmp_path):
     # A run killed between the swap's two renames leaves the old output aside: restored first.
     os.rename(out, str(tmp_path / ".out.prepare-old-deadbeef"))
     os.makedirs(tmp_path / ".out.prepare-tmp-cafecafe")
-    prepare._recover(out)
+    folderswap.recover(out, marker=discovery.INFO_FILE)
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]
     assert discovery.count_examples(os.path.join(out, "train-*")) == 6
 

@@ -27,17 +27,13 @@ as it was.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import csv as csv_lib
-import dataclasses
 import io
 import math
 import os
 import random
 import re
-import sys
 import time
-import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
@@ -47,32 +43,15 @@ from trainer import flagutil
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from trainer import discovery, fileio, importfile
+from trainer import discovery, fileio, folderswap, importfile, shards
 from trainer.importfile import Source
+from trainer.shards import Checked
 
 DEFAULT_SHARD_SIZE_MB = 100
 SPLITS = ("train", "validation", "test")  # shard prefixes, in this order in dataset.json
 _SHARD_RE = re.compile(rf"^({'|'.join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord$")
 _OWN_FILES = (discovery.LABELS_FILE, discovery.INFO_FILE)
-_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
-          (b"GIF89a", "GIF"), (b"BM", "BMP"))
-_EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP"}
 
-
-@dataclasses.dataclass(frozen=True)
-class Checked:
-    """What decoding a file once told us."""
-    source: Source
-    reason: str = ""          # why it is skipped; empty when valid
-    format: str = ""
-    height: int = 0
-    width: int = 0
-    num_bytes: int = 0
-    note: str = ""            # e.g. a misnamed file that is kept
-
-    @property
-    def ok(self) -> bool:
-        return not self.reason
 
 
 # --------------------------------------------------------------------------- listing inputs
@@ -117,53 +96,6 @@ def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
                                  "must be path,label")
         sources.append(Source(path=importfile.resolve(base, row[0]), labels=(row[1],), name=row[0]))
     return sources, skipped, sorted({s.class_name for s in sources})
-
-
-# --------------------------------------------------------------------------- checking
-
-def sniff_format(head: bytes) -> str:
-    """The image format the first bytes announce, or '' when none we read."""
-    for magic, fmt in _MAGIC:
-        if head.startswith(magic):
-            return fmt
-    return ""
-
-
-def check_image(source: Source) -> Checked:
-    """Reads and decodes one file, once, with the decoder the trainer will use."""
-    try:
-        with tf.io.gfile.GFile(source.path, "rb") as f:
-            content = f.read()
-    except tf.errors.OpError as e:
-        return Checked(source, reason=f"unreadable: {discovery.op_error_message(e)}")
-    if not content:
-        return Checked(source, reason="empty file")
-    fmt = sniff_format(content[:8])
-    if not fmt:
-        return Checked(source, reason="not an image (content is not JPEG, PNG, GIF or BMP)")
-    try:
-        shape = tf.io.decode_image(content, channels=3, expand_animations=False).shape
-    except tf.errors.OpError as e:
-        return Checked(source, reason=f"{fmt} that does not decode (truncated or corrupt): "
-                                      f"{discovery.op_error_message(e)}")
-    ext = os.path.splitext(source.path)[1].lower()
-    note = ""
-    if _EXT_FORMAT.get(ext, fmt) != fmt:
-        note = f"named {ext} but its content is {fmt}: stored with image/format {fmt}"
-    return Checked(source, format=fmt, height=int(shape[0]), width=int(shape[1]),
-                   num_bytes=len(content), note=note)
-
-
-def check_all(sources: Sequence[Source], *, num_workers: int) -> List[Checked]:
-    """`check_image` over all sources on `num_workers` threads (TensorFlow's decoders release
-    the GIL, so threads use every core), with a progress bar."""
-    bar = _progress(len(sources), "checking")
-    results = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for checked in pool.map(check_image, sources):
-            results.append(checked)
-            bar.add(1)
-    return results
 
 
 # --------------------------------------------------------------------------- planning
@@ -236,70 +168,6 @@ def shard_counts(splits: Dict[str, List[Checked]], *, num_shards: Optional[int],
     return counts
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
-
-
-# --------------------------------------------------------------------------- writing
-
-def _int64(*values: int):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-
-def _bytes(*values: bytes):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
-
-def build_example(checked: Checked, content: bytes, *, class_index: Dict[str, int]) -> tf.train.Example:
-    """A tf.Example with the feature keys of Google's ImageNet TFRecords.
-
-    `image/class/label` holds the image's class indices, sorted, and `image/class/text` their
-    names in the same order: one value each for single-label data (as Google's shards), zero or
-    more in a multi-label dataset.
-    """
-    labels = sorted((class_index[name], name) for name in checked.source.labels)
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": _bytes(content),
-        "image/format": _bytes(checked.format.encode()),
-        "image/class/label": _int64(*(index for index, _ in labels)),
-        "image/class/text": _bytes(*(name.encode() for _, name in labels)),
-        "image/filename": _bytes(checked.source.name.encode()),
-        "image/height": _int64(checked.height),
-        "image/width": _int64(checked.width),
-        "image/channels": _int64(3),
-    }))
-
-
-def write_shard(path: str, members: Sequence[Checked], *, class_index: Dict[str, int],
-                bar) -> None:
-    """Writes one shard; the image bytes are copied as they are (already checked)."""
-    with tf.io.TFRecordWriter(path) as writer:
-        for checked in members:
-            with tf.io.gfile.GFile(checked.source.path, "rb") as f:
-                content = f.read()
-            example = build_example(checked, content, class_index=class_index)
-            writer.write(example.SerializeToString())
-            bar.add(1)
-
-
-def write_all(folder: str, splits: Dict[str, List[Checked]], counts: Dict[str, int], *,
-              class_index: Dict[str, int], num_workers: int) -> Dict[str, List[str]]:
-    """All shards of all splits, one shard per thread; returns the file names per split."""
-    jobs, names = [], {}
-    for split, members in splits.items():
-        n = counts[split]
-        names[split] = [shard_name(split, i, n) for i in range(n)]
-        for i in range(n):  # contiguous, near-equal slices
-            jobs.append((os.path.join(folder, names[split][i]),
-                         members[len(members) * i // n: len(members) * (i + 1) // n]))
-    bar = _progress(sum(len(m) for m in splits.values()), "writing")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
-        futures = [pool.submit(write_shard, p, m, class_index=class_index, bar=bar) for p, m in jobs]
-        for future in futures:
-            future.result()
-    return names
-
-
 def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, List[Checked]],
                files: Dict[str, List[str]], skipped: List[dict], notes: List[dict],
                warnings: List[str], multi_label: bool, validation_fraction: float, seed: int) -> dict:
@@ -346,50 +214,6 @@ def _check_output_dir(output_dir: str) -> None:
                              "since prepare replaces the folder's content")
 
 
-def _sibling(output_dir: str, tag: str) -> str:
-    parent, base = os.path.split(output_dir.rstrip("/"))
-    return os.path.join(parent, f".{base}.prepare-{tag}-{uuid.uuid4().hex[:8]}")
-
-
-def _leftovers(output_dir: str, tag: str) -> List[str]:
-    parent, base = os.path.split(output_dir.rstrip("/"))
-    return [p.rstrip("/") for p in tf.io.gfile.glob(os.path.join(parent, f".{base}.prepare-{tag}-*"))]
-
-
-def _recover(output_dir: str) -> None:
-    """Cleans up after a run killed mid-way: deletes its temporary folder, and puts the
-    previous output back if the kill fell inside the swap (the output then lacks dataset.json,
-    which the swap moves in last)."""
-    for tmp in _leftovers(output_dir, "tmp"):
-        logging.warning("removing %s, left by an interrupted prepare", tmp)
-        tf.io.gfile.rmtree(tmp)
-    for old in _leftovers(output_dir, "old"):
-        if tf.io.gfile.exists(os.path.join(output_dir, discovery.INFO_FILE)):
-            tf.io.gfile.rmtree(old)
-            continue
-        logging.warning("restoring %s from %s, left by an interrupted prepare", output_dir, old)
-        if tf.io.gfile.exists(output_dir):
-            tf.io.gfile.rmtree(output_dir)
-        fileio.move_folder(old, output_dir, last=discovery.INFO_FILE)
-
-
-def _swap_into_place(tmp: str, output_dir: str) -> None:
-    """Replaces `output_dir` by the complete `tmp`, so that a reader (or a crash) never meets
-    old and new shards together.
-
-    On a local disk: two directory renames. On gs:// a rename copies objects one by one, so
-    the old set is moved aside first, its dataset.json leaving first, and the new set is
-    moved in with dataset.json last: an interrupted swap leaves no dataset.json, which
-    `_recover` reads as "put the old set back".
-    """
-    old = _sibling(output_dir, "old") if tf.io.gfile.exists(output_dir) else None
-    if old:
-        fileio.move_folder(output_dir, old, first=discovery.INFO_FILE)
-    fileio.move_folder(tmp, output_dir, last=discovery.INFO_FILE)
-    if old:
-        tf.io.gfile.rmtree(old)
-
-
 # --------------------------------------------------------------------------- the whole run
 
 def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: float,
@@ -420,7 +244,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     if not sources:
         raise discovery.DataError(f"no file found in {source}: pass a folder with one subfolder of "
                                   "images per class (or a CSV of path,label rows, or an import file)")
-    checked = check_all(sources, num_workers=num_workers)
+    checked = shards.check_all(sources, num_workers=num_workers)
     valid = [c for c in checked if c.ok]
     skipped += [{"path": c.source.name, "reason": c.reason} for c in checked if not c.ok]
     class_names = _class_names(classes, sources, valid, source=source)
@@ -428,11 +252,11 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
                             stratify=not multi_label)
     warnings = check_coverage(splits, class_names=class_names, source=source)
     counts = shard_counts(splits, num_shards=num_shards, shard_size_mb=shard_size_mb)
-    _recover(output_dir)
-    tmp = _sibling(output_dir, "tmp")
+    folderswap.recover(output_dir, marker=discovery.INFO_FILE)
+    tmp = folderswap.sibling(output_dir, "tmp")
     tf.io.gfile.makedirs(tmp)
     try:
-        files = write_all(tmp, splits, counts, class_index={n: i for i, n in enumerate(class_names)},
+        files = shards.write_all(tmp, splits, counts, class_index={n: i for i, n in enumerate(class_names)},
                           num_workers=num_workers)
         info = build_info(source=source, class_names=class_names, splits=splits,
                           files=files, skipped=skipped,
@@ -441,7 +265,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
                           validation_fraction=validation_fraction, seed=seed)
         _write_text(os.path.join(tmp, discovery.LABELS_FILE), "".join(n + "\n" for n in class_names))
         _write_text(os.path.join(tmp, discovery.INFO_FILE), _to_json(info))
-        _swap_into_place(tmp, output_dir)
+        folderswap.swap_into_place(tmp, output_dir, marker=discovery.INFO_FILE)
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
@@ -508,29 +332,6 @@ def _write_text(path: str, text: str) -> None:
 def _to_json(obj) -> str:
     import json
     return json.dumps(obj, indent=2) + "\n"
-
-
-class _Bar:
-    """A thread-safe progress bar (tf_keras' Progbar) that stays silent for tiny inputs."""
-
-    def __init__(self, total: int, label: str):
-        import threading
-        import tf_keras as keras
-        self._lock = threading.Lock()
-        # One line per 30 s in logs (Vertex AI, CI); a live bar on a terminal.
-        interval = 0.1 if sys.stdout.isatty() else 30.0
-        self._bar = keras.utils.Progbar(total, unit_name=label, interval=interval) if total else None
-
-    def add(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.add(n)
-
-
-def _progress(total: int, label: str) -> _Bar:
-    if total:
-        logging.info("%s %d files", label, total)
-    return _Bar(total, label)
 
 
 def _summary(info: dict, *, output_dir: str, seconds: float) -> str:
