@@ -62,9 +62,9 @@ def export_base(tmp_path_factory, pretrained_weights):
 
 @pytest.fixture(scope="session")
 def loaded(export_base):
-    """`export_base` loaded with trainer.predict.load_export."""
-    from trainer import predict
-    return predict.load_export(export_base)
+    """`export_base` loaded with trainer.exported.load_export."""
+    from trainer import exported
+    return exported.load_export(export_base)
 
 
 @pytest.fixture(scope="session")

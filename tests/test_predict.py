@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
-from trainer import demo, predict  # noqa: E402
+from trainer import demo, exported, predict  # noqa: E402
 
 TOP_K = 3
 
@@ -137,8 +137,8 @@ def test_model_dir_resolves_to_newest_numeric_version(tmp_path):
     for version in ("1", "2", "10", ".tmp-11-abc"):
         (tmp_path / "export" / version).mkdir(parents=True)
         (tmp_path / "export" / version / "saved_model.pb").write_bytes(b"")
-    assert predict.resolve_export_dir(str(tmp_path)) == str(tmp_path / "export" / "10")
-    assert predict.resolve_export_dir(str(tmp_path / "export" / "2")) == str(tmp_path / "export" / "2")
+    assert exported.resolve_export_dir(str(tmp_path)) == str(tmp_path / "export" / "10")
+    assert exported.resolve_export_dir(str(tmp_path / "export" / "2")) == str(tmp_path / "export" / "2")
 
 
 def test_gcs_inputs_and_outputs(gcs_bucket, inputs, loaded, capsys):

@@ -31,7 +31,7 @@ import dataclasses
 import heapq
 import itertools
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from absl import flags, logging
 import numpy as np
@@ -39,7 +39,7 @@ import numpy as np
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 
-from trainer import discovery, fileio, flagutil, multilabel, predict, reports
+from trainer import discovery, exported, fileio, flagutil, labelled, multilabel, predict, reports
 
 DEFAULT_BATCH_SIZE = predict.DEFAULT_BATCH_SIZE
 DEFAULT_WORST = 25
@@ -55,103 +55,6 @@ WORST_PNG = "worst_images.png"
 SKIPPED_FILE = "skipped.csv"
 # TensorBoard image tag -> report file, for `report_images`.
 REPORT_IMAGES = {"confusion_matrix": CONFUSION_PNG, "worst_images": WORST_PNG, "reliability": RELIABILITY_PNG}
-
-_RECORD_FEATURES = dict(discovery.RECORD_FEATURES, **{  # the file name names a row of the report
-    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
-})
-
-# A batch of labelled inputs: ((example id, label or multi-hot row), bytes or None, why not).
-LabelledBatch = List[Tuple[Tuple[str, Union[int, np.ndarray]], Optional[bytes], str]]
-
-
-# --------------------------------------------------------------------------- reading labelled data
-
-def _folder_batches(folder: str, *, class_names: Sequence[str], batch_size: int,
-                    multi_label: bool) -> Tuple[int, Iterator[LabelledBatch]]:
-    if multi_label:
-        raise discovery.DataError(f"--data {folder} is a folder of class folders (one label per image) but the "
-                                  "export is multi-label: pass TFRecords with a repeated image/class/label")
-    paths, labels = discovery.list_image_files(folder, class_names=class_names, what="--data")
-    label_of = dict(zip(paths, labels))
-
-    def batches():
-        for batch in predict.read_files(paths, batch_size=batch_size):
-            yield [((path, label_of[path]), image, why) for path, image, why in batch]
-    return len(paths), batches()
-
-
-def _record_dataset(files: Sequence[str], *, batch_size: int) -> tf.data.Dataset:
-    """(shard, index in shard, parsed features) batches, in file order: every example gets a
-    stable id even when the records carry no image/filename."""
-    def records(shard):
-        return tf.data.TFRecordDataset(shard).enumerate().map(lambda i, r: (shard, i, r))
-    ds = tf.data.Dataset.from_tensor_slices(list(files)).flat_map(records).batch(batch_size)
-    def parse(shards, indices, records):
-        feats = tf.io.parse_example(records, _RECORD_FEATURES)
-        labels = feats[discovery.LABEL_KEY]
-        feats[discovery.LABEL_KEY] = tf.sparse.to_dense(labels, default_value=discovery.LABEL_PAD)
-        return shards, indices, feats
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(2)
-
-
-def _target(values: np.ndarray, *, where: str, num_classes: int, label_offset: int,
-            multi_label: bool) -> Union[int, np.ndarray]:
-    """One record's label list -> its label (single-label) or multi-hot row; DataError when it
-    does not fit the export."""
-    labels = [int(v) - label_offset for v in values if v != discovery.LABEL_PAD]
-    bad = [label for label in labels if not 0 <= label < num_classes]
-    if bad:
-        raise discovery.DataError(
-            f"record {where} has label {bad[0] + label_offset}, outside [{label_offset}, "
-            f"{num_classes + label_offset}) for the export's {num_classes} classes: "
-            "pass the data the model was trained for, or --label_offset=1 for 1-based labels")
-    if multi_label:
-        row = np.zeros(num_classes, np.float32)
-        row[labels] = 1.0
-        return row
-    if len(labels) != 1:
-        raise discovery.DataError(f"record {where} has {len(labels)} labels but the export is single-label: "
-                                  "evaluate a multi-label export on multi-label data")
-    return labels[0]
-
-
-def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
-                    batch_size: int, multi_label: bool) -> Tuple[int, Iterator[LabelledBatch]]:
-    files = discovery.list_record_files(path, what="--data")
-    discovery.check_labels(path, class_names=class_names, label_offset=label_offset)
-    total = discovery.count_examples(path)
-
-    def batches():
-        for shards, indices, feats in _record_dataset(files, batch_size=batch_size).as_numpy_iterator():
-            batch = []
-            for shard, index, image, values, name in zip(shards, indices, feats["image/encoded"],
-                                                         feats[discovery.LABEL_KEY], feats["image/filename"]):
-                where = f"{os.path.basename(shard.decode())}#{index}"
-                label = _target(values, where=where, num_classes=len(class_names), label_offset=label_offset,
-                                multi_label=multi_label)
-                ident = name.decode("utf-8", "replace") or where
-                batch.append(((ident, label), image or None, "" if image else "no image/encoded"))
-            yield batch
-    return total, batches()
-
-
-def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int = 0,
-                     batch_size: int = DEFAULT_BATCH_SIZE,
-                     multi_label: bool = False) -> Tuple[int, Iterator[LabelledBatch]]:
-    """The example count and the batches of a TFRecord glob or a class-folder tree; labels are
-    integers, or multi-hot rows with `multi_label`.
-
-    Raises:
-      DataError: a path naming nothing, a class folder or label the export does not know.
-    """
-    if not path:
-        raise discovery.DataError("--data is empty: pass a TFRecord glob (DIR/validation-*) or a folder of class folders")
-    if discovery.is_image_folder(path):
-        return _folder_batches(path, class_names=class_names, batch_size=batch_size, multi_label=multi_label)
-    return _record_batches(path, class_names=class_names, label_offset=label_offset, batch_size=batch_size,
-                           multi_label=multi_label)
-
 
 # --------------------------------------------------------------------------- running the export
 
@@ -195,7 +98,7 @@ class _WorstKeeper:
         return [(ident, label, probs, image) for _, _, ident, label, probs, image in sorted(self.heap, reverse=True)]
 
 
-def evaluate(model: Union[str, predict.Export], *, data_path: str, label_offset: int = 0,
+def evaluate(model: Union[str, exported.Export], *, data_path: str, label_offset: int = 0,
              batch_size: int = DEFAULT_BATCH_SIZE, worst: int = DEFAULT_WORST) -> Evaluation:
     """Runs the export's serving_default over the labelled data at `data_path`.
 
@@ -203,11 +106,11 @@ def evaluate(model: Union[str, predict.Export], *, data_path: str, label_offset:
     1,000 classes) and the bytes of the `worst` worst examples.
     """
     # The data is checked before the export loads (seconds to minutes), so a typo fails fast.
-    thresholds = model.thresholds if isinstance(model, predict.Export) else predict.export_thresholds(model)
-    total, batches = labelled_batches(data_path, class_names=predict.class_names_of(model),
+    thresholds = model.thresholds if isinstance(model, exported.Export) else exported.export_thresholds(model)
+    total, batches = labelled.labelled_batches(data_path, class_names=exported.class_names_of(model),
                                       label_offset=label_offset, batch_size=batch_size,
                                       multi_label=thresholds is not None)
-    export = predict.as_export(model)
+    export = exported.as_export(model)
     keys, probabilities, skipped, keeper = [], [], [], _WorstKeeper(worst)
     for batch in predict.run_batches(export, batches, total=total):
         keeper.add([ident for ident, _ in batch.keys], [label for _, label in batch.keys],
@@ -283,14 +186,14 @@ def _write_tables(confusion: np.ndarray, *, class_names: Sequence[str], pairs: L
         [(p["true"], p["predicted"], p["count"], f"{p['fraction']:.6f}") for p in pairs]))
 
 
-def write_report(model: Union[str, predict.Export], *, data_path: str, output_dir: str,
+def write_report(model: Union[str, exported.Export], *, data_path: str, output_dir: str,
                  batch_size: int = DEFAULT_BATCH_SIZE, label_offset: int = 0,
                  top_k: int = reports.DEFAULT_TOP_K, worst: int = DEFAULT_WORST,
                  extra_metrics: Optional[dict] = None) -> dict:
     """Evaluates the export on labelled data and writes the report into `output_dir`.
 
     Args:
-      model: an export folder, a MODEL_DIR (its newest export), or a loaded `predict.Export`.
+      model: an export folder, a MODEL_DIR (its newest export), or a loaded `exported.Export`.
       data_path: TFRecord glob or class-folder tree (local or gs://).
       output_dir: where the report goes (local or gs://).
       batch_size: images per serving call.
@@ -411,17 +314,17 @@ def define_flags() -> None:
 
 def _check_flags(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise predict.PredictError(f"unexpected argument(s) {' '.join(argv[1:])}: pass --data=GLOB|FOLDER")
+        raise exported.PredictError(f"unexpected argument(s) {' '.join(argv[1:])}: pass --data=GLOB|FOLDER")
     for name, fix in (("model", "an export folder (MODEL_DIR/export/N) or a MODEL_DIR"),
                       ("data", "a TFRecord glob or a folder of class folders"),
                       ("output_dir", "the folder to write the report into")):
         if not getattr(FLAGS, name):
-            raise predict.PredictError(f"--{name} is required: pass {fix}")
+            raise exported.PredictError(f"--{name} is required: pass {fix}")
     for name in ("batch_size", "top_k"):
         if getattr(FLAGS, name) < 1:
-            raise predict.PredictError(f"--{name}={getattr(FLAGS, name)}: pass 1 or more")
+            raise exported.PredictError(f"--{name}={getattr(FLAGS, name)}: pass 1 or more")
     if FLAGS.worst < 0 or FLAGS.label_offset < 0:
-        raise predict.PredictError("--worst and --label_offset must be 0 or more")
+        raise exported.PredictError("--worst and --label_offset must be 0 or more")
 
 
 def main(argv) -> None:
@@ -430,7 +333,7 @@ def main(argv) -> None:
         metrics = write_report(FLAGS.model, data_path=FLAGS.data, output_dir=FLAGS.output_dir,
                                batch_size=FLAGS.batch_size, label_offset=FLAGS.label_offset,
                                top_k=FLAGS.top_k, worst=FLAGS.worst)
-    except (predict.PredictError, discovery.DataError, tf.errors.OpError, OSError) as e:
+    except (exported.PredictError, discovery.DataError, tf.errors.OpError, OSError) as e:
         flagutil.fail(predict.one_line(e))
     print("\n".join(summary_lines(metrics)))
     print(f"report: {FLAGS.output_dir}")

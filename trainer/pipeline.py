@@ -16,7 +16,7 @@ import tf_keras as keras
 
 import numpy as np
 
-from trainer import calibration, data, evaluate, export, multilabel, plots, predict, reports, tflite, train
+from trainer import calibration, data, evaluate, export, exported, multilabel, plots, reports, tflite, train
 from trainer.config import Config
 from trainer.rundir import RunDir
 
@@ -125,7 +125,7 @@ def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional
                                             label_offset=cfg.data.label_offset, extra_metrics=extra)
             images.update(evaluate.report_images(run_dir.eval_dir))
             logging.info("validation report in %s: %s", run_dir.eval_dir, "; ".join(evaluate.summary_lines(metrics)[:3]))
-        except (data.DataError, predict.PredictError) as e:
+        except (data.DataError, exported.PredictError) as e:
             logging.warning("no evaluation report: %s", e)
     reports.write_tensorboard(run_dir.logs_dir("eval"), metrics=metrics, images=images, step=len(history))
     return metrics

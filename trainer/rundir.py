@@ -24,7 +24,7 @@ upload). Under MultiWorkerMirroredStrategy only the chief writes here; callers d
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 
