@@ -65,6 +65,7 @@ setup(
         "effnet-prepare=trainer.prepare:run_main",
         "effnet-train=trainer.task:run_main",
         "effnet-evaluate=trainer.evaluate:run_main",
+        "effnet-audit=trainer.audit:run_main",
         "effnet-predict=trainer.predict:run_main",
         "effnet-export=trainer.export:run_main",
         "effnet-weights=trainer.pretrained:run_main",
