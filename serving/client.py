@@ -108,7 +108,7 @@ def check_image(data: bytes) -> Optional[str]:
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-        return f"not a decodable JPEG/PNG/GIF/BMP image ({_first_line(e.message)})"
+        return f"not a decodable JPEG/PNG/GIF/BMP image ({flagutil.one_line(e, limit=300)})"
     return None
 
 
@@ -120,7 +120,7 @@ def read_images(paths: Sequence[str]) -> Tuple[List[Tuple[str, bytes]], List[Fai
             with tf.io.gfile.GFile(path, "rb") as f:
                 data = f.read()
         except (tf.errors.OpError, OSError) as e:
-            bad.append(Failure(path, f"cannot read: {_first_line(getattr(e, 'message', str(e)))}"))
+            bad.append(Failure(path, f"cannot read: {flagutil.one_line(e, limit=300)}"))
             continue
         reason = check_image(data)
         if reason:
@@ -128,10 +128,6 @@ def read_images(paths: Sequence[str]) -> Tuple[List[Tuple[str, bytes]], List[Fai
         else:
             good.append((path, data))
     return good, bad
-
-
-def _first_line(text: str) -> str:
-    return (str(text).strip().splitlines() or [""])[0][:300]
 
 
 # --------------------------------------------------------------------------- batch prediction

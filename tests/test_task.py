@@ -142,3 +142,14 @@ def test_imagenet_weights_that_cannot_download_say_how_to_pass_a_file(tmp_path, 
     assert len(refused) == 1 and refused[0].endswith("_notop.h5"), result.stderr[-3000:]
     assert_one_clear_line(result, "could not download the imagenet weights", "--weights=PATH")
     assert not model_dir.exists() or not os.listdir(model_dir)
+
+
+def test_one_error_formatter_drops_tensorflow_noise():
+    from trainer import flagutil
+    op_error = ("{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0}} Unknown image file "
+                "format. One of JPEG, PNG, GIF, BMP required. [Op:DecodeImage] name: ")
+    assert flagutil.one_line(op_error) == "Unknown image file format. One of JPEG, PNG, GIF, BMP required."
+    graph = "Graph execution error:\n\nDetected at node decode defined at (most recent call last):\nInvalid JPEG data\n\t [[{{node DecodeJpeg}}]]"
+    assert flagutil.one_line(graph) == "Invalid JPEG data"
+    assert flagutil.one_line("first\nTraceback (most recent call last)", first_line=True) == "first"
+    assert flagutil.one_line("x" * 50, limit=10) == "x" * 9 + "…"

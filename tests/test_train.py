@@ -17,7 +17,7 @@ from tests.testing.cli import run_module, train_flags
 from tests.testing.faults import OomOnce
 from tests.testing.presets import IMAGE_SIZE, PRETRAINED
 from trainer import model as model_lib
-from trainer import rundir
+from trainer import export, rundir
 
 
 def train_cli(model_dir, records, weights, *extra):
@@ -126,7 +126,7 @@ def test_export_matches_keras_model(full_run, demo_images):
     from trainer import data
     export_dir = glob.glob(os.path.join(full_run, "export", "*"))[0]
     loaded = tf.saved_model.load(export_dir)
-    model, cfg = model_lib.restore_trained_model(full_run)
+    model, cfg = export.restore_as_exported(full_run)  # the checkpoint, calibrated as exported
     paths = sorted(glob.glob(os.path.join(demo_images, "*", "*_000[01].jpg")))
     image_bytes = [open(p, "rb").read() for p in paths]
     pixels = tf.stack([data.decode_for_eval(tf.constant(b), cfg.model.image_size) for b in image_bytes])

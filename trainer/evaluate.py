@@ -314,17 +314,17 @@ def define_flags() -> None:
 
 def _check_flags(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise exported.PredictError(f"unexpected argument(s) {' '.join(argv[1:])}: pass --data=GLOB|FOLDER")
+        raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: pass --data=GLOB|FOLDER")
     for name, fix in (("model", "an export folder (MODEL_DIR/export/N) or a MODEL_DIR"),
                       ("data", "a TFRecord glob or a folder of class folders"),
                       ("output_dir", "the folder to write the report into")):
         if not getattr(FLAGS, name):
-            raise exported.PredictError(f"--{name} is required: pass {fix}")
+            raise flagutil.FlagError(f"--{name} is required: pass {fix}")
     for name in ("batch_size", "top_k"):
         if getattr(FLAGS, name) < 1:
-            raise exported.PredictError(f"--{name}={getattr(FLAGS, name)}: pass 1 or more")
+            raise flagutil.FlagError(f"--{name}={getattr(FLAGS, name)}: pass 1 or more")
     if FLAGS.worst < 0 or FLAGS.label_offset < 0:
-        raise exported.PredictError("--worst and --label_offset must be 0 or more")
+        raise flagutil.FlagError("--worst and --label_offset must be 0 or more")
 
 
 def main(argv) -> None:
@@ -333,8 +333,8 @@ def main(argv) -> None:
         metrics = write_report(FLAGS.model, data_path=FLAGS.data, output_dir=FLAGS.output_dir,
                                batch_size=FLAGS.batch_size, label_offset=FLAGS.label_offset,
                                top_k=FLAGS.top_k, worst=FLAGS.worst)
-    except (exported.PredictError, discovery.DataError, tf.errors.OpError, OSError) as e:
-        flagutil.fail(predict.one_line(e))
+    except (flagutil.FlagError, exported.PredictError, discovery.DataError, tf.errors.OpError, OSError) as e:
+        flagutil.fail(e)
     print("\n".join(summary_lines(metrics)))
     print(f"report: {FLAGS.output_dir}")
 

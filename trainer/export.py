@@ -229,7 +229,7 @@ def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optio
     """Exports a finished run's checkpoint again (after a failed or changed export); returns its path."""
     from trainer import rundir  # pylint: disable=import-outside-toplevel
     flagutil.check_folder("model_dir", model_dir)
-    model, cfg = _restore_calibrated(model_dir, checkpoint)
+    model, cfg = restore_as_exported(model_dir, checkpoint)
     thresholds = (rundir.RunDir(model_dir).read_thresholds() or {}).get("thresholds")
     return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
                               export_base=export_base or fileio.join(model_dir, "export"), version=version,
@@ -260,13 +260,14 @@ def export_tflite(*, model_dir: str, variants: Sequence[str], checkpoint: Option
     from trainer import rundir  # pylint: disable=import-outside-toplevel
     flagutil.check_folder("model_dir", model_dir)
     variants = tflite.parse_variants(",".join(variants))
-    model, cfg = _restore_calibrated(model_dir, checkpoint)
+    model, cfg = restore_as_exported(model_dir, checkpoint)
     return tflite.export_run(model, cfg, variants=variants, output_dir=rundir.RunDir(model_dir).tflite_dir,
                              max_accuracy_drop=max_accuracy_drop)
 
 
-def _restore_calibrated(model_dir: str, checkpoint: Optional[str]):
-    """The run's model with its fitted temperature folded in, as training exported it."""
+def restore_as_exported(model_dir: str, checkpoint: Optional[str] = None):
+    """(model, config) of a run, the model as training exported it: the checkpoint's weights
+    with the run's fitted temperature folded into the head (MODEL_DIR/calibration.json)."""
     from trainer import calibration, rundir  # pylint: disable=import-outside-toplevel
     model, cfg = model_lib.restore_trained_model(model_dir, checkpoint)
     calibration.fold_into_head(model, (rundir.RunDir(model_dir).read_calibration() or {}).get("temperature"))

@@ -12,6 +12,7 @@ status USER_ERROR (2), flag-parsing mistakes included (absl would print its whol
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -44,10 +45,22 @@ def define(kind: str, name: str, *args, module_name: Optional[str] = None, **kwa
     getattr(flags, f"DEFINE_{kind}")(name, *args, module_name=module, **kwargs)
 
 
-def one_line(error) -> str:
-    """An exception (or text) as one line of at most 500 characters."""
-    text = getattr(error, "message", None) or str(error) or type(error).__name__
-    return " ".join(str(text).split())[:500]
+# Lines of a TensorFlow error that locate the failing node in a graph: noise for a person.
+_GRAPH_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[")
+
+
+def one_line(error, *, limit: int = 500, first_line: bool = False) -> str:
+    """An exception (or text) as one line for a person, at most `limit` characters ('…' where
+    cut): the package's one error formatter. TensorFlow's graph-location lines ('Graph execution
+    error', 'Detected at node', '[[{{node ...}}]]'), `{{function_node ...}}` prefixes and
+    `[Op:...]` suffixes are left out; whitespace is collapsed. `first_line`: only the first line
+    kept (for messages followed by a traceback or a dump)."""
+    text = str(getattr(error, "message", None) or error or type(error).__name__)
+    kept = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_GRAPH_NOISE)]
+    kept = kept[:1] if first_line else kept
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", " ".join(kept) or text)
+    text = " ".join(re.sub(r"\s*\[Op:[^\]]*\]( name:\s*\S*)?", "", text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def fail(error) -> None:

@@ -22,6 +22,8 @@ import uuid
 
 from absl import logging
 
+from trainer import flagutil
+
 # TensorFlow's gs:// filesystem reads these once, when `import tensorflow` registers it
 # (tsl/platform/cloud/gcs_file_system.cc, GcsFileSystem's constructor). Each value is a default:
 # a GCS_* variable the user sets wins.
@@ -82,7 +84,7 @@ def build_client():
         raise GcsError(
             "No Google Cloud credentials found for Cloud Storage: run `gcloud auth "
             "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS "
-            f"({_one_line(e)}).") from None
+            f"({flagutil.one_line(e, limit=_MAX_DETAIL)}).") from None
 
 
 def build_retry(*, timeout: float):
@@ -178,11 +180,6 @@ def _request_timeout(timeout: float) -> float:
     return max(1.0, min(60.0, float(timeout)))
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
-
-
 @contextlib.contextmanager
 def _explained(action: str, *, bucket: str, timeout: float):
     """Turns google-cloud errors raised inside the block into a one-line GcsError."""
@@ -198,7 +195,7 @@ def explain_error(error: Exception, *, action: str, bucket: str, timeout: float)
     """The one-line message for a failed storage call: what, where, how to fix."""
     from google.api_core import exceptions as api
 
-    detail = _one_line(error)
+    detail = flagutil.one_line(error, limit=_MAX_DETAIL)
     if isinstance(error, api.NotFound):
         return (f"Cloud Storage bucket gs://{bucket} does not exist ({action}): create it "
                 f"(gcloud storage buckets create gs://{bucket}) or fix the path.")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from absl import logging
 import tensorflow as tf
 
-from trainer import schedules
+from trainer import flagutil, schedules
 from trainer.config import ConfigError
 from trainer.rundir import RunDir
 
@@ -49,7 +49,7 @@ def fit_with_oom_recovery(fit_once: Callable[[schedules.PhasePlan], Any], *, pla
             return fit_once(plan)
         except tf.errors.ResourceExhaustedError as e:
             smaller = halved_batch_size(plan.batch_size, unit=unit)
-            reason = _first_line(e)
+            reason = flagutil.one_line(e, limit=200, first_line=True)
             if smaller is None:
                 raise OutOfMemoryError(
                     f"the {plan.name} phase ran out of memory even at batch size {plan.batch_size} ({reason}); use a "
@@ -61,11 +61,6 @@ def fit_with_oom_recovery(fit_once: Callable[[schedules.PhasePlan], Any], *, pla
             if run_dir is not None:
                 record_retry(run_dir, old=plan, new=revised, reason=reason)
             plan = revised
-
-
-def _first_line(error: tf.errors.OpError) -> str:
-    lines = (error.message or "").strip().splitlines()
-    return lines[0][:200] if lines else "out of memory"
 
 
 def record_retry(run_dir: RunDir, *, old: schedules.PhasePlan, new: schedules.PhasePlan, reason: str) -> None:

@@ -70,7 +70,7 @@ def _read(path: str) -> Tuple[Optional[bytes], str]:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
     except (tf.errors.OpError, OSError) as e:
-        return None, one_line(e)
+        return None, flagutil.one_line(e, limit=300)
     return (data, "") if data else (None, "empty file")
 
 
@@ -119,7 +119,7 @@ def _good_subset(export: Export, keys: list, images: List[bytes]) -> Tuple[list,
         try:
             _call(export.serve, [image], "probabilities")
         except tf.errors.InvalidArgumentError as e:
-            skipped.append((key, one_line(e)))
+            skipped.append((key, flagutil.one_line(e, limit=300)))
             continue
         good_keys.append(key)
         good_images.append(image)
@@ -241,16 +241,6 @@ def format_rows(rows: Sequence[list], *, limit: int, multi_label: bool = False) 
     return "\n".join(lines)
 
 
-def one_line(error: Exception) -> str:
-    """An exception as one short line for a person: TensorFlow's graph-location noise
-    ('Graph execution error', 'Detected at node', '[[{{node ...}}]]') left out."""
-    text = getattr(error, "message", None) or str(error) or type(error).__name__
-    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
-    kept = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(noise)]
-    text = " ".join(kept) or text
-    return " ".join(text.split())[:300]
-
-
 # --------------------------------------------------------------------------- CLI
 
 FLAGS = flags.FLAGS
@@ -278,18 +268,18 @@ def define_flags() -> None:
 
 
 def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
-    """The input specs and batch size, or a PredictError naming the flag to fix."""
+    """The input specs and batch size, or a FlagError naming the flag to fix."""
     if not FLAGS.model:
-        raise PredictError("--model is required: pass an export folder (MODEL_DIR/export/N) or a MODEL_DIR")
+        raise flagutil.FlagError("--model is required: pass an export folder (MODEL_DIR/export/N) or a MODEL_DIR")
     if not FLAGS.output:
-        raise PredictError("--output is required: pass the CSV path to write (local or gs://)")
+        raise flagutil.FlagError("--output is required: pass the CSV path to write (local or gs://)")
     if FLAGS.top_k < 1:
-        raise PredictError(f"--top_k={FLAGS.top_k}: pass 1 or more")
+        raise flagutil.FlagError(f"--top_k={FLAGS.top_k}: pass 1 or more")
     if FLAGS.batch_size < 1:
-        raise PredictError(f"--batch_size={FLAGS.batch_size}: pass 1 or more")
+        raise flagutil.FlagError(f"--batch_size={FLAGS.batch_size}: pass 1 or more")
     specs = list(FLAGS.input) + list(argv[1:])
     if not specs:
-        raise PredictError("--input is required: pass image files, a glob or a folder (local or gs://)")
+        raise flagutil.FlagError("--input is required: pass image files, a glob or a folder (local or gs://)")
     return specs, FLAGS.batch_size
 
 
@@ -330,8 +320,8 @@ def main(argv) -> None:
         specs, batch_size = _check_flags(argv)
         run(model=FLAGS.model, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
             top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit)
-    except (PredictError, tf.errors.OpError, OSError) as e:
-        flagutil.fail(one_line(e))
+    except (flagutil.FlagError, PredictError, tf.errors.OpError, OSError) as e:
+        flagutil.fail(e)
 
 
 def run_main() -> None:

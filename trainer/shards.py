@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 from absl import logging
 import tensorflow as tf
 
-from trainer import discovery
+from trainer import discovery, flagutil
 from trainer.importfile import Source
 
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
@@ -55,7 +55,7 @@ def check_image(source: Source) -> Checked:
         with tf.io.gfile.GFile(source.path, "rb") as f:
             content = f.read()
     except tf.errors.OpError as e:
-        return Checked(source, reason=f"unreadable: {discovery.op_error_message(e)}")
+        return Checked(source, reason=f"unreadable: {flagutil.one_line(e, limit=300)}")
     if not content:
         return Checked(source, reason="empty file")
     fmt = sniff_format(content[:8])
@@ -65,7 +65,7 @@ def check_image(source: Source) -> Checked:
         shape = tf.io.decode_image(content, channels=3, expand_animations=False).shape
     except tf.errors.OpError as e:
         return Checked(source, reason=f"{fmt} that does not decode (truncated or corrupt): "
-                                      f"{discovery.op_error_message(e)}")
+                                      f"{flagutil.one_line(e, limit=300)}")
     ext = os.path.splitext(source.path)[1].lower()
     note = ""
     if _EXT_FORMAT.get(ext, fmt) != fmt:
