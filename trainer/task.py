@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import flags, logging
+from absl import flags
 
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from trainer import backbones, config, flagutil, hptune
@@ -103,7 +103,9 @@ def _batch_size(value: str, flag: str):
 
 
 def build_config(f=FLAGS, env=os.environ) -> config.Config:
-    """One validated Config from flags and the Vertex AI environment; reads the data's labels."""
+    """One validated Config from flags and the Vertex AI environment. It reads labels.txt (or the
+    class folders) through tf.io.gfile, which runs no TensorFlow op, so the strategy can be built
+    from it afterwards (MultiWorkerMirroredStrategy must exist before the first op)."""
     if not f.train_data:
         raise config.ConfigError("--train_data is required: pass a TFRecord glob or an image folder")
     model_dir = f.model_dir or env.get("AIP_MODEL_DIR")
@@ -141,36 +143,15 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
 
 
 def _data_config(f, *, image_size: int) -> config.Data:
-    """The data part of the Config: class names, example and class counts, multi-label or not,
-    class weights; checks the labels of the records and that every class has training images."""
-    from trainer import data, discovery, targets  # pylint: disable=import-outside-toplevel  # TensorFlow loads here
-    class_names = data.resolve_class_names(f.train_data, f.labels)
-    multi_label = False
-    for path in filter(None, (f.train_data, f.eval_data)):
-        multi_label |= data.check_labels(path, class_names=class_names, label_offset=f.label_offset)
-    if f.multi_label and discovery.is_image_folder(f.train_data):
-        raise config.ConfigError(f"--multi_label with the image folder {f.train_data}: a class folder gives one "
-                                 "label per image; prepare multi-label data with python -m trainer.prepare "
-                                 "--import_file=FILE (docs/data.md)")
-    said = discovery.dataset_multi_label(f.train_data)
-    multi_label = f.multi_label or multi_label or bool(said)
-    counts = data.class_counts(f.train_data, class_names=class_names, label_offset=f.label_offset)
-    discovery.check_class_coverage(counts, class_names=class_names, path=f.train_data, what="--train_data")
-    if f.eval_data:
-        missing = discovery.check_class_coverage(
-            data.class_counts(f.eval_data, class_names=class_names, label_offset=f.label_offset),
-            class_names=class_names, path=f.eval_data, what="--eval_data")
-        if missing:
-            logging.warning("%d class(es) have no validation image in %s (%s): their validation figures will be "
-                            "missing from the report", len(missing), f.eval_data, ", ".join(missing[:5]))
-    num_train = data.count_examples(f.train_data)
+    """The data part of the Config as the flags give it: class names from labels.txt (or the
+    class folders) and nothing read through TensorFlow ops. Counts, multi-label detection and
+    class weights come after the strategy exists (`inspection.inspect_data`)."""
+    from trainer import discovery  # pylint: disable=import-outside-toplevel
+    class_names = discovery.resolve_class_names(f.train_data, f.labels)
     return config.Data(
         train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
         label_offset=f.label_offset, augment=f.augment, cache=f.cache, seed=f.seed, cache_views=f.cache_views,
-        num_train_examples=num_train, num_eval_examples=data.count_examples(f.eval_data) if f.eval_data else None,
-        multi_label=multi_label, class_weight=f.class_weight,
-        class_weights=targets.resolve_class_weights(f.class_weight, class_names=class_names, counts=counts,
-                                                    num_examples=num_train))
+        multi_label=f.multi_label, class_weight=f.class_weight)
 
 
 def user_errors() -> tuple:
@@ -201,14 +182,15 @@ def _check_outputs_writable(runtime: config.Runtime) -> None:
 
 
 def main(argv):
-    from trainer import distribute, pipeline  # pylint: disable=import-outside-toplevel
+    from trainer import distribute, inspection, pipeline  # pylint: disable=import-outside-toplevel
     try:
         if len(argv) > 1:
             raise config.ConfigError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
                                      "e.g. --train_data=PATH (see --helpfull)")
         export_tf_config()
-        strategy = distribute.build_strategy(strategy=FLAGS.strategy, tpu=FLAGS.tpu or os.environ.get("TPU_NAME"))
         cfg = build_config()
+        strategy = distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
+        cfg = inspection.inspect_data(cfg)
         _check_outputs_writable(cfg.runtime)
         report = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
                                        is_chief=distribute.is_chief(strategy),
