@@ -203,3 +203,22 @@ def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pr
     assert frozen["batch_size"] == 8
     assert frozen["oom_retries"][0]["batch_size"] == 16 and frozen["oom_retries"][0]["new_batch_size"] == 8
     assert [h["phase"] for h in result.history] == ["frozen"] and result.export_dir
+
+
+def test_mixed_precision_run_exports_float32_and_leaves_the_policy_as_it_was(tmp_path, demo_records):
+    """A mixed_bfloat16 run trains under that policy and hands the pipeline a float32 model; the
+    process's Keras policy is float32 again afterwards."""
+    from tests.testing.presets import TINY, TINY_SIZE
+    from trainer import config, train
+    import tf_keras as keras
+    names = tuple(open(os.path.join(demo_records, "labels.txt")).read().split())
+    cfg = config.Config(
+        data=config.Data(train_data=os.path.join(demo_records, "train-*"), eval_data=None, class_names=names,
+                         image_size=TINY_SIZE, num_train_examples=72),
+        model=config.Model(backbone=TINY, weights="none", num_classes=len(names), image_size=TINY_SIZE),
+        phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),),
+        runtime=config.Runtime(model_dir=str(tmp_path / "m"), mixed_precision="mixed_bfloat16", steps_per_epoch=1))
+    result = train.run(cfg, strategy=tf.distribute.get_strategy())
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert result.model.outputs[0].dtype == tf.float32
+    assert all(layer.dtype_policy.name == "float32" for layer in model_lib.leaf_layers(result.model))

@@ -262,14 +262,23 @@ def parameter_counts(model: keras.Model) -> Dict[str, int]:
     return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
 
 
+@contextlib.contextmanager
+def precision_policy(name: Optional[str]):
+    """Keras' global dtype policy set to `name` inside the block (unchanged for None or "none")
+    and restored on exit: a run's mixed precision does not leak into what runs after it."""
+    previous = keras.mixed_precision.global_policy()
+    if name and name != "none":
+        keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def build_float32_copy(model: keras.Model, model_cfg: Model) -> keras.Model:
     """The same network and weights in float32, for export after mixed-precision training."""
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with precision_policy("float32"):
         copy = build_classifier(_without_weights(model_cfg))
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
     copy_weights(src=model, dst=copy)
     return copy
 

@@ -55,8 +55,14 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
     # (MultiWorkerMirroredStrategy broadcasts initial values), so no worker reads it before.
     run_dir.check(cfg, overwrite=cfg.runtime.overwrite, clear=chief)
     keras.utils.set_random_seed(cfg.runtime.seed)
-    if cfg.runtime.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(cfg.runtime.mixed_precision)
+    with model_lib.precision_policy(cfg.runtime.mixed_precision):
+        return _train(cfg, strategy=strategy, run_dir=run_dir, chief=chief, plan_only=plan_only, callbacks=callbacks,
+                      last_phase_callbacks=last_phase_callbacks)
+
+
+def _train(cfg: Config, *, strategy, run_dir: RunDir, chief: bool, plan_only: bool, callbacks,
+           last_phase_callbacks) -> TrainResult:
+    """`run`'s body, under the run's precision policy: the one strategy scope and the phase loop."""
     with strategy.scope():
         model = model_lib.build_classifier(cfg.model)
         accumulate.install(model, steps=cfg.runtime.accumulate_steps)
