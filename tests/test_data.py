@@ -303,3 +303,16 @@ def test_eval_decode_reads_only_the_center_window_of_a_jpeg():
     y, x, h, w = decode._center_window(tf.constant([600, 800, 3])).numpy()
     reference = tf.image.resize(big[y:y + h, x:x + w], [SIZE, SIZE], antialias=True).numpy()
     assert np.abs(decode.decode_for_eval(jpeg, SIZE).numpy() - reference).mean() < 3.0
+
+
+def test_a_run_owns_its_skip_counters(tmp_path):
+    """Two owners of the same data count its bad records apart; the process default sees none."""
+    good = [(_encode(_pixels(i)), i % 2) for i in range(4)]
+    glob = _write_shards(tmp_path / "s", [good + [(b"not an image", 0)]], classes=["a", "b"])
+    cfg = _cfg(glob, classes="ab")
+    before = skips.skipped_records("train", path=glob)
+    mine, theirs = skips.SkipCounters(), skips.SkipCounters()
+    for _ in data.build_dataset(cfg, split="train", batch_size=8, skip_counters=mine):
+        pass
+    assert mine.skipped("train", path=glob) == 1 and theirs.skipped("train") == 0
+    assert skips.skipped_records("train", path=glob) == before

@@ -131,7 +131,8 @@ def _split_path(data_cfg, split: str) -> Tuple[str, str]:
 
 def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
                   repeat: bool = False, drop_remainder: bool = False,
-                  ram_budget_mb: Optional[int] = None) -> tf.data.Dataset:
+                  ram_budget_mb: Optional[int] = None,
+                  skip_counters: Optional[skips.SkipCounters] = None) -> tf.data.Dataset:
     """The input pipeline of one split.
 
     list files -> shard per input pipeline -> parallel interleaved reads -> (cache) -> shuffle ->
@@ -150,6 +151,8 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
       repeat: repeat forever (then set steps_per_epoch) rather than one pass per iteration.
       drop_remainder: static batch shapes, e.g. for TPUs.
       ram_budget_mb: tf.data autotune's RAM budget (default: tf.data's own, half the RAM).
+      skip_counters: the registry that counts the skipped records (a training run's own;
+        default: the process's, `skips.DEFAULT_COUNTERS`).
 
     Returns:
       Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]) -- labels float32
@@ -170,7 +173,7 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
     if repeat:
         ds = ds.repeat()
     ds = _decode_counted(ds, unpack=unpack, decode=_decoder(data_cfg, training=training),
-                         counter=skips.counter_for(split, path), num_classes=len(data_cfg.class_names),
+                         counter=skips.counter_for(split, path, skip_counters), num_classes=len(data_cfg.class_names),
                          multi_label=data_cfg.multi_label, training=training, seed=data_cfg.seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=not training)
@@ -183,7 +186,7 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
 
 
 def build_view_dataset(data_cfg, *, split: str, views: int, batch_size: int,
-                       input_context=None) -> tf.data.Dataset:
+                       input_context=None, skip_counters: Optional[skips.SkipCounters] = None) -> tf.data.Dataset:
     """Every image of a split once, in a fixed order, as `views` preprocessed views each.
 
     What the frozen phase's embedding cache is computed from: no shuffle and no repeat, the
@@ -202,7 +205,7 @@ def build_view_dataset(data_cfg, *, split: str, views: int, batch_size: int,
     path, what = _split_path(data_cfg, split)
     ds, unpack = _source(data_cfg, path=path, what=what, training=False, input_context=input_context)
     decode = _view_decoder(data_cfg, views=views if training else 1, training=training)
-    ds = _decode_counted(ds, unpack=unpack, decode=decode, counter=skips.counter_for(split, path),
+    ds = _decode_counted(ds, unpack=unpack, decode=decode, counter=skips.counter_for(split, path, skip_counters),
                          num_classes=len(data_cfg.class_names), multi_label=data_cfg.multi_label,
                          training=False, seed=data_cfg.seed)
     ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

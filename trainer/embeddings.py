@@ -88,8 +88,10 @@ def cache_bytes(*, examples: int, views: int, dim: int) -> int:
 
 
 def build_caches(model: keras.Model, *, data_cfg, model_cfg, views: int, strategy: tf.distribute.Strategy,
-                 run_dir: RunDir, memory_budget: int, verbose: bool) -> Dict[str, Dict[int, Cache]]:
-    """The train (and eval, when given) caches of every local input pipeline.
+                 run_dir: RunDir, memory_budget: int, verbose: bool,
+                 skip_counters=None) -> Dict[str, Dict[int, Cache]]:
+    """The train (and eval, when given) caches of every local input pipeline; records that do not
+    decode are counted in `skip_counters` (the run's; default: the process's).
 
     Returns:
       {"train": {pipeline_id: Cache}, "eval": {...}}: what `dataset_fn` serves.
@@ -107,7 +109,7 @@ def build_caches(model: keras.Model, *, data_cfg, model_cfg, views: int, strateg
         def dataset_fn(ctx, split=split, split_views=split_views):
             return data.build_view_dataset(data_cfg, split=split, views=split_views,
                                            batch_size=ctx.get_per_replica_batch_size(EMBED_BATCH * ctx.num_replicas_in_sync),
-                                           input_context=ctx)
+                                           input_context=ctx, skip_counters=skip_counters)
 
         for ctx in _local_contexts(strategy):
             key = _key(data_cfg, model_cfg, split=split, views=split_views, ctx=ctx)

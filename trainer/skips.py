@@ -2,10 +2,12 @@
 
 A record whose image cannot be decoded (or whose label is outside [0, C)) is skipped, never
 fatal: a 10-hour job must not die on one bad JPEG. Skipping keeps the job alive; counting keeps
-it honest. Each data path has its own `SkipCounter` (`counter_for`), shared by every pipeline
-built over that path in this process (both phases, every input pipeline), so a bad record met
-again counts once; `skipped_records` reads one path's count, or a split's total, and
-`SkippedRecordsLogger` logs the totals at every epoch end.
+it honest. Each data path has its own `SkipCounter`, kept in a `SkipCounters` registry and
+shared by every pipeline built over that path with it (both phases, every input pipeline), so a
+bad record met again counts once. A training run owns its registry (train.run makes one and
+hands it to its pipelines and its `SkippedRecordsLogger`), so two runs in one process count
+apart; a pipeline built without one (evaluation helpers, tools) uses the process's
+`DEFAULT_COUNTERS`. `skipped_records` reads one path's count, or a split's total.
 """
 from __future__ import annotations
 
@@ -90,28 +92,45 @@ def _identity_of(image_bytes: tf.Tensor) -> tf.Tensor:
                             tf.strings.as_string(tf.strings.length(image_bytes))], "|")
 
 
-_COUNTERS: Dict[Tuple[str, str], SkipCounter] = {}
-_COUNTERS_LOCK = threading.Lock()
+class SkipCounters:
+    """The skip counters of one owner (a training run): one `SkipCounter` per (split, path)."""
+
+    def __init__(self):
+        self._counters: Dict[Tuple[str, str], SkipCounter] = {}
+        self._lock = threading.Lock()
+
+    def counter_for(self, split: str, path: str) -> SkipCounter:
+        """The one counter of data path `path` read as `split`, made on first use.
+
+        One per path and split rather than one per pipeline: training builds a split's pipeline
+        once per phase and per input pipeline, and a record skipped in each must count once.
+        """
+        with self._lock:
+            if (split, path) not in self._counters:
+                self._counters[(split, path)] = SkipCounter()
+            return self._counters[(split, path)]
+
+    def skipped(self, split: str = "train", *, path: Optional[str] = None) -> int:
+        """Distinct records of `split` skipped so far (undecodable image or label outside
+        [0, C)): those of data path `path`, or summed over every path when None."""
+        with self._lock:
+            counters = [c for (s, p), c in self._counters.items() if s == split and path in (None, p)]
+        return sum(c.count() for c in counters)
 
 
-def counter_for(split: str, path: str) -> SkipCounter:
-    """The one counter of data path `path` read as `split`, made on first use.
-
-    One per path and split rather than one per pipeline: training builds a split's pipeline
-    once per phase and per input pipeline, and a record skipped in each must count once.
-    """
-    with _COUNTERS_LOCK:
-        if (split, path) not in _COUNTERS:
-            _COUNTERS[(split, path)] = SkipCounter()
-        return _COUNTERS[(split, path)]
+# For pipelines built without a registry (evaluation helpers, tools, tests of the reader).
+DEFAULT_COUNTERS = SkipCounters()
 
 
-def skipped_records(split: str = "train", *, path: Optional[str] = None) -> int:
-    """Distinct records of `split` skipped so far in this process (undecodable image or label
-    outside [0, C)): those of data path `path`, or summed over every path when None."""
-    with _COUNTERS_LOCK:
-        counters = [c for (s, p), c in _COUNTERS.items() if s == split and path in (None, p)]
-    return sum(c.count() for c in counters)
+def counter_for(split: str, path: str, counters: Optional[SkipCounters] = None) -> SkipCounter:
+    """`counters`' (default: DEFAULT_COUNTERS') counter of `path` read as `split`."""
+    return (counters or DEFAULT_COUNTERS).counter_for(split, path)
+
+
+def skipped_records(split: str = "train", *, path: Optional[str] = None,
+                    counters: Optional[SkipCounters] = None) -> int:
+    """`counters`' (default: DEFAULT_COUNTERS') skipped records of `split` (of `path`)."""
+    return (counters or DEFAULT_COUNTERS).skipped(split, path=path)
 
 
 class SkippedRecordsLogger(keras.callbacks.Callback):
@@ -122,14 +141,14 @@ class SkippedRecordsLogger(keras.callbacks.Callback):
     while nothing was ever skipped.
     """
 
-    def __init__(self, splits: Sequence[str] = ("train", "eval")):
+    def __init__(self, splits: Sequence[str] = ("train", "eval"), *, counters: Optional[SkipCounters] = None):
         super().__init__()
-        self._splits = tuple(splits)
+        self._splits, self._counters = tuple(splits), counters
         self._last = {s: 0 for s in self._splits}
 
     def on_epoch_end(self, epoch, logs=None):
         for split in self._splits:
-            total = skipped_records(split)
+            total = skipped_records(split, counters=self._counters)
             new, self._last[split] = total - self._last[split], total
             if not total:
                 continue  # nothing skipped: no line

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer import (accumulate, data, devices, distribute, embeddings, fileio, memory, oom, preemption,
-                     schedules, targets)
+                     schedules, skips, targets)
 from trainer import model as model_lib
 from trainer.config import Config, ConfigError, Data, Model, Phase, Runtime
 from trainer.rundir import RunDir
@@ -95,6 +95,7 @@ class _PhaseLoop:
                  callbacks: List[keras.callbacks.Callback], last_phase_callbacks: List[keras.callbacks.Callback]):
         self.model, self.cfg, self.run_dir, self.strategy, self.chief = model, cfg, run_dir, strategy, chief
         self.callbacks, self.last_phase_callbacks = callbacks, last_phase_callbacks
+        self.skip_counters = skips.SkipCounters()  # the run's own count of skipped records
 
     def run(self, plans: Sequence[schedules.PhasePlan]) -> List[dict]:
         state = self.run_dir.read_state()
@@ -129,7 +130,8 @@ class _PhaseLoop:
                                        run_dir=self.run_dir if self.chief else None)
             try:
                 fit = _Fit(target, plan=plan, runtime=self.cfg.runtime, model_cfg=self.cfg.model,
-                           run_dir=self.run_dir, strategy=self.strategy, chief=self.chief)
+                           run_dir=self.run_dir, strategy=self.strategy, chief=self.chief,
+                           skip_counters=self.skip_counters)
                 fit(datasets=datasets, callbacks=[recorder] + extra, guard=guard)
             finally:
                 state["history"] = recorder.history  # a retry keeps the epochs this attempt recorded
@@ -153,11 +155,13 @@ class _PhaseLoop:
                 caches = embeddings.build_caches(
                     self.model, data_cfg=cfg.data, model_cfg=cfg.model, strategy=self.strategy, run_dir=self.run_dir,
                     views=data.view_count(cfg.data.augment, randaugment_views=cfg.data.cache_views),
-                    memory_budget=int(devices.cpu_available_bytes() * embeddings.MEMORY_FRACTION), verbose=self.chief)
+                    memory_budget=int(devices.cpu_available_bytes() * embeddings.MEMORY_FRACTION), verbose=self.chief,
+                    skip_counters=self.skip_counters)
                 return model_lib.head_model(self.model), embeddings.datasets_fn(
                     caches, strategy=self.strategy, seed=cfg.data.seed, eval_examples=cfg.data.num_eval_examples,
                     class_weights=cfg.data.class_weights)
-        return self.model, lambda batch_size: _datasets(cfg.data, strategy=self.strategy, batch_size=batch_size)
+        return self.model, lambda batch_size: _datasets(cfg.data, strategy=self.strategy, batch_size=batch_size,
+                                                        skip_counters=self.skip_counters)
 
     def _finish_phase(self, phase_name: str, *, state: Dict[str, str]) -> None:
         """Saves the phase's weights, records it in state.json, and only then drops its backup
@@ -187,6 +191,7 @@ class _Fit:
     run_dir: RunDir
     strategy: tf.distribute.Strategy
     chief: bool
+    skip_counters: skips.SkipCounters
 
     def __call__(self, *, datasets, callbacks: list, guard: preemption.Guard) -> None:
         plan, phase, runtime = self.plan, self.plan.phase, self.runtime
@@ -211,7 +216,7 @@ class _Fit:
                        validation_steps=eval_steps, verbose=1 if bar else 0, callbacks=callbacks)
 
     def _standard_callbacks(self, *, has_eval: bool) -> list:
-        callbacks: list = [data.SkippedRecordsLogger()]
+        callbacks: list = [skips.SkippedRecordsLogger(counters=self.skip_counters)]
         if self.plan.phase.early_stopping_patience > 0:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss" if has_eval else "loss", patience=self.plan.phase.early_stopping_patience,
@@ -238,12 +243,14 @@ def _log_phase_table(plan: schedules.PhasePlan) -> None:
     logging.info("\n".join(lines))
 
 
-def _datasets(data_cfg: Data, *, strategy, batch_size: int) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], Optional[int]]:
+def _datasets(data_cfg: Data, *, strategy, batch_size: int,
+              skip_counters: skips.SkipCounters) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], Optional[int]]:
     """Per-replica image pipelines; the batch size given is global. TPUs need static shapes."""
     static = distribute.is_tpu(strategy)
     return distribute.train_and_eval_datasets(
         lambda split, ctx, batch, repeat: data.build_dataset(data_cfg, split=split, batch_size=batch, input_context=ctx,
-                                                             repeat=repeat, drop_remainder=static),
+                                                             repeat=repeat, drop_remainder=static,
+                                                             skip_counters=skip_counters),
         strategy=strategy, batch_size=batch_size, has_eval=bool(data_cfg.eval_data),
         eval_examples=data_cfg.num_eval_examples)
 
