@@ -30,6 +30,7 @@ RUN python -m pip install --constraint constraints.txt . && python -m pip uninst
 # Layer 2, the code: the only layer a code change rebuilds. The last command fails the build if
 # the entry point cannot load and parse its flags (--only_check_args exits 0 after parsing;
 # --help would exit 1 and fail every build).
+COPY effnet_common/ effnet_common/
 COPY trainer/ trainer/
 COPY serving/ serving/
 RUN python -m pip install --no-deps --constraint constraints.txt . && cd / && python -m trainer.task --only_check_args

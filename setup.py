@@ -56,7 +56,7 @@ setup(
     name="effnet-trainer",
     version=_VERSION,
     description="Fine-tune a pretrained EfficientNet on your images and serve it with TF Serving.",
-    packages=find_packages(include=["trainer", "trainer.*", "serving", "serving.*"]),
+    packages=find_packages(include=["effnet_common", "effnet_common.*", "trainer", "trainer.*", "serving", "serving.*"]),
     package_data={"serving": ["config/*.config"]},
     python_requires=">=3.10",
     install_requires=REQUIRED,

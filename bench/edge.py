@@ -28,7 +28,8 @@ sys.path.insert(0, ROOT)
 def _photos(per_class: int, held: int, size: int):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from trainer import decode, discovery  # pylint: disable=import-outside-toplevel
+    from effnet_common import decode
+    from trainer import discovery  # pylint: disable=import-outside-toplevel
     folder = os.path.join(ROOT, "data", "fashion-mnist", "images")
     names = sorted(os.listdir(folder))
     paths, labels = discovery.list_image_files(folder, class_names=names)

@@ -26,7 +26,7 @@ _SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [_SCRIPTS, os.path.dirname(_SCRIPTS)]  # submit_job beside; serving/ in the checkout
 import submit_job  # noqa: E402  # pylint: disable=wrong-import-position  # the shared REST plumbing
 from submit_job import SubmitError, _check  # noqa: E402  # pylint: disable=wrong-import-position
-from serving import versions  # noqa: E402  # pylint: disable=wrong-import-position  # pure Python
+from effnet_common import versions  # noqa: E402  # pylint: disable=wrong-import-position  # pure Python
 
 # Vertex AI's newest prebuilt TensorFlow prediction container (TF Serving inside); the export's
 # ops are plain TF ones, which older TF Serving releases load.

@@ -684,10 +684,10 @@ def build_sdist(*, out_dir: str) -> str:
 
 
 def stage_package(*, package_uri: str, timeout: float = 120.0) -> str:
-    """Builds the sdist and uploads it to `package_uri` (through trainer.gcs); returns the URL."""
+    """Builds the sdist and uploads it to `package_uri` (through effnet_common.gcs); returns the URL."""
     if _REPO_ROOT not in sys.path:
         sys.path.insert(0, _REPO_ROOT)  # run from a checkout: the trainer package sits beside scripts/
-    from trainer import gcs  # pylint: disable=import-outside-toplevel  # only --package needs Cloud Storage
+    from effnet_common import gcs  # pylint: disable=import-outside-toplevel  # only --package needs Cloud Storage
     with tempfile.TemporaryDirectory() as tmp:
         sdist = build_sdist(out_dir=tmp)
         try:

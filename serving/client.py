@@ -39,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 from serving.grpc_client import RETRYABLE, GrpcClient, ServingError, call_with_retries  # noqa: F401
 from serving.rest_client import (RestClient, VertexClient, b64, classify_body,  # noqa: F401
                                  predict_body, vertex_predict_body)
-from trainer import fileio, flagutil
+from effnet_common import fileio, flagutil
 
 SIGNATURES = ("serving_default", "classify", "features")
 FLAGS = flags.FLAGS

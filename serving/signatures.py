@@ -1,7 +1,7 @@
 """The tf.Module whose functions become the SavedModel's serving signatures.
 
 One preprocessing source: every signature turns its input into the model's pixels through
-`trainer.decode.decode_for_eval`, mapped over the batch, so what TF Serving answers is what
+`effnet_common.decode.decode_for_eval`, mapped over the batch, so what TF Serving answers is what
 evaluation measured. The contract (docs/serving.md):
 
 | signature         | input                                   | outputs                                  |
@@ -48,7 +48,7 @@ DecodeFn = Callable[[tf.Tensor, int], tf.Tensor]
 
 
 def _default_decode() -> DecodeFn:
-    from trainer import decode  # pylint: disable=import-outside-toplevel  # keeps import light
+    from effnet_common import decode  # pylint: disable=import-outside-toplevel  # keeps import light
     return decode.decode_for_eval
 
 
@@ -72,7 +72,7 @@ class ServingModule(tf.Module):
       labels_path: a local labels.txt (one class a line, in label order); saved as an asset.
       image_size: S.
       decode_fn: bytes scalar, image_size -> float32 [S, S, 3] 0..255; defaults to
-        `trainer.decode.decode_for_eval`, the preprocessing evaluation uses.
+        `effnet_common.decode.decode_for_eval`, the preprocessing evaluation uses.
       thresholds_path: a multi-label model's thresholds.txt, saved as an asset; None for a
         single-label model.
     """

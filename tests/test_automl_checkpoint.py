@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras
 
 from trainer import automl_checkpoint, lite
-from trainer.errors import WeightsError
+from effnet_common.errors import WeightsError
 
 NAME = "efficientnet-lite3"
 BN = ("gamma", "beta", "moving_mean", "moving_variance")

@@ -16,7 +16,8 @@ from PIL import Image
 import trainer  # noqa: F401
 import tensorflow as tf
 
-from trainer import config, data, decode, discovery, randaugment, skips
+from effnet_common import decode
+from trainer import config, data, discovery, randaugment, skips
 
 SIZE = 32
 

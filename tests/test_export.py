@@ -21,7 +21,8 @@ from serving import signatures  # noqa: E402
 from tests.testing.signature_defs import read_signature_defs  # noqa: E402
 from tests.testing import serving_server  # noqa: E402
 from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
-from trainer import config, decode, export, model as model_lib  # noqa: E402
+from effnet_common import decode
+from trainer import config, export, model as model_lib  # noqa: E402
 
 SIZE = 32
 

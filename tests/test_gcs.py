@@ -1,4 +1,4 @@
-"""gs:// through TensorFlow's own filesystem and through trainer.gcs, against the GCS test front.
+"""gs:// through TensorFlow's own filesystem and through effnet_common.gcs, against the GCS test front.
 
 The front (tests/testing/gcs_front.py) runs gcp-storage-emulator behind a TLS-terminating
 CONNECT proxy, so these tests exercise TensorFlow's real gs:// client code, retries included.
@@ -18,7 +18,7 @@ import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 import tensorflow as tf  # noqa: E402
 
 from tests.testing import gcs_tree  # noqa: E402
-from trainer import fileio, gcs as tgcs  # noqa: E402
+from effnet_common import fileio, gcs as tgcs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -274,7 +274,7 @@ def test_block_size_default_reaches_tensorflow(gcs, gcs_bucket):
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(b"x" * (20 * 1024 * 1024))
     env = {k: v for k, v in os.environ.items() if k != "GCS_READ_CACHE_BLOCK_SIZE_MB"}
-    code = ("from trainer import gcs; gcs.apply_tf_gcs_defaults(); import tensorflow as tf; "
+    code = ("from effnet_common import gcs; gcs.apply_tf_gcs_defaults(); import tensorflow as tf; "
             f"assert len(tf.io.gfile.GFile('{path}', 'rb').read()) == 20 * 1024 * 1024")
     before = requests_to(gcs, gcs_bucket)
     subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, timeout=120)

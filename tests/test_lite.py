@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.testing import numpy_lite
 from trainer import config, lite, lite_pypi, model as model_lib, pretrained, torch_checkpoint
-from trainer.errors import WeightsError
+from effnet_common.errors import WeightsError
 
 LITE0 = "efficientnet-lite0"
 GRACE_HOPPER = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")

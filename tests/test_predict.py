@@ -119,7 +119,8 @@ def test_every_reader_of_a_folder_lists_the_same_images(tmp_path):
     """The trainer's reader, prepare, predict and the serving client share fileio.list_files:
     hidden files and hidden folders are left out by all of them (the client used to keep them)."""
     from serving import client  # pylint: disable=import-outside-toplevel  # gRPC: only here
-    from trainer import discovery, fileio, prepare  # pylint: disable=import-outside-toplevel
+    from effnet_common import fileio
+    from trainer import discovery, prepare  # pylint: disable=import-outside-toplevel
     for name in ("a/1.jpg", "a/deep/2.PNG", "b/3.bmp", "a/._1.jpg", "a/.thumbnails/4.jpg", "b/notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")

@@ -145,7 +145,7 @@ def test_imagenet_weights_that_cannot_download_say_how_to_pass_a_file(tmp_path, 
 
 
 def test_one_error_formatter_drops_tensorflow_noise():
-    from trainer import flagutil
+    from effnet_common import flagutil
     op_error = ("{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0}} Unknown image file "
                 "format. One of JPEG, PNG, GIF, BMP required. [Op:DecodeImage] name: ")
     assert flagutil.one_line(op_error) == "Unknown image file format. One of JPEG, PNG, GIF, BMP required."

@@ -15,7 +15,8 @@ import tensorflow as tf  # noqa: E402
 
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
 from tests.testing.presets import IMAGE_SIZE, PRETRAINED, TINY, TINY_SIZE
-from trainer import config, decode, discovery, tflite
+from effnet_common import decode
+from trainer import config, discovery, tflite
 from trainer import model as model_lib
 
 

@@ -34,10 +34,10 @@ import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 import tf_keras as keras  # pylint: disable=wrong-import-order
 
-from trainer import backbones, config, decode, discovery, embeddings, fileio, findings, flagutil, gcs, reports, skips, \
-    targets
+from effnet_common import decode, fileio, flagutil, gcs
+from trainer import backbones, config, discovery, embeddings, findings, reports, skips, targets
 from trainer import model as model_lib
-from trainer.errors import WeightsError
+from effnet_common.errors import WeightsError
 
 DEFAULT_DUPLICATE_THRESHOLD = 0.95  # measured on real photos: docs/data.md, "Auditing a dataset"
 DEFAULT_NEIGHBOURS = 10

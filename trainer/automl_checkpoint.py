@@ -29,8 +29,9 @@ import glob
 import os
 from typing import Iterator, Optional, Tuple
 
-from trainer import flagutil, lite
-from trainer.errors import WeightsError
+from effnet_common import flagutil
+from trainer import lite
+from effnet_common.errors import WeightsError
 
 URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/lite/{backbone}.tar.gz"
 EMA_SUFFIX = "/ExponentialMovingAverage"

@@ -2,7 +2,7 @@
 
 Only the tf.data pipelines live here (`build_dataset`, `build_view_dataset`); the pieces they
 are built from have their own modules: trainer.discovery finds the files and class names,
-trainer.decode turns bytes into pixels (`decode_for_eval`, the single preprocessing source of
+effnet_common.decode turns bytes into pixels (`decode_for_eval`, the single preprocessing source of
 evaluation and serving), trainer.randaugment augments, trainer.skips counts the records a
 pipeline drops. An image folder with one subfolder per class is read through the same decode
 and augment functions as TFRecord shards, so the two inputs train alike.
@@ -18,12 +18,12 @@ from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
-from trainer import decode as decode_lib
+from effnet_common import decode as decode_lib
 from trainer import discovery, skips, targets
 from trainer.randaugment import rand_augment
 
 # Re-exported: the entry point, training, the benchmarks and tests name these as data.X.
-from trainer.decode import decode_for_eval  # noqa: F401
+from effnet_common.decode import decode_for_eval  # noqa: F401
 from trainer.discovery import (DataError, check_labels, class_counts, count_examples,  # noqa: F401
                                list_image_files, resolve_class_names)
 from trainer.skips import SkippedRecordsLogger, skipped_records  # noqa: F401

@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags, logging
 
-from trainer import flagutil
+from effnet_common import flagutil
 import numpy as np
 from PIL import Image, ImageDraw
 

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 from absl import logging
 import tensorflow as tf
 
-from trainer import fileio, flagutil
+from effnet_common import fileio, flagutil
 
 LABELS_FILE = "labels.txt"
 INFO_FILE = "dataset.json"

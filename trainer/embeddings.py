@@ -36,7 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribute, fileio, targets
+from effnet_common import fileio
+from trainer import data, distribute, targets
 from trainer import model as model_lib
 from trainer.rundir import RunDir
 

@@ -39,7 +39,8 @@ import numpy as np
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 
-from trainer import discovery, exported, fileio, flagutil, labelled, multilabel, predict, reports
+from effnet_common import fileio, flagutil
+from trainer import discovery, exported, labelled, multilabel, predict, reports
 
 DEFAULT_BATCH_SIZE = predict.DEFAULT_BATCH_SIZE
 DEFAULT_WORST = 25

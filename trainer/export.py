@@ -27,8 +27,9 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import flags, logging
 
-from serving import signatures, versions
-from trainer import fileio, flagutil, tflite
+from effnet_common import fileio, flagutil, versions
+from serving import signatures
+from trainer import tflite
 from trainer import model as model_lib
 
 _VERIFY_TOLERANCE = 1e-4

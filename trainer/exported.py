@@ -14,8 +14,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from serving import signatures, versions
-from trainer import fileio
+from effnet_common import fileio, versions
+from serving import signatures
 
 
 class PredictError(ValueError):

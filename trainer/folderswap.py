@@ -14,7 +14,7 @@ from typing import List
 from absl import logging
 import tensorflow as tf
 
-from trainer import fileio
+from effnet_common import fileio
 
 
 def sibling(output_dir: str, tag: str) -> str:

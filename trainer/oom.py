@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional
 from absl import logging
 import tensorflow as tf
 
-from trainer import flagutil, schedules
+from effnet_common import flagutil
+from trainer import schedules
 from trainer.config import ConfigError
 from trainer.rundir import RunDir
 

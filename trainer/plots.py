@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-from trainer import fileio  # pylint: disable=wrong-import-position
+from effnet_common import fileio  # pylint: disable=wrong-import-position
 
 
 def plot_learning_curves(history: List[dict], path: str) -> None:

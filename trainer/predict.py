@@ -29,7 +29,8 @@ import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 import tf_keras as keras  # pylint: disable=wrong-import-order
 
-from trainer import fileio, flagutil, reports
+from effnet_common import fileio, flagutil
+from trainer import reports
 from trainer.exported import Export, PredictError, as_export
 
 _READ_THREADS = 16

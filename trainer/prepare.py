@@ -38,12 +38,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
 
-from trainer import flagutil
+from effnet_common import fileio, flagutil
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from trainer import discovery, fileio, folderswap, importfile, shards
+from trainer import discovery, folderswap, importfile, shards
 from trainer.importfile import Source
 from trainer.shards import Checked
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 from typing import List
 
-from trainer import automl_checkpoint, flagutil, lite, lite_pypi, torch_checkpoint
-from trainer.errors import WeightsError
+from effnet_common import flagutil
+from trainer import automl_checkpoint, lite, lite_pypi, torch_checkpoint
+from effnet_common.errors import WeightsError
 
 
 def cache_dir() -> str:

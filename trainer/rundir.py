@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from trainer import fileio
+from effnet_common import fileio
 from trainer.config import Config, ConfigError
 
 CONFIG_FILE = "config.json"

@@ -17,7 +17,8 @@ from typing import Dict, List, Sequence
 from absl import logging
 import tensorflow as tf
 
-from trainer import discovery, flagutil
+from effnet_common import flagutil
+from trainer import discovery
 from trainer.importfile import Source
 
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),

@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import fileio
+from effnet_common import fileio
 from trainer.discovery import DataError
 
 

@@ -15,7 +15,8 @@ import os
 from absl import flags
 
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from trainer import backbones, config, flagutil, hptune
+from effnet_common import flagutil
+from trainer import backbones, config, hptune
 
 FLAGS = flags.FLAGS
 
@@ -156,7 +157,8 @@ def _data_config(f, *, image_size: int) -> config.Data:
 
 def user_errors() -> tuple:
     """The exception types that mean 'the user must change something': one line, exit 2."""
-    from trainer import data, gcs, model, tflite  # pylint: disable=import-outside-toplevel
+    from effnet_common import gcs
+    from trainer import data, model, tflite  # pylint: disable=import-outside-toplevel
     return (config.ConfigError, data.DataError, model.WeightsError, gcs.GcsError, flagutil.FlagError,
             tflite.TfliteError)
 
@@ -175,7 +177,7 @@ def export_tf_config(env=os.environ) -> None:
 
 def _check_outputs_writable(runtime: config.Runtime) -> None:
     """Fails in seconds, not after an hour of training, when an output bucket is missing or read-only."""
-    from trainer import fileio, gcs  # pylint: disable=import-outside-toplevel
+    from effnet_common import fileio, gcs  # pylint: disable=import-outside-toplevel
     urls = [p for p in (runtime.model_dir, runtime.checkpoint_dir, runtime.tensorboard_dir) if p and fileio.is_gcs(p)]
     if urls:
         gcs.check_writable(urls)

@@ -4,7 +4,7 @@ Variants: `float16` (weights in half precision, float compute), `dynamic` (int8 
 activations) and `int8` (full-integer: int8 weights and activations, calibrated on a
 representative set of training images; the input stays uint8 pixels and the output is
 dequantized to float). Every file takes one image as uint8 RGB pixels [1, S, S, 3] that already
-had the evaluation crop (`trainer.decode.decode_for_eval`: the 87.5 % center crop resized to S)
+had the evaluation crop (`effnet_common.decode.decode_for_eval`: the 87.5 % center crop resized to S)
 and returns class scores [1, C] in `labels.txt` order.
 
 Quantization can cost accuracy: post-training int8 of EfficientNet-B0 loses much of it
@@ -25,7 +25,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer import fileio
+from effnet_common import fileio
 from trainer.config import TFLITE_VARIANTS as VARIANTS
 REPORT_FILE = "tflite_report.json"
 LABELS_FILE = "labels.txt"

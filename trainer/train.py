@@ -23,8 +23,9 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import (accumulate, data, devices, distribute, embeddings, fileio, memory, oom, preemption,
-                     schedules, skips, targets)
+from effnet_common import fileio
+from trainer import (accumulate, data, devices, distribute, embeddings, memory, oom, preemption, schedules, skips,
+                     targets)
 from trainer import model as model_lib
 from trainer.config import Config, ConfigError, Data, Model, Phase, Runtime
 from trainer.rundir import RunDir

@@ -2,11 +2,11 @@
 front serves server-side copies (and their retries) as Cloud Storage does.
 
 The trainer itself never copies trees between buckets, so this lives with the tests; it uses
-trainer.gcs's client, retry policy and error wording, so a failure reads as the trainer's would.
+effnet_common.gcs's client, retry policy and error wording, so a failure reads as the trainer's would.
 """
 from __future__ import annotations
 
-from trainer import gcs
+from effnet_common import gcs
 
 
 def _as_folder(prefix: str) -> str:

@@ -1,6 +1,6 @@
 """Errors the libraries raise for a user to fix; each message names what, where and how to fix it.
 
-The commands turn them into one `error: ...` line and exit status 2 (trainer.flagutil).
+The commands turn them into one `error: ...` line and exit status 2 (effnet_common.flagutil).
 """
 
 

@@ -1,7 +1,7 @@
 """Cloud Storage operations that TensorFlow's gs:// filesystem has no equivalent for.
 
 Everything else — reading shards, writing checkpoints, logs and exports — goes through
-`tf.io.gfile` (see `trainer.fileio`). This module uses google-cloud-storage for the rest:
+`tf.io.gfile` (see `effnet_common.fileio`). This module uses google-cloud-storage for the rest:
 staging a file in a bucket, and checking, before a long job starts, that its buckets exist and
 are writable. Every call has a timeout and retries transient
 errors (429, 5xx, dropped connections) with exponential backoff through google.api_core's
@@ -22,7 +22,7 @@ import uuid
 
 from absl import logging
 
-from trainer import flagutil
+from effnet_common import flagutil
 
 # TensorFlow's gs:// filesystem reads these once, when `import tensorflow` registers it
 # (tsl/platform/cloud/gcs_file_system.cc, GcsFileSystem's constructor). Each value is a default:
