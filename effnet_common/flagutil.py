@@ -69,13 +69,20 @@ def fail(error) -> None:
     sys.exit(USER_ERROR)
 
 
+# Flags renamed so that one name means one thing in every command: old name -> the new names.
+RENAMED = {"model": "--export_dir (trainer.predict, trainer.evaluate) or --model_name (serving.client)",
+           "version": "--model_version (serving.client)"}
+
+
 def parse_flags(argv: Sequence[str]):
     """absl parsing whose mistakes are one line and exit 2 (absl: usage text, exit 1)."""
     try:
         return flags.FLAGS(list(argv))
     except flags.Error as e:
-        hint = " (see --helpshort)" if isinstance(e, flags.UnrecognizedFlagError) else ""
-        fail(f"{one_line(e)}{hint}")
+        unknown = isinstance(e, flags.UnrecognizedFlagError)
+        if unknown and e.flagname in RENAMED and e.flagname not in flags.FLAGS:
+            fail(f"unknown flag --{e.flagname}: renamed to {RENAMED[e.flagname]}")
+        fail(f"{one_line(e)}{' (see --helpshort)' if unknown else ''}")
     return None  # unreachable: fail() exits
 
 

@@ -57,7 +57,7 @@ def apply_tf_gcs_defaults() -> dict[str, str]:
     os.environ.update(applied)
     if applied and "tensorflow" in sys.modules:
         logging.warning("gs:// defaults %s set after TensorFlow was imported: they apply to "
-                        "child processes only; import trainer before tensorflow.",
+                        "child processes only; call effnet_common.process.prepare() before importing tensorflow.",
                         sorted(applied))
     return applied
 

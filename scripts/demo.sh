@@ -21,5 +21,5 @@ $PY -m trainer.task --train_data="$DIR/records/train-*.tfrecord" --eval_data="$D
   --weights="${DEMO_WEIGHTS:-imagenet}" --image_size=64
 EXPORT=$(ls -d "$DIR"/model/export/[0-9]* | sort -V | tail -n 1)
 echo "== predictions through the export ($EXPORT) for 20 photos from Fashion-MNIST's test set (file name = true class)"
-$PY -m trainer.predict --model="$EXPORT" --input="$DATA/samples/*.png" --output="$DIR/predictions.csv" --top_k=3
+$PY -m trainer.predict --export_dir="$EXPORT" --input="$DATA/samples/*.png" --output="$DIR/predictions.csv" --top_k=3
 echo "== done in $((SECONDS - start)) s: the classifier is $EXPORT; its validation report is $DIR/model/eval/"

@@ -1,9 +1,9 @@
 """Client for the exported model on TF Serving or a Vertex AI endpoint: the CLI, and the batch logic.
 
-    python -m serving.client --server=HOST:8500 --model=NAME [--signature=serving_default|classify|features]
-        [--version=N] [--rest=http://HOST:8501] [--timeout=S] [--batch_size=B] [--retries=R]
+    python -m serving.client --server=HOST:8500 --model_name=NAME [--signature=serving_default|classify|features]
+        [--model_version=N] [--rest=http://HOST:8501] [--timeout=S] [--batch_size=B] [--retries=R]
         [--features_output=F.npy] IMAGES...
-    python -m serving.client --server=HOST:8500 --model=NAME metadata|status
+    python -m serving.client --server=HOST:8500 --model_name=NAME metadata|status
     python -m serving.client --vertex_endpoint=projects/P/locations/R/endpoints/E IMAGES...
 
 IMAGES are files, globs, folders (their images, recursively) or gs:// URLs. Every file is read
@@ -20,6 +20,10 @@ latter with Google credentials). A batch the server rejects as INVALID_ARGUMENT 
 halves until the offending image is alone, so one bad image costs only itself.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
 
 import contextlib
 import dataclasses
@@ -222,9 +226,10 @@ def define_flags() -> None:
     flagutil.define("string", "vertex_endpoint", None, "Predict on a Vertex AI endpoint instead: "
                     "projects/P/locations/R/endpoints/E (Google credentials: ADC).")
     flagutil.define("string", "api_endpoint", None, "Vertex AI API root (default https://REGION-aiplatform.googleapis.com).")
-    flagutil.define("string", "model", None, "Model name in the server's model config (not for --vertex_endpoint).")
+    flagutil.define("string", "model_name", None, "Model name in the server's model config, as tensorflow_model_server's "
+                    "--model_name (not for --vertex_endpoint).")
     flagutil.define("enum", "signature", "serving_default", list(SIGNATURES), "Signature to call.")
-    flagutil.define("integer", "version", None, "Model version (default: the latest).")
+    flagutil.define("integer", "model_version", None, "Model version to query (default: the latest the server has).")
     flagutil.define("float", "timeout", 30.0, "Seconds per request.")
     flagutil.define("integer", "batch_size", 32, "Images per request (keep <= max_batch_size of batching.config).")
     flagutil.define("integer", "retries", 4, "Retries on UNAVAILABLE/DEADLINE_EXCEEDED (HTTP 503/504).")
@@ -245,12 +250,12 @@ def _check_numbers(f) -> Optional[str]:
 def _check_target(f, inputs: Sequence[str]) -> Optional[str]:
     if f.rest and not f.rest.startswith(("http://", "https://")):
         return f"--rest={f.rest}: pass the REST API's URL, e.g. http://localhost:8501"
-    if f.vertex_endpoint and (f.rest or f.model or f.version is not None):
-        return "--vertex_endpoint names the model itself: drop --rest, --model and --version"
+    if f.vertex_endpoint and (f.rest or f.model_name or f.model_version is not None):
+        return "--vertex_endpoint names the model itself: drop --rest, --model_name and --model_version"
     if f.vertex_endpoint and (f.signature != "serving_default" or inputs in (["metadata"], ["status"])):
         return "a Vertex AI endpoint serves serving_default predictions only: drop --signature and metadata/status"
-    if not f.vertex_endpoint and not f.model:
-        return "--model is required: pass the model name of the server's model config (or --vertex_endpoint)"
+    if not f.vertex_endpoint and not f.model_name:
+        return "--model_name is required: pass the model name of the server's model config (or --vertex_endpoint)"
     return None
 
 
@@ -273,8 +278,8 @@ def build_client(f) -> Client:
     if f.vertex_endpoint:
         return VertexClient(f.vertex_endpoint, api_endpoint=f.api_endpoint, timeout=f.timeout, retries=f.retries)
     if f.rest:
-        return RestClient(f.rest, model=f.model, version=f.version, timeout=f.timeout, retries=f.retries)
-    return GrpcClient(f.server, model=f.model, version=f.version, timeout=f.timeout, retries=f.retries)
+        return RestClient(f.rest, model=f.model_name, version=f.model_version, timeout=f.timeout, retries=f.retries)
+    return GrpcClient(f.server, model=f.model_name, version=f.model_version, timeout=f.timeout, retries=f.retries)
 
 
 def main(argv: Sequence[str]) -> int:

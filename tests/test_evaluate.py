@@ -114,7 +114,7 @@ def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path):
             shutil.copy(os.path.join(demo_images, name, src), folder / name / src)
     (folder / "circle" / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "report"
-    result = run_module("trainer.evaluate", f"--model={export_base}", f"--data={folder}", f"--output_dir={out}",
+    result = run_module("trainer.evaluate", f"--export_dir={export_base}", f"--data={folder}", f"--output_dir={out}",
                         "--top_k=3")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / evaluate.METRICS_FILE).read_text())
@@ -126,11 +126,11 @@ def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path):
 
 
 def test_cli_refuses_missing_data_in_one_line(export_base, tmp_path):
-    result = run_module("trainer.evaluate", f"--model={export_base}", f"--data={tmp_path}/nothing-*",
+    result = run_module("trainer.evaluate", f"--export_dir={export_base}", f"--data={tmp_path}/nothing-*",
                         f"--output_dir={tmp_path}/r")
     assert_one_error_line(result, "matches no file")
-    result = run_module("trainer.evaluate", f"--model={tmp_path}", f"--data={tmp_path}", f"--output_dir={tmp_path}/r")
-    assert_one_error_line(result, "--model")
+    result = run_module("trainer.evaluate", f"--export_dir={tmp_path}", f"--data={tmp_path}", f"--output_dir={tmp_path}/r")
+    assert_one_error_line(result, f"export {tmp_path} holds no saved_model.pb")
 
 
 def test_confusion_matrix_stays_readable_with_many_classes(tmp_path):

@@ -46,7 +46,7 @@ def inputs(demo_images, tmp_path_factory):
 def cli_run(export_base, inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("predict")
     code, stdout, stderr = run_cli(
-        f"--model={export_base}", f"--input={inputs}/*/*.jpg,{inputs}/extra", f"--output={out}/preds.csv",
+        f"--export_dir={export_base}", f"--input={inputs}/*/*.jpg,{inputs}/extra", f"--output={out}/preds.csv",
         f"--features_output={out}/feats.npy", f"--top_k={TOP_K}", "--batch_size=4")
     assert code == 0, stderr
     with open(out / "preds.csv", newline="") as f:
@@ -100,13 +100,17 @@ def test_stdout_shows_top_k_per_image(cli_run):
 
 
 def test_errors_are_one_line(export_base, inputs, tmp_path):
-    result = run_module("trainer.predict", f"--model={export_base}", f"--input={inputs}/nothing-*.jpg",
+    result = run_module("trainer.predict", f"--export_dir={export_base}", f"--input={inputs}/nothing-*.jpg",
                         f"--output={tmp_path}/p.csv")
     assert_one_error_line(result, "matches no image file")
-    result = run_module("trainer.predict", f"--model={tmp_path}/none", f"--input={inputs}/extra",
+    result = run_module("trainer.predict", f"--export_dir={tmp_path}/none", f"--input={inputs}/extra",
                         f"--output={tmp_path}/p.csv")
     assert_one_error_line(result, "does not exist")
     assert not os.path.exists(tmp_path / "p.csv")
+    # A flag renamed so that --model means one thing per command: the hint names the new flag.
+    result = run_module("trainer.predict", f"--model={export_base}", f"--input={inputs}/extra",
+                        f"--output={tmp_path}/p.csv")
+    assert_one_error_line(result, "unknown flag --model: renamed to --export_dir")
 
 
 def test_list_inputs_expands_folders_and_globs_once(inputs):

@@ -273,7 +273,7 @@ def _lines(text):
 
 
 def test_cli_predicts_good_files_and_names_the_bad_ones(server, image_dir, capsys):
-    status = run_cli(*[f"--server={server.address}", "--model=effnet", "--batch_size=2",
+    status = run_cli(*[f"--server={server.address}", "--model_name=effnet", "--batch_size=2",
                       str(image_dir / "images"), str(image_dir / "*.gif"), str(image_dir / "missing.jpg")])
     assert status == 0
     by_path = {line["path"]: line for line in _lines(capsys.readouterr().out)}
@@ -287,7 +287,7 @@ def test_cli_predicts_good_files_and_names_the_bad_ones(server, image_dir, capsy
 
 def test_cli_features_output_and_sidecar(server, image_dir, capsys):
     out = image_dir / "features.npy"
-    assert run_cli(*[f"--server={server.address}", "--model=effnet", "--signature=features",
+    assert run_cli(*[f"--server={server.address}", "--model_name=effnet", "--signature=features",
                     f"--features_output={out}", str(image_dir / "images")]) == 0
     rows = np.load(out)
     paths = (image_dir / "features.paths.txt").read_text().splitlines()
@@ -297,11 +297,11 @@ def test_cli_features_output_and_sidecar(server, image_dir, capsys):
 
 
 def test_cli_metadata_status_and_rest(server, image_dir, capsys):
-    assert run_cli(*[f"--server={server.address}", "--model=effnet", "status"]) == 0
+    assert run_cli(*[f"--server={server.address}", "--model_name=effnet", "status"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["state"] == "AVAILABLE"
-    assert run_cli(*[f"--server={server.address}", "--model=effnet", "metadata"]) == 0
+    assert run_cli(*[f"--server={server.address}", "--model_name=effnet", "metadata"]) == 0
     assert "__saved_model_init_op" not in json.loads(capsys.readouterr().out)["signatures"]
-    assert run_cli(*[f"--rest={server.rest_url}", "--model=effnet", "--signature=classify",
+    assert run_cli(*[f"--rest={server.rest_url}", "--model_name=effnet", "--signature=classify",
                     str(image_dir / "c.gif")]) == 0
     assert len(_lines(capsys.readouterr().out)[0]["classes"]) == 3
 
@@ -310,7 +310,7 @@ def test_cli_reads_gcs_folders_and_globs(server, gcs_bucket, capsys):
     for name, image in (("imgs/a.jpg", IMAGES[0]), ("imgs/deeper/b.png", IMAGES[1]), ("imgs/c.png", IMAGES[3])):
         with tf.io.gfile.GFile(f"{gcs_bucket}/{name}", "wb") as f:
             f.write(image)
-    assert run_cli(*[f"--server={server.address}", "--model=effnet", f"{gcs_bucket}/imgs/deeper",
+    assert run_cli(*[f"--server={server.address}", "--model_name=effnet", f"{gcs_bucket}/imgs/deeper",
                     f"{gcs_bucket}/imgs/*.jpg", f"{gcs_bucket}/imgs/c.png"]) == 0
     lines = _lines(capsys.readouterr().out)
     assert [line["path"] for line in lines] == [f"{gcs_bucket}/imgs/deeper/b.png", f"{gcs_bucket}/imgs/a.jpg",
@@ -320,7 +320,7 @@ def test_cli_reads_gcs_folders_and_globs(server, gcs_bucket, capsys):
 
 def test_cli_exits_non_zero_only_when_nothing_was_predicted(server, image_dir):
     """A real process: all inputs bad -> status 1, one summary line, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "serving.client", f"--server={server.address}", "--model=effnet",
+    proc = subprocess.run([sys.executable, "-m", "serving.client", f"--server={server.address}", "--model_name=effnet",
                            str(image_dir / "images/broken.jpg"), str(image_dir / "missing.jpg")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
@@ -330,11 +330,11 @@ def test_cli_exits_non_zero_only_when_nothing_was_predicted(server, image_dir):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model=effnet"], "no IMAGES given"),
-    (["--model=effnet", "--rest=localhost:8501", "a.jpg"], "--rest=localhost:8501"),
-    (["--model=effnet", "--batch_size=0", "a.jpg"], "--batch_size=0"),
-    (["--model=effnet", "--features_output=f.npy", "a.jpg"], "needs --signature=features"),
-    (["a.jpg"], "--model"),
+    (["--model_name=effnet"], "no IMAGES given"),
+    (["--model_name=effnet", "--rest=localhost:8501", "a.jpg"], "--rest=localhost:8501"),
+    (["--model_name=effnet", "--batch_size=0", "a.jpg"], "--batch_size=0"),
+    (["--model_name=effnet", "--features_output=f.npy", "a.jpg"], "needs --signature=features"),
+    (["a.jpg"], "--model_name is required"),
 ])
 def test_cli_usage_errors_are_one_line(argv, message, capsys):
     assert run_cli(*argv) == 2
@@ -343,7 +343,7 @@ def test_cli_usage_errors_are_one_line(argv, message, capsys):
 
 
 def test_unreachable_server_fails_every_input_fast(image_dir, capsys):
-    status = run_cli(*["--server=127.0.0.1:9", "--model=effnet", "--retries=1", "--timeout=2",
+    status = run_cli(*["--server=127.0.0.1:9", "--model_name=effnet", "--retries=1", "--timeout=2",
                       str(image_dir / "images")])
     assert status == 1
     errors = [line["error"] for line in _lines(capsys.readouterr().out) if "error" in line]

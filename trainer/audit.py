@@ -21,6 +21,10 @@ read each file and what to do about each finding.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
+
 import dataclasses
 import os
 import re

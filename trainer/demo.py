@@ -12,6 +12,10 @@ object near the centre at a random size and offset):
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
+
 import io
 import os
 

@@ -1,6 +1,6 @@
 """Evaluation reports: the exported SavedModel over labelled data.
 
-    python -m trainer.evaluate --model=EXPORT_DIR|MODEL_DIR --data=GLOB|FOLDER --output_dir=DIR
+    python -m trainer.evaluate --export_dir=EXPORT_DIR|MODEL_DIR --data=GLOB|FOLDER --output_dir=DIR
 
 It measures what will be served: the raw encoded images (TFRecord `image/encoded`, or the files
 of a class-folder tree) go through the export's `serving_default` signature, the same decoding
@@ -26,6 +26,10 @@ names are the export's own (assets/labels.txt), so the report reads labels as th
 `write_report` is what training calls for its validation split.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
 
 import dataclasses
 import heapq
@@ -309,14 +313,14 @@ def define_flags() -> None:
     flagutil.define("string", "output_dir", None, "Where the report goes (local or gs://).")
     flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
     flagutil.define("integer", "worst", DEFAULT_WORST, "Worst-classified images to list.")
-    for name in ("model", "batch_size", "top_k"):  # listed by --helpshort beside this module's own
+    for name in ("export_dir", "batch_size", "top_k"):  # listed by --helpshort beside this module's own
         flags.declare_key_flag(name)
 
 
 def _check_flags(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: pass --data=GLOB|FOLDER")
-    for name, fix in (("model", "an export folder (MODEL_DIR/export/N) or a MODEL_DIR"),
+    for name, fix in (("export_dir", "an export folder (MODEL_DIR/export/N) or a MODEL_DIR"),
                       ("data", "a TFRecord glob or a folder of class folders"),
                       ("output_dir", "the folder to write the report into")):
         if not getattr(FLAGS, name):
@@ -331,7 +335,7 @@ def _check_flags(argv: Sequence[str]) -> None:
 def main(argv) -> None:
     try:
         _check_flags(argv)
-        metrics = write_report(FLAGS.model, data_path=FLAGS.data, output_dir=FLAGS.output_dir,
+        metrics = write_report(FLAGS.export_dir, data_path=FLAGS.data, output_dir=FLAGS.output_dir,
                                batch_size=FLAGS.batch_size, label_offset=FLAGS.label_offset,
                                top_k=FLAGS.top_k, worst=FLAGS.worst)
     except (flagutil.FlagError, exported.PredictError, discovery.DataError, tf.errors.OpError, OSError) as e:

@@ -16,6 +16,10 @@ throughout.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
+
 import os
 import shutil
 import tempfile

@@ -39,7 +39,7 @@ def resolve_export_dir(path: str) -> str:
     """
     path = str(path).rstrip("/")
     if not path:
-        raise PredictError("--model is empty: pass an export folder (MODEL_DIR/export/1) or a MODEL_DIR")
+        raise PredictError("the export path is empty: pass an export folder (MODEL_DIR/export/1) or a MODEL_DIR")
     if tf.io.gfile.exists(fileio.join(path, "saved_model.pb")):
         return path
     for base in (path, fileio.join(path, "export")):
@@ -48,7 +48,7 @@ def resolve_export_dir(path: str) -> str:
             if found:
                 return resolve_export_dir(fileio.join(base, str(found[-1])))
     what = "does not exist" if not tf.io.gfile.exists(path) else "holds no saved_model.pb and no export/<version>/"
-    raise PredictError(f"--model={path} {what}: pass an export folder (MODEL_DIR/export/<version>) or "
+    raise PredictError(f"export {path} {what}: pass an export folder (MODEL_DIR/export/<version>) or "
                        "the MODEL_DIR of a finished training run")
 
 

@@ -1,6 +1,6 @@
 """Batch prediction and feature extraction through the exported SavedModel.
 
-    python -m trainer.predict --model=EXPORT_DIR|MODEL_DIR --input=FILES|GLOB|FOLDER|gs://... \
+    python -m trainer.predict --export_dir=EXPORT_DIR|MODEL_DIR --input=FILES|GLOB|FOLDER|gs://... \
         --output=preds.csv [--features_output=feats.npy] [--top_k=K] [--batch_size=N]
 
 Runs the serving signatures themselves (`serving_default`, and `features` when asked), so the
@@ -14,6 +14,10 @@ The library side (`read_files`, `run_batches`, and trainer.exported's `load_expo
 with trainer.evaluate.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
 
 import collections
 import concurrent.futures
@@ -248,8 +252,8 @@ FLAGS = flags.FLAGS
 
 
 def define_shared_flags() -> None:
-    """--model, --batch_size and --top_k, as trainer.evaluate uses them too."""
-    flagutil.define("string", "model", None, "Export folder (MODEL_DIR/export/N) or MODEL_DIR: its newest numeric "
+    """--export_dir, --batch_size and --top_k, as trainer.evaluate uses them too."""
+    flagutil.define("string", "export_dir", None, "Export folder (MODEL_DIR/export/N) or MODEL_DIR: its newest numeric "
                     "export is used.")
     flagutil.define("integer", "batch_size", DEFAULT_BATCH_SIZE, "Images per call.")
     flagutil.define("integer", "top_k", reports.DEFAULT_TOP_K, "Classes per image (capped at the number of classes).")
@@ -270,8 +274,8 @@ def define_flags() -> None:
 
 def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
     """The input specs and batch size, or a FlagError naming the flag to fix."""
-    if not FLAGS.model:
-        raise flagutil.FlagError("--model is required: pass an export folder (MODEL_DIR/export/N) or a MODEL_DIR")
+    if not FLAGS.export_dir:
+        raise flagutil.FlagError("--export_dir is required: pass an export folder (MODEL_DIR/export/N) or a MODEL_DIR")
     if not FLAGS.output:
         raise flagutil.FlagError("--output is required: pass the CSV path to write (local or gs://)")
     if FLAGS.top_k < 1:
@@ -319,7 +323,7 @@ def _report_skipped(skipped: Sequence[Tuple[str, str]]) -> None:
 def main(argv) -> None:
     try:
         specs, batch_size = _check_flags(argv)
-        run(model=FLAGS.model, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
+        run(model=FLAGS.export_dir, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
             top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit)
     except (flagutil.FlagError, PredictError, tf.errors.OpError, OSError) as e:
         flagutil.fail(e)

@@ -26,6 +26,10 @@ as it was.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
+
 import collections
 import csv as csv_lib
 import io

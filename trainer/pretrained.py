@@ -12,6 +12,10 @@ The same file can be copied to a bucket for `--weights=gs://...`:
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
+
 import os
 from typing import List
 

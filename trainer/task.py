@@ -9,6 +9,10 @@ anything is written to --model_dir.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: prepare the process before TensorFlow loads
+    from effnet_common import process
+    process.prepare()
+
 import json
 import os
 
