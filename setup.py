@@ -70,5 +70,7 @@ setup(
         "effnet-export=trainer.export:run_main",
         "effnet-weights=trainer.pretrained:run_main",
         "effnet-client=serving.client:run_main",
+        "effnet-submit=trainer.cloud.submit:run_main",
+        "effnet-deploy=trainer.cloud.deploy:run_main",
     ]},
 )

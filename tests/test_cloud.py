@@ -1,11 +1,13 @@
 """The cloud side: the sdist, the container recipe, Cloud Build and Vertex AI job submission.
 
 Nothing here reaches the network: submissions go to a stub HTTP server on 127.0.0.1 through
-submit_job.py's --api_endpoint, the sdist is installed into a fresh venv that borrows this
-environment's already-installed dependencies, and the Dockerfile/cloudbuild.yaml are checked
-statically plus by running the parts of them that need no Docker daemon.
+scripts/submit_job.py's --api_endpoint (trainer.cloud.submit), the sdist is installed into a fresh
+venv that borrows this environment's already-installed dependencies, and the Dockerfile/cloudbuild.yaml
+are checked statically plus by running the parts of them that need no Docker daemon; the
+trainer.cloud library is tested directly where no process is needed.
 """
-import importlib.util
+import ast
+import dataclasses
 import json
 import os
 import re
@@ -24,6 +26,8 @@ from google.cloud.aiplatform_v1 import types as aip
 from google.protobuf import json_format
 
 from tests.testing import json_stub
+from trainer.cloud import endpoints, jobs, machines, packaging
+from trainer.cloud.errors import CloudError
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "scripts" / "submit_job.py"
@@ -75,16 +79,6 @@ def vertex_stub(tmp_path):
         yield stub
 
 
-@pytest.fixture(scope="module")
-def submit_lib():
-    spec = importlib.util.spec_from_file_location("submit_job", SUBMIT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-
-
 # --- Vertex AI job bodies. ---
 
 @pytest.mark.parametrize("preset", ["cpu", "gpu", "multi-gpu", "multi-worker", "tpu"])
@@ -129,25 +123,25 @@ def test_multi_worker_replica_count_sizes_the_second_pool():
     assert job["jobSpec"]["serviceAccount"] == "trainer@my-proj.iam.gserviceaccount.com"
 
 
-def test_overrides_fill_in_what_a_machine_implies(submit_lib):
-    a2 = submit_lib.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
-                                   staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="a2-highgpu-2g",
-                                   trainer_args=[TRAIN_DATA])
-    assert (a2.accelerator_type, a2.accelerator_count) == ("NVIDIA_TESLA_A100", 2)
-    v5e = submit_lib.build_job_spec(preset="tpu", project="my-proj", region="us-central1",
-                                    staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="ct5lp-hightpu-8t",
-                                    trainer_args=[TRAIN_DATA])
-    assert (v5e.tpu_topology, v5e.accelerator_type) == ("2x4", "")
-    n1 = submit_lib.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
-                                   staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="n1-standard-4",
-                                   trainer_args=[TRAIN_DATA])
-    assert (n1.accelerator_type, n1.accelerator_count) == ("NVIDIA_TESLA_T4", 1)  # another n1 keeps the GPU
-    cpu = submit_lib.build_job_spec(preset="cpu", project="my-proj", region="europe-west4",
-                                    staging_bucket="gs://bkt", package=True, machine_type="n2-standard-16",
-                                    trainer_args=[TRAIN_DATA])
-    assert (cpu.accelerator_type, cpu.accelerator_count) == ("", 0)
+def test_overrides_fill_in_what_a_machine_implies():
+    a2 = jobs.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
+                             staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="a2-highgpu-2g",
+                             trainer_args=[TRAIN_DATA])
+    assert (a2.machine.accelerator_type, a2.machine.accelerator_count) == ("NVIDIA_TESLA_A100", 2)
+    v5e = jobs.build_job_spec(preset="tpu", project="my-proj", region="us-central1",
+                              staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="ct5lp-hightpu-8t",
+                              trainer_args=[TRAIN_DATA])
+    assert (v5e.machine.tpu_topology, v5e.machine.accelerator_type) == ("2x4", "")
+    n1 = jobs.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
+                             staging_bucket="gs://bkt", image_uri=IMAGE, machine_type="n1-standard-4",
+                             trainer_args=[TRAIN_DATA])
+    assert (n1.machine.accelerator_type, n1.machine.accelerator_count) == ("NVIDIA_TESLA_T4", 1)  # another n1 keeps the GPU
+    cpu = jobs.build_job_spec(preset="cpu", project="my-proj", region="europe-west4",
+                              staging_bucket="gs://bkt", package=True, machine_type="n2-standard-16",
+                              trainer_args=[TRAIN_DATA])
+    assert (cpu.machine.accelerator_type, cpu.machine.accelerator_count) == ("", 0)
     assert cpu.executor_image_uri.startswith("europe-docker.pkg.dev/vertex-ai/training/tf-cpu.")
-    validate(submit_lib.build_custom_job(cpu))
+    validate(jobs.build_custom_job(cpu))
 
 
 @pytest.mark.parametrize("mutate", [
@@ -158,14 +152,71 @@ def test_overrides_fill_in_what_a_machine_implies(submit_lib):
     lambda j: j["jobSpec"].update(scheduling={"strategy": "PREEMPTIBLE"}),
     lambda j: j["jobSpec"]["workerPoolSpecs"][0].update(replicaCount="two"),
 ], ids=["misspelt_field", "two_tasks", "bad_accelerator", "bad_strategy", "wrong_type"])
-def test_vertex_types_refuse_bodies_vertex_would_refuse(submit_lib, mutate):
-    spec = submit_lib.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
-                                     staging_bucket="gs://bkt", image_uri=IMAGE, trainer_args=[TRAIN_DATA])
-    job = submit_lib.build_custom_job(spec)
+def test_vertex_types_refuse_bodies_vertex_would_refuse(mutate):
+    spec = jobs.build_job_spec(preset="gpu", project="my-proj", region="us-central1",
+                               staging_bucket="gs://bkt", image_uri=IMAGE, trainer_args=[TRAIN_DATA])
+    job = jobs.build_custom_job(spec)
     validate(job)
     mutate(job)
     with pytest.raises(json_format.ParseError):
         validate(job)
+
+
+def _changed_fields(a, b) -> set:
+    """The fields of two presets that differ, `machine.` fields spelt out."""
+    flat = [{**dataclasses.asdict(p.machine), **{k: v for k, v in dataclasses.asdict(p).items() if k != "machine"}}
+            for p in (a, b)]
+    return {name for name in flat[0] if flat[0][name] != flat[1][name]}
+
+
+def test_presets_are_data_derived_from_one_another():
+    presets = machines.PRESETS
+    assert _changed_fields(presets["cpu"], presets["gpu"]) == {"accelerator_type", "accelerator_count"}
+    assert _changed_fields(presets["gpu"], presets["multi-gpu"]) == {"machine_type", "accelerator_count",
+                                                                     "trainer_args"}
+    assert _changed_fields(presets["gpu"], presets["multi-worker"]) == {"workers", "trainer_args"}
+    for preset in presets.values():  # every preset is a machine Vertex AI accepts
+        machines.check_machine(preset.machine)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        presets["gpu"].machine.accelerator_count = 2
+
+
+@pytest.mark.parametrize("region, registry", [
+    ("us-central1", "us"), ("northamerica-northeast1", "us"), ("southamerica-east1", "us"),
+    ("europe-west4", "europe"), ("asia-northeast1", "asia"), ("australia-southeast1", "asia"),
+    ("me-west1", "asia"), ("me-central1", "asia"), ("me-central2", "asia")])
+def test_prebuilt_images_come_from_the_registry_nearest_the_region(region, registry):
+    """Training (--package) and prediction (deploy) images follow one rule, so they never disagree."""
+    from google.cloud.aiplatform.constants import prediction  # the client library's list of prebuilt images
+    spec = jobs.build_job_spec(preset="cpu", project="my-proj", region=region, staging_bucket="gs://bkt",
+                               package=True, trainer_args=[TRAIN_DATA])
+    model = endpoints.build_model(display_name="m", export="gs://bkt/run/model/export/1", region=region)
+    assert spec.executor_image_uri.startswith(f"{registry}-docker.pkg.dev/vertex-ai/training/tf-cpu.")
+    assert model["containerSpec"]["imageUri"].startswith(f"{registry}-docker.pkg.dev/vertex-ai/prediction/")
+    assert model["containerSpec"]["imageUri"] in prediction.TF_CONTAINER_URIS
+
+
+def _module_imports(path: Path):
+    """(module, imported names) of every import statement in a source file."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            yield node.module or "", [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            yield from ((alias.name, []) for alias in node.names)
+
+
+def test_the_cloud_package_keeps_its_boundaries():
+    """Public names across modules, no sys.path edits, HTTP and credentials in trainer.cloud.vertex alone."""
+    files = sorted((REPO / "trainer" / "cloud").glob("*.py")) + [SUBMIT, REPO / "scripts" / "deploy_vertex.py"]
+    for path in files:
+        text = path.read_text()
+        assert "sys.path" not in text, path
+        for module, names in _module_imports(path):
+            assert not [n for n in names if n.startswith("_") and not n.endswith("__")], (path, module, names)
+            if module.startswith(("requests", "google.auth")):
+                assert path.name == "vertex.py", (path, module)
+    for wrapper in (SUBMIT, REPO / "scripts" / "deploy_vertex.py"):
+        assert len([line for line in wrapper.read_text().splitlines() if line and not line.startswith("#")]) < 20
 
 
 # --- Refusals happen before anything is sent; submissions send exactly the dry-run body. ---
@@ -357,10 +408,9 @@ def _checkout_copy(dest: Path) -> Path:
     return dest
 
 
-def test_sdist_installs_into_a_fresh_venv_and_the_trainer_runs(tmp_path, submit_lib, monkeypatch):
+def test_sdist_installs_into_a_fresh_venv_and_the_trainer_runs(tmp_path):
     source = _checkout_copy(tmp_path / "src")
-    monkeypatch.setattr(submit_lib, "_REPO_ROOT", str(source))
-    sdist = Path(submit_lib.build_sdist(out_dir=str(tmp_path / "dist")))  # what --package uploads
+    sdist = Path(packaging.build_sdist(source_dir=str(source), out_dir=str(tmp_path / "dist")))  # --package's
     assert sdist.name.endswith("-0.1.0.tar.gz")
     venv = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -380,6 +430,26 @@ def test_sdist_installs_into_a_fresh_venv_and_the_trainer_runs(tmp_path, submit_
         assert result.returncode in (0, 1), result.stderr[-2000:]  # absl exits 1 after printing help
         assert "Traceback" not in result.stderr, result.stderr[-2000:]
         assert "--train_data" in result.stdout and "--[no]plan_only" in result.stdout
+
+
+def test_console_scripts_are_the_scripts():
+    """effnet-submit and effnet-deploy (setup.py's entry points) print what the scripts print."""
+    bin_dir = Path(sys.executable).parent
+    submit = ("--preset=cpu", *BASE, "--package", "--display_name=t1", "--dry_run", "--", TRAIN_DATA)
+    deploy = ("--project=my-proj", "--export=gs://bkt/run/model/export/3", "--display_name=m", "--dry_run")
+    for script, entry, flags in ((SUBMIT, "effnet-submit", submit),
+                                 (REPO / "scripts" / "deploy_vertex.py", "effnet-deploy", deploy)):
+        outputs = [subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)
+                   for cmd in ([sys.executable, str(script), *flags], [str(bin_dir / entry), *flags])]
+        assert [r.returncode for r in outputs] == [0, 0], [r.stderr for r in outputs]
+        assert outputs[0].stdout == outputs[1].stdout and json.loads(outputs[0].stdout)
+
+
+def test_the_sdist_is_built_from_a_checkout():
+    assert packaging.installed_checkout() == str(REPO)  # the editable install: effnet-submit --package works
+    assert packaging.read_version(str(REPO)) == "0.1.0"
+    with pytest.raises(CloudError, match="--package builds the sdist from a source checkout"):
+        packaging.stage_package(source_dir=None, package_uri="gs://bkt/p/effnet_trainer-0.1.0.tar.gz")
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,8 @@ class _Vertex(json_stub.JsonHandler):
     def do_POST(self):  # noqa: N802
         body = json.loads(self.body())
         self.server.requests.append(("POST", self.path, body, self.headers.get("Authorization")))
+        if getattr(self.server, "refusal", None):
+            return self.reply(*self.server.refusal)
         if self.path.endswith("/models:upload"):
             return self.reply({"name": "projects/my-proj/locations/us-central1/operations/1", "done": False})
         if self.path.endswith("/endpoints"):
@@ -123,6 +125,22 @@ def test_an_existing_endpoint_is_reused(vertex):
     assert result.returncode == 0, result.stderr
     assert not any(path.endswith("/endpoints") for _, path, _, _ in server.requests)
     assert server.requests[-1][1] == f"/v1/{ENDPOINT}:deployModel"
+
+
+def test_refusals_and_unreachable_apis_are_one_line(vertex):
+    """Deploy talks through the submit command's client (trainer.cloud.vertex): same errors, same form."""
+    server, connect = vertex
+    server.refusal = ({"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                 "message": "Permission 'aiplatform.models.upload' denied\non project"}}, 403)
+    refused = run_deploy(*BASE, *connect)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: Vertex AI refused models:upload: HTTP 403 PERMISSION_DENIED: "
+        "Permission 'aiplatform.models.upload' denied on project"]
+    unreachable = run_deploy(*BASE, "--api_endpoint=http://127.0.0.1:9", connect[1])  # nothing listens there
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.strip().splitlines() == [
+        "error: could not reach http://127.0.0.1:9 (ConnectionError): check the network and --region"]
 
 
 def _jpeg(color):
