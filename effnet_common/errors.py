@@ -1,8 +1,17 @@
 """Errors the libraries raise for a user to fix; each message names what, where and how to fix it.
 
-The commands turn them into one `error: ...` line and exit status 2 (effnet_common.flagutil).
+Every one derives from `UserError`, which is what a command (effnet_common.flagutil.run) turns
+into one `error: ...` line and exit status 2; anything else is a bug and keeps its traceback.
+Each module keeps its own subclass beside the code that raises it (DataError in
+trainer.discovery, ConfigError in trainer.config, GcsError in effnet_common.gcs, ...), so a caller
+can catch one kind.
 """
 
 
-class WeightsError(ValueError):
+class UserError(ValueError):
+    """Something the user must change: a flag, a path, the data, the weights. A ValueError, so
+    code that catches ValueError for bad arguments keeps working."""
+
+
+class WeightsError(UserError):
     """Backbone weights that cannot be had or do not fit; the message says how to fix it."""

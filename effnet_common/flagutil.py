@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 from absl import app, flags
+
+from effnet_common import errors
 
 USER_ERROR = 2
 
 
-class FlagError(ValueError):
+class FlagError(errors.UserError):
     """A flag value the user must change; the message names the flag and the fix."""
 
 
@@ -94,11 +96,24 @@ def adopt_as_main(module: str) -> None:
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def run(main: Callable, define_flags: Callable[[], None], *, module: Optional[str] = None) -> None:
-    """A console-script entry point: defines the flags, then app.run with one-line flag errors."""
+def run(main: Callable, define_flags: Callable[[], None], *, module: Optional[str] = None,
+        user_errors: Tuple[type, ...] = ()) -> None:
+    """Every command's entry point: defines the flags, parses them (mistakes: one line, exit 2),
+    runs `main`, and ends an `errors.UserError` (or one of `user_errors`, e.g. an OSError for a
+    command that reads paths the user gives) in one `error: ...` line and exit status 2."""
     define_flags()
     adopt_as_main(module or _calling_module())
-    app.run(main, flags_parser=parse_flags)
+    app.run(guarded(main, user_errors), flags_parser=parse_flags)
+
+
+def guarded(main: Callable, user_errors: Tuple[type, ...] = ()) -> Callable:
+    """`main` with the user's mistakes ended by `fail` (one line, exit 2) instead of a traceback."""
+    def run_guarded(argv):
+        try:
+            return main(argv)
+        except (errors.UserError, *user_errors) as e:
+            fail(e)
+    return run_guarded
 
 
 def check_folder(flag: str, path: Optional[str]) -> None:

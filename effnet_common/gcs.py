@@ -22,7 +22,7 @@ import uuid
 
 from absl import logging
 
-from effnet_common import flagutil
+from effnet_common import errors, flagutil
 
 # TensorFlow's gs:// filesystem reads these once, when `import tensorflow` registers it
 # (tsl/platform/cloud/gcs_file_system.cc, GcsFileSystem's constructor). Each value is a default:
@@ -40,7 +40,7 @@ _PROBE_PREFIX = ".effnet-trainer-write-probe-"
 _MAX_DETAIL = 160
 
 
-class GcsError(ValueError):
+class GcsError(errors.UserError):
     """A Cloud Storage problem the user can fix; the message is one line."""
 
 

@@ -35,10 +35,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from absl import flags, logging
-
-import serving  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-import grpc  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import grpc
+import tensorflow as tf
 
 from serving.grpc_client import RETRYABLE, GrpcClient, ServingError, call_with_retries  # noqa: F401
 from serving.rest_client import (RestClient, VertexClient, b64, classify_body,  # noqa: F401

@@ -13,10 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import logging
-
-import serving  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-import grpc  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import grpc
+import tensorflow as tf
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 UNLIMITED_MESSAGES = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]

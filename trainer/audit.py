@@ -34,14 +34,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import flags, logging
 import numpy as np
 
-import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 import tf_keras as keras  # pylint: disable=wrong-import-order
 
 from effnet_common import decode, fileio, flagutil, gcs
 from trainer import backbones, config, discovery, embeddings, findings, reports, skips, targets
 from trainer import model as model_lib
-from effnet_common.errors import WeightsError
 
 DEFAULT_DUPLICATE_THRESHOLD = 0.95  # measured on real photos: docs/data.md, "Auditing a dataset"
 DEFAULT_NEIGHBOURS = 10
@@ -372,18 +370,14 @@ def _check_flags(argv: Sequence[str]) -> None:
 
 
 def main(argv) -> None:
-    try:
-        _check_flags(argv)
-        if fileio.is_gcs(FLAGS.output_dir):
-            gcs.check_writable([FLAGS.output_dir])
-        summary = audit(train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, output_dir=FLAGS.output_dir,
-                        backbone=FLAGS.backbone, weights=FLAGS.weights, image_size=FLAGS.image_size,
-                        labels=FLAGS.labels, label_offset=FLAGS.label_offset,
-                        duplicate_threshold=FLAGS.duplicate_threshold, neighbours=FLAGS.neighbours,
-                        folds=FLAGS.probe_folds, batch_size=FLAGS.batch_size)
-    except (discovery.DataError, config.ConfigError, WeightsError, flagutil.FlagError, gcs.GcsError,
-            tf.errors.OpError) as e:
-        flagutil.fail(e)
+    _check_flags(argv)
+    if fileio.is_gcs(FLAGS.output_dir):
+        gcs.check_writable([FLAGS.output_dir])
+    summary = audit(train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, output_dir=FLAGS.output_dir,
+                    backbone=FLAGS.backbone, weights=FLAGS.weights, image_size=FLAGS.image_size,
+                    labels=FLAGS.labels, label_offset=FLAGS.label_offset,
+                    duplicate_threshold=FLAGS.duplicate_threshold, neighbours=FLAGS.neighbours,
+                    folds=FLAGS.probe_folds, batch_size=FLAGS.batch_size)
     dup = summary["duplicate_pairs"]
     print(f"images: {summary['total_images']} ({summary['skipped_records']} skipped); duplicate pairs: {dup['total']} "
           f"({dup['across_splits']} across splits); suspect labels: {summary['suspect_labels']['listed']} "
@@ -391,8 +385,8 @@ def main(argv) -> None:
 
 
 def run_main() -> None:
-    """Console-script entry point (effnet-audit)."""
-    flagutil.run(main, define_flags)
+    """`python -m trainer.audit` and effnet-audit; failing reads end in one line too."""
+    flagutil.run(main, define_flags, user_errors=(tf.errors.OpError,))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Optional, Tuple, Union
 
+from effnet_common import errors
 from trainer import backbones
 
 PHASE_NAMES = ("frozen", "finetune")
@@ -25,7 +26,7 @@ CLASS_WEIGHT_MODES = ("none", "balanced")  # or the path of a per-class file (tr
 MIN_IMAGE_SIZE = 32
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
     """A setting the user must change; the message says which flag and how."""
 
 

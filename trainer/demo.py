@@ -19,7 +19,7 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
 import io
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from effnet_common import flagutil
 import numpy as np
@@ -162,12 +162,15 @@ def define_flags() -> None:
 def main(argv):
     del argv
     if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required: the folder to write the demo images into")
+        raise flagutil.FlagError("--output_dir is required: the folder to write the demo images into")
     counts = write_images(FLAGS.output_dir, task=FLAGS.task, per_class=FLAGS.per_class, size=FLAGS.size,
                           seed=FLAGS.seed)
     logging.info("wrote %d images in %d classes to %s", sum(counts.values()), len(counts), FLAGS.output_dir)
 
 
+def run_main() -> None:
+    flagutil.run(main, define_flags)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run_main()

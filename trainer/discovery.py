@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
 
-from effnet_common import fileio, flagutil
+from effnet_common import errors, fileio, flagutil
 
 LABELS_FILE = "labels.txt"
 INFO_FILE = "dataset.json"
@@ -37,7 +36,7 @@ _CHECK_FEATURES = dict(RECORD_FEATURES, **{
 LABEL_PAD = -(2 ** 62)
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """A data problem the user must fix; the message is one line: what, where, how to fix."""
 
 

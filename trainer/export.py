@@ -31,7 +31,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import flags, logging
 
-from effnet_common import fileio, flagutil, versions
+from effnet_common import errors, fileio, flagutil, versions
 from serving import signatures
 from trainer import tflite
 from trainer import model as model_lib
@@ -39,7 +39,7 @@ from trainer import model as model_lib
 _VERIFY_TOLERANCE = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError):
     """An export that cannot be made as asked; the message says how to fix it."""
 
 
@@ -245,9 +245,11 @@ def main(argv: Sequence[str]) -> None:
     """Prints the new export's path; a user mistake is one `error:` line and exit status 2."""
     f = flags.FLAGS
     if len(argv) > 1:
-        flagutil.fail(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, e.g. --model_dir=DIR")
+        raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
+                                 "e.g. --model_dir=DIR")
     if not f.model_dir:
-        flagutil.fail("--model_dir is required: pass the training run's output folder (config.json, checkpoints)")
+        raise flagutil.FlagError("--model_dir is required: pass the training run's output folder (config.json, "
+                                 "checkpoints)")
     try:
         if f.tflite:
             _print_tflite(export_tflite(model_dir=f.model_dir, variants=f.tflite, checkpoint=f.checkpoint,

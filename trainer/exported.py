@@ -14,11 +14,11 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from effnet_common import fileio, versions
+from effnet_common import errors, fileio, versions
 from serving import signatures
 
 
-class PredictError(ValueError):
+class PredictError(errors.UserError):
     """A user mistake in what to predict with or on; the message says how to fix it."""
 
 

@@ -29,7 +29,6 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from absl import flags, logging
 import numpy as np
 
-import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # pylint: disable=wrong-import-order
 import tf_keras as keras  # pylint: disable=wrong-import-order
 
@@ -321,17 +320,14 @@ def _report_skipped(skipped: Sequence[Tuple[str, str]]) -> None:
 
 
 def main(argv) -> None:
-    try:
-        specs, batch_size = _check_flags(argv)
-        run(model=FLAGS.export_dir, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
-            top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit)
-    except (flagutil.FlagError, PredictError, tf.errors.OpError, OSError) as e:
-        flagutil.fail(e)
+    specs, batch_size = _check_flags(argv)
+    run(model=FLAGS.export_dir, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
+        top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit)
 
 
 def run_main() -> None:
-    """Console-script entry point (effnet-predict)."""
-    flagutil.run(main, define_flags)
+    """`python -m trainer.predict` and effnet-predict; unreadable paths and failing reads end in one line too."""
+    flagutil.run(main, define_flags, user_errors=(tf.errors.OpError, OSError))
 
 
 if __name__ == "__main__":

@@ -40,13 +40,10 @@ import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from absl import app, flags, logging
+import tensorflow as tf
+from absl import flags, logging
 
 from effnet_common import fileio, flagutil
-
-import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import tensorflow as tf
-
 from trainer import discovery, folderswap, importfile, shards
 from trainer.importfile import Source
 from trainer.shards import Checked
@@ -374,16 +371,14 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
+                                 "e.g. --input_dir=DIR (see --helpshort)")
     start = time.time()
-    try:
-        info = prepare(input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
-                       validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
-                       shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
-                       num_workers=FLAGS.num_workers, import_file=FLAGS.import_file,
-                       multi_label=FLAGS.multi_label)
-    except discovery.DataError as e:
-        flagutil.fail(e)
+    info = prepare(input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
+                   validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
+                   shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
+                   num_workers=FLAGS.num_workers, import_file=FLAGS.import_file,
+                   multi_label=FLAGS.multi_label)
     for item in info["skipped"]:
         logging.warning("skipped %s: %s", item["path"], item["reason"])
     print(_summary(info, output_dir=FLAGS.output_dir, seconds=time.time() - start))

@@ -67,10 +67,7 @@ def define_flags() -> None:
 def main(argv: List[str]) -> None:
     del argv
     from absl import flags  # pylint: disable=import-outside-toplevel
-    try:
-        print(imagenet_notop_file(flags.FLAGS.backbone))
-    except WeightsError as e:
-        flagutil.fail(e)
+    print(imagenet_notop_file(flags.FLAGS.backbone))
 
 
 def run_main() -> None:

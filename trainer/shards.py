@@ -18,7 +18,6 @@ from absl import logging
 import tensorflow as tf
 
 from effnet_common import flagutil
-from trainer import discovery
 from trainer.importfile import Source
 
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),

@@ -18,7 +18,6 @@ import os
 
 from absl import flags
 
-import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from effnet_common import flagutil
 from trainer import backbones, config, hptune
 
@@ -159,14 +158,6 @@ def _data_config(f, *, image_size: int) -> config.Data:
         multi_label=f.multi_label, class_weight=f.class_weight)
 
 
-def user_errors() -> tuple:
-    """The exception types that mean 'the user must change something': one line, exit 2."""
-    from effnet_common import gcs
-    from trainer import data, model, tflite  # pylint: disable=import-outside-toplevel
-    return (config.ConfigError, data.DataError, model.WeightsError, gcs.GcsError, flagutil.FlagError,
-            tflite.TfliteError)
-
-
 def export_tf_config(env=os.environ) -> None:
     """Sets TF_CONFIG from Vertex AI's CLUSTER_SPEC when only the latter is set (custom
     containers), so that workerpool0 is the chief; an existing TF_CONFIG is kept."""
@@ -189,23 +180,20 @@ def _check_outputs_writable(runtime: config.Runtime) -> None:
 
 def main(argv):
     from trainer import distribute, inspection, pipeline  # pylint: disable=import-outside-toplevel
-    try:
-        if len(argv) > 1:
-            raise config.ConfigError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
-                                     "e.g. --train_data=PATH (see --helpfull)")
-        export_tf_config()
-        cfg = build_config()
-        strategy = distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
-        cfg = inspection.inspect_data(cfg)
-        _check_outputs_writable(cfg.runtime)
-        report = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
-                                       is_chief=distribute.is_chief(strategy),
-                                       epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
-        result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
-                              last_phase_callbacks=[report] if report else [])
-        distribute.wait_for_all(strategy)
-    except user_errors() as e:
-        flagutil.fail(e)
+    if len(argv) > 1:
+        raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
+                                 "e.g. --train_data=PATH (see --helpfull)")
+    export_tf_config()
+    cfg = build_config()
+    strategy = distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
+    cfg = inspection.inspect_data(cfg)
+    _check_outputs_writable(cfg.runtime)
+    report = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
+                                   is_chief=distribute.is_chief(strategy),
+                                   epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
+    result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
+                          last_phase_callbacks=[report] if report else [])
+    distribute.wait_for_all(strategy)
     for line in result.summary():
         print(line)
 

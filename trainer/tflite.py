@@ -25,14 +25,14 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from effnet_common import fileio
+from effnet_common import errors, fileio
 from trainer.config import TFLITE_VARIANTS as VARIANTS
 REPORT_FILE = "tflite_report.json"
 LABELS_FILE = "labels.txt"
 CALIBRATION_IMAGES = 100  # representative images for int8 (TF's guide: ~100-500)
 
 
-class TfliteError(ValueError):
+class TfliteError(errors.UserError):
     """A variant that cannot be made, or that loses too much accuracy; the message says how to fix it."""
 
 
