@@ -26,7 +26,7 @@ REQUIRED = [
     "h5py>=3.8",  # weights files (trainer.model)
     "numpy>=1.26",
     "google-cloud-storage>=2.10",
-    # scripts/submit_job.py, scripts/deploy_vertex.py and serving.rest_client talk to Vertex AI's
+    # trainer.cloud (effnet-submit, effnet-deploy) and serving.rest_client talk to Vertex AI's
     # REST API with these; google-api-core's retry polls jobs and operations.
     "google-auth>=2.20",
     "google-api-core>=2.15",
@@ -37,7 +37,7 @@ REQUIRED = [
     "ai-edge-litert>=2.0",
     "matplotlib>=3.7",
     "pillow>=10.0",
-    "pyyaml>=6",  # submit_job.py --hptune_config
+    "pyyaml>=6",  # effnet-submit --hptune_config (trainer.cloud.tuning)
     "cloudml-hypertune>=0.1.0.dev6",  # trainer.hptune reports tuning metrics
 ]
 # Lite1 and Lite2's ImageNet checkpoints: pip install 'effnet-trainer[lite]'.
@@ -49,7 +49,7 @@ TESTS = LITE + [
     "cryptography>=42",
     # Vertex AI's own types validate every request body the scripts build (strict parsing).
     "google-cloud-aiplatform>=1.60",
-    "build>=1.0",  # python -m build --sdist --no-isolation, as submit_job.py runs it
+    "build>=1.0",  # python -m build --sdist --no-isolation, as effnet-submit --package runs it
 ]
 
 setup(

@@ -57,7 +57,7 @@ def one_line(error, *, limit: int = 500, first_line: bool = False) -> str:
     error', 'Detected at node', '[[{{node ...}}]]'), `{{function_node ...}}` prefixes and
     `[Op:...]` suffixes are left out; whitespace is collapsed. `first_line`: only the first line
     kept (for messages followed by a traceback or a dump)."""
-    text = str(getattr(error, "message", None) or error or type(error).__name__)
+    text = error if isinstance(error, str) else str(getattr(error, "message", None) or error or type(error).__name__)
     kept = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_GRAPH_NOISE)]
     kept = kept[:1] if first_line else kept
     text = re.sub(r"\{\{[^}]*\}\}\s*", "", " ".join(kept) or text)
@@ -76,15 +76,16 @@ RENAMED = {"model": "--export_dir (trainer.predict, trainer.evaluate) or --model
            "version": "--model_version (serving.client)"}
 
 
-def parse_flags(argv: Sequence[str]):
-    """absl parsing whose mistakes are one line and exit 2 (absl: usage text, exit 1)."""
+def parse_flags(argv: Sequence[str], *, unknown_flag_hint: str = "see --helpshort"):
+    """absl parsing whose mistakes are one line and exit 2 (absl: usage text, exit 1); an
+    unknown flag gets `unknown_flag_hint` (a command's own, e.g. where its pass-through flags go)."""
     try:
         return flags.FLAGS(list(argv))
     except flags.Error as e:
         unknown = isinstance(e, flags.UnrecognizedFlagError)
         if unknown and e.flagname in RENAMED and e.flagname not in flags.FLAGS:
             fail(f"unknown flag --{e.flagname}: renamed to {RENAMED[e.flagname]}")
-        fail(f"{one_line(e)}{' (see --helpshort)' if unknown else ''}")
+        fail(f"{one_line(e)}{f' ({unknown_flag_hint})' if unknown else ''}")
     return None  # unreachable: fail() exits
 
 
@@ -97,13 +98,14 @@ def adopt_as_main(module: str) -> None:
 
 
 def run(main: Callable, define_flags: Callable[[], None], *, module: Optional[str] = None,
-        user_errors: Tuple[type, ...] = ()) -> None:
+        user_errors: Tuple[type, ...] = (), unknown_flag_hint: str = "see --helpshort") -> None:
     """Every command's entry point: defines the flags, parses them (mistakes: one line, exit 2),
     runs `main`, and ends an `errors.UserError` (or one of `user_errors`, e.g. an OSError for a
     command that reads paths the user gives) in one `error: ...` line and exit status 2."""
     define_flags()
     adopt_as_main(module or _calling_module())
-    app.run(guarded(main, user_errors), flags_parser=parse_flags)
+    app.run(guarded(main, user_errors),
+            flags_parser=lambda argv: parse_flags(argv, unknown_flag_hint=unknown_flag_hint))
 
 
 def guarded(main: Callable, user_errors: Tuple[type, ...] = ()) -> Callable:

@@ -575,7 +575,7 @@ def test_cloudbuild_parses_and_names_only_files_that_exist():
     for i, step in enumerate(build["steps"]):
         assert set(step.get("waitFor", [])) <= set(ids[:i]) | {"-"}, step["id"]
     named = set().union(*(_named_files(step) for step in build["steps"]))
-    assert {"scripts/test.sh", "scripts/submit_job.py", "Dockerfile"} <= named  # the sdist: python -m build
+    assert {"scripts/test.sh", "Dockerfile"} <= named  # the sdist: python -m build
     assert sorted(n for n in named if not (REPO / n).is_file()) == []
     used = set(re.findall(r"\$\{(_[A-Z_]+)\}", text))
     assert {"_REGION", "_REPOSITORY", "_IMAGE"} <= used and used == set(build["substitutions"])
@@ -596,7 +596,7 @@ def test_cloudbuild_submit_step_makes_a_valid_job():
     script = step["args"][-1]
     for key, value in values.items():
         script = script.replace(key, value)
-    command = shlex.split(script[script.index("python scripts/submit_job.py"):])
+    command = shlex.split(script[script.index("python -m trainer.cloud.submit"):])
     split = command.index("--")
     command = [sys.executable, *command[1:split], "--dry_run", *command[split:]]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=_env(), timeout=60)

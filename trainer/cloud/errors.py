@@ -3,9 +3,10 @@
 The commands turn it into one `error: ...` line and exit status 2 (effnet_common.flagutil.fail);
 the message names the flag, what was wrong and how to fix it.
 """
+from effnet_common import errors
 
 
-class CloudError(ValueError):
+class CloudError(errors.UserError):
     """A request the user must change; the message says what, where and how."""
 
 

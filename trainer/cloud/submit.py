@@ -14,7 +14,7 @@ import functools
 import sys
 from typing import Optional, Sequence, Tuple
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from trainer import __version__
 from trainer.cloud import jobs, machines, packaging, tuning, vertex
@@ -103,27 +103,24 @@ def main(argv, *, source_dir: Optional[str] = None) -> None:
     `source_dir`: the checkout --package builds the sdist from (default: where trainer is installed).
     """
     source_dir = source_dir or packaging.installed_checkout()
-    try:
-        version = packaging.read_version(source_dir) if source_dir else __version__
-        spec, job, collection = build_request(FLAGS, argv[1:], package_version=version)
-        if FLAGS.write_config:
-            _write_config(FLAGS.write_config, job)
-        if FLAGS.dry_run:
-            sys.stdout.write(vertex.render(job))
-            return
-        if FLAGS.package and not FLAGS.package_uri:
-            logging.info("staged %s", packaging.stage_package(source_dir=source_dir, package_uri=spec.package_uri))
-        client = vertex.VertexClient.build(project=spec.project, region=spec.region, api_endpoint=FLAGS.api_endpoint,
-                                           access_token_file=FLAGS.access_token_file)
-        name = client.create(collection, body=job).get("name", "")
-        print(name, flush=True)
-        if name.count("/") == 5:
-            logging.info("console: %s", vertex.console_url(name))
-        logging.info("outputs: %s (AIP_MODEL_DIR is its model/ folder)", spec.output_dir)
-        if FLAGS.wait:
-            _wait(client, name)
-    except CloudError as e:
-        flagutil.fail(e)
+    version = packaging.read_version(source_dir) if source_dir else __version__
+    spec, job, collection = build_request(FLAGS, argv[1:], package_version=version)
+    if FLAGS.write_config:
+        _write_config(FLAGS.write_config, job)
+    if FLAGS.dry_run:
+        sys.stdout.write(vertex.render(job))
+        return
+    if FLAGS.package and not FLAGS.package_uri:
+        logging.info("staged %s", packaging.stage_package(source_dir=source_dir, package_uri=spec.package_uri))
+    client = vertex.VertexClient.build(project=spec.project, region=spec.region, api_endpoint=FLAGS.api_endpoint,
+                                       access_token_file=FLAGS.access_token_file)
+    name = client.create(collection, body=job).get("name", "")
+    print(name, flush=True)
+    if name.count("/") == 5:
+        logging.info("console: %s", vertex.console_url(name))
+    logging.info("outputs: %s (AIP_MODEL_DIR is its model/ folder)", spec.output_dir)
+    if FLAGS.wait:
+        _wait(client, name)
 
 
 def _wait(client: vertex.VertexClient, name: str) -> None:
@@ -136,23 +133,11 @@ def _wait(client: vertex.VertexClient, name: str) -> None:
         sys.exit(1)
 
 
-def parse_flags(argv: Sequence[str]):
-    """flagutil.parse_flags, except that an unknown flag hints at `--`: a trainer flag written
-    before it is the usual cause (the hint is part of the command's contract)."""
-    try:
-        return FLAGS(list(argv))
-    except flags.UnrecognizedFlagError as e:
-        flagutil.fail(f"{flagutil.one_line(e)} (trainer flags go after `--`)")
-    except flags.Error as e:
-        flagutil.fail(e)
-    return None  # unreachable: fail() exits
-
-
 def run_main(*, source_dir: Optional[str] = None) -> None:
     """Console-script entry point (effnet-submit); scripts/submit_job.py passes its own checkout."""
-    define_flags()
-    flagutil.adopt_as_main(sys.argv[0] if __name__ == "__main__" else __name__)
-    app.run(functools.partial(main, source_dir=source_dir), flags_parser=parse_flags)
+    # An unknown flag is most often a trainer flag written before `--` (the hint is part of the contract).
+    flagutil.run(functools.partial(main, source_dir=source_dir), define_flags,
+                 unknown_flag_hint="trainer flags go after `--`")
 
 
 if __name__ == "__main__":
