@@ -20,9 +20,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from effnet_common import google_api
 from serving.grpc_client import MAX_BACKOFF_S, ServingError
 
-_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _RETRYABLE_HTTP = (503, 504)
 _HTTP_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
@@ -159,19 +159,6 @@ def endpoint_region(endpoint: str) -> str:
     return parts[3]
 
 
-def default_session():
-    """An AuthorizedSession with Application Default Credentials (gcloud, GCE, Cloud Run...)."""
-    import google.auth  # pylint: disable=import-outside-toplevel
-    from google.auth import exceptions  # pylint: disable=import-outside-toplevel
-    from google.auth.transport.requests import AuthorizedSession  # pylint: disable=import-outside-toplevel
-    try:
-        credentials, _ = google.auth.default(scopes=[_SCOPE])
-    except exceptions.DefaultCredentialsError:
-        raise ValueError("no Google credentials found for --vertex_endpoint: run `gcloud auth application-default "
-                         "login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
-    return AuthorizedSession(credentials)
-
-
 class VertexClient:
     """Online prediction on a Vertex AI endpoint that serves our export (deploy_vertex.py).
 
@@ -184,10 +171,10 @@ class VertexClient:
     def __init__(self, endpoint: str, *, api_endpoint: Optional[str] = None, session=None, timeout: float = 60.0,
                  retries: int = 4, backoff_s: float = 0.5):
         region = endpoint_region(endpoint)
-        root = (api_endpoint or f"https://{region}-aiplatform.googleapis.com").rstrip("/")
+        root = google_api.vertex_api_root(region, api_endpoint)
         self.model, self.timeout = endpoint, timeout
         self._url = f"{root}/v1/{endpoint.strip('/')}:predict"
-        self._session = mount_retries(session or default_session(), retries=retries, backoff_s=backoff_s)
+        self._session = mount_retries(session or google_api.authorized_session(), retries=retries, backoff_s=backoff_s)
 
     def close(self) -> None:
         self._session.close()

@@ -12,10 +12,9 @@ import json
 import time
 from typing import Callable, Optional
 
-from trainer.cloud.errors import CloudError, check
-from effnet_common import flagutil
+from effnet_common import flagutil, google_api
+from trainer.cloud.errors import CloudError
 
-SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 TERMINAL_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
                    "JOB_STATE_PARTIALLY_SUCCEEDED")
 
@@ -29,35 +28,8 @@ def render(body: dict) -> str:
     return json.dumps(body, indent=2) + "\n"
 
 
-def api_root(region: str, api_endpoint: Optional[str] = None) -> str:
-    """The REST root: Vertex AI's regional endpoint, or --api_endpoint (the tests' stub)."""
-    return (api_endpoint or f"https://{region}-aiplatform.googleapis.com").rstrip("/")
-
-
-def build_session(*, access_token_file: Optional[str] = None):
-    """An authorized HTTP session: Application Default Credentials, or a token read from a file.
-
-    ADC covers a laptop (`gcloud auth application-default login`), Cloud Build and Vertex AI's
-    own machines; a token file (`gcloud auth print-access-token > F`) suits anything else.
-    """
-    import google.auth  # pylint: disable=import-outside-toplevel  # --dry_run needs no credentials
-    from google.auth import exceptions  # pylint: disable=import-outside-toplevel
-    from google.auth.transport.requests import AuthorizedSession  # pylint: disable=import-outside-toplevel
-    if access_token_file:
-        from google.oauth2.credentials import Credentials  # pylint: disable=import-outside-toplevel
-        try:
-            with open(access_token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise CloudError(f"--access_token_file={access_token_file}: {e.strerror}") from None
-        check(bool(token), f"--access_token_file={access_token_file} is empty: write a token into it")
-        return AuthorizedSession(Credentials(token=token))
-    try:
-        credentials, _ = google.auth.default(scopes=[SCOPE])
-    except exceptions.DefaultCredentialsError:
-        raise CloudError("no Google credentials found: run `gcloud auth application-default login`, set "
-                         "GOOGLE_APPLICATION_CREDENTIALS, or pass --access_token_file") from None
-    return AuthorizedSession(credentials)
+api_root = google_api.vertex_api_root
+build_session = google_api.authorized_session
 
 
 def error_message(error: dict) -> str:
