@@ -50,7 +50,7 @@ class Data:
         (Inception-style random crop and flip) or randaugment (that plus RandAugment).
       cache: cache decoded records in memory (small datasets only).
       shuffle_buffer: examples in the training shuffle buffer.
-      seed: shuffling and augmentation seed.
+      seed: the run's one seed: shuffling, augmentation and (train.run) weight initialization.
       num_train_examples / num_eval_examples: known example counts (dataset.json), or None.
       cache_views: with randaugment, the random views per image the frozen phase's embedding
         cache holds (each epoch draws one).
@@ -202,7 +202,6 @@ class Runtime:
       mixed_precision: none, mixed_float16 or mixed_bfloat16.
       jit_compile: compile the train step with XLA.
       steps_per_epoch: cap on steps per epoch, or None for a full pass.
-      seed: global random seed.
       overwrite: start afresh even if model_dir holds a run.
       memory_budget_gb: device memory to plan batches for, or None to detect.
       max_batch_size: cap for automatic batch sizes.
@@ -221,7 +220,6 @@ class Runtime:
     mixed_precision: str = "none"
     jit_compile: bool = False
     steps_per_epoch: Optional[int] = None
-    seed: int = 0
     overwrite: bool = False
     memory_budget_gb: Optional[float] = None
     max_batch_size: int = 256
@@ -280,8 +278,9 @@ class Config:
         weights = d["data"].get("class_weights")
         data = dict(d["data"], class_names=tuple(d["data"]["class_names"]),
                     class_weights=tuple(weights) if weights is not None else None)
+        runtime = {k: v for k, v in d["runtime"].items() if k != "seed"}  # a config.json from before seed was one field
         return cls(data=Data(**data), model=Model(**d["model"]),
-                   phases=tuple(Phase(**p) for p in d["phases"]), runtime=Runtime(**d["runtime"]))
+                   phases=tuple(Phase(**p) for p in d["phases"]), runtime=Runtime(**runtime))
 
     def run_identity(self) -> dict:
         """The settings that make two runs the same run (resume) rather than different ones.

@@ -138,7 +138,7 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
     )
     runtime = config.Runtime(
         model_dir=model_dir, strategy=f.strategy, tpu=f.tpu or env.get("TPU_NAME"), mixed_precision=f.mixed_precision,
-        jit_compile=f.jit_compile, steps_per_epoch=f.steps_per_epoch, seed=f.seed, overwrite=f.overwrite,
+        jit_compile=f.jit_compile, steps_per_epoch=f.steps_per_epoch, overwrite=f.overwrite,
         memory_budget_gb=f.memory_budget_gb, max_batch_size=f.max_batch_size, accumulate_steps=f.accumulate_steps,
         tensorboard_dir=f.tensorboard_dir or env.get("AIP_TENSORBOARD_LOG_DIR"),
         checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), report=f.report,

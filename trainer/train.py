@@ -55,7 +55,7 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
     # Only the chief clears or checks the folder; building the model below is a collective
     # (MultiWorkerMirroredStrategy broadcasts initial values), so no worker reads it before.
     run_dir.check(cfg, overwrite=cfg.runtime.overwrite, clear=chief)
-    keras.utils.set_random_seed(cfg.runtime.seed)
+    keras.utils.set_random_seed(cfg.data.seed)
     with model_lib.precision_policy(cfg.runtime.mixed_precision):
         return _train(cfg, strategy=strategy, run_dir=run_dir, chief=chief, plan_only=plan_only, callbacks=callbacks,
                       last_phase_callbacks=last_phase_callbacks)
