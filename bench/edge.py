@@ -42,23 +42,13 @@ def _photos(per_class: int, held: int, size: int):
     return names, load(pick[:, :per_class].ravel()), load(pick[:, per_class:].ravel())
 
 
-def _fit_head(model, images, labels):
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
-    feats = model_lib.feature_model(model).predict(images.astype(np.float32), verbose=0).astype(np.float64)
-    x = np.c_[feats, np.ones(len(feats))]
-    onehot = np.eye(int(labels.max()) + 1)[labels]
-    coef = np.linalg.solve(x.T @ x + 1e-3 * np.eye(x.shape[1]), x.T @ onehot)
-    model.get_layer(model_lib.HEAD_LAYER).set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
-
-
 def bench(backbone: str, weights: str, *, names, train, held, size: int) -> None:
-    import numpy as np  # pylint: disable=import-outside-toplevel
+    from testbed.exports import fit_head  # pylint: disable=import-outside-toplevel
     from trainer import config, tflite  # pylint: disable=import-outside-toplevel
     from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
     model = model_lib.build_classifier(config.Model(backbone=backbone, weights=weights, num_classes=len(names),
                                                     image_size=size))
-    _fit_head(model, *train)
+    fit_head(model, *train, scale=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         report = tflite.export_variants(model, variants=tflite.VARIANTS, class_names=names, image_size=size,
                                         output_dir=tmp, validation=held, representative=train[0][::4],
@@ -69,7 +59,6 @@ def bench(backbone: str, weights: str, *, names, train, held, size: int) -> None
         print(f"{backbone:18s} {name:8s} accuracy={v['accuracy']:.3f} drop={v['accuracy_drop']:+.3f} "
               f"top1_agreement={v['top1_agreement']:.3f} size_mb={v['size_bytes'] / 2 ** 20:.2f} "
               f"median_ms={v['median_latency_ms']:.2f}", flush=True)
-    del np
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python bench/gcs_read.py [--shards=8] [--shard_mb=16] [--record_kb=110] [--cycle_length=8]
 
 Writes the same shards of random records (JPEG-sized, ~110 KB, so they do not compress) to a
-local temp folder and, through tests/testing/gcs_front.py, to the in-memory GCS emulator. Then
+local temp folder and, through testbed/gcs_front.py, to the in-memory GCS emulator. Then
 reads them, each configuration in a fresh process (TensorFlow reads its GCS_* settings once, at
 import), with the interleaved TFRecordDataset that trainer.data uses, and prints one line per
 figure: MB/s, records/s and the growth of peak RSS while reading, for
@@ -92,7 +92,7 @@ def main(argv):
     if FLAGS.child:
         print(json.dumps(read_all(pattern=FLAGS.child, cycle_length=FLAGS.cycle_length)))
         return
-    from tests.testing.gcs_front import GcsFront
+    from testbed.gcs_front import GcsFront
 
     front = GcsFront().start()
     workdir = tempfile.mkdtemp(prefix="gcs-read-bench-")

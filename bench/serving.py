@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.serving [--image_size=224] [--reps_batch1=40] [--reps_batch32=12]
 
-Exports a B0 classifier (random weights: latency does not depend on them), loads the export
-in this process, and starts tests/testing/serving_server.py on it in a child process (a
+Exports a B0 classifier (testbed.exports; random weights: latency does not depend on them), loads
+the export in this process, and starts testbed/serving_server.py on it in a child process (a
 separate process, as tensorflow_model_server would be). Requests of 1 and 32 JPEGs alternate
 between the two paths, so both see the same machine load; each line prints p50 / p99 of one
 path and the ratio. Then the in-graph decode: the signature's decode+crop+resize alone vs
@@ -26,8 +26,7 @@ import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # noqa: E402
 
 from serving import client as sc, signatures  # noqa: E402
-from tests.testing import serving_server  # noqa: E402
-from trainer import config, export, model as model_lib  # noqa: E402
+from testbed import exports, serving_server  # noqa: E402
 
 
 def jpegs(count: int, *, seed: int = 0) -> list:
@@ -52,13 +51,6 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def build_export(*, image_size: int, root: str) -> str:
-    model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", num_classes=10,
-                                                    image_size=image_size))
-    return export.export_saved_model(model, class_names=[f"class_{i}" for i in range(10)],
-                                     image_size=image_size, export_base=f"{root}/effnet")
 
 
 def compare_paths(*, loaded, client: sc.GrpcClient, batch: int, reps: int) -> None:
@@ -97,7 +89,8 @@ def main() -> None:
     parser.add_argument("--reps_batch32", type=int, default=12)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        path = build_export(image_size=args.image_size, root=root)
+        path = exports.build_export(f"{root}/effnet", backbone="efficientnet-b0", num_classes=10,
+                                    image_size=args.image_size, verify=True).path
         loaded = tf.saved_model.load(path)
         proc, address, _ = serving_server.start_subprocess(model_name="effnet", model_base_path=f"{root}/effnet")
         client = sc.GrpcClient(address, model="effnet", timeout=120)

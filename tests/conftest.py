@@ -16,7 +16,7 @@ from tests.testing.presets import IMAGE_SIZE  # noqa: E402,F401  # tests import 
 
 # The GCS test front (gcs / gcs_bucket fixtures); it sets TF's GCS_* variables before
 # TensorFlow is first imported, so nothing above may import TensorFlow.
-pytest_plugins = ["tests.testing.gcs_front"]
+pytest_plugins = ["testbed.gcs_front"]
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +55,21 @@ def photos():
 
 @pytest.fixture(scope="session")
 def export_base(tmp_path_factory, pretrained_weights):
-    """A small trained export (Lite0 ImageNet, its head fitted in closed form): the folder holding version 1."""
-    from tests.testing import fitted_export
-    return fitted_export.build(str(tmp_path_factory.getbasetemp() / "tiny_export"), weights=pretrained_weights)
+    """A small trained export (Lite0 ImageNet at IMAGE_SIZE, its head fitted in closed form on the
+    demo's 4 shapes): the folder holding version 1, for tests whose numbers must mean something."""
+    from testbed import exports
+    from tests.testing.presets import PRETRAINED
+    return exports.build_export(str(tmp_path_factory.mktemp("fitted") / "export"), backbone=PRETRAINED,
+                                weights=pretrained_weights, num_classes=4, image_size=IMAGE_SIZE, head="fitted").base
+
+
+@pytest.fixture(scope="session")
+def b0_export(tmp_path_factory):
+    """B0 without pretrained weights at 32 px, 3 classes, its head spread (testbed/exports.py):
+    EfficientNet's signatures, for test_export.py and test_serving.py. Read-only."""
+    from testbed import exports
+    return exports.build_export(str(tmp_path_factory.mktemp("b0") / "effnet"), backbone="efficientnet-b0",
+                                num_classes=3, image_size=32, head="spread")
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +88,9 @@ def two_cpu_process():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a multi-minute end-to-end test; scheduled first (see below)")
+    config.addinivalue_line("markers", "slow: an end-to-end test that takes over ~30 s with its fixtures on 2 "
+                                       "cores; every run includes it (scheduled first, see below), a quick loop "
+                                       "leaves it out: bash scripts/test.sh -m 'not slow'")
 
 
 def pytest_collection_modifyitems(items):

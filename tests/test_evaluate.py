@@ -1,6 +1,6 @@
 """Evaluation reports on a tiny trained export: files that parse, numbers that match numpy.
 
-The export is the conftest fixture `export_base` (tests/testing/fitted_export.py): Lite0 at 64 px from
+The export is the conftest fixture `export_base` (testbed/exports.py, head="fitted"): Lite0 at 64 px from
 its ImageNet weights, its head fitted in closed form, made once a session and
 shared with tests/test_predict.py. The CLI runs as `python -m trainer.evaluate`.
 """

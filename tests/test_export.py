@@ -1,8 +1,8 @@
 """trainer.export: the SavedModel's contract, its loaders, its warmup file and its versioning.
 
-The B0 export is `serving_server.tiny_export` (shared with test_serving.py). The loader path,
-versioning, failure and input checks use `serving_server.small_classifier`, a small conv net
-with the same contract, which exports in seconds.
+Every export and model here comes from testbed/exports.py: the B0 export is the conftest fixture
+`b0_export` (shared with test_serving.py); the loader path, versioning, failure and input checks
+use its small conv net (`exports.small_net`), with the same contract, which exports in seconds.
 """
 import io
 import os
@@ -18,8 +18,8 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
 
 from serving import signatures  # noqa: E402
-from tests.testing.signature_defs import read_signature_defs  # noqa: E402
-from tests.testing import serving_server  # noqa: E402
+from testbed import exports, serving_server  # noqa: E402
+from testbed.signature_defs import read_signature_defs  # noqa: E402
 from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
 from effnet_common import decode
 from trainer import config, export, model as model_lib  # noqa: E402
@@ -34,22 +34,16 @@ def jpeg(seed, size=(50, 36)):
     return buffer.getvalue()
 
 
-small_net = serving_server.small_classifier
+small_net = exports.small_net
 
 
 @pytest.fixture(scope="module")
-def exported():
-    return serving_server.tiny_export(num_classes=3, image_size=SIZE)
+def servable(b0_export):
+    return serving_server._Servable("effnet", 1, b0_export.path)  # pylint: disable=protected-access
 
 
-@pytest.fixture(scope="module")
-def servable(exported):
-    _, _, _, path = exported
-    return serving_server._Servable("effnet", 1, path)  # pylint: disable=protected-access
-
-
-def test_signatures_carry_the_documented_keys_and_method_names(exported):
-    _, names, _, path = exported
+def test_signatures_carry_the_documented_keys_and_method_names(b0_export):
+    _, names, _, path = b0_export
     defs = read_signature_defs(path)
     assert {"serving_default", "classify", "features"} <= set(defs)
 
@@ -70,8 +64,8 @@ def test_signatures_carry_the_documented_keys_and_method_names(exported):
     assert not [n for n in os.listdir(os.path.dirname(path)) if n != "1"]  # no temporaries left
 
 
-def test_serving_default_matches_keras_on_the_same_pixels(exported, servable):
-    model, names, _, _ = exported
+def test_serving_default_matches_keras_on_the_same_pixels(b0_export, servable):
+    model, names, _, _ = b0_export
     images = [jpeg(1), jpeg(2, size=(20, 70)), jpeg(3, size=(32, 32))]
     pixels = tf.stack([decode.decode_for_eval(tf.constant(b), SIZE) for b in images])
     expected = model(pixels, training=False).numpy()
@@ -89,9 +83,9 @@ def test_serving_default_matches_keras_on_the_same_pixels(exported, servable):
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory):
     """7 classes (so K = 5 < C), verified on export."""
-    names = [f"c{i}" for i in range(7)]
-    base = str(tmp_path_factory.mktemp("small") / "export")
-    return names, export.export_saved_model(small_net(7), class_names=names, image_size=SIZE, export_base=base)
+    built = exports.build_export(str(tmp_path_factory.mktemp("small") / "export"), num_classes=7, image_size=SIZE,
+                                 verify=True)
+    return built.class_names, built.path
 
 
 def test_loads_through_the_tf1_loader_too(small_export):
@@ -110,8 +104,8 @@ def test_loads_through_the_tf1_loader_too(small_export):
     assert out["classes"].tolist() == ref["classes"].numpy().tolist() == classified.tolist()
 
 
-def test_warmup_file_parses_and_replays_every_signature_at_every_batch_size(exported, servable):
-    _, _, _, path = exported
+def test_warmup_file_parses_and_replays_every_signature_at_every_batch_size(b0_export, servable):
+    _, _, _, path = b0_export
     seen = set()
     for record in tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")):
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())

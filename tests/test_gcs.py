@@ -1,6 +1,6 @@
 """gs:// through TensorFlow's own filesystem and through effnet_common.gcs, against the GCS test front.
 
-The front (tests/testing/gcs_front.py) runs gcp-storage-emulator behind a TLS-terminating
+The front (testbed/gcs_front.py) runs gcp-storage-emulator behind a TLS-terminating
 CONNECT proxy, so these tests exercise TensorFlow's real gs:// client code, retries included.
 """
 import json
@@ -17,7 +17,6 @@ import pytest
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
-from tests.testing import gcs_tree  # noqa: E402
 from effnet_common import fileio, gcs as tgcs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,8 +142,7 @@ def test_tensorflow_retries_a_burst_of_503s(gcs, gcs_bucket):
     assert listing == ["moved.tfrecord", "train-00001-of-00002.tfrecord"]
 
 
-def test_google_cloud_storage_upload_and_server_side_copy(gcs, gcs_bucket, tmp_path):
-    other = gcs.create_bucket(gcs_bucket[len("gs://"):] + "-serving")
+def test_google_cloud_storage_upload(gcs_bucket, tmp_path):
     local = tmp_path / "package.tar.gz"
     local.write_bytes(os.urandom(50_000))
     assert tgcs.upload_file(str(local), gcs_bucket + "/staging/") == \
@@ -152,29 +150,24 @@ def test_google_cloud_storage_upload_and_server_side_copy(gcs, gcs_bucket, tmp_p
     assert tf.io.gfile.GFile(gcs_bucket + "/staging/package.tar.gz", "rb").read() == \
         local.read_bytes()
 
-    tf.io.gfile.makedirs(gcs_bucket + "/export/7/variables")
-    for name in ("saved_model.pb", "variables/variables.index", "assets/labels.txt"):
-        fileio.write_text_atomic(f"{gcs_bucket}/export/7/{name}", name)
-    copied = gcs_tree.copy_tree(gcs_bucket + "/export/7", other + "/models/flowers/7")  # the rewrite API
-    assert copied == 5  # 3 files, and the markers makedirs wrote for export/7/ and variables/
-    for name in ("saved_model.pb", "variables/variables.index", "assets/labels.txt"):
-        assert fileio.read_text(f"{other}/models/flowers/7/{name}") == name
-    assert tf.io.gfile.isdir(f"{other}/models/flowers/7/variables")
-
 
 def test_trainer_gcs_retries_503s(gcs, gcs_bucket, tmp_path):
+    """Every second request answered 503, the count restarted for each call (each makes two or
+    more requests, so each meets a 503)."""
     local = tmp_path / "weights.h5"
     local.write_bytes(os.urandom(20_000))
-    fileio.write_text_atomic(gcs_bucket + "/export/1/saved_model.pb", "pb")
-    gcs.set_faults(every_nth_503=2)
-    url = tgcs.upload_file(str(local), gcs_bucket + "/w/weights.h5")
-    assert gcs_tree.copy_tree(gcs_bucket + "/export", gcs_bucket + "/copy") == 1
-    tgcs.check_writable([gcs_bucket + "/model_dir"])
-    injected = gcs.stats()["injected_503"]
-    gcs.set_faults()
-    assert injected >= 3
+    injected = []
+    try:
+        gcs.set_faults(every_nth_503=2)
+        url = tgcs.upload_file(str(local), gcs_bucket + "/w/weights.h5")
+        injected.append(gcs.stats()["injected_503"])
+        gcs.set_faults(every_nth_503=2)
+        tgcs.check_writable([gcs_bucket + "/model_dir"])
+        injected.append(gcs.stats()["injected_503"])
+    finally:
+        gcs.set_faults()
+    assert min(injected) >= 1, injected
     assert tf.io.gfile.GFile(url, "rb").read() == local.read_bytes()
-    assert fileio.read_text(gcs_bucket + "/copy/1/saved_model.pb") == "pb"
 
 
 def test_check_writable_passes_and_leaves_nothing_behind(gcs_bucket, tmp_path):

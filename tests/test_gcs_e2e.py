@@ -1,4 +1,4 @@
-"""The demo flow with every path on gs://, against the GCS test front (tests/testing/gcs_front.py).
+"""The demo flow with every path on gs://, against the GCS test front (testbed/gcs_front.py).
 
 prepare (gs:// image folder -> gs:// shards) -> train both phases (model_dir and --weights on
 gs://) -> export on gs:// -> load the export from gs:// and predict; then the same training

@@ -71,9 +71,3 @@ def test_check_metric_refuses_what_the_trainer_never_measures(metric, has_eval, 
     with pytest.raises(ValueError, match=says):
         hptune.check_metric(metric, has_eval_data=has_eval)
     hptune.check_metric("loss", has_eval_data=False)
-
-
-def test_last_phase_is_the_last_that_trains():
-    assert hptune.last_phase_index([5, 10]) == 1
-    assert hptune.last_phase_index([5, 0]) == 0
-    assert hptune.last_phase_index([0, 0]) is None

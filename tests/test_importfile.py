@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import trainer  # noqa: F401
-import tensorflow as tf  # noqa: E402  # gcs_bucket: the conftest plugin (tests/testing/gcs_front.py)
+import tensorflow as tf  # noqa: E402  # gcs_bucket: the conftest plugin (testbed/gcs_front.py)
 
 from trainer import discovery, importfile, prepare  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import trainer  # noqa: F401
-import tensorflow as tf  # noqa: E402  # gcs / gcs_bucket: the conftest plugin (tests/testing/gcs_front.py)
+import tensorflow as tf  # noqa: E402  # gcs / gcs_bucket: the conftest plugin (testbed/gcs_front.py)
 
 from trainer import config, data, discovery, folderswap, prepare, shards  # noqa: E402
 

@@ -29,7 +29,6 @@ def assert_one_clear_line(result, *words):
     assert assert_one_error_line(result, *words).startswith("error:")
 
 
-@pytest.mark.slow
 def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
     """Image-folder input straight into the trainer, both phases, export; then --plan_only."""
     model_dir = tmp_path / "run"

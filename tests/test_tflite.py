@@ -13,6 +13,7 @@ import pytest
 import trainer  # noqa: F401
 import tensorflow as tf  # noqa: E402
 
+from testbed.exports import fit_head
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
 from tests.testing.presets import IMAGE_SIZE, PRETRAINED, TINY, TINY_SIZE
 from effnet_common import decode
@@ -77,7 +78,8 @@ def test_a_variant_over_the_drop_is_refused_not_kept(tiny_case, tmp_path, monkey
     convert = tflite.convert
     monkeypatch.setattr(tflite, "convert", lambda m, *, variant, **kw: convert(broken if variant == "int8" else m,
                                                                                  variant=variant, **kw))
-    fitted = _fit_head(model_lib.build_classifier(fresh), images, labels)
+    fitted = model_lib.build_classifier(fresh)
+    fit_head(fitted, images, labels)
     out = str(tmp_path / "tflite")
     with pytest.raises(tflite.TfliteError) as e:
         tflite.export_variants(fitted, variants=("float16", "int8"), class_names=names, image_size=TINY_SIZE,
@@ -91,16 +93,7 @@ def test_a_variant_over_the_drop_is_refused_not_kept(tiny_case, tmp_path, monkey
     assert report["refused"] == ["int8"] and report["variants"]["int8"]["accuracy_drop"] > 0.01
 
 
-def _fit_head(model, images, labels, *, scale: float = 5.0):
-    """The head fitted in closed form (ridge regression on one-hot labels) on the pooled features."""
-    feats = model_lib.feature_model(model).predict(images.astype(np.float32), verbose=0).astype(np.float64)
-    x = np.c_[feats, np.ones(len(feats))]
-    onehot = np.eye(int(labels.max()) + 1)[labels]
-    coef = np.linalg.solve(x.T @ x + 1e-3 * np.eye(x.shape[1]), x.T @ onehot) * scale
-    model.get_layer(model_lib.HEAD_LAYER).set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
-    return model
-
-
+@pytest.mark.slow
 def test_lite0_on_real_photos_survives_full_integer_int8(photos, pretrained_weights, tmp_path):
     """Lite0 ImageNet, its head fitted on 20 photos a class, scored on 10 others a class:
     full-integer int8 (what Lite is built for; float16 and dynamic are checked on the tiny model,
@@ -114,7 +107,7 @@ def test_lite0_on_real_photos_survives_full_integer_int8(photos, pretrained_weig
     held_images = _eval_pixels([paths[i] for i in held], IMAGE_SIZE)
     model = model_lib.build_classifier(config.Model(backbone=PRETRAINED, weights=pretrained_weights,
                                                     num_classes=len(names), image_size=IMAGE_SIZE))
-    _fit_head(model, train_images, labels[train], scale=1.0)
+    fit_head(model, train_images, labels[train], scale=1.0)
     report = tflite.export_variants(model, variants=("int8",), class_names=names, image_size=IMAGE_SIZE,
                                     output_dir=str(tmp_path / "tflite"), validation=(held_images, labels[held]),
                                     representative=train_images[::4], max_accuracy_drop=0.05)
@@ -125,6 +118,7 @@ def test_lite0_on_real_photos_survives_full_integer_int8(photos, pretrained_weig
     assert int8["size_bytes"] < 0.4 * 4 * params  # about a byte a weight, against float32's four
 
 
+@pytest.mark.slow
 def test_cli_writes_scored_variants_of_a_run_and_refuses_an_unknown_one(tmp_path, demo_records):
     model_dir = tmp_path / "run"
     result = run_module("trainer.task", *train_flags(model_dir, demo_records, "none", "--frozen_epochs=1",

@@ -62,6 +62,7 @@ def full_run(tmp_path_factory, demo_records, pretrained_weights):
     return model_dir
 
 
+@pytest.mark.slow
 def test_frozen_phase_moves_only_the_head(full_run, pretrained_weights):
     model = fresh_model(pretrained_weights)
     before = {v.name: v.numpy().copy() for v in model.variables}
@@ -74,6 +75,7 @@ def test_frozen_phase_moves_only_the_head(full_run, pretrained_weights):
     assert head and all(not np.array_equal(after[n], before[n]) for n in head)
 
 
+@pytest.mark.slow
 def test_finetune_moves_kernels_but_not_bn_statistics(full_run, pretrained_weights):
     model = fresh_model(pretrained_weights)
     frozen = variables_by_name(model, checkpoint_of(full_run, "frozen"))
@@ -86,6 +88,7 @@ def test_finetune_moves_kernels_but_not_bn_statistics(full_run, pretrained_weigh
         np.testing.assert_array_equal(frozen[name], tuned[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_history_schema_and_loss_falls(full_run):
     with open(os.path.join(full_run, "history.json")) as f:
         history = json.load(f)
@@ -97,6 +100,7 @@ def test_history_schema_and_loss_falls(full_run):
     assert all(h["val_loss"] is not None for h in history)
 
 
+@pytest.mark.slow
 def test_outputs_in_model_dir(full_run):
     """Every output is there and says what the run did (not only that the files exist)."""
     run = rundir.RunDir(full_run)
@@ -122,6 +126,7 @@ def test_outputs_in_model_dir(full_run):
     assert not os.path.exists(os.path.join(full_run, "cache"))  # the embedding cache is gone with the phase
 
 
+@pytest.mark.slow
 def test_export_matches_keras_model(full_run, demo_images):
     from trainer import data
     export_dir = glob.glob(os.path.join(full_run, "export", "*"))[0]
@@ -138,6 +143,7 @@ def test_export_matches_keras_model(full_run, demo_images):
     np.testing.assert_allclose(features.numpy(), model_lib.feature_model(model)(pixels).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_top_n_opens_only_the_top_blocks(tmp_path, demo_records, pretrained_weights):
     model_dir = str(tmp_path / "top2")
     assert train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=0", "--finetune_epochs=1",
@@ -157,6 +163,7 @@ def test_top_n_opens_only_the_top_blocks(tmp_path, demo_records, pretrained_weig
             np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_seed_blog_variant_trains_bn_in_frozen_phase(tmp_path, demo_records, pretrained_weights):
     model_dir = str(tmp_path / "bn_trainable")
     result = run_module("trainer.task", *train_flags(model_dir, demo_records, pretrained_weights, "--frozen_epochs=1",
@@ -172,6 +179,7 @@ def test_seed_blog_variant_trains_bn_in_frozen_phase(tmp_path, demo_records, pre
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_rerun_of_finished_run_redoes_nothing(full_run, tmp_path, demo_records, pretrained_weights):
     """The same command on a finished run's model_dir trains nothing and exports a new version."""
     model_dir = str(tmp_path / "copy")

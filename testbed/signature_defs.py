@@ -1,4 +1,4 @@
-"""The signature_def map of an export as TF Serving's C++ loader sees it (for tests only)."""
+"""The signature_def map of an export as TF Serving's C++ loader sees it (the stand-in and the tests read it)."""
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 

@@ -28,10 +28,12 @@ messages, taken from its sources (tensorflow/serving):
   status does.
 
 Use in-process (`ModelServer(...).start()`, tests) or as a child process
-(`python -m tests.testing.serving_server --model_name=M --model_base_path=P`, benchmarks: a
+(`python -m testbed.serving_server --model_name=M --model_base_path=P`, benchmarks: a
 separate process, like the real server); the child prints `READY grpc=PORT rest=PORT` and
-exits when its stdin closes. Fault injection (`fail_next`, `delay_next`) lets tests check the
-client's retries.
+exits when its stdin closes. Fault injection (`fail_next`: the next calls answer a status code
+such as UNAVAILABLE or DEADLINE_EXCEEDED) lets tests check the client's retries without racing a
+clock, and `last_time_remaining` (the deadline the last gRPC call arrived with) that the client
+sends one.
 """
 from __future__ import annotations
 
@@ -44,7 +46,6 @@ import re
 import socketserver
 import sys
 import threading
-import time
 from typing import Dict, List, Optional, Sequence
 
 import grpc
@@ -59,7 +60,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import signatures
-from tests.testing.signature_defs import read_signature_defs  # noqa: E402
+from testbed.signature_defs import read_signature_defs
 
 PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
 MAX_WARMUP_RECORDS = 1000
@@ -150,14 +151,7 @@ def _check_feed(alias: str, info, value: np.ndarray) -> None:
         raise _invalid(f"input {alias} has shape {list(value.shape)} but the signature expects {dims}")
 
 
-def _check_batch(size: int, max_batch_size: Optional[int]) -> None:
-    """With --enable_batching, shared_batch_scheduler.h refuses a request over max_batch_size."""
-    if max_batch_size is not None and size > max_batch_size:
-        raise _invalid(f"Task size {size} is larger than maximum input batch size {max_batch_size}")
-
-
-def run_predict(servable: _Servable, request, *, method_name_check: bool,
-                max_batch_size: Optional[int] = None):
+def run_predict(servable: _Servable, request, *, method_name_check: bool):
     """predict_util.cc RunPredict on the loaded SavedModel."""
     name = request.model_spec.signature_name or "serving_default"
     if name not in servable.signature_defs:
@@ -191,7 +185,6 @@ def run_predict(servable: _Servable, request, *, method_name_check: bool,
                            f"the set {{{','.join(sorted(signature.outputs))}}}.")
     if len(set(aliases)) != len(aliases):
         raise _invalid(f"duplicate output tensor alias: {aliases}")
-    _check_batch(max((int(v.shape[0]) for v in feeds.values() if v.shape.rank), default=0), max_batch_size)
     outputs = _run(servable.loaded.signatures[name], feeds)
     response = predict_pb2.PredictResponse()
     _model_spec(servable, name, response.model_spec)
@@ -246,13 +239,11 @@ def _check_classify_output(key: str, value: np.ndarray, *, dtype: str, batch: in
         raise _invalid(f"Expected {key} output batch size of {batch}. Got: {value.shape[0]}")
 
 
-def run_classify(servable: _Servable, request, *, method_name_check: bool,
-                 max_batch_size: Optional[int] = None):
+def run_classify(servable: _Servable, request, *, method_name_check: bool):
     """classifier.cc RunClassify on the loaded SavedModel."""
     name = request.model_spec.signature_name or "serving_default"
     signature = _classification_signature(servable, name, method_name_check=method_name_check)
     examples = _serialized_examples(request.input)
-    _check_batch(len(examples), max_batch_size)
     outputs = _run(servable.loaded.signatures[name], {"inputs": tf.constant(examples, dtype=tf.string)})
     classes, scores = outputs.get("classes"), outputs.get("scores")
     if classes is not None:
@@ -276,7 +267,7 @@ def run_classify(servable: _Servable, request, *, method_name_check: bool,
     return response
 
 
-def replay_warmup(servable: _Servable, *, method_name_check: bool, max_batch_size: Optional[int] = None) -> int:
+def replay_warmup(servable: _Servable, *, method_name_check: bool) -> int:
     """saved_model_warmup_util.cc: every record must run; returns how many ran."""
     path = f"{servable.path}/assets.extra/{signatures.WARMUP_FILENAME}"
     if not tf.io.gfile.exists(path):
@@ -289,11 +280,9 @@ def replay_warmup(servable: _Servable, *, method_name_check: bool, max_batch_siz
             raise _invalid(f"Failed to parse warmup record from {path}") from None
         kind = log.WhichOneof("log_type")
         if kind == "predict_log":
-            run_predict(servable, log.predict_log.request, method_name_check=method_name_check,
-                        max_batch_size=max_batch_size)
+            run_predict(servable, log.predict_log.request, method_name_check=method_name_check)
         elif kind == "classify_log":
-            run_classify(servable, log.classify_log.request, method_name_check=method_name_check,
-                         max_batch_size=max_batch_size)
+            run_classify(servable, log.classify_log.request, method_name_check=method_name_check)
         else:
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
         count += 1
@@ -305,31 +294,27 @@ def replay_warmup(servable: _Servable, *, method_name_check: bool, max_batch_siz
 # --------------------------------------------------------------------------- the model manager
 
 class ModelServer:
-    """Serves the numeric versions under each model's base path, like tensorflow_model_server.
+    """Serves the latest numeric version under each model's base path, like tensorflow_model_server
+    with its default version policy.
 
     Args:
       models: model name -> base path (the folder holding numeric version folders).
-      versions: "latest" (TF Serving's default policy: the highest version) or "all".
       enable_signature_method_name_check: TF Serving's flag of the same name.
       rest: also answer TF Serving's REST API on another loopback port.
-      max_batch_size: as --enable_batching with batching.config's max_batch_size: larger
-        requests (warmup records included) are refused; None: no batching, no limit.
     """
 
-    def __init__(self, *, models: Dict[str, str], versions: str = "latest",
-                 enable_signature_method_name_check: bool = False, rest: bool = False,
-                 max_batch_size: Optional[int] = None):
+    def __init__(self, *, models: Dict[str, str], enable_signature_method_name_check: bool = False,
+                 rest: bool = False):
         self._bases = dict(models)
-        self._policy = versions
         self.method_name_check = enable_signature_method_name_check
         self._rest_enabled = rest
-        self.max_batch_size = max_batch_size
         self._lock = threading.Lock()
         self._servables: Dict[str, Dict[int, _Servable]] = {name: {} for name in models}
         self._states: Dict[str, Dict[int, tuple]] = {name: {} for name in models}
-        self._faults: List[tuple] = []
+        self._faults: List[grpc.StatusCode] = []
         self.calls: Dict[str, int] = {}
         self.warmup_counts: Dict[tuple, int] = {}
+        self.last_time_remaining: Optional[float] = None  # seconds left of the last gRPC call's deadline
         self._grpc = None
         self._http = None
         self.port = self.rest_port = None
@@ -382,7 +367,7 @@ class ModelServer:
         for name, base in self._bases.items():
             found = sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(base)
                            if re.fullmatch(r"\d+", n.rstrip("/"))) if tf.io.gfile.isdir(base) else []
-            aspired = found if self._policy == "all" else found[-1:]
+            aspired = found[-1:]
             for version in aspired:
                 if version not in self._states[name]:
                     self._load(name, version, f"{base.rstrip('/')}/{version}")
@@ -401,7 +386,7 @@ class ModelServer:
         try:
             servable = _Servable(name, version, path)
             self.warmup_counts[(name, version)] = replay_warmup(
-                servable, method_name_check=self.method_name_check, max_batch_size=self.max_batch_size)
+                servable, method_name_check=self.method_name_check)
         except ServingError as e:
             with self._lock:
                 self._states[name][version] = (_STATE.END, e)
@@ -443,21 +428,14 @@ class ModelServer:
     def fail_next(self, count: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         """The next `count` Predict/Classify calls fail with `code` before doing anything."""
         with self._lock:
-            self._faults.extend([("fail", code)] * count)
-
-    def delay_next(self, count: int, seconds: float) -> None:
-        """The next `count` Predict/Classify calls sleep `seconds` first (deadline tests)."""
-        with self._lock:
-            self._faults.extend([("delay", seconds)] * count)
+            self._faults.extend([code] * count)
 
     def before_call(self, method: str) -> None:
         with self._lock:
             self.calls[method] = self.calls.get(method, 0) + 1
             fault = self._faults.pop(0) if self._faults else None
-        if fault and fault[0] == "fail":
-            raise ServingError(fault[1], "injected fault")
-        if fault and fault[0] == "delay":
-            time.sleep(fault[1])
+        if fault is not None:
+            raise ServingError(fault, "injected fault")
 
     # -- the API, shared by gRPC and REST
 
@@ -465,8 +443,7 @@ class ModelServer:
         self.before_call(method)
         if not request.HasField("model_spec"):
             raise _invalid("Missing ModelSpec")
-        return runner(self.servable(request.model_spec), request, method_name_check=self.method_name_check,
-                      max_batch_size=self.max_batch_size)
+        return runner(self.servable(request.model_spec), request, method_name_check=self.method_name_check)
 
     def predict(self, request):
         return self._run_on_servable("Predict", run_predict, request)
@@ -517,6 +494,7 @@ class ModelServer:
 
 def _grpc_method(method):
     def handler(self, request, context):
+        self.server.last_time_remaining = context.time_remaining()
         try:
             return method(self.server, request)
         except ServingError as e:
@@ -701,60 +679,6 @@ def _predict_json(response, *, row: bool) -> dict:
     return {"predictions": [{k: v[i] for k, v in values.items()} for i in range(batch)]}
 
 
-# --------------------------------------------------------------------------- a tiny export
-
-TINY_CLASS_NAMES = ("cat", "dog", "fox", "owl", "bee", "ant", "elk")
-_TINY: Dict[tuple, tuple] = {}
-
-
-def small_classifier(num_classes: int, *, image_size: int = 32, dtype_policy: Optional[str] = None):
-    """The classifier contract (0..255 pixels in, softmax out, GlobalAveragePooling2D named
-    avg_pool) on a few-layer conv net: it exports and loads in seconds, for tests about the
-    SavedModel's plumbing rather than about EfficientNet."""
-    import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
-    if dtype_policy:
-        keras.mixed_precision.set_global_policy(dtype_policy)
-    try:
-        inputs = keras.Input((image_size, image_size, 3))
-        x = keras.layers.Rescaling(1 / 255.0)(inputs)
-        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D(name=model_lib.FEATURES_LAYER)(x)
-        x = keras.layers.Dropout(0.2)(x)
-        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
-        return keras.Model(inputs, outputs)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
-def tiny_export(*, num_classes: int = 3, image_size: int = 32):
-    """(model, class_names, export_base, version_path) of a tiny B0 export, made once per process.
-
-    B0 without pretrained weights, its head scaled up so the probabilities spread out and the
-    top-k order means something. Shared by the test modules: treat it as read-only.
-    """
-    key = (num_classes, image_size)
-    if key not in _TINY:
-        import atexit  # pylint: disable=import-outside-toplevel
-        import shutil  # pylint: disable=import-outside-toplevel
-        import tempfile  # pylint: disable=import-outside-toplevel
-        from trainer import config, export, model as model_lib  # pylint: disable=import-outside-toplevel
-        model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none",
-                                                        num_classes=num_classes, image_size=image_size))
-        head = model.get_layer(model_lib.HEAD_LAYER)
-        kernel, bias = head.get_weights()
-        head.set_weights([np.random.default_rng(0).normal(0, 30, kernel.shape).astype(np.float32), bias])
-        root = tempfile.mkdtemp(prefix="tiny-export-")
-        atexit.register(shutil.rmtree, root, True)
-        names = list(TINY_CLASS_NAMES[:num_classes])
-        base = f"{root}/effnet"
-        # verify=False: the tests compare the export with the model themselves.
-        path = export.export_saved_model(model, class_names=names, image_size=image_size, export_base=base,
-                                         verify=False)
-        _TINY[key] = (model, names, base, path)
-    return _TINY[key]
-
-
 # --------------------------------------------------------------------------- child process
 
 def start_subprocess(*, model_name: str, model_base_path: str, rest: bool = False,
@@ -762,10 +686,10 @@ def start_subprocess(*, model_name: str, model_base_path: str, rest: bool = Fals
     """Starts the server in a child process; returns (process, grpc address, rest url)."""
     import os  # pylint: disable=import-outside-toplevel
     import subprocess  # pylint: disable=import-outside-toplevel
-    cmd = [sys.executable, "-m", "tests.testing.serving_server", f"--model_name={model_name}",
+    cmd = [sys.executable, "-m", "testbed.serving_server", f"--model_name={model_name}",
            f"--model_base_path={model_base_path}", *(["--rest"] if rest else []), *extra_args]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             env=env)
     for line in proc.stdout:
         if line.startswith("READY"):
@@ -781,11 +705,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--model_base_path", required=True)
     parser.add_argument("--rest", action="store_true")
     parser.add_argument("--enable_signature_method_name_check", action="store_true")
-    parser.add_argument("--max_batch_size", type=int, default=None)
     args = parser.parse_args(argv)
     server = ModelServer(models={args.model_name: args.model_base_path}, rest=args.rest,
-                         enable_signature_method_name_check=args.enable_signature_method_name_check,
-                         max_batch_size=args.max_batch_size).start()
+                         enable_signature_method_name_check=args.enable_signature_method_name_check).start()
     print(f"READY grpc={server.port} rest={server.rest_port}", flush=True)
     sys.stdin.read()  # until the parent closes our stdin (or dies)
     server.stop()
