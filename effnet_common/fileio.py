@@ -97,11 +97,6 @@ def is_hidden(name: str) -> bool:
     return os.path.basename(str(name).rstrip("/")).startswith(".")
 
 
-def is_image_name(name: str) -> bool:
-    """True for a visible file named with one of `IMAGE_EXTENSIONS` (any case)."""
-    return str(name).lower().endswith(IMAGE_EXTENSIONS) and not is_hidden(name)
-
-
 def list_files(folder: str, *, extensions: Optional[Sequence[str]] = None) -> List[str]:
     """Every file under `folder` (recursively, local or gs://), sorted by path.
 

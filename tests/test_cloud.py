@@ -454,8 +454,8 @@ def test_the_sdist_is_built_from_a_checkout():
 
 @pytest.fixture(scope="module")
 def gcs_front():
-    """The GCS test front (tests/testing/gcs_front.py), used only through subprocess environments."""
-    from tests.testing.gcs_front import GcsFront  # pylint: disable=import-outside-toplevel
+    """The GCS test front (testbed/gcs_front.py), used only through subprocess environments."""
+    from testbed.gcs_front import GcsFront  # pylint: disable=import-outside-toplevel
     front = GcsFront().start()
     yield front
     front.stop()

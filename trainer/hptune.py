@@ -16,7 +16,7 @@ callback or None; the last phase's `fit` gets it.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional
 
 import tf_keras as keras
 
@@ -86,8 +86,3 @@ def build_callback(*, metric: str, env: Mapping[str, str], is_chief: bool, epoch
     return HypertuneCallback(metric, reporter_factory().report_hyperparameter_tuning_metric,
                              epoch_offset=epoch_offset)
 
-
-def last_phase_index(epochs: Sequence[int]) -> Optional[int]:
-    """Index of the last phase that trains at all (a phase with 0 epochs is skipped)."""
-    trained = [i for i, n in enumerate(epochs) if n > 0]
-    return trained[-1] if trained else None

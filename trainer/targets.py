@@ -101,13 +101,6 @@ def example_weights(labels: tf.Tensor, class_weights: Sequence[float]) -> tf.Ten
     return tf.where(tf.reduce_any(labels > 0, axis=-1), tf.reduce_max(positive, axis=-1), 1.0)
 
 
-def with_example_weights(ds: tf.data.Dataset, class_weights: Optional[Sequence[float]]) -> tf.data.Dataset:
-    """Batches (x, labels) -> (x, labels, weights), or `ds` itself without class weights."""
-    if not class_weights:
-        return ds
-    return ds.map(lambda x, y: (x, y, example_weights(y, class_weights)), num_parallel_calls=tf.data.AUTOTUNE)
-
-
 # --------------------------------------------------------------------------- loss and metrics
 
 class SmoothedSparseCrossentropy(keras.losses.Loss):
