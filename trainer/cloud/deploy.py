@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 from absl import flags
 
 from trainer.cloud import endpoints, jobs, vertex
-from trainer.cloud.errors import CloudError, check
+from trainer.cloud.errors import check
 from effnet_common import flagutil
 
 FLAGS = flags.FLAGS
@@ -56,19 +56,16 @@ def build_request(f) -> Tuple[Optional[str], dict, dict]:
 
 def main(argv) -> None:
     """Prints the bodies (--dry_run) or uploads and deploys, printing the model and the endpoint."""
-    try:
-        check(len(argv) == 1, f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag")
-        endpoint, model, deployed = build_request(FLAGS)
-        if FLAGS.dry_run:
-            sys.stdout.write(vertex.render({"model": model, "deployedModel": deployed}))
-            return
-        client = vertex.VertexClient.build(project=FLAGS.project, region=FLAGS.region,
-                                           api_endpoint=FLAGS.api_endpoint, access_token_file=FLAGS.access_token_file)
-        print(endpoints.deploy(client=client, model=model, deployed=deployed, endpoint=endpoint,
-                               poll_interval=FLAGS.poll_interval,
-                               on_model=lambda name: print(f"model: {name}", flush=True)))
-    except CloudError as e:
-        flagutil.fail(e)
+    check(len(argv) == 1, f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag")
+    endpoint, model, deployed = build_request(FLAGS)
+    if FLAGS.dry_run:
+        sys.stdout.write(vertex.render({"model": model, "deployedModel": deployed}))
+        return
+    client = vertex.VertexClient.build(project=FLAGS.project, region=FLAGS.region,
+                                       api_endpoint=FLAGS.api_endpoint, access_token_file=FLAGS.access_token_file)
+    print(endpoints.deploy(client=client, model=model, deployed=deployed, endpoint=endpoint,
+                           poll_interval=FLAGS.poll_interval,
+                           on_model=lambda name: print(f"model: {name}", flush=True)))
 
 
 def run_main() -> None:
