@@ -194,9 +194,10 @@ def build_view_dataset(data_cfg, *, split: str, views: int, batch_size: int,
     replay that shuffle), sharded per input pipeline like `build_dataset`, skipped records
     counted the same way.
 
-    Views: augment=none gives the evaluation crop; flip the evaluation crop and its mirror;
-    crop and randaugment `views` random training views (random crop, flip, RandAugment with
-    randaugment), each an independent draw from the element's seed. The eval split always gives the evaluation crop.
+    Views: augment=none gives the evaluation crop (rounded to uint8, as the training pipeline
+    reads it); flip that crop and its mirror; crop and randaugment `views` random training
+    views (random crop, flip, RandAugment with randaugment), each an independent draw from the
+    element's seed. The eval split always gives the evaluation crop.
 
     Returns:
       Dataset of (images float32 [B, V, S, S, 3] in 0..255, labels int32 [B]).
@@ -229,8 +230,10 @@ def _view_decoder(data_cfg, *, views: int, training: bool):
             seeds = tf.random.experimental.stateless_split(seed, views)
             return tf.map_fn(lambda s: tf.cast(random_view(image_bytes, s), tf.float32), seeds,
                              fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        image = decode_lib.decode_for_eval(image_bytes, size)
-        if training and mode == "flip":
+        if not training:
+            return decode_lib.decode_for_eval(image_bytes, size)[None]
+        image = tf.cast(_train_crop(image_bytes, size), tf.float32)
+        if mode == "flip":
             return tf.stack([image, tf.reverse(image, axis=[1])])
         return image[None]
 
@@ -248,7 +251,7 @@ def _decoder(data_cfg, *, training: bool):
         crop_seed, flip_seed, augment_seed = tf.unstack(
             tf.random.experimental.stateless_split(seed, 3))
         if mode in ("none", "flip"):
-            image = decode_lib.decode_for_eval(image_bytes, size)
+            image = _train_crop(image_bytes, size)
             return image if mode == "none" else decode_lib.random_flip(image, flip_seed)
         image = decode_lib.decode_for_train(image_bytes, size, crop_seed)
         if mode == "randaugment":
@@ -260,6 +263,13 @@ def _decoder(data_cfg, *, training: bool):
         return decode_lib.decode_for_eval(image_bytes, size)
 
     return train if training else evaluate
+
+
+def _train_crop(image_bytes, size: int) -> tf.Tensor:
+    """The evaluation crop as a training image (augment none or flip): rounded to uint8 like
+    every training image, so the flip and the batch move a quarter of the bytes. The frozen
+    phase's cached views are these same pixels."""
+    return decode_lib.to_uint8(decode_lib.decode_for_eval(image_bytes, size))
 
 
 def _to_float(images, labels, class_weights):
