@@ -34,8 +34,7 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
     else:
         strategy = distribute.build_strategy(strategy=name)
     with strategy.scope():
-        model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", num_classes=10,
-                                                        image_size=image_size))
+        model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none"), num_classes=10, image_size=image_size)
         model_lib.set_trainable(model, phase=config.Phase(name="finetune", epochs=1, batch_size=batch_size,
                                                           learning_rate=1e-4, unfreeze="all"), bn="frozen")
         model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])

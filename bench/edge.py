@@ -46,8 +46,7 @@ def bench(backbone: str, weights: str, *, names, train, held, size: int) -> None
     from testbed.exports import fit_head  # pylint: disable=import-outside-toplevel
     from trainer import config, tflite  # pylint: disable=import-outside-toplevel
     from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
-    model = model_lib.build_classifier(config.Model(backbone=backbone, weights=weights, num_classes=len(names),
-                                                    image_size=size))
+    model = model_lib.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=len(names), image_size=size)
     fit_head(model, *train, scale=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         report = tflite.export_variants(model, variants=tflite.VARIANTS, class_names=names, image_size=size,

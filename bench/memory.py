@@ -123,10 +123,9 @@ def measure(config_name: str, batch: int, records: str) -> dict:
     reset_peak_rss()
     spec = CONFIGS[config_name]
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    model_cfg = config.Model(backbone=FLAGS.backbone, weights="none", num_classes=NUM_CLASSES,
-                             image_size=FLAGS.image_size, bn=spec["bn"])
+    model_cfg = config.Model(backbone=FLAGS.backbone, weights="none", bn=spec["bn"])
     phase = config.Phase(name=spec["phase"], epochs=1, batch_size=batch, learning_rate=1e-3, unfreeze=spec["unfreeze"])
-    model = model_lib.build_classifier(model_cfg)
+    model = model_lib.build_classifier(model_cfg, num_classes=NUM_CLASSES, image_size=FLAGS.image_size)
     estimate = memory.estimate_phase(model, phase=phase, bn=spec["bn"], device=device)
     model_lib.set_trainable(model, phase=phase, bn=spec["bn"])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(),

@@ -38,8 +38,7 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
     baseline = _peak_rss_mb()
     unfreeze, bn = CONFIGS[name]
     phase_name = "frozen" if unfreeze == "none" else "finetune"
-    model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", num_classes=10,
-                                                    image_size=image_size, bn=bn))
+    model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", bn=bn), num_classes=10, image_size=image_size)
     model_lib.set_trainable(model, phase=config.Phase(name=phase_name, epochs=1, batch_size=batch_size,
                                                       learning_rate=1e-3, unfreeze=unfreeze), bn=bn)
     model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])

@@ -101,8 +101,7 @@ def build_export(export_base: str, *, backbone: str = SMALL, weights: str = "non
     if backbone == SMALL:
         model = small_net(num_classes, image_size=image_size)
     else:
-        model = model_lib.build_classifier(config.Model(backbone=backbone, weights=weights, num_classes=num_classes,
-                                                        image_size=image_size))
+        model = model_lib.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=num_classes, image_size=image_size)
     if head == "spread":
         _spread_head(model)
     elif head == "fitted":

@@ -41,8 +41,7 @@ def test_temperature_fitted_on_validation_lowers_held_out_log_loss_and_keeps_pre
 
 
 def test_folded_head_gives_exactly_the_scaled_probabilities():
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", num_classes=3,
-                                                    image_size=TINY_SIZE))
+    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
     head = model.get_layer(model_lib.HEAD_LAYER)
     head.set_weights([w * 20 for w in head.get_weights()])  # confident enough for T to matter
     x = np.random.default_rng(0).uniform(0, 255, (8, TINY_SIZE, TINY_SIZE, 3)).astype(np.float32)

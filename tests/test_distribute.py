@@ -185,8 +185,7 @@ def mirrored_vs_default() -> dict:
     for name in ("default", "mirrored"):
         strategy = distribute.build_strategy(strategy="default") if name == "default" else two_cpus.mirrored_strategy()
         with strategy.scope():
-            model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", num_classes=3,
-                                                            image_size=TINY_SIZE, dropout=0.0))
+            model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", dropout=0.0), num_classes=3, image_size=TINY_SIZE)
             if start is None:  # the mirrored model starts from the default one's initial weights
                 start, initial = model.get_weights(), _by_name(model)
             model.set_weights(start)

@@ -100,8 +100,8 @@ def test_views_per_augmentation(one_shard):
 
 def test_disk_cache_is_written_whole_and_reused(one_shard, tmp_path, monkeypatch):
     cfg = _data_cfg(one_shard, augment="flip", eval_data=os.path.join(one_shard, "validation-*.tfrecord"))
-    model_cfg = config.Model(backbone="efficientnet-b0", weights="none", num_classes=4, image_size=SIZE)
-    model = model_lib.build_classifier(model_cfg)
+    model_cfg = config.Model(backbone="efficientnet-b0", weights="none")
+    model = model_lib.build_classifier(model_cfg, num_classes=4, image_size=SIZE)
     strategy = tf.distribute.get_strategy()
     kwargs = dict(data_cfg=cfg, model_cfg=model_cfg, views=2, strategy=strategy, run_dir=rundir.RunDir(str(tmp_path)), verbose=False)
     in_memory = embeddings.build_caches(model, memory_budget=1 << 40, **kwargs)
@@ -148,8 +148,7 @@ def test_where_the_cache_does_not_apply():
     trainable, why = embeddings.applies(setting="auto", bn="trainable", strategy=strategy)
     assert not trainable and "--bn=trainable" in why
     base = dict(data=config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=SIZE),
-                model=config.Model(backbone="efficientnet-b0", weights="none", num_classes=2, image_size=SIZE,
-                                   bn="trainable"),
+                model=config.Model(backbone="efficientnet-b0", weights="none", bn="trainable"),
                 phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),))
     with pytest.raises(config.ConfigError, match="--frozen_cache=on needs --bn=frozen"):
         config.Config(runtime=config.Runtime(model_dir="m", frozen_cache="on"), **base)

@@ -185,7 +185,7 @@ def test_reexport_of_a_run(tmp_path, monkeypatch):
     """What `python -m trainer.export` runs (export.reexport), with the run's restore injected."""
     cfg = config.Config(
         data=config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=SIZE),
-        model=config.Model(backbone="efficientnet-b0", weights="none", num_classes=2, image_size=SIZE),
+        model=config.Model(backbone="efficientnet-b0", weights="none"),
         phases=(config.Phase(name="frozen", epochs=1, batch_size=2, learning_rate=0.1),),
         runtime=config.Runtime(model_dir=str(tmp_path)))
     asked = []

@@ -38,8 +38,7 @@ def lite0_state():
 def imagenet_classifier(lite0_state, pretrained_weights):
     """Lite0 at 224 px through the product's path (preprocessing layer, converted notop weights)
     with the checkpoint's own 1000-class head."""
-    model = model_lib.build_classifier(config.Model(backbone=LITE0, weights="imagenet", num_classes=1000,
-                                                    image_size=224))
+    model = model_lib.build_classifier(config.Model(backbone=LITE0, weights="imagenet"), num_classes=1000, image_size=224)
     model.get_layer(model_lib.HEAD_LAYER).set_weights(list(lite_pypi.classifier_head(lite0_state)))
     return model
 
@@ -143,8 +142,7 @@ def test_imagenet_weights_are_converted_once_and_cached(monkeypatch, tmp_path):
 
 def test_notop_file_serves_as_weights_file(pretrained_weights, imagenet_classifier):
     """--weights=FILE with the cached file gives the same backbone as --weights=imagenet."""
-    from_file = model_lib.build_classifier(config.Model(backbone=LITE0, weights=pretrained_weights, num_classes=3,
-                                                        image_size=64))
+    from_file = model_lib.build_classifier(config.Model(backbone=LITE0, weights=pretrained_weights), num_classes=3, image_size=64)
     for a, b in zip(model_lib.backbone_of(from_file).weights, model_lib.backbone_of(imagenet_classifier).weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 

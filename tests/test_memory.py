@@ -23,7 +23,7 @@ def make_config(model_dir, *, image_size=224, frozen="auto", finetune="auto", bu
                 unfreeze="all", max_batch_size=4096, accumulate_steps=1, num_examples=100_000):
     data = config.Data(train_data="unused/train-*", eval_data=None, class_names=("a", "b", "c"),
                        image_size=image_size, num_train_examples=num_examples)
-    model = config.Model(backbone="efficientnet-b0", weights="none", num_classes=3, image_size=image_size, bn=bn)
+    model = config.Model(backbone="efficientnet-b0", weights="none", bn=bn)
     phases = (config.Phase(name="frozen", epochs=1, batch_size=frozen, learning_rate=1e-3, base_batch_size=64),
               config.Phase(name="finetune", epochs=1, batch_size=finetune, learning_rate=1e-4, unfreeze=unfreeze,
                            base_batch_size=64))
@@ -41,7 +41,7 @@ def plan(cfg, **kwargs):
 @pytest.fixture(scope="module")
 def b0_224():
     """B0 at its native 224 px (weights none): the estimate reads shapes only, no training."""
-    return model_lib.build_classifier(make_config("unused").model)
+    return model_lib.classifier_for(make_config("unused"))
 
 
 def test_same_budget_frozen_batch_at_least_twice_finetune(b0_224, tmp_path):

@@ -93,8 +93,8 @@ def test_multi_label_embedding_cache_on_disk_keeps_the_label_sets(mosaics, tmp_p
     from trainer import model as model_lib
     cfg = config.Data(train_data=f"{mosaics}/train-*", eval_data=None, class_names=CLASSES, image_size=TINY_SIZE,
                       augment="none", multi_label=True, num_train_examples=240)
-    model_cfg = config.Model(backbone=TINY, weights="none", num_classes=4, image_size=TINY_SIZE, multi_label=True)
-    model = model_lib.build_classifier(model_cfg)
+    model_cfg = config.Model(backbone=TINY, weights="none")
+    model = model_lib.build_classifier(model_cfg, num_classes=4, image_size=TINY_SIZE, multi_label=True)
     kwargs = dict(data_cfg=cfg, model_cfg=model_cfg, views=1, strategy=tf.distribute.get_strategy(),
                   run_dir=rundir.RunDir(str(tmp_path)), verbose=False)
     disk = embeddings.build_caches(model, memory_budget=0, **kwargs)["train"][0]
@@ -124,8 +124,7 @@ def mirrored_multi_label(mosaics: str, model_dir: str) -> dict:
         class_weight="balanced", class_weights=targets.resolve_class_weights(
             "balanced", class_names=CLASSES, counts=counts, num_examples=240))
     cfg = config.Config(
-        data=data_cfg, model=config.Model(backbone=TINY, weights="none", num_classes=4, image_size=TINY_SIZE,
-                                          multi_label=True, label_smoothing=0.1),
+        data=data_cfg, model=config.Model(backbone=TINY, weights="none", label_smoothing=0.1),
         phases=(config.Phase(name="frozen", epochs=2, batch_size=16, learning_rate=1e-2),
                 config.Phase(name="finetune", epochs=1, batch_size=16, learning_rate=1e-3, unfreeze="all")),
         runtime=config.Runtime(model_dir=model_dir, steps_per_epoch=3))

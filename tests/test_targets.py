@@ -139,12 +139,12 @@ def test_empty_class_folder_is_a_one_line_error(tmp_path):
 
 def test_settings_that_do_not_fit_are_refused_by_the_config():
     data_cfg = config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=TINY_SIZE, multi_label=True)
-    model_cfg = config.Model(backbone="tiny", weights="none", num_classes=2, image_size=TINY_SIZE, multi_label=True)
+    model_cfg = config.Model(backbone="tiny", weights="none")
     phases = (config.Phase(name="frozen", epochs=1, batch_size=4, learning_rate=1e-3),)
     with pytest.raises(config.ConfigError, match="--tflite is for single-label classifiers"):
         config.Config(data=data_cfg, model=model_cfg, phases=phases,
                       runtime=config.Runtime(model_dir="m", tflite=("int8",)))
     with pytest.raises(config.ConfigError, match="--label_smoothing=1.5 must be in"):
-        config.Model(backbone="tiny", weights="none", num_classes=2, image_size=TINY_SIZE, label_smoothing=1.5)
+        config.Model(backbone="tiny", weights="none", label_smoothing=1.5)
     with pytest.raises(config.ConfigError, match="one non-negative weight per class"):
         config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=TINY_SIZE, class_weights=(1.0,))

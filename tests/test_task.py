@@ -88,8 +88,7 @@ def test_bad_input_is_one_clear_line(case, tmp_path, demo_records, demo_images):
 def save_weights_of(path, *, backbone, classes=None):
     """A weights file of another backbone (notop) or of a whole classifier with `classes` classes."""
     from trainer import config, model as model_lib
-    model = model_lib.build_classifier(config.Model(backbone=backbone, weights="none", num_classes=classes or 2,
-                                                    image_size=TINY_SIZE))
+    model = model_lib.build_classifier(config.Model(backbone=backbone, weights="none"), num_classes=classes or 2, image_size=TINY_SIZE)
     (model if classes else model_lib.backbone_of(model)).save_weights(str(path))
     return str(path)
 

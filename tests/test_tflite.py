@@ -31,8 +31,7 @@ def tiny_case(demo_images):
     """The tiny backbone (random weights, 4 classes) and the demo images as uint8 eval crops."""
     names = sorted(os.listdir(demo_images))
     paths, labels = discovery.list_image_files(demo_images, class_names=names)
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", num_classes=len(names),
-                                                    image_size=TINY_SIZE))
+    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=len(names), image_size=TINY_SIZE)
     return model, names, _eval_pixels(paths, TINY_SIZE), np.array(labels)
 
 
@@ -70,15 +69,18 @@ def test_a_variant_over_the_drop_is_refused_not_kept(tiny_case, tmp_path, monkey
     """A fault injected into the conversion (a file whose head is another model's): the gate
     refuses it with one line naming the variant and the fix, and keeps the honest ones."""
     _, names, images, labels = tiny_case
-    fresh = config.Model(backbone=TINY, weights="none", num_classes=len(names), image_size=TINY_SIZE)
-    broken = model_lib.build_classifier(fresh)
+    def fresh():
+        return model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=len(names),
+                                          image_size=TINY_SIZE)
+
+    broken = fresh()
     head = broken.get_layer(model_lib.HEAD_LAYER)
     kernel, _ = head.get_weights()
     head.set_weights([np.zeros_like(kernel), np.eye(len(names))[-1] * 10])  # always the last class
     convert = tflite.convert
     monkeypatch.setattr(tflite, "convert", lambda m, *, variant, **kw: convert(broken if variant == "int8" else m,
                                                                                  variant=variant, **kw))
-    fitted = model_lib.build_classifier(fresh)
+    fitted = fresh()
     fit_head(fitted, images, labels)
     out = str(tmp_path / "tflite")
     with pytest.raises(tflite.TfliteError) as e:
@@ -105,8 +107,7 @@ def test_lite0_on_real_photos_survives_full_integer_int8(photos, pretrained_weig
     train, held = pick[:, :20].ravel(), pick[:, 20:].ravel()
     train_images = _eval_pixels([paths[i] for i in train], IMAGE_SIZE)
     held_images = _eval_pixels([paths[i] for i in held], IMAGE_SIZE)
-    model = model_lib.build_classifier(config.Model(backbone=PRETRAINED, weights=pretrained_weights,
-                                                    num_classes=len(names), image_size=IMAGE_SIZE))
+    model = model_lib.build_classifier(config.Model(backbone=PRETRAINED, weights=pretrained_weights), num_classes=len(names), image_size=IMAGE_SIZE)
     fit_head(model, train_images, labels[train], scale=1.0)
     report = tflite.export_variants(model, variants=("int8",), class_names=names, image_size=IMAGE_SIZE,
                                     output_dir=str(tmp_path / "tflite"), validation=(held_images, labels[held]),

@@ -41,9 +41,9 @@ def variables_by_name(model, weights_prefix):
 
 def fresh_model(weights, **overrides):
     from trainer import config
-    kwargs = dict(backbone=PRETRAINED, weights=weights, num_classes=4, image_size=IMAGE_SIZE)
+    kwargs = dict(backbone=PRETRAINED, weights=weights)
     kwargs.update(overrides)
-    return model_lib.build_classifier(config.Model(**kwargs))
+    return model_lib.build_classifier(config.Model(**kwargs), num_classes=4, image_size=IMAGE_SIZE)
 
 
 def backbone_variable_names(model):
@@ -110,7 +110,7 @@ def test_outputs_in_model_dir(full_run):
     plan = run.read_plan()
     assert [p["name"] for p in plan["phases"]] == ["frozen", "finetune"]
     assert [p["batch_size"] for p in plan["phases"]] == [16, 8]
-    assert run.read_config().model.image_size == IMAGE_SIZE
+    assert run.read_config().data.image_size == IMAGE_SIZE
     metrics = json.load(open(os.path.join(full_run, "eval", "metrics.json")))
     assert metrics["num_examples"] == 24 and 0.0 <= metrics["accuracy"] <= 1.0
     per_class = open(os.path.join(full_run, "eval", "per_class.csv")).read().splitlines()
@@ -134,7 +134,7 @@ def test_export_matches_keras_model(full_run, demo_images):
     model, cfg = export.restore_as_exported(full_run)  # the checkpoint, calibrated as exported
     paths = sorted(glob.glob(os.path.join(demo_images, "*", "*_000[01].jpg")))
     image_bytes = [open(p, "rb").read() for p in paths]
-    pixels = tf.stack([data.decode_for_eval(tf.constant(b), cfg.model.image_size) for b in image_bytes])
+    pixels = tf.stack([data.decode_for_eval(tf.constant(b), cfg.data.image_size) for b in image_bytes])
     expected = model(pixels, training=False).numpy()
     got = loaded.signatures["serving_default"](image_bytes=tf.constant(image_bytes))
     np.testing.assert_allclose(got["probabilities"].numpy(), expected, atol=1e-5)
@@ -200,8 +200,7 @@ def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pr
         data=config.Data(train_data=train_glob, eval_data=eval_glob, class_names=names, image_size=IMAGE_SIZE,
                          num_train_examples=data.count_examples(train_glob),
                          num_eval_examples=data.count_examples(eval_glob)),
-        model=config.Model(backbone=PRETRAINED, weights=pretrained_weights, num_classes=len(names),
-                           image_size=IMAGE_SIZE),
+        model=config.Model(backbone=PRETRAINED, weights=pretrained_weights),
         phases=(config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-2),
                 config.Phase(name="finetune", epochs=0, batch_size=8, learning_rate=1e-4, unfreeze="all")),
         runtime=config.Runtime(model_dir=str(tmp_path / "oom"), steps_per_epoch=1, report=False))
@@ -223,10 +222,37 @@ def test_mixed_precision_run_exports_float32_and_leaves_the_policy_as_it_was(tmp
     cfg = config.Config(
         data=config.Data(train_data=os.path.join(demo_records, "train-*"), eval_data=None, class_names=names,
                          image_size=TINY_SIZE, num_train_examples=72),
-        model=config.Model(backbone=TINY, weights="none", num_classes=len(names), image_size=TINY_SIZE),
+        model=config.Model(backbone=TINY, weights="none"),
         phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),),
         runtime=config.Runtime(model_dir=str(tmp_path / "m"), mixed_precision="mixed_bfloat16", steps_per_epoch=1))
     result = train.run(cfg, strategy=tf.distribute.get_strategy())
     assert keras.mixed_precision.global_policy().name == "float32"
     assert result.model.outputs[0].dtype == tf.float32
     assert all(layer.dtype_policy.name == "float32" for layer in model_lib.leaf_layers(result.model))
+
+
+def test_config_json_of_an_earlier_version_resumes_and_each_setting_has_one_field(tmp_path):
+    """config.json from before each setting lived in one field (the seed also under runtime; the
+    network's shape also under model) still reads as the same run; the new file names each once."""
+    from trainer import config
+    cfg = config.Config(
+        data=config.Data(train_data="x/train-*", eval_data=None, class_names=("a", "b", "c"), image_size=IMAGE_SIZE,
+                         seed=7),
+        model=config.Model(backbone=PRETRAINED, weights="none"),
+        phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),),
+        runtime=config.Runtime(model_dir=str(tmp_path)))
+    new = cfg.to_dict()
+    assert not {"num_classes", "image_size", "multi_label"} & set(new["model"]) and "seed" not in new["runtime"]
+    old = json.loads(cfg.to_json())
+    old["model"].update(num_classes=3, image_size=IMAGE_SIZE, multi_label=False)
+    old["runtime"]["seed"] = 7
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(old, f)
+    run = rundir.RunDir(str(tmp_path))
+    assert run.read_config() == cfg
+    run.check(cfg, overwrite=False)  # the same run: resumes
+    other = config.Config(data=config.Data(train_data="x/train-*", eval_data=None, class_names=("a", "b", "c"),
+                                           image_size=IMAGE_SIZE + 32), model=cfg.model, phases=cfg.phases,
+                          runtime=cfg.runtime)
+    with pytest.raises(config.ConfigError, match=f"image_size: {IMAGE_SIZE} vs {IMAGE_SIZE + 32}"):
+        run.check(other, overwrite=False)

@@ -200,13 +200,14 @@ def audit(*, train_data: str, eval_data: Sequence[str], output_dir: str, backbon
       DataError, ConfigError, WeightsError: a bad path, labels or flag (one line each).
     """
     size = image_size or config.backbone_spec(backbone).native_size
-    model_cfg = config.Model(backbone=backbone, weights=weights, num_classes=2, image_size=size)  # flags first
+    model_cfg = config.Model(backbone=backbone, weights=weights)  # flags first
     if not discovery.is_image_folder(train_data):
         discovery.list_record_files(train_data, what="--train_data")  # a missing path, named as such
     class_names = discovery.resolve_class_names(train_data, labels)
-    model_cfg = dataclasses.replace(model_cfg, num_classes=max(len(class_names), 2))  # fits a classifier's file
     sources = list_sources(train_data, eval_data, class_names=class_names)
-    embed = embeddings.image_embedder(model_lib.build_classifier(model_cfg))  # before reading: weights fail fast
+    classifier = model_lib.build_classifier(model_cfg, num_classes=max(len(class_names), 2),  # fits a classifier's file
+                                            image_size=size)
+    embed = embeddings.image_embedder(classifier)  # before reading: weights fail fast
     multi = bool(discovery.dataset_multi_label(train_data))
     for path in [train_data, *eval_data]:
         multi |= discovery.check_labels(path, class_names=class_names, label_offset=label_offset)

@@ -100,26 +100,25 @@ class Data:
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """The network: a registered backbone, its starting weights and the classification head.
+    """The network: a registered backbone, its starting weights, the head's dropout and how
+    BatchNormalization and the loss behave.
+
+    The network's shape is the data's, and lives only there (`Data`): the input side is
+    `Data.image_size`, the head's width `Data.num_classes`, and `Data.multi_label` makes it a
+    sigmoid per class (trainer.model.build_classifier takes the three as arguments).
 
     Attributes:
       backbone: a name from `backbones.REGISTRY`, e.g. efficientnet-b0.
       weights: imagenet, noisy-student, none, or a path/gs:// URL of a Keras HDF5 weights file.
-      num_classes: width of the softmax head.
-      image_size: input side in pixels.
       dropout: dropout rate before the head's Dense layer.
       bn: frozen (BatchNormalization in inference mode in both phases) or trainable (the seed
         blog's variant: BN layers train even while the rest of the backbone is frozen).
-      multi_label: a sigmoid per class with binary cross-entropy instead of a softmax.
       label_smoothing: the loss's label smoothing (0 = off).
     """
     backbone: str
     weights: str
-    num_classes: int
-    image_size: int
     dropout: float = 0.2
     bn: str = "frozen"
-    multi_label: bool = False
     label_smoothing: float = 0.0
 
     def __post_init__(self):
@@ -255,9 +254,6 @@ class Config:
     runtime: Runtime
 
     def __post_init__(self):
-        _check(self.data.image_size == self.model.image_size, "data and model image sizes differ")
-        _check(self.data.num_classes == self.model.num_classes, "data and model class counts differ")
-        _check(self.data.multi_label == self.model.multi_label, "data and model disagree on multi-label")
         _check(not (self.data.multi_label and self.runtime.tflite),
                "--tflite is for single-label classifiers (its gate scores top-1 accuracy); leave it out with "
                "multi-label data, or export the SavedModel only")
@@ -278,8 +274,12 @@ class Config:
         weights = d["data"].get("class_weights")
         data = dict(d["data"], class_names=tuple(d["data"]["class_names"]),
                     class_weights=tuple(weights) if weights is not None else None)
-        runtime = {k: v for k, v in d["runtime"].items() if k != "seed"}  # a config.json from before seed was one field
-        return cls(data=Data(**data), model=Model(**d["model"]),
+        # A config.json from before each setting lived in one field: the seed was also in
+        # runtime, the network's shape also in model.
+        runtime = {k: v for k, v in d["runtime"].items() if k != "seed"}
+        runtime["tflite"] = tuple(runtime.get("tflite", ()))
+        model = {k: v for k, v in d["model"].items() if k not in ("num_classes", "image_size", "multi_label")}
+        return cls(data=Data(**data), model=Model(**model),
                    phases=tuple(Phase(**p) for p in d["phases"]), runtime=Runtime(**runtime))
 
     def run_identity(self) -> dict:
@@ -288,6 +288,6 @@ class Config:
         Batch sizes, epochs, steps, the strategy and output locations may change between a run
         and its restart (e.g. a different machine count); what the weights mean may not.
         """
-        return {"backbone": self.model.backbone, "num_classes": self.model.num_classes,
-                "class_names": list(self.data.class_names), "image_size": self.model.image_size,
-                "bn": self.model.bn, "multi_label": self.model.multi_label, "phases": [[p.name, p.unfreeze] for p in self.phases]}
+        return {"backbone": self.model.backbone, "num_classes": self.data.num_classes,
+                "class_names": list(self.data.class_names), "image_size": self.data.image_size,
+                "bn": self.model.bn, "multi_label": self.data.multi_label, "phases": [[p.name, p.unfreeze] for p in self.phases]}

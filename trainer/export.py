@@ -236,7 +236,7 @@ def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optio
     flagutil.check_folder("model_dir", model_dir)
     model, cfg = restore_as_exported(model_dir, checkpoint)
     thresholds = (rundir.RunDir(model_dir).read_thresholds() or {}).get("thresholds")
-    return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.model.image_size,
+    return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.data.image_size,
                               export_base=export_base or fileio.join(model_dir, "export"), version=version,
                               thresholds=thresholds)
 

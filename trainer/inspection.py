@@ -43,7 +43,7 @@ def inspect_data(cfg: config.Config) -> config.Config:
         num_eval_examples=discovery.count_examples(data.eval_data) if data.eval_data else None,
         class_weights=targets.resolve_class_weights(data.class_weight, class_names=data.class_names, counts=counts,
                                                     num_examples=num_train))
-    return dataclasses.replace(cfg, data=data, model=dataclasses.replace(cfg.model, multi_label=multi_label))
+    return dataclasses.replace(cfg, data=data)
 
 
 def _warn_missing(data: config.Data, counts) -> None:

@@ -30,10 +30,13 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_classifier(model_cfg: Model, *, drop_connect_rate: Optional[float] = None) -> keras.Model:
+def build_classifier(model_cfg: Model, *, num_classes: int, image_size: int, multi_label: bool = False,
+                     drop_connect_rate: Optional[float] = None) -> keras.Model:
     """Builds image (0..255 float pixels) -> class probabilities, with the backbone nested.
 
-    The head is a softmax over the classes, or with `multi_label` an independent sigmoid per class.
+    The input is [image_size, image_size, 3]; the head is a softmax over `num_classes` classes,
+    or with `multi_label` an independent sigmoid per class. A run takes the three from its data
+    (`classifier_for`).
 
     The backbone is one nested layer so that `backbone.trainable` flips it as a whole. With
     `bn="frozen"` it is called with `training=False`, so its BatchNormalization layers (and
@@ -43,19 +46,27 @@ def build_classifier(model_cfg: Model, *, drop_connect_rate: Optional[float] = N
     `efficientnet`-package backbone's stochastic depth (it has no weights: files still fit).
     """
     spec = backbones.get(model_cfg.backbone)
-    size = model_cfg.image_size
+    size = image_size
     inputs = keras.Input((size, size, 3), name="image")
     x = _preprocessing(spec)(inputs)
     backbone = _build_backbone(spec, image_size=size, weights=model_cfg.weights, drop_connect_rate=drop_connect_rate)
     x = backbone(x, training=False if model_cfg.bn == "frozen" else None)
     x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
     x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(model_cfg.num_classes, activation="sigmoid" if model_cfg.multi_label else "softmax",
+    outputs = keras.layers.Dense(num_classes, activation="sigmoid" if multi_label else "softmax",
                                  dtype="float32", name=HEAD_LAYER)(x)
     model = keras.Model(inputs, outputs, name=f"{spec.name}-classifier")
     if is_weights_file(model_cfg.weights):
-        load_weights_file(model, model_cfg.weights, num_classes=model_cfg.num_classes)
+        load_weights_file(model, model_cfg.weights, num_classes=num_classes)
     return model
+
+
+def classifier_for(cfg: Config, *, weights: Optional[str] = None) -> keras.Model:
+    """The classifier of a run: `cfg.model`'s network in the shape of `cfg.data` (its image size,
+    classes and label kind); `weights` overrides `cfg.model.weights` (e.g. "none" to restore)."""
+    model_cfg = cfg.model if weights is None else dataclasses.replace(cfg.model, weights=weights)
+    return build_classifier(model_cfg, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size,
+                            multi_label=cfg.data.multi_label)
 
 
 def _preprocessing(spec: backbones.BackboneSpec) -> keras.layers.Layer:
@@ -279,7 +290,8 @@ def precision_policy(name: Optional[str]):
 def build_float32_copy(model: keras.Model, model_cfg: Model) -> keras.Model:
     """The same network and weights in float32, for export after mixed-precision training."""
     with precision_policy("float32"):
-        copy = build_classifier(_without_weights(model_cfg))
+        copy = build_classifier(_without_weights(model_cfg), num_classes=int(model.output_shape[-1]),
+                                image_size=int(model.input_shape[1]), multi_label=is_multi_label(model))
     copy_weights(src=model, dst=copy)
     return copy
 
@@ -343,6 +355,6 @@ def restore_trained_model(model_dir: str, checkpoint: Optional[str] = None) -> "
     done = run.read_state()
     if checkpoint is None and not done:
         raise ConfigError(f"{model_dir} has no finished phase yet: pass --checkpoint=PREFIX or train first")
-    model = build_classifier(_without_weights(cfg.model))
+    model = classifier_for(cfg, weights="none")
     model.load_weights(checkpoint or list(done.values())[-1]).expect_partial()
     return model, cfg

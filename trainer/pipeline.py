@@ -61,7 +61,7 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
     calibrated = calibrate(cfg, trained.model) if cfg.runtime.calibrate and not cfg.data.multi_label else None
     thresholds = choose_thresholds(cfg, trained.model) if cfg.data.multi_label else None
     export_dir = export.export_saved_model(trained.model, class_names=cfg.data.class_names,
-                                           image_size=cfg.model.image_size, export_base=run_dir.export_base,
+                                           image_size=cfg.data.image_size, export_base=run_dir.export_base,
                                            thresholds=thresholds)
     metrics = (report(cfg, export_dir=export_dir, history=trained.history, extra=calibrated)
                if cfg.runtime.report else {})

@@ -124,8 +124,7 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
     spec = config.backbone_spec(f.backbone)
     image_size = f.image_size or spec.native_size
     data_cfg = _data_config(f, image_size=image_size)
-    model_cfg = config.Model(backbone=f.backbone, weights=f.weights, num_classes=data_cfg.num_classes,
-                             image_size=image_size, dropout=f.dropout, bn=f.bn, multi_label=data_cfg.multi_label,
+    model_cfg = config.Model(backbone=f.backbone, weights=f.weights, dropout=f.dropout, bn=f.bn,
                              label_smoothing=f.label_smoothing)
     common = dict(early_stopping_patience=f.early_stopping_patience, warmup_epochs=f.warmup_epochs,
                   base_batch_size=f.lr_base_batch_size)

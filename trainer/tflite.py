@@ -203,7 +203,7 @@ def export_run(model, cfg, *, variants: Sequence[str], output_dir: str, max_accu
         train = dataclasses.replace(cfg.data, eval_data=cfg.data.train_data)
         representative = _images(data, train, limit=CALIBRATION_IMAGES)[0]
     return export_variants(model, variants=variants, class_names=cfg.data.class_names,
-                           image_size=cfg.model.image_size, output_dir=output_dir, validation=validation,
+                           image_size=cfg.data.image_size, output_dir=output_dir, validation=validation,
                            representative=representative, max_accuracy_drop=max_accuracy_drop)
 
 

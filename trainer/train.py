@@ -27,7 +27,7 @@ from effnet_common import fileio
 from trainer import (accumulate, data, devices, distribute, embeddings, memory, oom, preemption, schedules, skips,
                      targets)
 from trainer import model as model_lib
-from trainer.config import Config, ConfigError, Data, Model, Phase, Runtime
+from trainer.config import Config, ConfigError, Data, Phase
 from trainer.rundir import RunDir
 
 
@@ -65,7 +65,7 @@ def _train(cfg: Config, *, strategy, run_dir: RunDir, chief: bool, plan_only: bo
            last_phase_callbacks) -> TrainResult:
     """`run`'s body, under the run's precision policy: the one strategy scope and the phase loop."""
     with strategy.scope():
-        model = model_lib.build_classifier(cfg.model)
+        model = model_lib.classifier_for(cfg)
         accumulate.install(model, steps=cfg.runtime.accumulate_steps)
         plans = memory.plan(cfg.phases, model=model, bn=cfg.model.bn, runtime=cfg.runtime,
                             num_examples=cfg.data.num_train_examples, replicas=strategy.num_replicas_in_sync,
@@ -130,7 +130,7 @@ class _PhaseLoop:
             recorder = HistoryRecorder(phase=phase.name, previous=state["history"],
                                        run_dir=self.run_dir if self.chief else None)
             try:
-                fit = _Fit(target, plan=plan, runtime=self.cfg.runtime, model_cfg=self.cfg.model,
+                fit = _Fit(target, plan=plan, cfg=self.cfg,
                            run_dir=self.run_dir, strategy=self.strategy, chief=self.chief,
                            skip_counters=self.skip_counters)
                 fit(datasets=datasets, callbacks=[recorder] + extra, guard=guard)
@@ -187,22 +187,21 @@ class _Fit:
     """One phase's fit as its plan says: recompile (learning rate, schedule), datasets, callbacks."""
     model: keras.Model
     plan: schedules.PhasePlan
-    runtime: Runtime
-    model_cfg: Model
+    cfg: Config
     run_dir: RunDir
     strategy: tf.distribute.Strategy
     chief: bool
     skip_counters: skips.SkipCounters
 
     def __call__(self, *, datasets, callbacks: list, guard: preemption.Guard) -> None:
-        plan, phase, runtime = self.plan, self.plan.phase, self.runtime
+        plan, phase, runtime, data_cfg = self.plan, self.plan.phase, self.cfg.runtime, self.cfg.data
         steps = plan.steps_per_epoch
         _log_phase_table(plan)
         self.model.compile(
             optimizer=keras.optimizers.Adam(plan.build_schedule()),
-            loss=targets.build_loss(multi_label=self.model_cfg.multi_label, num_classes=self.model_cfg.num_classes,
-                                    label_smoothing=self.model_cfg.label_smoothing),
-            metrics=targets.build_metrics(multi_label=self.model_cfg.multi_label, num_classes=self.model_cfg.num_classes),
+            loss=targets.build_loss(multi_label=data_cfg.multi_label, num_classes=data_cfg.num_classes,
+                                    label_smoothing=self.cfg.model.label_smoothing),
+            metrics=targets.build_metrics(multi_label=data_cfg.multi_label, num_classes=data_cfg.num_classes),
             jit_compile=runtime.jit_compile,
             steps_per_execution=distribute.steps_per_execution(self.strategy, steps_per_epoch=steps))
         train_ds, eval_ds, eval_steps = datasets(plan.batch_size)

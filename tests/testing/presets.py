@@ -19,7 +19,6 @@ def write_tiny_weights(path: str, *, seed: int = 0) -> str:
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
     from trainer import config, model as model_lib  # pylint: disable=import-outside-toplevel
     keras.utils.set_random_seed(seed)
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", num_classes=2,
-                                                    image_size=TINY_SIZE))
+    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=2, image_size=TINY_SIZE)
     model_lib.backbone_of(model).save_weights(path)
     return path
