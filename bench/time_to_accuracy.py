@@ -116,7 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train, heldout = split_folders(tmp)
         ours = [py, "-m", "trainer.task", f"--train_data={train}", f"--eval_data={heldout}", f"--backbone={BACKBONE}",
-                "--weights=imagenet", f"--image_size={args.image_size}", "--noreport"]
+                "--weights=imagenet", f"--image_size={args.image_size}", "--noeval_report"]
         contenders = {
             "ours": ours + [f"--model_dir={tmp}/ours"],
             "kerasio": [py, "-c", KERASIO, train, heldout, str(args.image_size)],

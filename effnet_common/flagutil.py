@@ -73,7 +73,9 @@ def fail(error) -> None:
 
 # Flags renamed so that one name means one thing in every command: old name -> the new names.
 RENAMED = {"model": "--export_dir (trainer.predict, trainer.evaluate) or --model_name (serving.client)",
-           "version": "--model_version (serving.client)"}
+           "version": "--model_version (serving.client)",
+           "cache": "--cache_records (trainer.task)", "nocache": "--nocache_records (trainer.task)",
+           "report": "--eval_report (trainer.task)", "noreport": "--noeval_report (trainer.task)"}
 
 
 def parse_flags(argv: Sequence[str], *, unknown_flag_hint: str = "see --helpshort"):

@@ -167,6 +167,22 @@ def test_train_and_eval_batches(tmp_path, unique_shards):
     assert skips.skipped_records("train", path=glob) == 0
 
 
+def test_cache_records_serves_later_passes_from_memory(tmp_path):
+    """--cache_records: the same batches, and a second pass reads no file (the shards are gone)."""
+    glob = _write_shards(tmp_path / "cached", [[(_encode(_pixels(i)), i % 2) for i in range(6)]], classes="ab")
+    plain = list(data.build_dataset(_cfg(glob, classes="ab", eval_data=glob), split="eval", batch_size=4))
+    cached = data.build_dataset(_cfg(glob, classes="ab", eval_data=glob, cache_records=True), split="eval", batch_size=4)
+    first = list(cached)
+    for path in tf.io.gfile.glob(glob):
+        os.remove(path)
+    second = list(cached)
+    assert len(first) == len(second) == len(plain) == 2
+    for (x0, y0), (x1, y1), (x2, y2) in zip(plain, first, second):
+        np.testing.assert_array_equal(x0.numpy(), x1.numpy())
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        np.testing.assert_array_equal(y0.numpy(), y2.numpy())
+
+
 def test_rand_augment_operations_keep_shape_and_range(tmp_path):
     image = tf.constant(_pixels(3, (SIZE, SIZE, 3)), tf.float32)
     for index, op in enumerate(randaugment._RANDAUGMENT_OPS):

@@ -43,7 +43,7 @@ def _train(model_dir, records, cache, *extra, backbone=()):
            f"--model_dir={model_dir}", *backbone, "--weights=none", f"--image_size={SIZE}", "--augment=none",
            "--dropout=0",
            "--frozen_epochs=1", "--finetune_epochs=0", "--frozen_batch_size=8", "--early_stopping_patience=0",
-           "--noreport", f"--frozen_cache={cache}", "--seed=3", *extra]
+           "--noeval_report", f"--frozen_cache={cache}", "--seed=3", *extra]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
@@ -109,7 +109,7 @@ def test_disk_cache_is_written_whole_and_reused(one_shard, tmp_path, monkeypatch
     train_mem, train_disk = in_memory["train"][0], on_disk["train"][0]
     assert (train_mem.where, train_disk.where) == ("memory", "disk")
     assert train_mem.count == train_disk.count == cfg.num_train_examples and train_mem.views == 2
-    folder = os.path.join(str(tmp_path), "cache", "train-00000-of-00001")
+    folder = os.path.join(str(tmp_path), "embeddings", "train-00000-of-00001")
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     assert manifest["count"] == cfg.num_train_examples and manifest["files"]
     # The disk records hold the in-memory embeddings in float16, in the same order.

@@ -149,7 +149,7 @@ def test_training_through_503s_ends_like_without(gcs, bucket, shards, clean_run)
     gcs.set_faults(every_nth_503=EVERY_NTH_503)
     try:
         # The frozen phase alone: every gs:// path of the run is exercised, at half the cost.
-        run_module("trainer.task", *train_args(shards, bucket, model_dir), "--finetune_epochs=0", "--noreport",
+        run_module("trainer.task", *train_args(shards, bucket, model_dir), "--finetune_epochs=0", "--noeval_report",
                    env=trainer_env(gcs))
         injected = gcs.stats()["injected_503"]
     finally:

@@ -50,7 +50,7 @@ def test_another_metric_tag_is_reported_under_its_own_name(tmp_path, monkeypatch
 def test_nothing_is_reported_outside_a_trial_or_off_the_chief(env, is_chief):
     made = []
     assert hptune.build_callback(metric="val_accuracy", env=env, is_chief=is_chief,
-                                 reporter_factory=lambda: made.append(1)) is None
+                                 client_factory=lambda: made.append(1)) is None
     assert made == []
 
 

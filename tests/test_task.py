@@ -50,6 +50,11 @@ def test_unknown_backbone_is_one_line(tmp_path, demo_images):
     result = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path}", "--backbone=efficientnet-b9")
     assert_one_clear_line(result, "--backbone=efficientnet-b9", "efficientnet-b0", TINY)
     assert not os.listdir(tmp_path)
+    # Flags renamed so that "cache" and "report" each say one thing: the hint names the new flag.
+    for old, new in (("--cache", "--cache_records"), ("--noreport", "--noeval_report")):
+        result = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path}", old)
+        assert_one_error_line(result, f"unknown flag {old}: renamed to {new}")
+    assert not os.listdir(tmp_path)
 
 
 def test_tiny_backbone_has_no_named_weights(tmp_path, demo_records):

@@ -57,7 +57,7 @@ def is_bn_stat(name):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, demo_records, pretrained_weights):
     model_dir = str(tmp_path_factory.mktemp("full_run"))
-    code = train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2", "--report")
+    code = train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2", "--eval_report")
     assert code == 0
     return model_dir
 
@@ -123,7 +123,7 @@ def test_outputs_in_model_dir(full_run):
     assert "epoch_loss" in tags
     versions = os.listdir(os.path.join(full_run, "export"))
     assert len(versions) == 1 and versions[0].isdigit()
-    assert not os.path.exists(os.path.join(full_run, "cache"))  # the embedding cache is gone with the phase
+    assert not os.path.exists(os.path.join(full_run, "embeddings"))  # the embedding cache is gone with the phase
 
 
 @pytest.mark.slow
@@ -203,7 +203,7 @@ def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pr
         model=config.Model(backbone=PRETRAINED, weights=pretrained_weights),
         phases=(config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-2),
                 config.Phase(name="finetune", epochs=0, batch_size=8, learning_rate=1e-4, unfreeze="all")),
-        runtime=config.Runtime(model_dir=str(tmp_path / "oom"), steps_per_epoch=1, report=False))
+        runtime=config.Runtime(model_dir=str(tmp_path / "oom"), steps_per_epoch=1, eval_report=False))
     result = pipeline.run(cfg, strategy=tf.distribute.get_strategy(), callbacks=[OomOnce()])
     plan = rundir.RunDir(cfg.runtime.model_dir).read_plan()
     frozen = next(p for p in plan["phases"] if p["name"] == "frozen")
@@ -233,7 +233,8 @@ def test_mixed_precision_run_exports_float32_and_leaves_the_policy_as_it_was(tmp
 
 def test_config_json_of_an_earlier_version_resumes_and_each_setting_has_one_field(tmp_path):
     """config.json from before each setting lived in one field (the seed also under runtime; the
-    network's shape also under model) still reads as the same run; the new file names each once."""
+    network's shape also under model) and had one name (cache, report) still reads as the same
+    run; the new file names each once."""
     from trainer import config
     cfg = config.Config(
         data=config.Data(train_data="x/train-*", eval_data=None, class_names=("a", "b", "c"), image_size=IMAGE_SIZE,
@@ -246,6 +247,8 @@ def test_config_json_of_an_earlier_version_resumes_and_each_setting_has_one_fiel
     old = json.loads(cfg.to_json())
     old["model"].update(num_classes=3, image_size=IMAGE_SIZE, multi_label=False)
     old["runtime"]["seed"] = 7
+    old["data"]["cache"] = old["data"].pop("cache_records")  # names that said two things
+    old["runtime"]["report"] = old["runtime"].pop("eval_report")
     with open(tmp_path / "config.json", "w") as f:
         json.dump(old, f)
     run = rundir.RunDir(str(tmp_path))

@@ -48,7 +48,8 @@ class Data:
       label_offset: subtracted from `image/class/label` (1 for Google's ImageNet shards).
       augment: training augmentation: none (the evaluation crop), flip (it or its mirror), crop
         (Inception-style random crop and flip) or randaugment (that plus RandAugment).
-      cache: cache decoded records in memory (small datasets only).
+      cache_records: keep the encoded records in memory after their first pass (small datasets
+        only): later epochs skip the file reads; every epoch still decodes them.
       shuffle_buffer: examples in the training shuffle buffer.
       seed: the run's one seed: shuffling, augmentation and (train.run) weight initialization.
       num_train_examples / num_eval_examples: known example counts (dataset.json), or None.
@@ -66,7 +67,7 @@ class Data:
     image_size: int
     label_offset: int = 0
     augment: str = "flip"
-    cache: bool = False
+    cache_records: bool = False
     shuffle_buffer: int = 1024
     seed: int = 0
     num_train_examples: Optional[int] = None
@@ -206,7 +207,7 @@ class Runtime:
       max_batch_size: cap for automatic batch sizes.
       accumulate_steps: gradient accumulation steps.
       tensorboard_dir / checkpoint_dir: override the defaults under model_dir (Vertex AI sets them).
-      report: after the export, write the validation report (model_dir/eval/) through it.
+      eval_report: after the export, write the validation report (model_dir/eval/) through it.
       frozen_cache: auto (train the frozen phase's head on cached embeddings where that applies),
         on (the same, an error where it does not), off (stream images every epoch).
       calibrate: fit a temperature on the validation split and fold it into every export.
@@ -225,7 +226,7 @@ class Runtime:
     accumulate_steps: int = 1
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
-    report: bool = True
+    eval_report: bool = True
     frozen_cache: str = "auto"
     calibrate: bool = True
     tflite: Tuple[str, ...] = ()
@@ -244,6 +245,10 @@ class Runtime:
         _check(all(v in TFLITE_VARIANTS for v in self.tflite),
                f"--tflite={','.join(self.tflite)}: choose from {', '.join(TFLITE_VARIANTS)} (comma-separated)")
         _check(0.0 <= self.max_accuracy_drop <= 1.0, "--max_accuracy_drop must be in [0, 1]")
+
+
+# Fields renamed so that each name says one thing: config.json keys of earlier runs -> today's.
+_RENAMED = {"cache": "cache_records", "report": "eval_report"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,11 +277,11 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         weights = d["data"].get("class_weights")
-        data = dict(d["data"], class_names=tuple(d["data"]["class_names"]),
+        data = dict({_RENAMED.get(k, k): v for k, v in d["data"].items()}, class_names=tuple(d["data"]["class_names"]),
                     class_weights=tuple(weights) if weights is not None else None)
-        # A config.json from before each setting lived in one field: the seed was also in
-        # runtime, the network's shape also in model.
-        runtime = {k: v for k, v in d["runtime"].items() if k != "seed"}
+        # A config.json from before each setting lived in one field (the seed was also in
+        # runtime, the network's shape also in model) or had one name (_RENAMED).
+        runtime = {_RENAMED.get(k, k): v for k, v in d["runtime"].items() if k != "seed"}
         runtime["tflite"] = tuple(runtime.get("tflite", ()))
         model = {k: v for k, v in d["model"].items() if k not in ("num_classes", "image_size", "multi_label")}
         return cls(data=Data(**data), model=Model(**model),

@@ -166,7 +166,7 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
     path, what = _split_path(data_cfg, split)
     ds, unpack = _source(data_cfg, path=path, what=what, training=training,
                          input_context=input_context)
-    if data_cfg.cache:
+    if data_cfg.cache_records:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(data_cfg.shuffle_buffer, seed=data_cfg.seed, reshuffle_each_iteration=True)

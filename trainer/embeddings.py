@@ -114,7 +114,7 @@ def build_caches(model: keras.Model, *, data_cfg, model_cfg, views: int, strateg
 
         for ctx in _local_contexts(strategy):
             key = _key(data_cfg, model_cfg, split=split, views=split_views, ctx=ctx)
-            folder = run_dir.cache_dir(f"{split}-{ctx.input_pipeline_id:05d}-of-{ctx.num_input_pipelines:05d}")
+            folder = run_dir.embeddings_dir(f"{split}-{ctx.input_pipeline_id:05d}-of-{ctx.num_input_pipelines:05d}")
             cache = None if in_memory else _reuse(folder, key)
             if cache is None:
                 ds = strategy.distribute_datasets_from_function(dataset_fn)

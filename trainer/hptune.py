@@ -44,45 +44,45 @@ def trial_id(env: Mapping[str, str]) -> Optional[str]:
     return env.get(TRIAL_ENV) or None
 
 
-def should_report(env: Mapping[str, str], *, is_chief: bool) -> bool:
-    """Reports go out from the chief of a tuning trial only."""
+def sends_metrics(env: Mapping[str, str], *, is_chief: bool) -> bool:
+    """Measurements go to the study from the chief of a tuning trial only."""
     return is_chief and trial_id(env) is not None
 
 
 class HypertuneCallback(keras.callbacks.Callback):
-    """Reports `metric` from each epoch's logs as the trial's measurement at that epoch.
+    """Sends `metric` from each epoch's logs as the trial's measurement at that epoch.
 
     Args:
       metric: the logs key, also the hyperparameter_metric_tag the study's metricId names.
-      report: `hypertune.HyperTune().report_hyperparameter_tuning_metric`, or a stand-in.
+      send: `hypertune.HyperTune().report_hyperparameter_tuning_metric`, or a stand-in.
       epoch_offset: epochs of earlier phases, so the steps keep counting across phases.
     """
 
-    def __init__(self, metric: str, report: Callable[..., None], *, epoch_offset: int = 0):
+    def __init__(self, metric: str, send: Callable[..., None], *, epoch_offset: int = 0):
         super().__init__()
-        self.metric, self.report, self.epoch_offset = metric, report, epoch_offset
+        self.metric, self.send, self.epoch_offset = metric, send, epoch_offset
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         logs = logs or {}
         if self.metric not in logs:
             raise ValueError(f"--hptune_metric={self.metric} is not among this epoch's metrics "
                              f"({', '.join(sorted(logs)) or 'none'}): pick one of them")
-        self.report(hyperparameter_metric_tag=self.metric, metric_value=float(logs[self.metric]),
-                    global_step=self.epoch_offset + epoch + 1)
+        self.send(hyperparameter_metric_tag=self.metric, metric_value=float(logs[self.metric]),
+                  global_step=self.epoch_offset + epoch + 1)
 
 
 def build_callback(*, metric: str, env: Mapping[str, str], is_chief: bool, epoch_offset: int = 0,
-                   reporter_factory: Optional[Callable[[], object]] = None) -> Optional[HypertuneCallback]:
-    """The callback for the last phase's fit, or None when this process reports nothing.
+                   client_factory: Optional[Callable[[], object]] = None) -> Optional[HypertuneCallback]:
+    """The callback for the last phase's fit, or None when this process sends nothing.
 
-    `reporter_factory` builds the reporter (default `hypertune.HyperTune`, which reads
+    `client_factory` builds the client (default `hypertune.HyperTune`, which reads
     CLOUD_ML_HP_METRIC_FILE when it is made); it is imported only inside a trial.
     """
-    if not should_report(env, is_chief=is_chief):
+    if not sends_metrics(env, is_chief=is_chief):
         return None
-    if reporter_factory is None:
+    if client_factory is None:
         import hypertune  # pylint: disable=import-outside-toplevel  # cloudml-hypertune, only in trials
-        reporter_factory = hypertune.HyperTune
-    return HypertuneCallback(metric, reporter_factory().report_hyperparameter_tuning_metric,
+        client_factory = hypertune.HyperTune
+    return HypertuneCallback(metric, client_factory().report_hyperparameter_tuning_metric,
                              epoch_offset=epoch_offset)
 

@@ -64,7 +64,7 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
                                            image_size=cfg.data.image_size, export_base=run_dir.export_base,
                                            thresholds=thresholds)
     metrics = (report(cfg, export_dir=export_dir, history=trained.history, extra=calibrated)
-               if cfg.runtime.report else {})
+               if cfg.runtime.eval_report else {})
     if cfg.runtime.tflite:
         tflite.export_run(trained.model, cfg, variants=cfg.runtime.tflite, output_dir=run_dir.tflite_dir,
                           max_accuracy_drop=cfg.runtime.max_accuracy_drop)

@@ -296,7 +296,7 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     if k < top_k:
         logging.info("--top_k=%d is more than the model's %d classes: writing %d", top_k, k, k)
     predictions = predict_files(export, paths, batch_size=batch_size, with_features=bool(features_output))
-    _report_skipped(predictions.skipped)
+    _log_skipped(predictions.skipped)
     if not predictions.paths:
         raise PredictError(f"none of the {len(paths)} input image(s) could be read or decoded (see the list "
                            "above): pass JPEG, PNG, GIF or BMP files")
@@ -311,7 +311,7 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     return predictions
 
 
-def _report_skipped(skipped: Sequence[Tuple[str, str]]) -> None:
+def _log_skipped(skipped: Sequence[Tuple[str, str]]) -> None:
     if not skipped:
         return
     lines = [f"skipped {len(skipped)} image(s) that could not be read or decoded:"]

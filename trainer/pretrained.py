@@ -24,7 +24,7 @@ from trainer import automl_checkpoint, lite, lite_pypi, torch_checkpoint
 from effnet_common.errors import WeightsError
 
 
-def cache_dir() -> str:
+def weights_cache_dir() -> str:
     """Where converted and downloaded weights are kept: EFFNET_CACHE, else ~/.cache/effnet-trainer."""
     return os.environ.get("EFFNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "effnet-trainer")
 
@@ -36,7 +36,7 @@ def imagenet_notop_file(backbone: str) -> str:
     Raises:
       WeightsError: the checkpoint cannot be had (package missing, offline) or does not fit.
     """
-    path = os.path.join(cache_dir(), "weights", f"{backbone}-imagenet-notop.h5")
+    path = os.path.join(weights_cache_dir(), "weights", f"{backbone}-imagenet-notop.h5")
     if os.path.exists(path):
         return path
     network = lite.build_backbone(backbone, image_size=lite.PARAMS[backbone][2])
@@ -48,7 +48,7 @@ def imagenet_notop_file(backbone: str) -> str:
             raise WeightsError(f"{e}; reinstall {lite_pypi.LITE_PACKAGES[backbone]}") from None
         lite_pypi.load_state_dict(network, state, source=source)
     else:
-        source = automl_checkpoint.download(backbone, cache_dir=cache_dir())
+        source = automl_checkpoint.download(backbone, cache_dir=weights_cache_dir())
         automl_checkpoint.load_tf_checkpoint(network, source, source=source)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.h5"

@@ -10,7 +10,7 @@ wrote:
       plan.json            the memory plan per phase, and out-of-memory retries
       checkpoints/<phase>/ a finished phase's weights (or under --checkpoint_dir)
       backup/<phase>/      BackupAndRestore of the phase in progress (preemption)
-      cache/<split>-<pipeline>/  the frozen phase's embedding cache on disk
+      embeddings/<split>-<pipeline>/  the frozen phase's embedding cache on disk
       logs/<phase>/, logs/eval/  TensorBoard (or under --tensorboard_dir)
       plots/learning_curves.png
       eval/                the validation report, through the export
@@ -37,10 +37,12 @@ HISTORY_FILE = "history.json"
 PLAN_FILE = "plan.json"
 CALIBRATION_FILE = "calibration.json"
 THRESHOLDS_FILE = "thresholds.json"
-CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT = "checkpoints", "backup", "cache", "logs", "plots", "eval", "export"
+CHECKPOINTS, BACKUP, EMBEDDINGS, LOGS, PLOTS, EVAL, EXPORT = (
+    "checkpoints", "backup", "embeddings", "logs", "plots", "eval", "export")
 TFLITE = "tflite"
-OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, CACHE, LOGS, PLOTS, EVAL, EXPORT,
-         TFLITE, CALIBRATION_FILE, THRESHOLDS_FILE)
+_EMBEDDINGS_BEFORE = "cache"  # the embedding cache's folder in runs written before it was named for what it holds
+OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, EMBEDDINGS, _EMBEDDINGS_BEFORE, LOGS,
+         PLOTS, EVAL, EXPORT, TFLITE, CALIBRATION_FILE, THRESHOLDS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +68,9 @@ class RunDir:
     def backup_dir(self, phase: str) -> str:
         return self.path(BACKUP, phase)
 
-    def cache_dir(self, name: str = "") -> str:
-        return self.path(CACHE, name) if name else self.path(CACHE)
+    def embeddings_dir(self, name: str = "") -> str:
+        """The frozen phase's embedding cache on disk (trainer/embeddings.py)."""
+        return self.path(EMBEDDINGS, name) if name else self.path(EMBEDDINGS)
 
     def logs_dir(self, *parts: str) -> str:
         return fileio.join(self.tensorboard_root or self.path(LOGS), *parts)

@@ -64,7 +64,8 @@ def define_flags() -> None:
     flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation: none (the evaluation "
                     "center crop), flip (it or its mirror: small datasets), crop (Inception-style random crop and flip: "
                     "large datasets), randaugment (crop plus RandAugment).")
-    flagutil.define("bool", "cache", False, "Cache decoded training records in memory (small datasets).")
+    flagutil.define("bool", "cache_records", False, "Keep the encoded records in memory after their first pass (small "
+                    "datasets): later epochs and evaluations skip the file reads; every epoch still decodes.")
     flagutil.define("enum", "frozen_cache", "auto", list(config.FROZEN_CACHE),
                     "Frozen phase: train the head on embeddings the backbone computes once per image view (auto: "
                     "wherever the backbone is a fixed function, i.e. not with --bn=trainable or on TPUs), or stream "
@@ -79,7 +80,7 @@ def define_flags() -> None:
     flagutil.define("integer", "max_batch_size", 256, "Cap on auto batch sizes.")
     flagutil.define("integer", "accumulate_steps", 1, "Gradient accumulation steps.")
     flagutil.define("integer", "seed", 0, "Random seed.")
-    flagutil.define("bool", "report", True, "After the export, write the validation report (metrics, per-class "
+    flagutil.define("bool", "eval_report", True, "After the export, write the validation report (metrics, per-class "
                       "table, confusion matrix, worst images) to MODEL_DIR/eval through the exported model.")
     flagutil.define("bool", "calibrate", True, "Fit a temperature on the validation split (Guo et al. 2017) and "
                     "fold it into every export, so that probabilities are calibrated; the argmax does not change.")
@@ -140,7 +141,7 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
         jit_compile=f.jit_compile, steps_per_epoch=f.steps_per_epoch, overwrite=f.overwrite,
         memory_budget_gb=f.memory_budget_gb, max_batch_size=f.max_batch_size, accumulate_steps=f.accumulate_steps,
         tensorboard_dir=f.tensorboard_dir or env.get("AIP_TENSORBOARD_LOG_DIR"),
-        checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), report=f.report,
+        checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), eval_report=f.eval_report,
         frozen_cache=f.frozen_cache, calibrate=f.calibrate, tflite=tuple(f.tflite), max_accuracy_drop=f.max_accuracy_drop)
     return config.Config(data=data_cfg, model=model_cfg, phases=phases, runtime=runtime)
 
@@ -153,7 +154,7 @@ def _data_config(f, *, image_size: int) -> config.Data:
     class_names = discovery.resolve_class_names(f.train_data, f.labels)
     return config.Data(
         train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
-        label_offset=f.label_offset, augment=f.augment, cache=f.cache, seed=f.seed, cache_views=f.cache_views,
+        label_offset=f.label_offset, augment=f.augment, cache_records=f.cache_records, seed=f.seed, cache_views=f.cache_views,
         multi_label=f.multi_label, class_weight=f.class_weight)
 
 
@@ -187,11 +188,11 @@ def main(argv):
     strategy = distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
     cfg = inspection.inspect_data(cfg)
     _check_outputs_writable(cfg.runtime)
-    report = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
+    tuning = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
                                    is_chief=distribute.is_chief(strategy),
                                    epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
     result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
-                          last_phase_callbacks=[report] if report else [])
+                          last_phase_callbacks=[tuning] if tuning else [])
     distribute.wait_for_all(strategy)
     for line in result.summary():
         print(line)

@@ -179,7 +179,7 @@ class _PhaseLoop:
         if self.chief:
             self.run_dir.write_state(state)
             self.run_dir.remove(self.run_dir.backup_dir(phase_name))
-            self.run_dir.remove(self.run_dir.cache_dir())
+            self.run_dir.remove(self.run_dir.embeddings_dir())
 
 
 @dataclasses.dataclass

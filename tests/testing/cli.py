@@ -59,4 +59,4 @@ def train_flags(model_dir, records: str, weights: str, *extra: str, backbone: Op
             f"--model_dir={model_dir}", *model, f"--weights={weights}", f"--image_size={size}",
             "--frozen_batch_size=16", "--finetune_batch_size=8", "--lr_base_batch_size=0",
             "--frozen_learning_rate=0.01", "--finetune_learning_rate=0.0005", "--warmup_epochs=0",
-            "--early_stopping_patience=0", "--steps_per_epoch=4", "--seed=1", "--noreport", *extra]
+            "--early_stopping_patience=0", "--steps_per_epoch=4", "--seed=1", "--noeval_report", *extra]
