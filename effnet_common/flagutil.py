@@ -12,6 +12,7 @@ status USER_ERROR (2), flag-parsing mistakes included (absl would print its whol
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Callable, Optional, Sequence, Tuple
@@ -128,7 +129,6 @@ def check_folder(flag: str, path: Optional[str]) -> None:
     """
     if not path or path.startswith("gs://"):
         return  # a bucket path is checked for writing before training (gcs.check_writable), not here
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # local or gs://; only when called
-    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+    if os.path.exists(path) and not os.path.isdir(path):  # local: no TensorFlow needed to say so
         raise FlagError(f"--{flag}={path} is a file, not a folder: pass a folder (it is created if missing), "
                         "or move the file away")

@@ -16,9 +16,8 @@ callback or None; the last phase's `fit` gets it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping, Optional
-
-import tf_keras as keras
 
 TRIAL_ENV = "CLOUD_ML_TRIAL_ID"
 DEFAULT_METRIC = "val_accuracy"
@@ -49,30 +48,45 @@ def sends_metrics(env: Mapping[str, str], *, is_chief: bool) -> bool:
     return is_chief and trial_id(env) is not None
 
 
-class HypertuneCallback(keras.callbacks.Callback):
-    """Sends `metric` from each epoch's logs as the trial's measurement at that epoch.
+@functools.lru_cache(maxsize=None)
+def _callback_class():
+    """The Keras callback class, made on first use: importing this module (trainer.task does, to
+    define its flags) loads no TensorFlow, so a bad flag is answered in a second."""
+    import tf_keras as keras  # pylint: disable=import-outside-toplevel
 
-    Args:
-      metric: the logs key, also the hyperparameter_metric_tag the study's metricId names.
-      send: `hypertune.HyperTune().report_hyperparameter_tuning_metric`, or a stand-in.
-      epoch_offset: epochs of earlier phases, so the steps keep counting across phases.
-    """
+    class HypertuneCallback(keras.callbacks.Callback):
+        """Sends `metric` from each epoch's logs as the trial's measurement at that epoch.
 
-    def __init__(self, metric: str, send: Callable[..., None], *, epoch_offset: int = 0):
-        super().__init__()
-        self.metric, self.send, self.epoch_offset = metric, send, epoch_offset
+        Args:
+          metric: the logs key, also the hyperparameter_metric_tag the study's metricId names.
+          send: `hypertune.HyperTune().report_hyperparameter_tuning_metric`, or a stand-in.
+          epoch_offset: epochs of earlier phases, so the steps keep counting across phases.
+        """
 
-    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        logs = logs or {}
-        if self.metric not in logs:
-            raise ValueError(f"--hptune_metric={self.metric} is not among this epoch's metrics "
-                             f"({', '.join(sorted(logs)) or 'none'}): pick one of them")
-        self.send(hyperparameter_metric_tag=self.metric, metric_value=float(logs[self.metric]),
-                  global_step=self.epoch_offset + epoch + 1)
+        def __init__(self, metric: str, send: Callable[..., None], *, epoch_offset: int = 0):
+            super().__init__()
+            self.metric, self.send, self.epoch_offset = metric, send, epoch_offset
+
+        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            logs = logs or {}
+            if self.metric not in logs:
+                raise ValueError(f"--hptune_metric={self.metric} is not among this epoch's metrics "
+                                 f"({', '.join(sorted(logs)) or 'none'}): pick one of them")
+            self.send(hyperparameter_metric_tag=self.metric, metric_value=float(logs[self.metric]),
+                      global_step=self.epoch_offset + epoch + 1)
+
+    return HypertuneCallback
+
+
+def __getattr__(name: str):
+    """`hptune.HypertuneCallback`, the class `_callback_class` makes (PEP 562)."""
+    if name == "HypertuneCallback":
+        return _callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_callback(*, metric: str, env: Mapping[str, str], is_chief: bool, epoch_offset: int = 0,
-                   client_factory: Optional[Callable[[], object]] = None) -> Optional[HypertuneCallback]:
+                   client_factory: Optional[Callable[[], object]] = None):
     """The callback for the last phase's fit, or None when this process sends nothing.
 
     `client_factory` builds the client (default `hypertune.HyperTune`, which reads
@@ -83,6 +97,6 @@ def build_callback(*, metric: str, env: Mapping[str, str], is_chief: bool, epoch
     if client_factory is None:
         import hypertune  # pylint: disable=import-outside-toplevel  # cloudml-hypertune, only in trials
         client_factory = hypertune.HyperTune
-    return HypertuneCallback(metric, client_factory().report_hyperparameter_tuning_metric,
+    return _callback_class()(metric, client_factory().report_hyperparameter_tuning_metric,
                              epoch_offset=epoch_offset)
 

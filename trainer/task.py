@@ -161,8 +161,8 @@ def _data_config(f, *, image_size: int) -> config.Data:
 def export_tf_config(env=os.environ) -> None:
     """Sets TF_CONFIG from Vertex AI's CLUSTER_SPEC when only the latter is set (custom
     containers), so that workerpool0 is the chief; an existing TF_CONFIG is kept."""
-    from trainer import distribute  # pylint: disable=import-outside-toplevel
     if env.get("CLUSTER_SPEC") and not env.get("TF_CONFIG"):
+        from trainer import distribute  # pylint: disable=import-outside-toplevel
         try:
             spec = json.loads(env["CLUSTER_SPEC"])
         except json.JSONDecodeError as e:
@@ -179,12 +179,14 @@ def _check_outputs_writable(runtime: config.Runtime) -> None:
 
 
 def main(argv):
-    from trainer import distribute, inspection, pipeline  # pylint: disable=import-outside-toplevel
     if len(argv) > 1:
         raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
                                  "e.g. --train_data=PATH (see --helpfull)")
     export_tf_config()
     cfg = build_config()
+    # Imported once the flags are known good: TensorFlow and the model stack take seconds to
+    # load, and a mistake in a flag is answered before that.
+    from trainer import distribute, inspection, pipeline  # pylint: disable=import-outside-toplevel
     strategy = distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
     cfg = inspection.inspect_data(cfg)
     _check_outputs_writable(cfg.runtime)
