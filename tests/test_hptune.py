@@ -4,6 +4,7 @@ A two-weight Keras model trains for a few epochs on a handful of numbers; what c
 writes to CLOUD_ML_HP_METRIC_FILE is read back and compared with Keras' own history.
 """
 import json
+import types
 
 import numpy as np
 import pytest
@@ -56,7 +57,9 @@ def test_nothing_is_reported_outside_a_trial_or_off_the_chief(env, is_chief):
 
 def test_a_metric_missing_from_the_logs_fails_with_one_line():
     reported = []
-    callback = hptune.HypertuneCallback("val_accuracy", lambda **kw: reported.append(kw))
+    client = types.SimpleNamespace(report_hyperparameter_tuning_metric=lambda **kw: reported.append(kw))
+    callback = hptune.build_callback(metric="val_accuracy", env={"CLOUD_ML_TRIAL_ID": "3"}, is_chief=True,
+                                     client_factory=lambda: client)
     with pytest.raises(ValueError, match=r"--hptune_metric=val_accuracy is not among this epoch's metrics "
                                          r"\(accuracy, loss\)"):
         callback.on_epoch_end(0, {"loss": 0.5, "accuracy": 0.9})

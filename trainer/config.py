@@ -277,7 +277,8 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         weights = d["data"].get("class_weights")
-        data = dict({_RENAMED.get(k, k): v for k, v in d["data"].items()}, class_names=tuple(d["data"]["class_names"]),
+        data = dict({_RENAMED.get(k, k): v for k, v in d["data"].items()},
+                    class_names=tuple(d["data"]["class_names"]),
                     class_weights=tuple(weights) if weights is not None else None)
         # A config.json from before each setting lived in one field (the seed was also in
         # runtime, the network's shape also in model) or had one name (_RENAMED).

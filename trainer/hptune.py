@@ -16,7 +16,6 @@ callback or None; the last phase's `fit` gets it.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Mapping, Optional
 
 TRIAL_ENV = "CLOUD_ML_TRIAL_ID"
@@ -48,10 +47,9 @@ def sends_metrics(env: Mapping[str, str], *, is_chief: bool) -> bool:
     return is_chief and trial_id(env) is not None
 
 
-@functools.lru_cache(maxsize=None)
 def _callback_class():
-    """The Keras callback class, made on first use: importing this module (trainer.task does, to
-    define its flags) loads no TensorFlow, so a bad flag is answered in a second."""
+    """The Keras callback class, made when a trial needs it: importing this module (trainer.task
+    does, to define its flags) loads no TensorFlow, so a bad flag is answered in a second."""
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
 
     class HypertuneCallback(keras.callbacks.Callback):
@@ -76,13 +74,6 @@ def _callback_class():
                       global_step=self.epoch_offset + epoch + 1)
 
     return HypertuneCallback
-
-
-def __getattr__(name: str):
-    """`hptune.HypertuneCallback`, the class `_callback_class` makes (PEP 562)."""
-    if name == "HypertuneCallback":
-        return _callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_callback(*, metric: str, env: Mapping[str, str], is_chief: bool, epoch_offset: int = 0,
