@@ -15,12 +15,15 @@ batch 32, by:
       prepared TFRecords,
   (d) the ceiling: whole-JPEG decoding alone, in parallel on all cores, over the same bytes in
       memory (no file reads, no shuffle, no crop, no resize),
+  (e) our reader in a training phase's later epochs: the pixel cache (--cache_pixels, on by
+      default where the crops fit) filled by one whole pass before the timing, then shuffle,
+      mirror, batch, prefetch from memory,
 
 each timed in --rounds interleaved windows of N images (the median is reported), then the B0
 frozen-phase training step's images/s at 224 px (base frozen, training=False) and the number of
-cores that would feed a GPU at NVIDIA's published B0 rate. The last three lines are the ratios
-`ratio_vs_imagedatagenerator`, `ratio_vs_image_dataset_from_directory` and
-`fraction_of_decode_ceiling`.
+cores that would feed a GPU at NVIDIA's published B0 rate. Then the ratios of (c), the epoch
+that decodes: `ratio_vs_imagedatagenerator`, `ratio_vs_image_dataset_from_directory` and
+`fraction_of_decode_ceiling`; and the same three of (e), prefixed `later_epochs_`.
 
 Where the JPEG is ImageNet-sized (500x375), the 87.5 % center window is too small for DCT
 scaling at 224 px and holds most of the rows, so our reader decodes almost what the ceiling does
@@ -40,7 +43,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import numpy as np
+from effnet_common import process
+
+process.prepare()  # TensorFlow's start-up lines off, as in the commands
+
+import numpy as np  # noqa: E402
 import tensorflow as tf
 import tf_keras as keras
 
@@ -160,10 +167,18 @@ def image_dataset_from_directory(folder: str):
     return ds.repeat()
 
 
-def our_reader(shards: str, class_names):
+def our_reader(shards: str, class_names, *, count: int, later_epochs: bool = False):
+    """The training reader at the default --augment=flip: an epoch that decodes (the first of
+    every run, and every epoch with --nocache_pixels), or a later epoch served by the pixel
+    cache (`later_epochs`: one whole pass fills it before the timing)."""
     cfg = config.Data(train_data=shards, eval_data=None, class_names=tuple(class_names),
-                      image_size=IMAGE_SIZE, augment="flip")
-    return data.build_dataset(cfg, split="train", batch_size=BATCH_SIZE, repeat=True)
+                      image_size=IMAGE_SIZE, augment="flip", num_train_examples=count,
+                      cache_pixels=later_epochs)
+    ds = data.build_dataset(cfg, split="train", batch_size=BATCH_SIZE, repeat=True, epochs=2)
+    if later_epochs:
+        for _ in ds.take(-(-count // BATCH_SIZE) + 1):
+            pass
+    return ds
 
 
 def decode_ceiling(folder: str):
@@ -219,14 +234,16 @@ def main(argv) -> None:
         info = prepare.prepare(input_dir=images_dir, output_dir=shards_dir, validation_fraction=0.0,
                                shard_size_mb=8)
         n, cores = FLAGS.images, os.cpu_count() or 1
+        shards = os.path.join(shards_dir, "train-*")
         print(f"load_average={os.getloadavg()[0]:.1f} images={n} "
               f"photos={FLAGS.photos} photo={width}x{height} mean_jpeg_kb={total / n / 1024:.1f} size={IMAGE_SIZE} batch={BATCH_SIZE} cores={cores} "
               f"shards={info['splits']['train']['num_shards']}")
         meters = {"image_data_generator": Meter(image_data_generator(images_dir)),
                   "image_dataset_from_directory": Meter(image_dataset_from_directory(images_dir)),
-                  "our_reader": Meter(our_reader(os.path.join(shards_dir, "train-*"),
-                                                 info["class_names"])),
-                  "decode_ceiling": Meter(decode_ceiling(images_dir))}
+                  "our_reader": Meter(our_reader(shards, info["class_names"], count=n)),
+                  "decode_ceiling": Meter(decode_ceiling(images_dir)),
+                  "our_reader_later_epochs": Meter(our_reader(shards, info["class_names"], count=n,
+                                                              later_epochs=True))}
         for _ in range(FLAGS.rounds):
             for meter in meters.values():
                 meter.window(n)
@@ -234,7 +251,7 @@ def main(argv) -> None:
             print(f"{name}_img_per_s={meter.median:.0f} "
                   f"(rounds: {', '.join(f'{r:.0f}' for r in meter.rates)}; "
                   f"cpu_ms_per_img={np.median(meter.cpu_ms):.2f})")
-        a, b, c, d = (meters[k].median for k in meters)
+        a, b, c, d, e = (meters[k].median for k in meters)
         step = measure_b0_frozen_step(steps=FLAGS.b0_steps)
         print(f"b0_frozen_train_step_img_per_s={step:.1f} (our reader: {c:.0f}; "
               f"{'the model' if step < c else 'the input'} is the bottleneck here)")
@@ -244,6 +261,10 @@ def main(argv) -> None:
         print(f"ratio_vs_imagedatagenerator={c / a:.2f}")
         print(f"ratio_vs_image_dataset_from_directory={c / b:.2f}")
         print(f"fraction_of_decode_ceiling={c / d:.2f}")
+        print("later epochs, from the pixel cache (--cache_pixels, on by default where the crops fit):")
+        print(f"later_epochs_ratio_vs_imagedatagenerator={e / a:.2f}")
+        print(f"later_epochs_ratio_vs_image_dataset_from_directory={e / b:.2f}")
+        print(f"later_epochs_fraction_of_decode_ceiling={e / d:.2f}")
     finally:
         if not FLAGS.keep and not FLAGS.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -183,6 +183,60 @@ def test_cache_records_serves_later_passes_from_memory(tmp_path):
         np.testing.assert_array_equal(y0.numpy(), y2.numpy())
 
 
+def _pass(ds) -> list:
+    """(image, label) of every element of one pass over a dataset of batches."""
+    return [(x, int(y)) for images, labels in ds for x, y in zip(images.numpy(), labels.numpy())]
+
+
+def test_pixel_cache_serves_later_epochs_without_reading_or_decoding(tmp_path):
+    """--cache_pixels: a phase's later epochs read no file (the shard rewritten after the first
+    one with 3 other images changes nothing) and give the same pixels: validation exactly the
+    serving crops, training those crops as uint8, each as itself or its mirror (--augment=flip,
+    drawn anew every epoch)."""
+    pixels = [_pixels(i) for i in range(6)]
+    glob = _write_shards(tmp_path / "s", [[(_encode(p), i % 2) for i, p in enumerate(pixels)]], classes="ab")
+    cfg = _cfg(glob, classes="ab", eval_data=glob, num_train_examples=6, num_eval_examples=6)
+    crops = [decode.decode_for_eval(tf.constant(_encode(p)), SIZE).numpy() for p in pixels]
+    evaluation = data.build_dataset(cfg, split="eval", batch_size=4, epochs=3)
+    training = data.build_dataset(cfg, split="train", batch_size=4, epochs=3)
+    passes = [(_pass(evaluation), _pass(training))]
+    _write_shards(tmp_path / "s", [[(_encode(_pixels(10 + i)), 0) for i in range(3)]], classes="ab")
+    passes += [(_pass(evaluation), _pass(training)) for _ in range(3)]
+    # Training views: each crop rounded to uint8 (as decode.to_uint8 does), or its mirror.
+    views = [(i, flip, np.floor((crop[:, ::-1] if flip else crop) + 0.5))
+             for i, crop in enumerate(crops) for flip in (False, True)]
+    mirrored = 0
+    for eval_pass, train_pass in passes:
+        assert [y for _, y in eval_pass] == [i % 2 for i in range(6)]
+        for (image, _), crop in zip(eval_pass, crops):
+            np.testing.assert_array_equal(image, crop)
+        seen = []
+        for image, label in train_pass:
+            (index, flip), = [(i, flip) for i, flip, view in views if np.array_equal(image, view)]
+            assert label == index % 2
+            seen.append(index)
+            mirrored += flip
+        assert sorted(seen) == list(range(6))
+    assert 0 < mirrored < 24
+
+
+@pytest.mark.parametrize("setting", ["augment=crop", "count unknown", "--nocache_pixels", "one epoch",
+                                     "RAM too small"])
+def test_pixel_cache_stays_off_where_it_cannot_serve(tmp_path, monkeypatch, setting):
+    """Random crops differ every epoch, a cache of unknown size may not fit, one epoch has no
+    later one: there every pass reads the shards again (rewritten here with 3 images of 6)."""
+    glob = _write_shards(tmp_path / "s", [[(_encode(_pixels(i)), i % 2) for i in range(6)]], classes="ab")
+    kwargs = {"augment=crop": {"augment": "crop"}, "count unknown": {"num_train_examples": None},
+              "--nocache_pixels": {"cache_pixels": False}}.get(setting, {})
+    cfg = _cfg(glob, classes="ab", **{"num_train_examples": 6, **kwargs})
+    if setting == "RAM too small":  # 6 crops of 32x32x3 bytes need 18 KB: a quarter of 40 KB is less
+        monkeypatch.setattr(data.devices, "cpu_available_bytes", lambda: 40_000)
+    ds = data.build_dataset(cfg, split="train", batch_size=4, epochs=1 if setting == "one epoch" else 3)
+    assert len(_pass(ds)) == 6
+    _write_shards(tmp_path / "s", [[(_encode(_pixels(i)), i % 2) for i in range(3)]], classes="ab")
+    assert len(_pass(ds)) == 3
+
+
 def test_rand_augment_operations_keep_shape_and_range(tmp_path):
     image = tf.constant(_pixels(3, (SIZE, SIZE, 3)), tf.float32)
     for index, op in enumerate(randaugment._RANDAUGMENT_OPS):

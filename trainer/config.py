@@ -50,6 +50,9 @@ class Data:
         (Inception-style random crop and flip) or randaugment (that plus RandAugment).
       cache_records: keep the encoded records in memory after their first pass (small datasets
         only): later epochs skip the file reads; every epoch still decodes them.
+      cache_pixels: where every epoch decodes an image to the same pixels (validation, and
+        training with augment none or flip), keep the decoded crops in memory after the first
+        epoch when they fit (`data.pixel_cache_bytes`): later epochs neither read nor decode.
       shuffle_buffer: examples in the training shuffle buffer.
       seed: the run's one seed: shuffling, augmentation and (train.run) weight initialization.
       num_train_examples / num_eval_examples: known example counts (dataset.json), or None.
@@ -68,6 +71,7 @@ class Data:
     label_offset: int = 0
     augment: str = "flip"
     cache_records: bool = False
+    cache_pixels: bool = True
     shuffle_buffer: int = 1024
     seed: int = 0
     num_train_examples: Optional[int] = None

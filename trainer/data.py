@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from absl import logging
 import tensorflow as tf
 
 from effnet_common import decode as decode_lib
-from trainer import discovery, skips, targets
+from trainer import devices, discovery, skips, targets
 from trainer.randaugment import rand_augment
 
 # Re-exported: the entry point, training, the benchmarks and tests name these as data.X.
@@ -30,6 +31,9 @@ from trainer.skips import SkippedRecordsLogger, skipped_records  # noqa: F401
 
 # Range of the per-element random draw that seeds the stateless crop, flip and RandAugment.
 _SEED_RANGE = 2 ** 62
+# The share of the available RAM that the decoded crops of a training run's splits may hold
+# (`--cache_pixels`): what is left covers the model, the shuffle buffer and tf.data's buffers.
+PIXEL_CACHE_RAM_FRACTION = 0.25
 
 
 def _records(files: List[str], *, training: bool, input_context, seed: int) -> tf.data.Dataset:
@@ -90,14 +94,49 @@ def _decode_counted(ds: tf.data.Dataset, *, unpack, decode, counter: skips.SkipC
         if not multi_label:
             ok = tf.logical_and(ok, tf.size(labels) == 1)
         key, image_bytes = counter.enter(image_bytes, ok)
-        draw = tf.random.uniform([2], minval=0, maxval=_SEED_RANGE, dtype=tf.int64, seed=seed)
-        image = decode(image_bytes, draw)
+        image = decode(image_bytes, _draw(seed))
         target = (targets.multi_hot(labels, num_classes) if multi_label
                   else tf.cast(tf.concat([labels, [-1]], 0)[0], tf.int32))
         return counter.leave(key, image), target
 
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     return ds.ignore_errors(log_warning=True)
+
+
+def _draw(seed: int) -> tf.Tensor:
+    """An element's random seed [2]: a stateful draw, the one random stage of a pipeline."""
+    return tf.random.uniform([2], minval=0, maxval=_SEED_RANGE, dtype=tf.int64, seed=seed)
+
+
+def pixel_cache_bytes(data_cfg, *, pipelines: int = 1) -> Optional[int]:
+    """Bytes the decoded crops of a training run's splits take in one input pipeline's memory,
+    when `--cache_pixels` keeps them; None when it does not.
+
+    Kept when every pass decodes an image to the same pixels (augment none or flip: the
+    evaluation crop, uint8 [S, S, 3]; validation: float32, exactly what serving computes), the
+    example counts are known (dataset.json), and the crops of this pipeline's share fit in
+    `PIXEL_CACHE_RAM_FRACTION` of the available RAM. tf.data's guide advises exactly this: a
+    cache after an expensive map, where the result fits in memory.
+    """
+    if not data_cfg.cache_pixels or data_cfg.augment not in ("none", "flip"):
+        return None
+    counts = [(data_cfg.num_train_examples, 1)]
+    if data_cfg.eval_data:
+        counts.append((data_cfg.num_eval_examples, 4))
+    if any(count is None for count, _ in counts):
+        return None
+    side = data_cfg.image_size
+    total = sum(-(-count // pipelines) * side * side * 3 * depth for count, depth in counts)
+    return total if total <= PIXEL_CACHE_RAM_FRACTION * devices.cpu_available_bytes() else None
+
+
+def _keeps_pixels(data_cfg, split: str, input_context) -> bool:
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    size = pixel_cache_bytes(data_cfg, pipelines=pipelines)
+    if size is not None:
+        logging.info("--cache_pixels: the decoded %s crops stay in memory after the first epoch (%.0f MB for "
+                     "both splits): later epochs neither read nor decode", split, size / 2 ** 20)
+    return size is not None
 
 
 def _source(data_cfg, *, path: str, what: str, training: bool, input_context):
@@ -132,13 +171,19 @@ def _split_path(data_cfg, split: str) -> Tuple[str, str]:
 def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
                   repeat: bool = False, drop_remainder: bool = False,
                   ram_budget_mb: Optional[int] = None,
-                  skip_counters: Optional[skips.SkipCounters] = None) -> tf.data.Dataset:
+                  skip_counters: Optional[skips.SkipCounters] = None,
+                  epochs: int = 1) -> tf.data.Dataset:
     """The input pipeline of one split.
 
     list files -> shard per input pipeline -> parallel interleaved reads -> (cache) -> shuffle ->
     (repeat) -> decode (training: Inception random crop decoding only the crop; eval: center
     crop) -> augment -> batch -> prefetch. Undecodable records are skipped and counted
     (trainer.skips: `skipped_records`, `SkippedRecordsLogger`).
+
+    Where the decoded crop of an image is the same every pass (evaluation, and training with
+    augment none or flip) and the caller reads the split more than once, the crops are kept
+    in memory after the first pass (`pixel_cache_bytes` says when): decode -> cache ->
+    shuffle -> (repeat) -> mirror -> batch, so later passes neither read nor decode.
 
     Args:
       data_cfg: a `config.Data`.
@@ -153,6 +198,8 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
       ram_budget_mb: tf.data autotune's RAM budget (default: tf.data's own, half the RAM).
       skip_counters: the registry that counts the skipped records (a training run's own;
         default: the process's, `skips.DEFAULT_COUNTERS`).
+      epochs: the passes the caller makes over the split (a training phase's epochs, for its
+        training and validation data); from 2, the pixel cache may serve the later ones.
 
     Returns:
       Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]) -- labels float32
@@ -166,15 +213,25 @@ def build_dataset(data_cfg, *, split: str, batch_size: int, input_context=None,
     path, what = _split_path(data_cfg, split)
     ds, unpack = _source(data_cfg, path=path, what=what, training=training,
                          input_context=input_context)
-    if data_cfg.cache_records:
+    keep_pixels = epochs > 1 and _keeps_pixels(data_cfg, split, input_context)
+    decode_args = dict(unpack=unpack, counter=skips.counter_for(split, path, skip_counters),
+                       num_classes=len(data_cfg.class_names), multi_label=data_cfg.multi_label,
+                       training=training, seed=data_cfg.seed)
+    if keep_pixels:
+        crop = _train_crop if training else decode_lib.decode_for_eval
+        ds = _decode_counted(ds, decode=lambda image_bytes, seed: crop(image_bytes, data_cfg.image_size),
+                             **decode_args).cache()
+    elif data_cfg.cache_records:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(data_cfg.shuffle_buffer, seed=data_cfg.seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = _decode_counted(ds, unpack=unpack, decode=_decoder(data_cfg, training=training),
-                         counter=skips.counter_for(split, path, skip_counters), num_classes=len(data_cfg.class_names),
-                         multi_label=data_cfg.multi_label, training=training, seed=data_cfg.seed)
+    if not keep_pixels:
+        ds = _decode_counted(ds, decode=_decoder(data_cfg, training=training), **decode_args)
+    elif training and data_cfg.augment == "flip":
+        ds = ds.map(lambda image, target: (decode_lib.random_flip(image, _draw(data_cfg.seed)), target),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=not training)
     if training:

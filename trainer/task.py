@@ -66,6 +66,9 @@ def define_flags() -> None:
                     "large datasets), randaugment (crop plus RandAugment).")
     flagutil.define("bool", "cache_records", False, "Keep the encoded records in memory after their first pass (small "
                     "datasets): later epochs and evaluations skip the file reads; every epoch still decodes.")
+    flagutil.define("bool", "cache_pixels", True, "With --augment=none or flip: keep the decoded crops of the training "
+                    "and validation images in memory after the first epoch when they fit in a quarter of the "
+                    "available RAM; later epochs neither read nor decode.")
     flagutil.define("enum", "frozen_cache", "auto", list(config.FROZEN_CACHE),
                     "Frozen phase: train the head on embeddings the backbone computes once per image view (auto: "
                     "wherever the backbone is a fixed function, i.e. not with --bn=trainable or on TPUs), or stream "
@@ -154,7 +157,7 @@ def _data_config(f, *, image_size: int) -> config.Data:
     class_names = discovery.resolve_class_names(f.train_data, f.labels)
     return config.Data(
         train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
-        label_offset=f.label_offset, augment=f.augment, cache_records=f.cache_records, seed=f.seed, cache_views=f.cache_views,
+        label_offset=f.label_offset, augment=f.augment, cache_records=f.cache_records, cache_pixels=f.cache_pixels, seed=f.seed, cache_views=f.cache_views,
         multi_label=f.multi_label, class_weight=f.class_weight)
 
 

@@ -162,7 +162,7 @@ class _PhaseLoop:
                     caches, strategy=self.strategy, seed=cfg.data.seed, eval_examples=cfg.data.num_eval_examples,
                     class_weights=cfg.data.class_weights)
         return self.model, lambda batch_size: _datasets(cfg.data, strategy=self.strategy, batch_size=batch_size,
-                                                        skip_counters=self.skip_counters)
+                                                        epochs=phase.epochs, skip_counters=self.skip_counters)
 
     def _finish_phase(self, phase_name: str, *, state: Dict[str, str]) -> None:
         """Saves the phase's weights, records it in state.json, and only then drops its backup
@@ -243,13 +243,14 @@ def _log_phase_table(plan: schedules.PhasePlan) -> None:
     logging.info("\n".join(lines))
 
 
-def _datasets(data_cfg: Data, *, strategy, batch_size: int,
+def _datasets(data_cfg: Data, *, strategy, batch_size: int, epochs: int,
               skip_counters: skips.SkipCounters) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], Optional[int]]:
-    """Per-replica image pipelines; the batch size given is global. TPUs need static shapes."""
+    """Per-replica image pipelines of a phase of `epochs` epochs; the batch size given is
+    global. TPUs need static shapes."""
     static = distribute.is_tpu(strategy)
     return distribute.train_and_eval_datasets(
         lambda split, ctx, batch, repeat: data.build_dataset(data_cfg, split=split, batch_size=batch, input_context=ctx,
-                                                             repeat=repeat, drop_remainder=static,
+                                                             repeat=repeat, drop_remainder=static, epochs=epochs,
                                                              skip_counters=skip_counters),
         strategy=strategy, batch_size=batch_size, has_eval=bool(data_cfg.eval_data),
         eval_examples=data_cfg.num_eval_examples)
