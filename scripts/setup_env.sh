@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Creates .venv (once) and installs the package with its test extra. Idempotent. pip's own
-# output goes to .venv/pip.log (shown when an install fails), so the demo reads as a story.
+# Creates .venv (once) and installs the package with its test extra. Idempotent. The installer's
+# own output goes to .venv/pip.log (shown when an install fails), so the demo reads as a story.
+#
+# uv installs the ~100 wheels (TensorFlow's 600 MB among them) in parallel: measured on a fresh
+# clone on this 2-core machine, 20 s with an empty uv cache against 70 s for pip with a warm one.
+# pip stays the fallback wherever uv cannot be installed or fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[tests]'; } > .venv/pip.log 2>&1; then
+with_uv() {
+  .venv/bin/python -m pip install -q uv && VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q -e '.[tests]'
+}
+with_pip() {
+  .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[tests]'
+}
+if ! { with_uv || { echo "uv failed: installing with pip" && with_pip; }; } > .venv/pip.log 2>&1; then
   tail -n 40 .venv/pip.log >&2
   echo "error: installing the package into .venv failed (full log: .venv/pip.log)" >&2
   exit 1
