@@ -9,9 +9,13 @@ under the command's own name (not under this module's).
 
 A user mistake ends the same way in every command: one line `error: ...` on stderr and exit
 status USER_ERROR (2), flag-parsing mistakes included (absl would print its whole usage text).
+
+A command's process ends through `end`: its exit handlers run and its output is flushed, but
+the interpreter does not tear TensorFlow's modules and runtime down one object at a time.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import sys
@@ -107,8 +111,33 @@ def run(main: Callable, define_flags: Callable[[], None], *, module: Optional[st
     command that reads paths the user gives) in one `error: ...` line and exit status 2."""
     define_flags()
     adopt_as_main(module or _calling_module())
-    app.run(guarded(main, user_errors),
-            flags_parser=lambda argv: parse_flags(argv, unknown_flag_hint=unknown_flag_hint))
+    try:
+        app.run(guarded(main, user_errors),
+                flags_parser=lambda argv: parse_flags(argv, unknown_flag_hint=unknown_flag_hint))
+    except SystemExit as done:  # how app.run, fail() and --help end
+        end(done.code)
+
+
+def end(code=0) -> None:
+    """Ends a finished command's process with exit status `code` (None: 0; a message: printed,
+    then 1, as `sys.exit` does). The exit handlers run (logging's flush, temporary files'
+    cleanup) and stdout and stderr are flushed; then `os._exit` skips the interpreter's
+    teardown: with TensorFlow loaded that is 0.8-0.9 s of every command (measured here on
+    2 cores: 4.3-5.1 s for import, one op and exit, against 3.4-4.3 s), spent freeing memory
+    the operating system frees anyway. Every file a command writes is closed before it
+    returns, so nothing is lost."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()  # pylint: disable=protected-access  # what interpreter exit runs first
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to lose
+            pass
+    os._exit(code)
 
 
 def guarded(main: Callable, user_errors: Tuple[type, ...] = ()) -> Callable:

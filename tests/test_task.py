@@ -156,3 +156,34 @@ def test_one_error_formatter_drops_tensorflow_noise():
     assert flagutil.one_line(graph) == "Invalid JPEG data"
     assert flagutil.one_line("first\nTraceback (most recent call last)", first_line=True) == "first"
     assert flagutil.one_line("x" * 50, limit=10) == "x" * 9 + "…"
+
+
+_ENDING_COMMAND = """
+import atexit, sys, tempfile
+from effnet_common import flagutil, errors
+kept = tempfile.TemporaryDirectory()  # alive at exit: its finalizer removes it
+atexit.register(lambda: print("exit handler ran", file=sys.stderr))
+def main(argv):
+    print(kept.name)
+    sys.stdout.write("x" * 100000)  # buffered, no newline: must still arrive whole
+    if len(argv) > 1:
+        raise errors.UserError("a mistake")
+    return 3
+flagutil.run(main, lambda: None, module="__main__")
+"""
+
+
+@pytest.mark.parametrize("mistake", [False, True])
+def test_a_command_ends_with_its_output_flushed_and_exit_handlers_run(tmp_path, mistake):
+    """flagutil.end skips the interpreter's teardown, not what it owes: main's status (or 2 for
+    a user's mistake and its one line), stdout whole, atexit handlers and finalizers run."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", _ENDING_COMMAND, *(["extra"] if mistake else [])],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    folder, output = result.stdout.split("\n", 1)
+    assert result.returncode == (2 if mistake else 3), result.stderr
+    assert output == "x" * 100000 and not os.path.exists(folder)
+    assert "exit handler ran" in result.stderr
+    assert ("error: a mistake" in result.stderr) == mistake
