@@ -109,14 +109,15 @@ def _draw(seed: int) -> tf.Tensor:
 
 
 def pixel_cache_bytes(data_cfg, *, pipelines: int = 1) -> Optional[int]:
-    """Bytes the decoded crops of a training run's splits take in one input pipeline's memory,
-    when `--cache_pixels` keeps them; None when it does not.
+    """Bytes the decoded crops of a training run's splits would take in one input pipeline's
+    memory; None where `--cache_pixels` cannot serve: it is off, the crops change between
+    epochs (augment crop or randaugment) or an example count is unknown.
 
-    Kept when every pass decodes an image to the same pixels (augment none or flip: the
-    evaluation crop, uint8 [S, S, 3]; validation: float32, exactly what serving computes), the
-    example counts are known (dataset.json), and the crops of this pipeline's share fit in
-    `PIXEL_CACHE_RAM_FRACTION` of the available RAM. tf.data's guide advises exactly this: a
-    cache after an expensive map, where the result fits in memory.
+    Every pass decodes an image to the same pixels with augment none or flip (the evaluation
+    crop, kept as uint8 [S, S, 3]) and in validation (kept as float32, exactly what serving
+    computes). `_keeps_pixels` then keeps them where they fit in `PIXEL_CACHE_RAM_FRACTION` of
+    the available RAM: tf.data's guide advises a cache after an expensive map where the result
+    fits in memory.
     """
     if not data_cfg.cache_pixels or data_cfg.augment not in ("none", "flip"):
         return None
@@ -126,17 +127,23 @@ def pixel_cache_bytes(data_cfg, *, pipelines: int = 1) -> Optional[int]:
     if any(count is None for count, _ in counts):
         return None
     side = data_cfg.image_size
-    total = sum(-(-count // pipelines) * side * side * 3 * depth for count, depth in counts)
-    return total if total <= PIXEL_CACHE_RAM_FRACTION * devices.cpu_available_bytes() else None
+    return sum(-(-count // pipelines) * side * side * 3 * depth for count, depth in counts)
 
 
 def _keeps_pixels(data_cfg, split: str, input_context) -> bool:
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    size = pixel_cache_bytes(data_cfg, pipelines=pipelines)
-    if size is not None:
-        logging.info("--cache_pixels: the decoded %s crops stay in memory after the first epoch (%.0f MB for "
-                     "both splits): later epochs neither read nor decode", split, size / 2 ** 20)
-    return size is not None
+    """Whether the pixel cache serves this pipeline; the training split's call logs why."""
+    size = pixel_cache_bytes(data_cfg, pipelines=input_context.num_input_pipelines if input_context else 1)
+    if size is None:
+        return False
+    budget = PIXEL_CACHE_RAM_FRACTION * devices.cpu_available_bytes()
+    splits = "training and validation" if data_cfg.eval_data else "training"
+    if split == "train" and size <= budget:
+        logging.info("--cache_pixels: the decoded %s crops stay in memory after the first epoch (%.0f MB): "
+                     "later epochs neither read nor decode", splits, size / 2 ** 20)
+    elif split == "train":
+        logging.info("--cache_pixels: the decoded %s crops (%.0f MB) exceed a quarter of the available RAM "
+                     "(%.0f MB): every epoch decodes", splits, size / 2 ** 20, 4 * budget / 2 ** 20)
+    return size <= budget
 
 
 def _source(data_cfg, *, path: str, what: str, training: bool, input_context):
