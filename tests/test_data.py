@@ -237,6 +237,25 @@ def test_pixel_cache_stays_off_where_it_cannot_serve(tmp_path, monkeypatch, sett
     assert len(_pass(ds)) == 3
 
 
+def test_a_shard_gone_mid_run_is_skipped_not_waited_on(tmp_path):
+    """A shard deleted after the run listed it: later passes give the other shards' records
+    (TFRecordDataset alone would retry opening it forever under ignore_errors). Read in a
+    thread, so that a hang fails the test instead of the suite."""
+    import threading
+    folder = tmp_path / "s"
+    glob = _write_shards(folder, [[(_encode(_pixels(3 * s + i)), s) for i in range(3)] for s in range(2)], classes="ab")
+    cfg = _cfg(glob, classes="ab", eval_data=glob, augment="crop")
+    datasets = [data.build_dataset(cfg, split=split, batch_size=4) for split in ("train", "eval")]
+    assert [sorted(y for _, y in _pass(ds)) for ds in datasets] == [[0, 0, 0, 1, 1, 1]] * 2
+    os.remove(sorted(tf.io.gfile.glob(glob))[1])
+    later = []
+    reader = threading.Thread(target=lambda: later.extend(sorted(y for _, y in _pass(ds)) for ds in datasets),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert later == [[0, 0, 0]] * 2
+
+
 def test_rand_augment_operations_keep_shape_and_range(tmp_path):
     image = tf.constant(_pixels(3, (SIZE, SIZE, 3)), tf.float32)
     for index, op in enumerate(randaugment._RANDAUGMENT_OPS):

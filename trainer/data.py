@@ -48,10 +48,22 @@ def _records(files: List[str], *, training: bool, input_context, seed: int) -> t
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training and not by_record:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(_still_there)
     deterministic = not training or by_record
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.shard(n, i) if by_record else ds
+
+
+def _still_there(path: tf.Tensor) -> tf.Tensor:
+    """The shard's path, or an error (which `ignore_errors` downstream drops, with a warning
+    that names it) when the file is gone since the run listed it. Without this a vanished shard
+    would hang the job: `TFRecordDataset` retries opening it on every call, `ignore_errors`
+    calls again, forever. Costs one file lookup per shard and pass."""
+    present = tf.size(tf.io.matching_files(path)) > 0
+    message = tf.strings.join([path, " is gone since the run listed it: its records are skipped"])
+    with tf.control_dependencies([tf.debugging.Assert(present, [message])]):
+        return tf.identity(path)
 
 
 def _image_files(paths: List[str], labels: List[int], *, training: bool, input_context,
@@ -75,7 +87,8 @@ def _decode_counted(ds: tf.data.Dataset, *, unpack, decode, counter: skips.SkipC
     The failing map call raises (a failed decode, or the label assertion) and `ignore_errors`
     drops that element: the cheap way. A per-element fallback dataset cost ~0.5 ms per image,
     a quarter of a decode; a filter stage after the map ~0.1 ms. Its price: `ignore_errors`
-    also drops an element when reading its file fails (tf.data logs it).
+    also drops an element when reading its file fails (tf.data logs it), and would wait forever
+    on a shard deleted mid-run (`_still_there` turns that into one dropped, logged error).
 
     Parsing happens in this same map, and each element's random seed comes from a stateful
     draw here rather than a zipped `Dataset.random`: every extra tf.data stage cost 0.1-0.3 ms
