@@ -15,3 +15,8 @@ class UserError(ValueError):
 
 class WeightsError(UserError):
     """Backbone weights that cannot be had or do not fit; the message says how to fix it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with where the command stopped and how to go on. A KeyboardInterrupt, so that
+    nothing that catches Exception swallows it; a command ends it in one line, exit status 130."""

@@ -26,6 +26,7 @@ from absl import app, flags
 from effnet_common import errors
 
 USER_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
 class FlagError(errors.UserError):
@@ -141,12 +142,16 @@ def end(code=0) -> None:
 
 
 def guarded(main: Callable, user_errors: Tuple[type, ...] = ()) -> Callable:
-    """`main` with the user's mistakes ended by `fail` (one line, exit 2) instead of a traceback."""
+    """`main` with the user's mistakes ended by `fail` (one line, exit 2) and Ctrl-C by one
+    `interrupted: ...` line (exit 130) instead of a traceback."""
     def run_guarded(argv):
         try:
             return main(argv)
         except (errors.UserError, *user_errors) as e:
             fail(e)
+        except KeyboardInterrupt as e:
+            print(f"interrupted: {one_line(str(e)) if str(e) else 'stopped by Ctrl-C'}", file=sys.stderr)
+            sys.exit(INTERRUPTED)
     return run_guarded
 
 

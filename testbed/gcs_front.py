@@ -289,6 +289,21 @@ def _bucket_of(target: str) -> str:
     return parts[1] if len(parts) > 2 and parts[1] not in ("storage", "upload", "download") else ""
 
 
+def _object_name(req: _Request, split) -> str | None:
+    """The object a JSON-API upload or object request names, or None."""
+    query = urllib.parse.parse_qs(split.query)
+    if split.path.startswith("/upload/storage/v1/"):
+        if query.get("name"):
+            return query["name"][0]
+        start = req.body.find(b"{")
+        try:  # multipart: the first part is the object's metadata, as JSON
+            return json.JSONDecoder().raw_decode(req.body[start:].decode("utf-8", "replace"))[0].get("name")
+        except (ValueError, AttributeError):
+            return None
+    parts = split.path.split("/o/", 1)
+    return urllib.parse.unquote(parts[1]) if len(parts) == 2 else None
+
+
 class _FrontState:
     """Shared by all connections of the front: emulator address, faults and counters."""
 
@@ -298,6 +313,7 @@ class _FrontState:
         self.ssl_context = ssl_context
         self.lock = threading.Lock()
         self.emulator_lock = threading.Lock()
+        self.precondition_lock = threading.Lock()  # a generation check and its write, as one step
         self.every_nth_503 = 0
         self.hold = False
         self.released = threading.Event()  # set when a hold ends: held requests answer then
@@ -350,6 +366,13 @@ class _FrontState:
             return self._empty_media_upload(req, split, query)
         if req.method == "GET" and split.path.endswith("/storageLayout"):
             return self._storage_layout(req, split.path)
+        if query.get("ifGenerationMatch"):
+            with self.precondition_lock:
+                failed = self._generation_mismatch(req, split, query["ifGenerationMatch"][0])
+                return failed or self._forwarded(req, split, query, scheme=scheme)
+        return self._forwarded(req, split, query, scheme=scheme)
+
+    def _forwarded(self, req, split, query, *, scheme: str) -> _Response:
         resp = self.forward(req.method, req.target, req.headers, req.body)
         location = resp.header("Location")
         if scheme == "https" and location and location.startswith("http://"):
@@ -357,6 +380,18 @@ class _FrontState:
         if resp.status == 308 and req.method == "PUT" and not req.body:
             self._fix_resume_status(resp, query)
         return resp
+
+    def _generation_mismatch(self, req, split, wanted: str) -> _Response | None:
+        """GCS's `ifGenerationMatch` precondition, which the emulator ignores: 412 unless the
+        object's live generation is `wanted` ("0": no live object of that name), as Cloud Storage
+        answers (cloud.google.com/storage/docs/request-preconditions). Covers what a lock needs:
+        uploads (name in the query or in a multipart body's metadata) and deletes."""
+        bucket, name = _bucket_of(req.target), _object_name(req, split)
+        if name is None:
+            return None
+        meta = self.forward("GET", f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}", [], b"")
+        live = str(json.loads(meta.body).get("generation", "0")) if meta.status == 200 else "0"
+        return None if live == wanted else _error(412, f"conditionNotMet: {name} is at generation {live}, not {wanted}")
 
     def _empty_media_upload(self, req, split, query) -> _Response:
         """The emulator crashes on an empty media upload; do it as a zero-byte resumable one."""

@@ -1,6 +1,7 @@
 """Memory plan (issue 7): estimates per phase, auto batch sizes, plan.json, OOM recovery, accumulation."""
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -307,12 +308,15 @@ def mirrored_accumulation() -> dict:
     return {"replicas": strategy.num_replicas_in_sync, "max_weight_difference": diff, "losses": losses}
 
 
-def test_plan_only_cli_writes_plan_and_refuses_a_tiny_budget(demo_records, tmp_path):
-    """python -m trainer.task --plan_only with auto batches: plan.json, or one line and exit 2."""
+def test_plan_only_cli_prints_the_plan_and_refuses_a_tiny_budget(demo_records, tmp_path):
+    """python -m trainer.task --plan_only with auto batches: the plan on stdout and nothing
+    written, or one line and exit 2."""
     auto = ("--frozen_batch_size=auto", "--finetune_batch_size=auto", "--plan_only")
     ok = run_module("trainer.task", *train_flags(tmp_path / "ok", demo_records, "none", *auto, "--memory_budget_gb=2"))
     assert ok.returncode == 0, ok.stderr[-3000:]
-    batches = {e["name"]: e["batch_size"] for e in rundir.RunDir(str(tmp_path / "ok")).read_plan()["phases"]}
+    assert not (tmp_path / "ok").exists()
+    rows = re.findall(r"^\s+(frozen|finetune)\s+\S+\s+[\d,]+\s+(\d+)\*", ok.stdout, flags=re.M)
+    batches = {name: int(batch) for name, batch in rows}
     assert batches["frozen"] == 72  # capped by the dataset's 72 training examples
     assert 0 < batches["finetune"] <= 72
     bad = run_module("trainer.task", *train_flags(tmp_path / "bad", demo_records, "none", *auto,

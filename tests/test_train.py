@@ -253,9 +253,9 @@ def test_config_json_of_an_earlier_version_resumes_and_each_setting_has_one_fiel
         json.dump(old, f)
     run = rundir.RunDir(str(tmp_path))
     assert run.read_config() == cfg
-    run.check(cfg, overwrite=False)  # the same run: resumes
+    run.check(cfg)  # the same run: resumes
     other = config.Config(data=config.Data(train_data="x/train-*", eval_data=None, class_names=("a", "b", "c"),
                                            image_size=IMAGE_SIZE + 32), model=cfg.model, phases=cfg.phases,
                           runtime=cfg.runtime)
     with pytest.raises(config.ConfigError, match=f"image_size: {IMAGE_SIZE} vs {IMAGE_SIZE + 32}"):
-        run.check(other, overwrite=False)
+        run.check(other)

@@ -33,7 +33,7 @@ from absl import flags, logging
 
 from effnet_common import errors, fileio, flagutil, versions
 from serving import signatures
-from trainer import tflite
+from trainer import runlock, tflite
 from trainer import model as model_lib
 
 _VERIFY_TOLERANCE = 1e-4
@@ -250,14 +250,17 @@ def main(argv: Sequence[str]) -> None:
     if not f.model_dir:
         raise flagutil.FlagError("--model_dir is required: pass the training run's output folder (config.json, "
                                  "checkpoints)")
-    try:
-        if f.tflite:
-            _print_tflite(export_tflite(model_dir=f.model_dir, variants=f.tflite, checkpoint=f.checkpoint,
-                                        max_accuracy_drop=f.max_accuracy_drop))
-            return
-        path = reexport(model_dir=f.model_dir, checkpoint=f.checkpoint, version=f.version, export_base=f.export_base)
-    except (ValueError, OSError, tf.errors.OpError) as e:
-        flagutil.fail(e if isinstance(e, tflite.TfliteError) else f"export failed: {flagutil.one_line(e)}")
+    flagutil.check_folder("model_dir", f.model_dir)
+    with runlock.held(f.model_dir, command="trainer.export"):  # not while a training run writes there
+        try:
+            if f.tflite:
+                _print_tflite(export_tflite(model_dir=f.model_dir, variants=f.tflite, checkpoint=f.checkpoint,
+                                            max_accuracy_drop=f.max_accuracy_drop))
+                return
+            path = reexport(model_dir=f.model_dir, checkpoint=f.checkpoint, version=f.version,
+                            export_base=f.export_base)
+        except (ValueError, OSError, tf.errors.OpError) as e:
+            flagutil.fail(e if isinstance(e, tflite.TfliteError) else f"export failed: {flagutil.one_line(e)}")
     print(path)
 
 

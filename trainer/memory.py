@@ -27,8 +27,8 @@ Which tensors the backward pass keeps is the activation walk's (trainer/activati
 budget is the device's (trainer/devices.py). bench/memory.py compares the estimate with
 measured peaks; docs/memory.md holds the table.
 
-`plan` turns the estimates into integer batch sizes (`auto` = the largest that fits) and
-writes plan.json through trainer/rundir.py; when a phase runs out of memory anyway, training
+`build_plan` turns the estimates into integer batch sizes (`auto` = the largest that fits) and
+the plan.json document, writing nothing (train.py writes it once the run may change its folder); when a phase runs out of memory anyway, training
 halves its batch (trainer/oom.py).
 """
 from __future__ import annotations
@@ -202,11 +202,25 @@ def _too_small_message(estimate: Estimate, *, budget: Budget, replicas: int) -> 
 def plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_examples: Optional[int],
          replicas: int, run_dir: Optional[RunDir] = None, device: Optional[str] = None,
          budget: Optional[Budget] = None) -> Tuple[schedules.PhasePlan, ...]:
-    """Each phase's plan (`schedules.PhasePlan`): an integer global batch divisible by
-    replicas * accumulate_steps, and the steps and learning rates that follow from it.
+    """`build_plan`'s phase plans; given `run_dir`, the plan is also logged and written to plan.json."""
+    planned, document = build_plan(phases, model=model, bn=bn, runtime=runtime, num_examples=num_examples,
+                                   replicas=replicas, device=device, budget=budget)
+    if run_dir is not None:
+        logging.info("%s", format_plan(document))
+        run_dir.write_plan(document)
+    return planned
 
-    Estimates every phase on `model` (its trainable flags are restored afterwards), resolves
-    `auto` batch sizes, logs the plan and, given `run_dir` (the chief's), writes plan.json.
+
+def build_plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_examples: Optional[int],
+               replicas: int, device: Optional[str] = None,
+               budget: Optional[Budget] = None) -> Tuple[Tuple[schedules.PhasePlan, ...], dict]:
+    """Each phase's plan (`schedules.PhasePlan`): an integer global batch divisible by
+    replicas * accumulate_steps, and the steps and learning rates that follow from it; and the
+    plan.json document. Writes nothing.
+
+    Estimates every phase on `model` (its trainable flags are restored afterwards) and resolves
+    `auto` batch sizes. Opening each phase's layers is also what checks `--unfreeze` against
+    the backbone, so a run is refused here, before anything is written.
 
     Args:
       phases: the run's phases; `bn`: its --bn; `runtime`: its `config.Runtime` (budget, caps,
@@ -215,6 +229,7 @@ def plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_e
     Raises:
       ConfigError: a batch size that does not divide among the replicas and micro-batches, a
         budget too small for one example per replica, or an undetectable budget with `auto`.
+      WeightsError: `--unfreeze=top:N` beyond the backbone's blocks.
     """
     device = device or device_kind()
     if budget is None:
@@ -233,10 +248,7 @@ def plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_e
     document = {"replicas": replicas, "device": device, "accumulate_steps": runtime.accumulate_steps,
                 "budget_bytes": budget.bytes if budget else None, "budget_source": budget.source if budget else None,
                 "safety_fraction": SAFETY_FRACTION, "phases": entries}
-    if run_dir is not None:
-        logging.info("%s", format_plan(document))
-        run_dir.write_plan(document)
-    return tuple(planned)
+    return tuple(planned), document
 
 
 def _resolve_batch(phase: Phase, *, estimate: Estimate, budget: Optional[Budget], runtime,

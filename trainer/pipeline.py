@@ -16,7 +16,8 @@ import tf_keras as keras
 
 import numpy as np
 
-from trainer import calibration, data, evaluate, export, exported, multilabel, plots, reports, tflite, train
+from trainer import (calibration, data, distribute, evaluate, export, exported, memory, multilabel, plots, reports,
+                     runlock, tflite, train)
 from trainer.config import Config
 from trainer.rundir import RunDir
 
@@ -27,9 +28,12 @@ class RunResult:
     history: List[dict]
     metrics: Optional[dict] = None  # the validation report's, measured through the export
     report_dir: Optional[str] = None
+    plan: Optional[dict] = None  # with --plan_only: the plan, which nothing wrote
 
     def summary(self) -> List[str]:
         """How good the trained classifier is, in a few lines for a terminal."""
+        if self.plan is not None:
+            return [*memory.format_plan(self.plan).splitlines(), "plan only: nothing was written to --model_dir"]
         lines = []
         for phase in dict.fromkeys(r["phase"] for r in self.history):
             records = [r for r in self.history if r["phase"] == phase]
@@ -51,11 +55,21 @@ class RunResult:
 def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = False,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         last_phase_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunResult:
-    """Trains (train.run), then on the chief: learning curves, the SavedModel, the validation report."""
+    """Trains (train.run), then on the chief: learning curves, the SavedModel, the validation report.
+
+    The chief holds the run directory's lock throughout (trainer/runlock.py), except with
+    `plan_only`, which writes nothing."""
+    with runlock.held(cfg.runtime.model_dir, enabled=distribute.is_chief(strategy) and not plan_only):
+        return _run(cfg, strategy=strategy, plan_only=plan_only, callbacks=callbacks,
+                    last_phase_callbacks=last_phase_callbacks)
+
+
+def _run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool, callbacks,
+         last_phase_callbacks) -> RunResult:
     trained = train.run(cfg, strategy=strategy, plan_only=plan_only, callbacks=callbacks,
                         last_phase_callbacks=last_phase_callbacks)
     if plan_only or not trained.chief:
-        return RunResult(None, trained.history)
+        return RunResult(None, trained.history, plan=trained.plan if plan_only else None)
     run_dir = RunDir.of(cfg.runtime)
     plots.plot_learning_curves(trained.history, run_dir.curves)
     calibrated = calibrate(cfg, trained.model) if cfg.runtime.calibrate and not cfg.data.multi_label else None

@@ -17,6 +17,14 @@ wrote:
       export/<version>/    the SavedModel
       tflite/              model_<variant>.tflite, labels.txt, tflite_report.json (trainer.tflite)
       calibration.json     the fitted temperature folded into every export (trainer.calibration)
+      .lock                who is running here (trainer/runlock.py): one run at a time
+      .replaced/           with --overwrite, the previous run's files until the new run's first checkpoint
+
+`--overwrite` replaces a run without risking it: it takes effect only after every check of the
+new run has passed (flags, data, weights, the model build, the plan), it moves the previous
+run's files into `.replaced/` rather than deleting them, and deletes those only once the new run
+has finished its first phase. `export/` is never moved or cleared: TF Serving may be serving a
+version there, and the new run's export takes the next version.
 
 Small files are written atomically through fileio (local: temp sibling + rename; gs://: one
 upload). Under MultiWorkerMirroredStrategy only the chief writes here; callers decide.
@@ -41,8 +49,11 @@ CHECKPOINTS, BACKUP, EMBEDDINGS, LOGS, PLOTS, EVAL, EXPORT = (
     "checkpoints", "backup", "embeddings", "logs", "plots", "eval", "export")
 TFLITE = "tflite"
 _EMBEDDINGS_BEFORE = "cache"  # the embedding cache's folder in runs written before it was named for what it holds
-OWNED = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, EMBEDDINGS, _EMBEDDINGS_BEFORE, LOGS,
-         PLOTS, EVAL, EXPORT, TFLITE, CALIBRATION_FILE, THRESHOLDS_FILE)
+REPLACED = ".replaced"
+# What --overwrite replaces: everything a run writes here but its exports.
+REPLACEABLE = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, PLAN_FILE, CHECKPOINTS, BACKUP, EMBEDDINGS, _EMBEDDINGS_BEFORE,
+               LOGS, PLOTS, EVAL, TFLITE, CALIBRATION_FILE, THRESHOLDS_FILE)
+OWNED = REPLACEABLE + (EXPORT,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,14 +169,18 @@ class RunDir:
 
     # ------------------------------------------------------------------ whole-run rules
 
-    def check(self, cfg: Config, *, overwrite: bool, clear: bool = True) -> None:
-        """Refuses a folder that holds another run, unless `overwrite`; with it, clears what a run
-        writes here (when `clear`: the chief of a multi-worker job does it for all)."""
-        if overwrite:
-            if clear:
-                for name in OWNED:
-                    self.remove(self.path(name))
-            return
+    def remove_backup(self, phase: str) -> None:
+        """Drops a finished phase's backup, and backup/ itself once no phase has one."""
+        self.remove(self.backup_dir(phase))
+        folder = self.path(BACKUP)
+        if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
+            tf.io.gfile.rmtree(folder)
+
+    # ------------------------------------------------------------------ whole-run rules
+
+    def check(self, cfg: Config) -> None:
+        """Refuses a folder that holds another run (a config.json whose run identity differs).
+        Reads only: `--overwrite` skips this check, and `set_aside` replaces the run later."""
         previous = self.read_config()
         if previous is None:
             return
@@ -175,3 +190,31 @@ class RunDir:
             detail = ", ".join(f"{k}: {old[k]} vs {new[k]}" for k in diff)[:300]
             raise ConfigError(f"--model_dir={self.root} holds a different run ({detail}); "
                               "pass --overwrite to start afresh or choose another --model_dir")
+
+    def set_aside(self) -> Optional[str]:
+        """--overwrite, once every check has passed: moves the previous run's files (all but
+        export/) into `.replaced/` and returns that folder (None when there was nothing to move).
+
+        A `.replaced/` already there means the run that replaced it never finished a phase: what
+        lies here is that run's partial output, so it is deleted and the older run stays aside.
+        """
+        aside = self.path(REPLACED)
+        present = [name for name in REPLACEABLE if tf.io.gfile.exists(self.path(name))]
+        if tf.io.gfile.exists(aside):
+            for name in present:
+                self.remove(self.path(name))
+            return aside
+        if not present:
+            return None
+        tf.io.gfile.makedirs(aside)
+        for name in present:
+            source, target = self.path(name), fileio.join(aside, name)
+            if tf.io.gfile.isdir(source):
+                fileio.move_folder(source, target)
+            else:
+                tf.io.gfile.rename(source, target)
+        return aside
+
+    def drop_replaced(self) -> None:
+        """Deletes the run `set_aside` kept, once the new run has a checkpoint of its own."""
+        self.remove(self.path(REPLACED))

@@ -18,7 +18,7 @@ import os
 
 from absl import flags
 
-from effnet_common import flagutil
+from effnet_common import errors, flagutil
 from trainer import backbones, config, hptune
 
 FLAGS = flags.FLAGS
@@ -91,9 +91,11 @@ def define_flags() -> None:
                     "(float16, dynamic, int8), each scored by LiteRT on the validation split (docs/edge.md).")
     flagutil.define("float", "max_accuracy_drop", 0.01, "Refuse a .tflite variant that loses more accuracy than "
                     "this against the SavedModel.")
-    flagutil.define("bool", "overwrite", False, "Start afresh even if --model_dir holds a run.")
+    flagutil.define("bool", "overwrite", False, "Start afresh even if --model_dir holds a run: once every check has "
+                    "passed, its files are moved to MODEL_DIR/.replaced (deleted after the new run's first phase); "
+                    "export/ stays and the new export takes the next version.")
     flagutil.define("bool", "plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
-                      "rates), write plan.json, and exit without training.")
+                      "rates) and exit without training; nothing is written to --model_dir.")
     flagutil.define("string", "hptune_metric", hptune.DEFAULT_METRIC,
                     "Metric reported to Vertex AI hyperparameter tuning at each epoch of the last phase "
                     f"({', '.join(hptune.METRICS)}); only inside a tuning trial (CLOUD_ML_TRIAL_ID set).")
@@ -196,8 +198,13 @@ def main(argv):
     tuning = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
                                    is_chief=distribute.is_chief(strategy),
                                    epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
-    result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
-                          last_phase_callbacks=[tuning] if tuning else [])
+    try:
+        result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
+                              last_phase_callbacks=[tuning] if tuning else [])
+    except KeyboardInterrupt as e:  # outside an epoch (the phase loop says where it stopped)
+        raise e if isinstance(e, errors.Interrupted) else errors.Interrupted(
+            f"stopped by Ctrl-C ({cfg.runtime.model_dir}); rerun the same command to resume: finished phases are "
+            "kept") from None
     distribute.wait_for_all(strategy)
     for line in result.summary():
         print(line)

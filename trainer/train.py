@@ -23,7 +23,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from effnet_common import fileio
+from effnet_common import errors, fileio
 from trainer import (accumulate, data, devices, distribute, embeddings, memory, oom, preemption, schedules, skips,
                      targets)
 from trainer import model as model_lib
@@ -34,10 +34,12 @@ from trainer.rundir import RunDir
 @dataclasses.dataclass
 class TrainResult:
     """What training hands the pipeline: the float32 model to export (None with plan_only), the
-    history, and whether this process is the one that writes outputs."""
+    history, whether this process is the one that writes outputs, and the plan (plan.json's
+    document)."""
     model: Optional[keras.Model]
     history: List[dict]
     chief: bool
+    plan: Optional[dict] = None
 
 
 def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = False,
@@ -45,16 +47,19 @@ def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = Fals
         last_phase_callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Trains every phase of `cfg` that is not done yet in its model_dir.
 
-    With `plan_only`, logs the plan (phases, trainable parameters, batch sizes, learning rates),
-    writes plan.json and returns without training. task.py makes the strategy first
-    (MultiWorkerMirroredStrategy must exist before TensorFlow's first op). `callbacks` join every
-    phase's fit, `last_phase_callbacks` the last trained phase's (hyperparameter-tuning reports).
+    Nothing in model_dir changes before every check has passed: the run identity (a folder of
+    another run is refused unless --overwrite), the model build (weights files) and the plan
+    (batch sizes, --unfreeze). Only then does the chief replace a previous run (--overwrite:
+    `RunDir.set_aside`) and write config.json and plan.json. With `plan_only`, returns the
+    plan without writing anything. task.py makes the strategy first (MultiWorkerMirroredStrategy
+    must exist before TensorFlow's first op); the caller holds the run directory's lock
+    (trainer/runlock.py). `callbacks` join every phase's fit, `last_phase_callbacks` the last
+    trained phase's (hyperparameter-tuning reports).
     """
     chief = distribute.is_chief(strategy)
     run_dir = RunDir.of(cfg.runtime)
-    # Only the chief clears or checks the folder; building the model below is a collective
-    # (MultiWorkerMirroredStrategy broadcasts initial values), so no worker reads it before.
-    run_dir.check(cfg, overwrite=cfg.runtime.overwrite, clear=chief)
+    if not cfg.runtime.overwrite:
+        run_dir.check(cfg)
     keras.utils.set_random_seed(cfg.data.seed)
     with model_lib.precision_policy(cfg.runtime.mixed_precision):
         return _train(cfg, strategy=strategy, run_dir=run_dir, chief=chief, plan_only=plan_only, callbacks=callbacks,
@@ -67,21 +72,36 @@ def _train(cfg: Config, *, strategy, run_dir: RunDir, chief: bool, plan_only: bo
     with strategy.scope():
         model = model_lib.classifier_for(cfg)
         accumulate.install(model, steps=cfg.runtime.accumulate_steps)
-        plans = memory.plan(cfg.phases, model=model, bn=cfg.model.bn, runtime=cfg.runtime,
-                            num_examples=cfg.data.num_train_examples, replicas=strategy.num_replicas_in_sync,
-                            run_dir=run_dir if chief else None)
+        plans, document = memory.build_plan(cfg.phases, model=model, bn=cfg.model.bn, runtime=cfg.runtime,
+                                            num_examples=cfg.data.num_train_examples,
+                                            replicas=strategy.num_replicas_in_sync)
+        if chief:
+            logging.info("%s", memory.format_plan(document))
         for plan in plans:
             if plan.epochs:
                 _log_phase_table(plan)
         if plan_only:
-            return TrainResult(None, [], chief)
+            return TrainResult(None, [], chief, plan=document)
         if chief:
-            run_dir.write_config(cfg)
+            _begin(run_dir, cfg, plan=document)
+        distribute.wait_for_all(strategy)  # no worker reads state.json before the chief replaced the old run
         loop = _PhaseLoop(model, cfg=cfg, run_dir=run_dir, strategy=strategy, chief=chief,
                           callbacks=list(callbacks), last_phase_callbacks=list(last_phase_callbacks))
         history = loop.run(plans)
     logging.info("final weights: %s", weights_digest(model))
-    return TrainResult(_exportable(model, cfg=cfg, strategy=strategy), history, chief)
+    return TrainResult(_exportable(model, cfg=cfg, strategy=strategy), history, chief, plan=document)
+
+
+def _begin(run_dir: RunDir, cfg: Config, *, plan: dict) -> None:
+    """The first writes of a run that passed every check: the previous run set aside
+    (--overwrite), then config.json and plan.json."""
+    if cfg.runtime.overwrite:
+        aside = run_dir.set_aside()
+        if aside:
+            logging.info("--overwrite: the previous run's files are kept in %s until this run finishes its first "
+                         "phase; %s stays (the new export takes the next version)", aside, run_dir.export_base)
+    run_dir.write_config(cfg)
+    run_dir.write_plan(plan)
 
 
 class _PhaseLoop:
@@ -109,9 +129,19 @@ class _PhaseLoop:
         with preemption.Guard(strategy=self.strategy) as guard:
             for plan in todo:
                 extra = self.callbacks + (self.last_phase_callbacks if [plan.name] == last else [])
-                history = self._fit_phase(plan, history=history, guard=guard, extra=extra)
+                try:
+                    history = self._fit_phase(plan, history=history, guard=guard, extra=extra)
+                except KeyboardInterrupt:
+                    raise errors.Interrupted(self._where_stopped(plan)) from None
                 self._finish_phase(plan.name, state=state)
         return history
+
+    def _where_stopped(self, plan: schedules.PhasePlan) -> str:
+        """Where an interrupted run stands, and what resumes it, in one line."""
+        done = [r["epoch"] for r in self.run_dir.read_history() if r["phase"] == plan.name] if self.chief else []
+        where = (f"after epoch {max(done)} of {plan.epochs}" if done else "before its first epoch ended")
+        return (f"stopped in the {plan.name} phase {where} ({self.run_dir.root}); rerun the same command to "
+                "resume from there")
 
     def _fit_phase(self, planned: schedules.PhasePlan, *, history: List[dict], guard: preemption.Guard,
                    extra: List[keras.callbacks.Callback]) -> List[dict]:
@@ -178,8 +208,9 @@ class _PhaseLoop:
         state[phase_name] = prefix
         if self.chief:
             self.run_dir.write_state(state)
-            self.run_dir.remove(self.run_dir.backup_dir(phase_name))
+            self.run_dir.remove_backup(phase_name)
             self.run_dir.remove(self.run_dir.embeddings_dir())
+            self.run_dir.drop_replaced()  # --overwrite: this run now has a checkpoint of its own
 
 
 @dataclasses.dataclass
@@ -262,10 +293,13 @@ class EpochLogger(keras.callbacks.Callback):
     def __init__(self, phase: str, *, epochs: int, lines: int = 10):
         super().__init__()
         self.phase, self.epochs, self.every = phase, epochs, max(1, -(-epochs // lines))
-        self._start = 0.0
+        self._start = self._epoch_start = 0.0
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         stopping = bool(getattr(self.model, "stop_training", False))
@@ -273,8 +307,9 @@ class EpochLogger(keras.callbacks.Callback):
             return
         logs = logs or {}
         metrics = " ".join(f"{k}={logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs)
-        logging.info("%s epoch %d/%d: %s (%.1f s)", self.phase, epoch + 1, self.epochs, metrics,
-                     time.perf_counter() - self._start)
+        now = time.perf_counter()
+        logging.info("%s epoch %d/%d: %s (epoch %.1f s, phase %.1f s)", self.phase, epoch + 1, self.epochs, metrics,
+                     now - self._epoch_start, now - self._start)
 
 
 class HistoryRecorder(keras.callbacks.Callback):

@@ -10,6 +10,8 @@ as `python -m trainer.task` would:
 --sigterm_at_step=PHASE:EPOCH:STEP  send this process SIGTERM at the end of step STEP (1-based) of
                                   epoch EPOCH of PHASE, before the backup callback's check: the
                                   trainer's own handler then saves and exits as on a preemption.
+--sigint_at_step=PHASE:EPOCH:STEP  the same with SIGINT (Ctrl-C): Python raises KeyboardInterrupt
+                                  there, inside Keras' fit, as a Ctrl-C between steps does.
 --no_downloads                    every download of tf_keras' `get_file` fails the way it does
                                   without internet (name resolution); each refused URL is printed
                                   on stderr as `faulty_task: download refused: URL`.
@@ -67,14 +69,14 @@ def kill_after_backup(phase: str, epoch: int) -> None:
     preemption.PhaseBackup.on_epoch_end = on_epoch_end
 
 
-def sigterm_at_step(phase: str, epoch: int, step: int) -> None:
+def signal_at_step(signum: signal.Signals, phase: str, epoch: int, step: int) -> None:
     from trainer import preemption  # pylint: disable=import-outside-toplevel
     original = preemption.PhaseBackup.on_train_batch_end
 
     def on_train_batch_end(self, batch, logs=None):
         if _phase_of(self) == phase and getattr(self, "faulty_task_epoch", None) == epoch and batch + 1 == step:
-            print(f"faulty_task: SIGTERM at {phase} epoch {epoch} step {step}", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before os.kill returns
+            print(f"faulty_task: {signum.name} at {phase} epoch {epoch} step {step}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signum)  # Python runs the handler before os.kill returns
         return original(self, batch, logs)
     preemption.PhaseBackup.on_train_batch_end = on_train_batch_end
 
@@ -93,6 +95,7 @@ def main(argv) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.testing.faulty_task", description=__doc__.splitlines()[0])
     parser.add_argument("--kill_after_backup", metavar="PHASE:EPOCH")
     parser.add_argument("--sigterm_at_step", metavar="PHASE:EPOCH:STEP")
+    parser.add_argument("--sigint_at_step", metavar="PHASE:EPOCH:STEP")
     parser.add_argument("--no_downloads", action="store_true")
     split = argv.index("--") if "--" in argv else len(argv)
     args, trainer_flags = parser.parse_args(argv[:split]), argv[split + 1:]
@@ -100,9 +103,10 @@ def main(argv) -> None:
     if args.kill_after_backup:
         phase, epoch = args.kill_after_backup.split(":")
         kill_after_backup(phase, int(epoch))
-    if args.sigterm_at_step:
-        phase, epoch, step = args.sigterm_at_step.split(":")
-        sigterm_at_step(phase, int(epoch), int(step))
+    for signum, at in ((signal.SIGTERM, args.sigterm_at_step), (signal.SIGINT, args.sigint_at_step)):
+        if at:
+            phase, epoch, step = at.split(":")
+            signal_at_step(signum, phase, int(epoch), int(step))
     if args.no_downloads:
         no_downloads()
     sys.argv = ["trainer.task", *trainer_flags]
