@@ -12,7 +12,8 @@ undecodable file is reported by name and skipped instead of failing the batch it
 Output is one JSON object per input line on stdout: `path`, `classes` (best first), `scores`
 for the classifying signatures; `features` (or the `row` of --features_output, whose paths go
 to a `.paths.txt` sidecar) for `features`; `path` and `error` for a file that could not be
-predicted. The exit status is 1 when nothing could be predicted, 2 for a usage mistake.
+predicted. The exit status is 1 when nothing could be predicted, 2 for a usage mistake or a
+server that cannot be reached (`ServerUnreachable`: one line, however many images were left).
 
 The transports live beside this module: serving.grpc_client (gRPC, the default) and
 serving.rest_client (TF Serving's REST API with --rest, Vertex AI with --vertex_endpoint, the
@@ -41,7 +42,7 @@ import tensorflow as tf
 from serving.grpc_client import RETRYABLE, GrpcClient, ServingError, call_with_retries  # noqa: F401
 from serving.rest_client import (RestClient, VertexClient, b64, classify_body,  # noqa: F401
                                  predict_body, vertex_predict_body)
-from effnet_common import fileio, flagutil
+from effnet_common import errors, fileio, flagutil
 
 SIGNATURES = ("serving_default", "classify", "features")
 FLAGS = flags.FLAGS
@@ -74,14 +75,47 @@ class Prediction:
         return out
 
 
+_START_A_SERVER = ('start one with scripts/serve_tf_serving.sh, or offline with python -m testbed.serving_server '
+                   '(docs/serving.md, "Serving it")')
+_CHECK_VERTEX = ('check the network and --api_endpoint, and that a model is deployed to the endpoint '
+                 '(docs/serving.md, "When the server cannot be reached")')
+
+
+class ServerUnreachable(errors.UserError):
+    """The server stayed UNAVAILABLE (or silent) through the retries: a line per image never sent
+    would bury the one thing to fix, where the server was looked for. A UserError (one `error:`
+    line, exit 2): an address to change or a server to start is the user's to fix. `error` is the
+    last ServingError, `not_sent` the images left (None for metadata and status)."""
+
+    def __init__(self, client: "Client", error: ServingError, *, not_sent: Optional[int] = None):
+        self.error, self.not_sent = error, not_sent
+        super().__init__(_unreachable_message(client, error, not_sent))
+
+
+def _unreachable_message(client: "Client", error: ServingError, not_sent: Optional[int]) -> str:
+    if isinstance(client, VertexClient):
+        where, fix = f"the Vertex AI endpoint {client.model} at {client.address} (--vertex_endpoint)", _CHECK_VERTEX
+    else:
+        kind, flag = ("REST API", "--rest") if isinstance(client, RestClient) else ("gRPC server", "--server")
+        where, fix = f"the {kind} at {client.address} ({flag})", _START_A_SERVER
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        what = f"{where} did not answer within --timeout={client.timeout:g}s"
+        fix = f"check that it runs there, or raise --timeout or lower --batch_size; else {fix}"
+    else:
+        what = f"cannot reach {where}"
+    left = "" if not_sent is None else f"; {not_sent} image{'s' if not_sent != 1 else ''} not sent"
+    return f"{what}: {error.reason}{left}. {fix[0].upper()}{fix[1:]}"
+
+
 # --------------------------------------------------------------------------- inputs
 
 def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[Failure]]:
     """Files, globs and folders (local or gs://) -> image paths, in order, without repeats.
 
-    A folder contributes its image files (by suffix, recursively, sorted, hidden ones left
-    out: `fileio.list_images`, as every reader of a folder does); a glob or an
-    explicit file is taken as given, so a mislabelled file still gets its decode check.
+    A folder contributes its image files as every command lists a folder (`fileio.list_images`:
+    by name, recursively, sorted, hidden ones left out, links read once, every other file
+    reported with a warning); a glob or an explicit file is taken as given, so a mislabelled
+    file still gets its decode check.
     """
     paths: List[str] = []
     failures: List[Failure] = []
@@ -94,7 +128,7 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[Failure]]:
         elif tf.io.gfile.isdir(pattern):
             found = fileio.list_images(pattern)
             if not found:
-                failures.append(Failure(pattern, f"the folder holds no {'/'.join(fileio.IMAGE_EXTENSIONS)} file"))
+                failures.append(Failure(pattern, f"the folder holds no {fileio.IMAGE_EXTENSIONS_TEXT} file"))
             paths.extend(found)
         elif tf.io.gfile.exists(pattern):
             paths.append(pattern)
@@ -110,7 +144,7 @@ def check_image(data: bytes) -> Optional[str]:
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-        return f"not a decodable JPEG/PNG/GIF/BMP image ({flagutil.one_line(e, limit=300)})"
+        return f"not a decodable {fileio.IMAGE_FORMATS_TEXT} image ({flagutil.one_line(e, limit=300)})"
     return None
 
 
@@ -154,24 +188,25 @@ def predict_images(client: Client, items: Sequence[Tuple[str, bytes]], *, signat
                    batch_size: int = 32) -> Iterator[Union[Prediction, Failure]]:
     """Yields one Prediction or Failure per item, in order, batch by batch.
 
-    A batch rejected as INVALID_ARGUMENT is split to isolate the image at fault. If the server
-    stays unavailable after the retries, the remaining items fail at once instead of each
-    waiting through the retries again.
+    A batch rejected as INVALID_ARGUMENT is split to isolate the image at fault.
+
+    Raises:
+      ServerUnreachable: at the first batch still UNAVAILABLE or DEADLINE_EXCEEDED after the
+        retries, as every later one would wait through them again; what was yielded stands.
     """
-    unreachable: Optional[ServingError] = None
-    for start in range(0, len(items), batch_size):
-        batch = list(items[start:start + batch_size])
-        if unreachable is not None:
-            yield from (Failure(p, str(unreachable)) for p, _ in batch)
-            continue
-        try:
-            yield from _predict_isolating(client, batch, signature)
-        except ServingError as e:  # retries exhausted on an unavailable server
-            unreachable = e
-            yield from (Failure(p, str(e)) for p, _ in batch)
+    answered = 0
+    try:
+        for start in range(0, len(items), batch_size):
+            for result in _predict_isolating(client, list(items[start:start + batch_size]), signature):
+                answered += 1
+                yield result
+    except ServingError as e:  # only the RETRYABLE codes leave _predict_isolating
+        raise ServerUnreachable(client, e, not_sent=len(items) - answered) from None
 
 
 def _predict_isolating(client: Client, batch: List[Tuple[str, bytes]], signature: str):
+    """The batch's results, halving an INVALID_ARGUMENT batch; a RETRYABLE ServingError (the
+    server's fault, not an image's) is raised."""
     try:
         yield from _answer(client, batch, signature)
     except ServingError as e:
@@ -202,6 +237,12 @@ class _Progress:
         if self._bar is not None:
             with contextlib.redirect_stdout(sys.stderr):
                 self._bar.update(self.done)
+
+    def close(self) -> None:
+        """Ends a bar left short (the server went away) with a newline, so an error line starts its own."""
+        if self._bar is not None and 0 < self.done < self._bar.target:
+            with contextlib.redirect_stdout(sys.stderr):
+                self._bar.update(self.done, finalize=True)
 
 
 def write_features(path: str, rows: List[np.ndarray], paths: List[str]) -> str:
@@ -303,6 +344,8 @@ def _info(client: Client, what: str) -> int:
     try:
         out = client.metadata() if what == "metadata" else client.status()
     except ServingError as e:
+        if e.code in RETRYABLE:  # the server, not the model, is missing: the same line as predictions get
+            raise ServerUnreachable(client, e) from None
         print(f"error: {what} of model {client.model} failed: {e}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
@@ -311,28 +354,33 @@ def _info(client: Client, what: str) -> int:
 
 def _predict_cli(client: Client, inputs: Sequence[str], *, signature: str, batch_size: int,
                  features_output: Optional[str]) -> int:
+    """Prints a JSON line per input; returns the exit status (1: nothing predicted), or raises
+    ServerUnreachable once the answers had so far are printed (and their features rows written)."""
     paths, failures = expand_inputs(inputs)
     items, unreadable = read_images(paths)
-    for failure in failures + unreadable:
+    for failure in failures + unreadable:  # never sent: each keeps its own line
         logging.warning("skipped %s: %s", failure.path, failure.error)
         print(json.dumps(failure.to_json()), flush=True)
     progress = _Progress(len(items))
     predicted, rows, row_paths = 0, [], []
-    for result in predict_images(client, items, signature=signature, batch_size=batch_size):
-        progress.add()
-        if isinstance(result, Failure):
-            logging.warning("failed %s: %s", result.path, result.error)
-            print(json.dumps(result.to_json()), flush=True)
-            continue
-        predicted += 1
-        if features_output:
-            print(json.dumps({"path": result.path, "row": len(rows)}), flush=True)
-            rows.append(result.features)
-            row_paths.append(result.path)
-        else:
-            print(json.dumps(result.to_json()), flush=True)
-    if features_output and rows:
-        write_features(features_output, rows, row_paths)
+    try:
+        for result in predict_images(client, items, signature=signature, batch_size=batch_size):
+            progress.add()
+            if isinstance(result, Failure):
+                logging.warning("failed %s: %s", result.path, result.error)
+                print(json.dumps(result.to_json()), flush=True)
+                continue
+            predicted += 1
+            if features_output:
+                print(json.dumps({"path": result.path, "row": len(rows)}), flush=True)
+                rows.append(result.features)
+                row_paths.append(result.path)
+            else:
+                print(json.dumps(result.to_json()), flush=True)
+    finally:
+        progress.close()
+        if features_output and rows:
+            write_features(features_output, rows, row_paths)
     total = len(paths) + len([f for f in failures if f.path not in paths])
     if not predicted:
         print(f"error: nothing predicted: all {total} input(s) failed (see the error lines above)", file=sys.stderr)

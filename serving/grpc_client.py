@@ -3,11 +3,13 @@
 gRPC channels are opened with unlimited message sizes (Python gRPC's default receive limit is
 4 MiB, far below the server's); UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential
 backoff and jitter. `ServingError` (a gRPC status code and message) is what every client of
-this package raises, the REST ones included, so callers handle one error type.
+this package raises, the REST ones included, so callers handle one error type. Every client
+keeps the `address` it calls, so an error for a person can say where the server was looked for.
 """
 from __future__ import annotations
 
 import random
+import re
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,6 +30,13 @@ class ServingError(RuntimeError):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+    @property
+    def reason(self) -> str:
+        """The innermost clause, for a person: gRPC and urllib3 wrap a cause in layers ('failed to
+        connect to all addresses; last error: UNKNOWN: ipv4:...: Connection refused')."""
+        last = self.message.rstrip("] ").rsplit(": ", 1)[-1]
+        return re.sub(r"\[Errno -?\d+\] ", "", last).strip("[] ")[:120] or self.code.name
 
 
 
@@ -58,7 +67,7 @@ class GrpcClient:
     """PredictionService / ModelService calls for one model.
 
     Args:
-      server: HOST:PORT of tensorflow_model_server's gRPC port (8500 by default).
+      server: HOST:PORT of tensorflow_model_server's gRPC port (8500 by default), kept as `address`.
       model: the model name in the server's model config.
       version: a specific version, or None for the latest the server has.
       timeout: seconds per call (the gRPC deadline).
@@ -69,7 +78,7 @@ class GrpcClient:
                  retries: int = 4, backoff_s: float = 0.5):
         # pylint: disable=import-outside-toplevel
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-        self.model, self.version, self.timeout = model, version, timeout
+        self.model, self.version, self.timeout, self.address = model, version, timeout, server
         self.retries, self.backoff_s = retries, backoff_s
         self._channel = grpc.insecure_channel(server, options=UNLIMITED_MESSAGES)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)

@@ -80,6 +80,8 @@ def post_json(session: requests.Session, url: str, *, body: Optional[dict], time
             response = session.get(url, timeout=timeout)
         else:
             response = session.post(url, json=body, timeout=timeout)
+    except requests.ConnectTimeout as e:  # no connection was made: unreachable, as gRPC reports it
+        raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{url}: {type(e).__name__}") from None
     except requests.Timeout as e:
         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{url}: {type(e).__name__}") from None
     except requests.RequestException as e:
@@ -104,7 +106,7 @@ class RestClient:
 
     def __init__(self, url: str, *, model: str, version: Optional[int] = None, timeout: float = 30.0,
                  retries: int = 4, backoff_s: float = 0.5):
-        self.model, self.version, self.timeout = model, version, timeout
+        self.model, self.version, self.timeout, self.address = model, version, timeout, url.rstrip("/")
         self._base = f"{url.rstrip('/')}/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
         self._session = mount_retries(requests.Session(), retries=retries, backoff_s=backoff_s)
         # Loopback and in-cluster servers must not go through an HTTP proxy from the environment.
@@ -172,7 +174,7 @@ class VertexClient:
                  retries: int = 4, backoff_s: float = 0.5):
         region = endpoint_region(endpoint)
         root = google_api.vertex_api_root(region, api_endpoint)
-        self.model, self.timeout = endpoint, timeout
+        self.model, self.timeout, self.address = endpoint, timeout, root
         self._url = f"{root}/v1/{endpoint.strip('/')}:predict"
         self._session = mount_retries(session or google_api.authorized_session(), retries=retries, backoff_s=backoff_s)
 

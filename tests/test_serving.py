@@ -330,12 +330,7 @@ def test_cli_usage_errors_are_one_line(argv, message, capsys):
     assert len(err) == 1 and message in err[0]
 
 
-def test_unreachable_server_fails_every_input_fast(image_dir, capsys):
-    status = run_cli(*["--server=127.0.0.1:9", "--model_name=effnet", "--retries=1", "--timeout=60",
-                      str(image_dir / "images")])
-    assert status == 1
-    errors = [line["error"] for line in _lines(capsys.readouterr().out) if "error" in line]
-    assert sum("UNAVAILABLE" in e for e in errors) == 2
+# An unreachable server (no model needed): tests/test_client_unreachable.py.
 
 
 def test_rolling_a_new_version_and_a_bad_warmup_keeps_serving(tmp_path):
