@@ -7,24 +7,33 @@ Storage upload is already atomic (the new object appears only once the upload co
 rename there is a copy plus a delete — twice the requests, and a stray temporary object if the
 job dies in between. See docs/gcs.md.
 
-It also owns how a folder is read and published: which files a folder holds (`list_files`,
-`list_images`: hidden files and folders left out, sorted), what counts as a glob, and
-`move_folder`, which puts a finished folder (an export, a set of shards) into place so that a
-reader never meets half of it.
+It also owns how a folder is read and published: which files a folder holds (`list_folder`,
+the one listing rule every command follows: docs/data.md "Listing a folder"), how class names
+compare (`nfc`, `show_name`), what counts as a glob, and `move_folder`, which puts a finished
+folder (an export, a set of shards) into place so that a reader never meets half of it.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import os
+import stat
 import tempfile
+import unicodedata
 import uuid
-from typing import List, Optional, Sequence
+from typing import List, Sequence, Tuple
 
+from absl import logging
 import tensorflow as tf
 
-# The formats tf.io.decode_image reads (first frame of a GIF), by file name; the content is
-# what decides in the end (trainer.prepare sniffs it, the readers decode it).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# The formats tf.io.decode_image reads (first frame of a GIF), by file name: a folder is read
+# for these names; the content decides in the end (trainer.prepare sniffs it, readers decode it).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+IMAGE_EXTENSIONS_TEXT = " ".join(IMAGE_EXTENSIONS)
+IMAGE_FORMATS_TEXT = "JPEG, PNG, GIF, BMP or WebP"
+# Skipped files logged one line each, per listing, before a count says how many more.
+WARN_LIMIT = 20
 _GLOB_CHARS = "*?["
 
 
@@ -97,29 +106,140 @@ def is_hidden(name: str) -> bool:
     return os.path.basename(str(name).rstrip("/")).startswith(".")
 
 
-def list_files(folder: str, *, extensions: Optional[Sequence[str]] = None) -> List[str]:
-    """Every file under `folder` (recursively, local or gs://), sorted by path.
+def nfc(name: str) -> str:
+    """`name` in Unicode NFC: macOS writes folder names decomposed (NFD: 'e' + U+0301), most
+    editors and CSVs composed (NFC: U+00E9); class names are compared, and written, in NFC."""
+    return unicodedata.normalize("NFC", name)
 
-    Hidden files and anything inside a hidden folder are left out, so the reader, prepare,
-    predict and the serving client all see the same files of a folder.
 
-    Args:
-      folder: the folder to walk.
-      extensions: lower-case name endings to keep (e.g. `IMAGE_EXTENSIONS`); None keeps all.
+def show_name(name: str) -> str:
+    """`name` quoted for an error, with escapes when it is not ASCII, so that two names that
+    differ only in invisible or look-alike characters do not print the same."""
+    shown, escaped = repr(name), ascii(name)
+    return shown if shown == escaped else f"{shown} (escaped: {escaped})"
+
+
+def is_image_name(path: str) -> bool:
+    """True when the name ends in an image extension (any case)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What a folder holds, as every command reads it (`list_folder`).
+
+    Attributes:
+      images: the files named as images (`IMAGE_EXTENSIONS`), sorted.
+      others: the other visible files, sorted: skipped by the readers, checked by content by
+        trainer.prepare (which decodes every file anyway).
+      skipped: (path, reason) of what no command reads: a second path to a file or folder
+        already listed (a link cycle, two links to one file), an unreadable entry.
     """
+    images: Tuple[str, ...]
+    others: Tuple[str, ...]
+    skipped: Tuple[Tuple[str, str], ...]
+
+    def not_images(self) -> List[Tuple[str, str]]:
+        """`others` as (path, reason), for the readers that skip them by name."""
+        return [(p, f"not an image name ({os.path.splitext(p)[1] or 'no extension'}): folders are "
+                    f"read for {IMAGE_EXTENSIONS_TEXT} files; rename it if it is an image")
+                for p in self.others]
+
+
+def list_folder(folder: str) -> Listing:
+    """Every visible file under `folder` (recursively, local or gs://): the one listing rule.
+
+    Hidden files and anything inside a hidden folder (a name starting with '.') are left out.
+    Local folders are walked here, following symbolic links but never around a cycle: each
+    folder and each file (by device and inode) is listed once, at the first path a breadth-first
+    walk meets (the shallowest, then alphabetical); tf.io.gfile.walk would follow a link back to
+    a parent some 40 levels deep. gs:// has no links: tf.io.gfile.walk lists it.
+    """
+    if "://" in str(folder):
+        files, skipped = _walk_remote(folder), []
+    else:
+        files, skipped = _walk_local(folder)
+    files.sort()
+    return Listing(images=tuple(f for f in files if is_image_name(f)),
+                   others=tuple(f for f in files if not is_image_name(f)), skipped=tuple(skipped))
+
+
+def list_images(folder: str) -> List[str]:
+    """The images of `list_folder`, every other file reported (`warn_skipped`): what predict,
+    the serving client and the trainer's reader take from a folder."""
+    listing = list_folder(folder)
+    warn_skipped([*listing.skipped, *listing.not_images()], where=folder)
+    return list(listing.images)
+
+
+_warned = set()
+
+
+def warn_skipped(skipped: Sequence[Tuple[str, str]], *, where: str) -> None:
+    """One warning a skipped file (`skipped %s: %s`, the line prepare logs), at most
+    `WARN_LIMIT` per listing, then a count; each once per process, as a command lists its
+    folders several times at start-up."""
+    fresh = [item for item in skipped if item not in _warned]
+    _warned.update(fresh)
+    for path, reason in fresh[:WARN_LIMIT]:
+        logging.warning("skipped %s: %s", path, reason)
+    if len(fresh) > WARN_LIMIT:
+        logging.warning("skipped %d more file(s) under %s (%d in all)", len(fresh) - WARN_LIMIT, where, len(fresh))
+
+
+def _walk_remote(folder: str) -> List[str]:
     found = []
     for root, _, files in tf.io.gfile.walk(folder):
         inner = str(root)[len(str(folder)):].strip("/")
         if inner and any(part.startswith(".") for part in inner.split("/")):
             continue
-        found += [join(root, f) for f in files if not is_hidden(f)
-                  and (extensions is None or f.lower().endswith(tuple(extensions)))]
-    return sorted(found)
+        found += [join(root, f) for f in files if not is_hidden(f)]
+    return found
 
 
-def list_images(folder: str) -> List[str]:
-    """The image files under `folder` by name (`list_files` with `IMAGE_EXTENSIONS`)."""
-    return list_files(folder, extensions=IMAGE_EXTENSIONS)
+def _ancestors(folder: str) -> dict:
+    """{(st_dev, st_ino): path} of `folder` and every folder above it: a link to one of them
+    is a cycle (it holds the link itself), never read."""
+    found, path = {}, os.path.realpath(folder)
+    while True:
+        info = os.stat(path)
+        found.setdefault((info.st_dev, info.st_ino), path)
+        if os.path.dirname(path) == path:
+            return found
+        path = os.path.dirname(path)
+
+
+def _walk_local(folder: str) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Breadth-first, links followed, each (st_dev, st_ino) listed once: (files, skipped)."""
+    first = _ancestors(folder)
+    info = os.stat(folder)
+    first[(info.st_dev, info.st_ino)] = str(folder)
+    files, skipped, queue = [], [], collections.deque([str(folder)])
+    while queue:
+        current = queue.popleft()
+        try:
+            names = sorted(n for n in os.listdir(current) if not is_hidden(n))
+        except OSError as e:
+            skipped.append((current, f"unreadable folder ({e.strerror}): check its permissions"))
+            continue
+        for path in (os.path.join(current, n) for n in names):
+            try:
+                info = os.stat(path)  # follows links
+            except OSError as e:
+                skipped.append((path, f"unreadable ({e.strerror}): a broken link? fix or remove it"))
+                continue
+            seen = first.setdefault((info.st_dev, info.st_ino), path)
+            is_dir = stat.S_ISDIR(info.st_mode)
+            if seen != path:
+                skipped.append((path, f"the same {'folder' if is_dir else 'file'} as {seen}: a link "
+                                      "is read once, never around a cycle"))
+            elif is_dir:
+                queue.append(path)
+            elif stat.S_ISREG(info.st_mode):
+                files.append(path)
+            else:
+                skipped.append((path, "not a regular file (a pipe, socket or device)"))
+    return files, skipped
 
 
 def move_folder(src: str, dst: str, *, first: str = "", last: str = "") -> None:

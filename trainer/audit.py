@@ -135,7 +135,7 @@ def build_dataset(source: Source, *, num_classes: int, multi_label: bool, image_
         if not multi_label:
             ok = tf.logical_and(ok, tf.size(labels) == 1)
         key, image_bytes = counter.enter(image_bytes, ok)
-        pixels = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        pixels = decode.decode_upright(image_bytes)  # the upright pixels, as the model sees them
         fingerprint = tf.concat([tf.fingerprint(tf.reshape(pixels, [1, -1]))[0],
                                  tf.reshape(tf.bitcast(tf.shape(pixels), tf.uint8), [-1])], 0)
         image = counter.leave(key, decode.decode_for_eval(image_bytes, image_size))
@@ -216,7 +216,7 @@ def audit(*, train_data: str, eval_data: Sequence[str], output_dir: str, backbon
                            image_size=size, label_offset=label_offset, batch_size=batch_size)
     if not images.paths:
         raise discovery.DataError(f"--train_data {train_data}: none of its images could be decoded "
-                                  f"({images.skipped} skipped); check the files are JPEG, PNG, GIF or BMP")
+                                  f"({images.skipped} skipped); check the files are JPEG, PNG, GIF, BMP or WebP")
     splits = list(dict.fromkeys(s.split for s in sources))
     result = find(images, num_classes=len(class_names), multi_label=multi, threshold=duplicate_threshold,
                   neighbours=neighbours, folds=folds)

@@ -8,6 +8,7 @@ names the file and the fix (`DataError`) instead of a crash hours into training.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from typing import List, Optional, Sequence, Tuple
@@ -47,10 +48,12 @@ def is_absolute(path: str) -> bool:
 
 def is_image_folder(path: str) -> bool:
     """True when `path` is a folder (not a glob) holding class subfolders."""
-    return not fileio.has_glob(path) and tf.io.gfile.isdir(path) and bool(_class_dirs(path))
+    return not fileio.has_glob(path) and tf.io.gfile.isdir(path) and bool(class_folders(path))
 
 
-def _class_dirs(folder: str) -> List[str]:
+def class_folders(folder: str) -> List[str]:
+    """The class subfolders of `folder` as named on disk (every visible subfolder, even an
+    empty one), sorted; compare them to labels through `fileio.nfc`."""
     names = []
     for name in tf.io.gfile.listdir(folder):
         name = name.rstrip("/")
@@ -92,24 +95,46 @@ def list_image_files(folder: str, *, class_names: Sequence[str],
                      what: str = "data path") -> Tuple[List[str], List[int]]:
     """Image paths and labels of a class-folder tree, sorted for a stable order.
 
-    Every class subfolder must be one of `class_names`, so a label always means the same class
-    as in labels.txt. Files are chosen by extension (as image_dataset_from_directory does),
-    hidden ones left out (`fileio.list_images`); a file whose content fails to decode is
+    Every class subfolder must be one of `class_names` (compared in Unicode NFC, so a folder
+    macOS named in NFD matches its label), so a label always means the same class as in
+    labels.txt. The files are `fileio.list_folder`'s images, the rule every command follows;
+    every other file is skipped with a warning. A file whose content fails to decode is
     skipped and counted by the reader.
     """
-    index = {name: i for i, name in enumerate(class_names)}
+    index = {fileio.nfc(name): i for i, name in enumerate(class_names)}
+    listing = fileio.list_folder(folder)
+    by_class, outside = _by_class_folder(folder, listing.images)
     paths, labels = [], []
-    for name in _class_dirs(folder):
-        if name not in index:
-            raise DataError(f"class folder {name!r} in {folder} is not in the labels "
-                            f"({len(class_names)} classes): add it to labels.txt or remove the folder")
-        found = fileio.list_images(os.path.join(folder, name))
+    for name in class_folders(folder):
+        if fileio.nfc(name) not in index:
+            raise DataError(_unknown_class_message(name, folder=folder, class_names=class_names))
+        found = by_class.get(name, [])
         paths += found
-        labels += [index[name]] * len(found)
+        labels += [index[fileio.nfc(name)]] * len(found)
+    fileio.warn_skipped([*listing.skipped, *listing.not_images(), *outside], where=folder)
     if not paths:
-        raise DataError(f"{what} {folder} holds no image files (.jpg .jpeg .png .gif .bmp) in "
+        raise DataError(f"{what} {folder} holds no image files ({fileio.IMAGE_EXTENSIONS_TEXT}) in "
                         "its class subfolders: add images, or pass a TFRecord glob")
     return paths, labels
+
+
+def _by_class_folder(folder: str, files: Sequence[str]) -> Tuple[dict, List[Tuple[str, str]]]:
+    """{class folder name on disk: its files}, and the files directly inside `folder` (skipped)."""
+    by_class, outside = {}, []
+    for path in files:
+        inner = str(path)[len(str(folder)):].strip("/")
+        if "/" in inner:
+            by_class.setdefault(inner.split("/", 1)[0], []).append(path)
+        else:
+            outside.append((path, "not inside a class folder"))
+    return by_class, outside
+
+
+def _unknown_class_message(name: str, *, folder: str, class_names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(fileio.nfc(name), [fileio.nfc(n) for n in class_names], n=1)
+    hint = f"; the closest label is {fileio.show_name(close[0])}" if close else ""
+    return (f"class folder {fileio.show_name(name)} in {folder} is not in the labels ({len(class_names)} "
+            f"classes{hint}): add it to labels.txt, or rename or remove the folder")
 
 
 def resolve_class_names(train_data: str, labels: Optional[str] = None) -> Tuple[str, ...]:
@@ -127,7 +152,7 @@ def resolve_class_names(train_data: str, labels: Optional[str] = None) -> Tuple[
         raise DataError("--train_data is empty: pass a TFRecord glob or an image folder")
     if not fileio.has_glob(train_data) and tf.io.gfile.isdir(train_data):
         beside = os.path.join(train_data, LABELS_FILE)
-        names = _class_dirs(train_data)
+        names = sorted({fileio.nfc(name) for name in class_folders(train_data)})
         if names:
             return tuple(names)
         if tf.io.gfile.exists(beside):
@@ -195,7 +220,7 @@ def count_examples(path: str) -> int:
       DataError: missing path, glob matching nothing, unreadable shard, or zero examples.
     """
     if is_image_folder(path):
-        n = len(list_image_files(path, class_names=_class_dirs(path))[0])
+        n = len(list_image_files(path, class_names=class_folders(path))[0])
     else:
         files = list_record_files(path)
         n = _info_count(path, files)
@@ -314,12 +339,14 @@ def _check_record(where: str, feats: dict, *, class_names: Sequence[str], label_
                 f"with these shards (--labels){hint}")
     for key in ("image/class/text", "image/class/synset"):
         names = [t.decode() for t in feats.get(key, [])]
-        if names and len(names) == len(labels) and [class_names[label] for label in labels] != names:
-            label, said = next((label, name) for label, name in zip(labels, names) if class_names[label] != name)
+        wrong = [(label, name) for label, name in zip(labels, names)
+                 if fileio.nfc(class_names[label]) != fileio.nfc(name)]
+        if names and len(names) == len(labels) and wrong:
+            label, said = wrong[0]
             raise DataError(
-                f"label {label} in {where} says {said!r} but labels.txt line {label + 1} "
-                f"is {class_names[label]!r}: pass the labels.txt written with these shards (--labels) "
-                "or rerun trainer.prepare")
+                f"label {label} in {where} says {fileio.show_name(said)} but labels.txt line {label + 1} "
+                f"is {fileio.show_name(class_names[label])}: pass the labels.txt written with these "
+                "shards (--labels) or rerun trainer.prepare")
 
 
 def dataset_multi_label(path: str) -> Optional[bool]:

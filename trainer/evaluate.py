@@ -216,7 +216,7 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
     ev = evaluate(model, data_path=data_path, label_offset=label_offset, batch_size=batch_size, worst=worst)
     if not ev.ids:
         raise discovery.DataError(f"--data {data_path}: none of its {len(ev.skipped)} image(s) could be decoded; "
-                             "check the files are JPEG, PNG, GIF or BMP")
+                             "check the files are JPEG, PNG, GIF, BMP or WebP")
     if ev.thresholds is not None:
         metrics = _multi_label_tables(ev, output_dir=output_dir)
     else:

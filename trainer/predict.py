@@ -45,8 +45,10 @@ DEFAULT_PRINT_LIMIT = 100
 # --------------------------------------------------------------------------- inputs
 
 def list_inputs(specs: Sequence[str]) -> List[str]:
-    """The image paths named by files, globs and folders (searched recursively for .jpg .jpeg
-    .png .gif .bmp), local or gs://, in the order given, each path once.
+    """The image paths named by files, globs and folders, local or gs://, in the order given,
+    each path once. A file or glob is taken as given (its decode says whether it is an image);
+    a folder gives `fileio.list_images`, the listing every command follows, each other file
+    reported with a warning.
 
     Raises:
       PredictError: a spec that names nothing, so a typo is not a silently smaller run.
@@ -61,7 +63,7 @@ def list_inputs(specs: Sequence[str]) -> List[str]:
             matched = [spec] if tf.io.gfile.exists(spec) else []
         if not matched:
             raise PredictError(f"--input {spec} matches no image file: check the path or glob (quote globs, "
-                               "e.g. --input='DIR/*/*.jpg'); folders are searched for .jpg .jpeg .png .gif .bmp")
+                               f"e.g. --input='DIR/*/*.jpg'); folders are searched for {fileio.IMAGE_EXTENSIONS_TEXT}")
         paths += matched
     if not paths:
         raise PredictError("--input is empty: pass image files, a glob or a folder (local or gs://)")
@@ -299,7 +301,7 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     _log_skipped(predictions.skipped)
     if not predictions.paths:
         raise PredictError(f"none of the {len(paths)} input image(s) could be read or decoded (see the list "
-                           "above): pass JPEG, PNG, GIF or BMP files")
+                           f"above): pass {fileio.IMAGE_FORMATS_TEXT} files")
     multi = export.thresholds is not None
     rows = top_k_rows(predictions, class_names=export.class_names, top_k=k, thresholds=export.thresholds)
     fileio.write_text_atomic(output, reports.csv_text(csv_header(k, multi_label=multi), rows))

@@ -32,6 +32,7 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
 
 import collections
 import csv as csv_lib
+import dataclasses
 import io
 import math
 import os
@@ -57,27 +58,42 @@ _OWN_FILES = (discovery.LABELS_FILE, discovery.INFO_FILE)
 
 # --------------------------------------------------------------------------- listing inputs
 
+def list_input(*, input_dir: Optional[str], csv: Optional[str], import_file: Optional[str],
+               multi_label: bool) -> Tuple[List[Source], List[dict], List[str], bool]:
+    """The sources, skipped files, class names and multi-label flag of whichever input is
+    given, every class name in Unicode NFC: a class folder macOS named in NFD and a CSV label
+    typed in NFC are one class, and labels.txt holds the form the serving labels compare in."""
+    if import_file:
+        sources, skipped, classes, multi_label = importfile.list_import_file(import_file,
+                                                                            multi_label=multi_label)
+    else:
+        sources, skipped, classes = list_csv(csv) if csv else list_folder(input_dir)
+    sources = [dataclasses.replace(s, labels=tuple(sorted({fileio.nfc(n) for n in s.labels})))
+               for s in sources]
+    return sources, skipped, sorted({fileio.nfc(c) for c in classes}), multi_label
+
+
 def list_folder(input_dir: str) -> Tuple[List[Source], List[dict], List[str]]:
-    """Every file under the class subfolders of `input_dir` (whatever its name: its content
-    decides; hidden ones left out, as every reader of a folder does), the files found elsewhere
-    (to report), and the class names (every subfolder, even an empty one)."""
+    """The files under the class subfolders of `input_dir` as `fileio.list_folder` lists them
+    for every command, those not named as images included (prepare decodes every file anyway:
+    its content decides), the files skipped (with reasons, for dataset.json), and the class
+    names (every subfolder, even an empty one)."""
     if not tf.io.gfile.isdir(input_dir):
         raise discovery.DataError(f"--input_dir {input_dir} is not a folder: pass a folder with one "
                              "subfolder of images per class, or --csv")
-    sources, skipped, classes = [], [], []
-    for entry in sorted(tf.io.gfile.listdir(input_dir)):
-        entry = entry.rstrip("/")
-        full = os.path.join(input_dir, entry)
-        if not tf.io.gfile.isdir(full):
-            skipped.append({"path": entry, "reason": "not inside a class folder"})
-            continue
-        if fileio.is_hidden(entry):
-            skipped.append({"path": entry + "/", "reason": "hidden folder"})
-            continue
-        classes.append(entry)
-        sources += [Source(path=path, labels=(entry,), name=os.path.relpath(path, input_dir))
-                    for path in fileio.list_files(full)]
-    return sources, skipped, classes
+    listing = fileio.list_folder(input_dir)
+    sources, skipped = [], []
+    for path in sorted(listing.images + listing.others):
+        name = os.path.relpath(path, input_dir)
+        if "/" not in name:
+            skipped.append({"path": name, "reason": "not inside a class folder"})
+        else:
+            sources.append(Source(path=path, labels=(name.split("/", 1)[0],), name=name))
+    skipped += [{"path": os.path.relpath(path, input_dir), "reason": why} for path, why in listing.skipped]
+    skipped += [{"path": entry.rstrip("/") + "/", "reason": "hidden folder"}
+                for entry in sorted(tf.io.gfile.listdir(input_dir))
+                if fileio.is_hidden(entry) and tf.io.gfile.isdir(os.path.join(input_dir, entry))]
+    return sources, skipped, discovery.class_folders(input_dir)
 
 
 def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
@@ -237,11 +253,8 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
                    shard_size_mb=shard_size_mb)
     num_workers = num_workers or os.cpu_count() or 1
     source = import_file or csv or input_dir
-    if import_file:
-        sources, skipped, classes, multi_label = importfile.list_import_file(import_file,
-                                                                            multi_label=multi_label)
-    else:
-        sources, skipped, classes = list_csv(csv) if csv else list_folder(input_dir)
+    sources, skipped, classes, multi_label = list_input(input_dir=input_dir, csv=csv, import_file=import_file,
+                                                        multi_label=multi_label)
     if not sources:
         raise discovery.DataError(f"no file found in {source}: pass a folder with one subfolder of "
                                   "images per class (or a CSV of path,label rows, or an import file)")
