@@ -164,3 +164,46 @@ def test_tensorboard_summaries(report, tmp_path):
     assert scalars["eval/accuracy"] == pytest.approx(metrics["accuracy"])
     assert scalars["eval/macro_f1"] == pytest.approx(metrics["macro_f1"])
     assert images == {"eval/confusion_matrix", "eval/worst_images", "eval/reliability"}
+
+
+def test_run_report_counts_validation_images_copied_from_training(export_base, demo_images, tmp_path, caplog):
+    """The report a run writes after training (pipeline.report) on a validation split that holds a
+    re-encoded, a halved and a mirrored copy of three training images: metrics.json counts those
+    three and no other, names each beside its training original, and the log says so."""
+    import logging
+    from PIL import ImageOps
+    from tests.testing.presets import IMAGE_SIZE, PRETRAINED
+    from trainer import config, pipeline
+    names = list(demo.TASKS["shapes"])
+    train, validation = tmp_path / "train", tmp_path / "validation"
+    for name in names:
+        files = sorted(os.listdir(os.path.join(demo_images, name)))
+        for folder, chosen in ((train, files[:5]), (validation, files[5:8])):
+            (folder / name).mkdir(parents=True)
+            for f in chosen:
+                shutil.copy(os.path.join(demo_images, name, f), folder / name / f)
+    planted = set()
+    copies = {"reencoded.jpg": lambda im: im, "halved.png": lambda im: im.resize((im.width // 2, im.height // 2)),
+              "mirrored.png": ImageOps.mirror}
+    for name, (copy, make) in zip(names, copies.items()):
+        original = train / name / sorted(os.listdir(train / name))[2]
+        with Image.open(original) as image:
+            make(image.convert("RGB")).save(validation / name / copy, quality=50)
+        planted.add((str(validation / name / copy), str(original)))
+    cfg = config.Config(
+        data=config.Data(train_data=str(train), eval_data=str(validation), class_names=tuple(names),
+                         image_size=IMAGE_SIZE),
+        model=config.Model(backbone=PRETRAINED, weights="none"),
+        phases=(config.Phase(name="frozen", epochs=1, batch_size=2, learning_rate=0.1),),
+        runtime=config.Runtime(model_dir=str(tmp_path / "run")))
+    with caplog.at_level(logging.WARNING):
+        metrics, _ = pipeline.report(cfg, export_dir=export_base, history=[])
+    found = metrics["near_copies_of_training"]
+    assert found["count"] == 3 and found["fraction"] == pytest.approx(3 / 15)
+    assert {(e["eval"], e["train"]) for e in found["examples"]} == planted
+    assert all(0.6 <= e["cosine"] <= 1.0 for e in found["examples"])
+    written = json.loads((tmp_path / "run" / "eval" / evaluate.METRICS_FILE).read_text())
+    assert written["near_copies_of_training"] == json.loads(json.dumps(found))
+    assert "3 of 15 validation images have a near copy in the training split" in caplog.text
+    metrics, _ = pipeline.report(cfg, export_dir=export_base, history=[], leakage_check=False)
+    assert "near_copies_of_training" not in metrics and metrics["num_examples"] == 15

@@ -225,10 +225,51 @@ def test_csv_input_and_shard_size(tmp_path):
     assert labels == [0, 0, 0, 1, 1, 1]
 
 
+def test_test_fraction_holds_out_a_stratified_seeded_test_split(tmp_path):
+    """--test_fraction: per class, after validation (which stays as it was), clamped so that every
+    class keeps a training image; written as test-* shards and counted in dataset.json."""
+    _make_folder(tmp_path / "in", {"a": 10, "b": 5, "c": 3, "d": 2})
+    run = lambda out, **kw: prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / out),
+                                            validation_fraction=0.2, num_shards=2, seed=1, **kw)
+    info = run("o1", test_fraction=0.2)
+    per_class = {split: info["splits"][split]["per_class"] for split in ("train", "validation", "test")}
+    assert per_class == {"train": {"a": 6, "b": 3, "c": 1, "d": 1}, "validation": {"a": 2, "b": 1, "c": 1, "d": 1},
+                         "test": {"a": 2, "b": 1, "c": 1, "d": 0}}  # d's 2 images: one to train, one to validate
+    assert info["test_fraction"] == 0.2 and info["splits"]["test"]["num_examples"] == 4
+    assert info["splits"]["test"]["files"] == ["test-00000-of-00001.tfrecord"]
+    assert any("'d' has no image in the test split" in w for w in info["warnings"])
+    names = lambda out, split: sorted(r["image/filename"].decode() for r in _read_split(str(tmp_path / out), split))
+    test = names("o1", "test")
+    assert len(test) == 4 and not set(test) & set(names("o1", "train") + names("o1", "validation"))
+    run("o2", test_fraction=0.2)
+    assert names("o2", "test") == test and names("o2", "validation") == names("o1", "validation")  # same seed
+    without = run("o3")  # no test split: validation as before, its images back in train
+    assert "test" not in without["splits"] and names("o3", "validation") == names("o1", "validation")
+    assert sorted(names("o3", "train")) == sorted(names("o1", "train") + test)
+
+
+def test_test_fraction_of_a_csv_and_a_bad_fraction_in_one_line(tmp_path):
+    pixels = _make_folder(tmp_path / "imgs", {"x": 4, "y": 4})
+    rows = [f"imgs/{rel},{'left' if rel.startswith('x') else 'right'}" for rel in pixels]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    info = prepare.prepare(input_dir=None, csv=str(tmp_path / "list.csv"), output_dir=str(tmp_path / "out"),
+                           validation_fraction=0.25, test_fraction=0.25, num_shards=1)
+    assert {s: v["per_class"] for s, v in info["splits"].items()} == {
+        "train": {"left": 2, "right": 2}, "validation": {"left": 1, "right": 1}, "test": {"left": 1, "right": 1}}
+    assert sorted(int(r["image/class/label"]) for r in _read_split(str(tmp_path / "out"), "test")) == [0, 1]
+    result = _run_cli(f"--csv={tmp_path / 'list.csv'}", f"--output_dir={tmp_path / 'bad'}", "--test_fraction=1.5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--test_fraction=1.5 must be in [0, 1)" in errors[0], result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(validation_fraction=1.0), "validation_fraction"),
     (dict(num_shards=2, shard_size_mb=5.0), "not both"),
     (dict(num_shards=0), "num_shards"),
+    (dict(test_fraction=-0.1), r"--test_fraction=-0.1 must be in \[0, 1\)"),
+    (dict(validation_fraction=0.5, test_fraction=0.5), "nothing would be left to train on"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     _make_folder(tmp_path / "in", {"a": 1, "b": 1})

@@ -6,7 +6,10 @@ process (tests/testing/cli.py), as a user runs it. The runs use the tiny backbon
 (tests/testing/presets.py): what is checked here is the command, not EfficientNet; only the
 imagenet download refusal needs an EfficientNet, and it fails before any training.
 """
+import dataclasses
+import json
 import os
+from types import SimpleNamespace
 
 import h5py
 import pytest
@@ -187,3 +190,80 @@ def test_a_command_ends_with_its_output_flushed_and_exit_handlers_run(tmp_path, 
     assert output == "x" * 100000 and not os.path.exists(folder)
     assert "exit handler ran" in result.stderr
     assert ("error: a mistake" in result.stderr) == mistake
+
+
+def test_a_test_split_prepare_held_out_is_reported_and_is_the_headline(tmp_path, demo_images):
+    """prepare --test_fraction writes test-* shards; the trainer finds them through dataset.json
+    (no --test_data), reports them through the export in MODEL_DIR/eval/test/ and prints their
+    accuracy first, the validation figure labelled with what it chose."""
+    from trainer import prepare
+    records = tmp_path / "records"
+    info = prepare.prepare(input_dir=demo_images, output_dir=str(records), validation_fraction=0.25,
+                           test_fraction=0.25, num_shards=2, seed=0)
+    model_dir = tmp_path / "model"
+    result = train_cli(model_dir, records, "none", "--frozen_epochs=1", "--finetune_epochs=0", "--eval_report")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"--test_data: {records}/test-*.tfrecord (the test split listed in dataset.json" in result.stderr
+    metrics = json.loads((model_dir / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["held_out"] and metrics["used_to_choose"] == []
+    assert metrics["num_examples"] == info["splits"]["test"]["num_examples"] == 24
+    validation = json.loads((model_dir / "eval" / "metrics.json").read_text())
+    assert validation["split"] == "validation" and validation["used_to_choose"] == ["temperature"]
+    lines = [line for line in result.stdout.splitlines() if "accuracy" in line and "phase" not in line]
+    assert lines[0].startswith(f"test accuracy {metrics['accuracy']:.3f} on 24 held-out images (no choice was made "
+                               f"on them) through the export; report: {model_dir / 'eval' / 'test'}"), lines
+    assert lines[1].startswith(f"validation accuracy {validation['accuracy']:.3f} on 24 images through the export "
+                               "(chose the temperature)"), lines
+    assert "optimistic" not in result.stdout
+
+
+def test_test_data_default_given_or_none_and_never_a_split_the_run_reads(tmp_path, demo_images):
+    """--test_data as given; none: no test report; left out: prepare's test-* shards beside
+    --train_data, unless --train_data or --eval_data reads them (or there are none)."""
+    from trainer import prepare, task
+    records = str(tmp_path / "records")
+    prepare.prepare(input_dir=demo_images, output_dir=records, validation_fraction=0.25, test_fraction=0.1,
+                    num_shards=1)
+    flags = lambda **kw: SimpleNamespace(**{"train_data": f"{records}/train-*.tfrecord",
+                                            "eval_data": f"{records}/validation-*.tfrecord", "test_data": None, **kw})
+    assert task._test_data(flags()) == f"{records}/test-*.tfrecord"
+    assert task._test_data(flags(test_data="photos/held_out")) == "photos/held_out"
+    assert task._test_data(flags(test_data="none")) is None
+    assert task._test_data(flags(eval_data=f"{records}/test-*.tfrecord")) is None  # validation is no test split
+    assert task._test_data(flags(train_data=f"{records}/*.tfrecord")) is None  # trained on it
+    assert task._test_data(flags(train_data=demo_images)) is None  # a folder has no test split
+
+
+def test_config_json_without_test_data_reads_and_test_data_is_no_part_of_the_run():
+    from trainer import config
+    data = config.Data(train_data="x/train-*", eval_data="x/validation-*", class_names=("a", "b"), image_size=32)
+    cfg = config.Config(data=data, model=config.Model(backbone=TINY, weights="none"),
+                        phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),),
+                        runtime=config.Runtime(model_dir="m"))
+    old = cfg.to_dict()
+    del old["data"]["test_data"]  # a config.json written before --test_data
+    assert config.Config.from_dict(old) == cfg
+    tested = dataclasses.replace(cfg, data=dataclasses.replace(data, test_data="x/test-*"))
+    assert config.Config.from_dict(tested.to_dict()) == tested
+    assert tested.run_identity() == cfg.run_identity()  # a test split never changes training: a rerun resumes
+    with pytest.raises(config.ConfigError, match="--test_data is --eval_data"):
+        dataclasses.replace(data, test_data="x/validation-*")
+
+
+def test_the_summary_says_which_figure_is_held_out():
+    from trainer import pipeline
+    history = [{"phase": "frozen", "epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.6}]
+    validation = {"accuracy": 0.867, "num_examples": 240}
+    result = pipeline.RunResult("m/export/1", history, validation, "m/eval",
+                                chosen_on_validation=("epochs", "temperature"))
+    lines = result.summary()
+    assert lines[1] == ("validation accuracy 0.867 on 240 images through the export (chose the epochs and the "
+                        "temperature); report: m/eval")
+    assert lines[2].startswith("the validation figure is optimistic (it chose the epochs and the temperature): for a "
+                               "held-out figure, prepare with --test_fraction=0.1 or pass --test_data=")
+    result.test_metrics, result.test_report_dir = {"accuracy": 0.812, "num_examples": 300}, "m/eval/test"
+    assert result.summary()[1:3] == [
+        "test accuracy 0.812 on 300 held-out images (no choice was made on them) through the export; "
+        "report: m/eval/test",
+        lines[1]]
+    assert not any("optimistic" in line for line in result.summary())

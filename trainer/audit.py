@@ -7,8 +7,8 @@ Every image is embedded once, as the frozen phase embeds it (`decode_for_eval`, 
 inference mode: `embeddings.image_embedder`); the findings are pure numpy (trainer.findings).
 Written into DIR (each file atomically; local or gs://):
 
-  duplicates.csv       path_a,split_a,path_b,split_b,similarity: exact copies (same decoded
-                       pixels) and near copies (re-encoded, resized), within and across splits
+  duplicates.csv       path_a,split_a,path_b,split_b,similarity: exact copies (same decoded pixels) and
+                       near copies (re-encoded, resized, mirrored), within and across splits
   suspect_labels.csv   path,split,label,suggested_label,score: labels the nearest neighbours and
                        a cross-validated linear probe disagree with (header only for multi-label data)
   classes.csv          images per class and split
@@ -38,12 +38,12 @@ import tensorflow as tf  # pylint: disable=wrong-import-order
 import tf_keras as keras  # pylint: disable=wrong-import-order
 
 from effnet_common import decode, fileio, flagutil, gcs
-from trainer import backbones, config, discovery, embeddings, findings, reports, skips, targets
+from trainer import backbones, config, discovery, embeddings, findings, reports, skips, targets, thumbnails
 from trainer import model as model_lib
 
-DEFAULT_DUPLICATE_THRESHOLD = 0.95  # measured on real photos: docs/data.md, "Auditing a dataset"
-DEFAULT_NEIGHBOURS = 10
-DEFAULT_FOLDS = 5
+# Measured on real photos: docs/data.md, "Auditing a dataset" (bench/audit_copies.py).
+DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_PIXEL_THRESHOLD = findings.CANDIDATE_THRESHOLD, findings.PIXEL_THRESHOLD
+DEFAULT_NEIGHBOURS, DEFAULT_FOLDS = 10, 5
 SUSPECT_CUT = 0.9  # audit.json counts the suspects whose label gets under 10 % of the evidence
 BATCH_SIZE = 64
 SHEET_PAIRS, SHEET_SUSPECTS, SHEET_COLUMNS = 9, 12, 6
@@ -77,6 +77,7 @@ class Images:
     keys: List[bytes]  # fingerprint of the decoded pixels and their shape
     origins: List[Tuple[str, int]]  # (file, record index) to read the image again
     embeddings: np.ndarray
+    thumbnails: np.ndarray  # uint8 [N, S, S] (trainer.thumbnails): what confirms a near copy
     skipped: int
 
 
@@ -122,7 +123,7 @@ def _elements(source: Source, *, label_offset: int) -> tf.data.Dataset:
 
 def build_dataset(source: Source, *, num_classes: int, multi_label: bool, image_size: int,
                   label_offset: int = 0, batch_size: int = BATCH_SIZE) -> tf.data.Dataset:
-    """Batches of (file, index, path, multi-hot labels, pixel fingerprint, eval-crop image).
+    """Batches of (file, index, path, multi-hot labels, pixel fingerprint, thumbnail, eval-crop image).
 
     An image that fails to decode, or whose labels do not fit the data (outside [0, C), or
     other than one label in single-label data), is dropped and counted by trainer.skips, as
@@ -139,7 +140,7 @@ def build_dataset(source: Source, *, num_classes: int, multi_label: bool, image_
         fingerprint = tf.concat([tf.fingerprint(tf.reshape(pixels, [1, -1]))[0],
                                  tf.reshape(tf.bitcast(tf.shape(pixels), tf.uint8), [-1])], 0)
         image = counter.leave(key, decode.decode_for_eval(image_bytes, image_size))
-        return f, i, path, targets.multi_hot(labels, num_classes), fingerprint, image
+        return f, i, path, targets.multi_hot(labels, num_classes), fingerprint, thumbnails.thumbnail(pixels), image
 
     ds = _elements(source, label_offset=label_offset).map(decode_one, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors(log_warning=True).batch(batch_size)
@@ -147,15 +148,15 @@ def build_dataset(source: Source, *, num_classes: int, multi_label: bool, image_
 
 
 def embed_sources(sources: Sequence[Source], *, embed, total: Optional[int], **dataset_args) -> Images:
-    """Embeds every image of every source once, with a progress bar (live on a terminal, one
-    line in a log)."""
-    out = Images([], [], [], [], [], np.zeros((0, 0), np.float32), 0)
-    chunks = []
+    """Embeds every image of every source once (and thumbnails it), with a progress bar (live on a terminal)."""
+    out = Images([], [], [], [], [], np.zeros((0, 0), np.float32), thumbnails.empty(), 0)
+    chunks, thumbs = [], [out.thumbnails]
     bar = keras.utils.Progbar(total, unit_name="image", verbose=1 if sys.stdout.isatty() else 2)
     for source in sources:
         logging.info("embedding %s images of %s (%d file(s))", source.split, source.path, len(source.files))
-        for files, indices, paths, labels, keys, images in build_dataset(source, **dataset_args):
+        for files, indices, paths, labels, keys, small, images in build_dataset(source, **dataset_args):
             chunks.append(embed(images))
+            thumbs.append(small.numpy())
             out.paths += [p.decode("utf-8", "replace") for p in paths.numpy()]
             out.splits += [source.split] * len(paths)
             out.labels += [tuple(int(c) for c in np.flatnonzero(row)) for row in labels.numpy()]
@@ -166,6 +167,7 @@ def embed_sources(sources: Sequence[Source], *, embed, total: Optional[int], **d
     if total and len(out.paths) < total:
         bar.update(total)  # skipped records were read too: the bar ends, and a log gets its one line
     out.embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+    out.thumbnails = np.concatenate(thumbs)
     return out
 
 
@@ -192,8 +194,8 @@ def read_images(origins: Sequence[Tuple[str, int]]) -> Dict[Tuple[str, int], byt
 
 def audit(*, train_data: str, eval_data: Sequence[str], output_dir: str, backbone: str, weights: str,
           image_size: int = 0, labels: Optional[str] = None, label_offset: int = 0,
-          duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD, neighbours: int = DEFAULT_NEIGHBOURS,
-          folds: int = DEFAULT_FOLDS, batch_size: int = BATCH_SIZE) -> dict:
+          duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD, pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD,
+          neighbours: int = DEFAULT_NEIGHBOURS, folds: int = DEFAULT_FOLDS, batch_size: int = BATCH_SIZE) -> dict:
     """Embeds the data and writes the findings into `output_dir`; returns audit.json's content.
 
     Raises:
@@ -219,11 +221,11 @@ def audit(*, train_data: str, eval_data: Sequence[str], output_dir: str, backbon
                                   f"({images.skipped} skipped); check the files are JPEG, PNG, GIF, BMP or WebP")
     splits = list(dict.fromkeys(s.split for s in sources))
     result = find(images, num_classes=len(class_names), multi_label=multi, threshold=duplicate_threshold,
-                  neighbours=neighbours, folds=folds)
+                  pixel_threshold=pixel_threshold, neighbours=neighbours, folds=folds)
     summary = dict(_summary(images, result, class_names=class_names, splits=splits, multi_label=multi),
                    backbone=backbone, weights=weights, image_size=size, train_data=train_data,
-                   eval_data=list(eval_data), duplicate_threshold=duplicate_threshold, neighbours=neighbours,
-                   probe_folds=folds, suspect_cut=SUSPECT_CUT)
+                   eval_data=list(eval_data), duplicate_threshold=duplicate_threshold,
+                   pixel_threshold=pixel_threshold, neighbours=neighbours, probe_folds=folds, suspect_cut=SUSPECT_CUT)
     write_outputs(output_dir, images, result, class_names=class_names, splits=splits, summary=summary)
     if summary["classes_without_train_images"]:
         logging.warning("class(es) without a train image: %s", ", ".join(summary["classes_without_train_images"]))
@@ -237,13 +239,14 @@ class Findings:
 
 
 def find(images: Images, *, num_classes: int, multi_label: bool, threshold: float, neighbours: int,
-         folds: int) -> Findings:
+         folds: int, pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD) -> Findings:
     """The duplicate pairs and (single-label data) the suspect labels of the embedded images."""
     unit = findings.normalize(images.embeddings)
     exact = findings.exact_duplicate_pairs(images.keys)
     indices, sims = findings.nearest_neighbours(unit, k=neighbours + _SPARE_NEIGHBOURS)
-    near = findings.near_duplicate_pairs(indices, sims, threshold=threshold,
-                                         groups=findings.duplicate_groups(len(unit), exact))
+    groups = findings.duplicate_groups(len(unit), exact)
+    near = findings.near_duplicate_pairs(indices, sims, threshold=threshold, groups=groups,
+                                         thumbnails=images.thumbnails, pixel_threshold=pixel_threshold)
     pairs = [(a, b, 1.0, True) for a, b in exact] + [(a, b, s, False) for a, b, s in near]
     pairs.sort(key=lambda p: (-p[2], images.splits[p[0]] == images.splits[p[1]]))  # ties: leakage first
     if multi_label:
@@ -348,7 +351,9 @@ def define_flags() -> None:
     flagutil.define("integer", "image_size", 0, "Input side in pixels; 0 = the backbone's native size.")
     flagutil.define("string", "output_dir", None, "Where the audit goes (local or gs://).")
     flagutil.define("float", "duplicate_threshold", DEFAULT_DUPLICATE_THRESHOLD,
-                    "Cosine similarity from which two images are near duplicates.")
+                    "Cosine similarity of the embeddings from which two neighbours may be near copies.")
+    flagutil.define("float", "pixel_threshold", DEFAULT_PIXEL_THRESHOLD, "Correlation of two candidates' 32x32 "
+                    "grey thumbnails (or one mirrored) that confirms a near copy; -1: the cosine alone decides.")
     flagutil.define("integer", "neighbours", DEFAULT_NEIGHBOURS, "Nearest neighbours that vote on each label.")
     flagutil.define("integer", "probe_folds", DEFAULT_FOLDS, "Folds of the cross-validated linear probe; 0 = "
                     "the neighbour vote alone (large data: the probe costs images x width x classes per step).")
@@ -361,8 +366,9 @@ def _check_flags(argv: Sequence[str]) -> None:
     for name, fix in (("train_data", "a TFRecord glob or an image folder"), ("output_dir", "the folder to write into")):
         if not getattr(FLAGS, name):
             raise flagutil.FlagError(f"--{name} is required: pass {fix}")
-    if not 0.0 < FLAGS.duplicate_threshold <= 1.0:
-        raise flagutil.FlagError(f"--duplicate_threshold={FLAGS.duplicate_threshold}: pass a cosine in (0, 1]")
+    if not (0.0 < FLAGS.duplicate_threshold <= 1.0 and -1.0 <= FLAGS.pixel_threshold <= 1.0):
+        raise flagutil.FlagError(f"--duplicate_threshold={FLAGS.duplicate_threshold}, --pixel_threshold="
+                                 f"{FLAGS.pixel_threshold}: pass a cosine in (0, 1] and a correlation in [-1, 1]")
     if FLAGS.neighbours < 1 or FLAGS.batch_size < 1 or FLAGS.probe_folds == 1 or FLAGS.probe_folds < 0:
         raise flagutil.FlagError("--neighbours and --batch_size must be 1 or more, --probe_folds 0 or 2 or more")
     if FLAGS.image_size and FLAGS.image_size < config.MIN_IMAGE_SIZE:
@@ -377,8 +383,8 @@ def main(argv) -> None:
     summary = audit(train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, output_dir=FLAGS.output_dir,
                     backbone=FLAGS.backbone, weights=FLAGS.weights, image_size=FLAGS.image_size,
                     labels=FLAGS.labels, label_offset=FLAGS.label_offset,
-                    duplicate_threshold=FLAGS.duplicate_threshold, neighbours=FLAGS.neighbours,
-                    folds=FLAGS.probe_folds, batch_size=FLAGS.batch_size)
+                    duplicate_threshold=FLAGS.duplicate_threshold, pixel_threshold=FLAGS.pixel_threshold,
+                    neighbours=FLAGS.neighbours, folds=FLAGS.probe_folds, batch_size=FLAGS.batch_size)
     dup = summary["duplicate_pairs"]
     print(f"images: {summary['total_images']} ({summary['skipped_records']} skipped); duplicate pairs: {dup['total']} "
           f"({dup['across_splits']} across splits); suspect labels: {summary['suspect_labels']['listed']} "

@@ -63,6 +63,9 @@ class Data:
       class_weight: none, balanced, or the path of a per-class weights file: how the training
         examples of each class are weighted in the loss.
       class_weights: the resolved weight per class (label order), or None for none.
+      test_data: held-out data (same forms as train_data), or None: only the final report reads
+        it, so no choice of the run (epochs, temperature, thresholds) is made on it and its
+        figure is not optimistic. Not part of `Config.run_identity`: it never changes training.
     """
     train_data: str
     eval_data: Optional[str]
@@ -80,6 +83,7 @@ class Data:
     multi_label: bool = False
     class_weight: str = "none"
     class_weights: Optional[Tuple[float, ...]] = None
+    test_data: Optional[str] = None
 
     def __post_init__(self):
         _check(bool(self.train_data), "--train_data is empty: pass a TFRecord glob or an image folder")
@@ -94,6 +98,9 @@ class Data:
         _check(self.augment in AUGMENT, f"--augment={self.augment}: choose one of {', '.join(AUGMENT)}")
         _check(self.label_offset >= 0, "--label_offset must be 0 or more")
         _check(self.cache_views >= 1, "--cache_views must be 1 or more")
+        _check(not self.test_data or self.test_data != self.eval_data,
+               f"--test_data is --eval_data ({self.test_data}): validation chooses the epochs and the temperature, "
+               "so its figure is not held out; pass held-out images as --test_data, or leave it out")
         _check(self.class_weights is None or (len(self.class_weights) == len(self.class_names)
                                               and all(w >= 0 for w in self.class_weights)),
                "--class_weight: one non-negative weight per class is needed")

@@ -190,6 +190,26 @@ def read_dataset_info(train_data: str) -> Optional[dict]:
             raise DataError(f"{path} is not valid JSON ({e}): delete it or rerun trainer.prepare")
 
 
+def test_split_beside(train_data: str, *, eval_data: Optional[str] = None) -> Optional[str]:
+    """The glob of the `test-*` shards beside prepare's training shards when their dataset.json
+    lists a test split (prepare --test_fraction, or an import file's ML_USE test), else None.
+
+    The trainer's default --test_data: a split prepare held out is reported without a flag. Not
+    when --train_data or --eval_data already reads one of those shards: a figure on images the
+    run trained on or chose with would not be held out.
+    """
+    info = read_dataset_info(train_data)
+    names = (((info or {}).get("splits") or {}).get("test") or {}).get("files") or []
+    if not names:
+        return None
+    folder = _shard_dir(train_data)
+    norm = lambda p: p if "://" in p else os.path.normpath(p)
+    used = {norm(f) for path in filter(None, (train_data, eval_data)) for f in tf.io.gfile.glob(path)}
+    if used & {norm(os.path.join(folder, name)) for name in names}:
+        return None
+    return os.path.join(folder, "test-*.tfrecord")
+
+
 def _info_split(path: str, files: Sequence[str]) -> Optional[dict]:
     """The dataset.json entry of the split whose shards are exactly `files`, else None."""
     info = read_dataset_info(path)

@@ -25,7 +25,7 @@ def inspect_data(cfg: config.Config) -> config.Config:
     """
     data = cfg.data
     multi_label = data.multi_label
-    for path in filter(None, (data.train_data, data.eval_data)):
+    for path in filter(None, (data.train_data, data.eval_data, data.test_data)):
         multi_label |= discovery.check_labels(path, class_names=data.class_names, label_offset=data.label_offset)
     if data.multi_label and discovery.is_image_folder(data.train_data):
         raise discovery.DataError(f"--multi_label with the image folder {data.train_data}: a class folder gives one "
@@ -34,9 +34,9 @@ def inspect_data(cfg: config.Config) -> config.Config:
     multi_label = multi_label or bool(discovery.dataset_multi_label(data.train_data))
     counts = discovery.class_counts(data.train_data, class_names=data.class_names, label_offset=data.label_offset)
     discovery.check_class_coverage(counts, class_names=data.class_names, path=data.train_data, what="--train_data")
-    if data.eval_data:
-        _warn_missing(data, discovery.class_counts(data.eval_data, class_names=data.class_names,
-                                                   label_offset=data.label_offset))
+    for path, what in ((data.eval_data, "--eval_data"), (data.test_data, "--test_data")):
+        if path:
+            _warn_missing(data, path=path, what=what)
     num_train = discovery.count_examples(data.train_data)
     data = dataclasses.replace(
         data, multi_label=multi_label, num_train_examples=num_train,
@@ -46,9 +46,10 @@ def inspect_data(cfg: config.Config) -> config.Config:
     return dataclasses.replace(cfg, data=data)
 
 
-def _warn_missing(data: config.Data, counts) -> None:
-    missing = discovery.check_class_coverage(counts, class_names=data.class_names, path=data.eval_data,
-                                             what="--eval_data")
+def _warn_missing(data: config.Data, *, path: str, what: str) -> None:
+    counts = discovery.class_counts(path, class_names=data.class_names, label_offset=data.label_offset)
+    missing = discovery.check_class_coverage(counts, class_names=data.class_names, path=path, what=what)
+    split = "validation" if what == "--eval_data" else "test"
     if missing:
-        logging.warning("%d class(es) have no validation image in %s (%s): their validation figures will be "
-                        "missing from the report", len(missing), data.eval_data, ", ".join(missing[:5]))
+        logging.warning("%d class(es) have no %s image in %s (%s): their %s figures will be missing from the "
+                        "report", len(missing), split, path, ", ".join(missing[:5]), split)

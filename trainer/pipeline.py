@@ -8,7 +8,7 @@ evaluate. See docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -16,8 +16,8 @@ import tf_keras as keras
 
 import numpy as np
 
-from trainer import (calibration, data, distribute, evaluate, export, exported, memory, multilabel, plots, reports,
-                     runlock, tflite, train)
+from trainer import (calibration, data, distribute, evaluate, export, exported, leakage, memory, multilabel, plots,
+                     reports, runlock, tflite, train)
 from trainer.config import Config
 from trainer.rundir import RunDir
 
@@ -29,9 +29,14 @@ class RunResult:
     metrics: Optional[dict] = None  # the validation report's, measured through the export
     report_dir: Optional[str] = None
     plan: Optional[dict] = None  # with --plan_only: the plan, which nothing wrote
+    test_metrics: Optional[dict] = None  # the test report's: held out, no choice was made on it
+    test_report_dir: Optional[str] = None
+    chosen_on_validation: Tuple[str, ...] = ()  # what the validation split chose: epochs, temperature, thresholds
 
     def summary(self) -> List[str]:
-        """How good the trained classifier is, in a few lines for a terminal."""
+        """How good the trained classifier is, in a few lines for a terminal: the test figure
+        first when there is one (the only one no choice was made on), then the validation figure
+        labelled with what it chose, which makes it optimistic."""
         if self.plan is not None:
             return [*memory.format_plan(self.plan).splitlines(), "plan only: nothing was written to --model_dir"]
         lines = []
@@ -40,32 +45,45 @@ class RunResult:
             scores = [r["val_accuracy"] for r in records if r.get("val_accuracy") is not None]
             key, best = ("val_accuracy", max(scores)) if scores else ("accuracy", max(r["accuracy"] for r in records))
             lines.append(f"{phase} phase: {len(records)} epoch(s), best {key} {best:.3f}")
-        if self.metrics and self.metrics.get("multi_label"):
-            lines.append(f"validation mAP {self.metrics['mean_average_precision']:.3f}, micro F1 "
-                         f"{self.metrics['micro_f1']:.3f} on {self.metrics['num_examples']} images through the "
-                         f"export; report: {self.report_dir}")
-        elif self.metrics:
-            lines.append(f"validation accuracy {self.metrics['accuracy']:.3f} on {self.metrics['num_examples']} "
-                         f"images through the export; report: {self.report_dir}")
+        if self.test_metrics:
+            lines.append(f"test {_figures(self.test_metrics)} on {self.test_metrics['num_examples']} held-out images "
+                         f"(no choice was made on them) through the export; report: {self.test_report_dir}")
+        if self.metrics:
+            chose = " and ".join(f"the {c}" for c in self.chosen_on_validation)
+            lines.append(f"validation {_figures(self.metrics)} on {self.metrics['num_examples']} images through the "
+                         f"export{f' (chose {chose})' if chose else ''}; report: {self.report_dir}")
+        if self.metrics and not self.test_metrics:
+            why = f"it chose {chose}" if chose else "once flags are chosen by it"
+            lines.append(f"the validation figure is optimistic ({why}): for a held-out figure, prepare with "
+                         "--test_fraction=0.1 or pass --test_data=IMAGES (docs/evaluate.md)")
         if self.export_dir:
             lines.append(f"export: {self.export_dir}")
         return lines
 
 
+def _figures(metrics: dict) -> str:
+    """A report's headline figures: accuracy, or mAP and micro F1 for multi-label data."""
+    if metrics.get("multi_label"):
+        return f"mAP {metrics['mean_average_precision']:.3f}, micro F1 {metrics['micro_f1']:.3f}"
+    return f"accuracy {metrics['accuracy']:.3f}"
+
+
 def run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool = False,
         callbacks: Sequence[keras.callbacks.Callback] = (),
-        last_phase_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunResult:
-    """Trains (train.run), then on the chief: learning curves, the SavedModel, the validation report.
+        last_phase_callbacks: Sequence[keras.callbacks.Callback] = (), leakage_check: bool = True) -> RunResult:
+    """Trains (train.run), then on the chief: learning curves, the SavedModel, the validation report
+    and (with test data) the test report.
 
     The chief holds the run directory's lock throughout (trainer/runlock.py), except with
-    `plan_only`, which writes nothing."""
+    `plan_only`, which writes nothing. `leakage_check`: count each report's images with a near copy in
+    the training split (trainer.leakage; one pass of the training split through the export)."""
     with runlock.held(cfg.runtime.model_dir, enabled=distribute.is_chief(strategy) and not plan_only):
         return _run(cfg, strategy=strategy, plan_only=plan_only, callbacks=callbacks,
-                    last_phase_callbacks=last_phase_callbacks)
+                    last_phase_callbacks=last_phase_callbacks, leakage_check=leakage_check)
 
 
 def _run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool, callbacks,
-         last_phase_callbacks) -> RunResult:
+         last_phase_callbacks, leakage_check: bool = True) -> RunResult:
     trained = train.run(cfg, strategy=strategy, plan_only=plan_only, callbacks=callbacks,
                         last_phase_callbacks=last_phase_callbacks)
     if plan_only or not trained.chief:
@@ -77,12 +95,27 @@ def _run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool, call
     export_dir = export.export_saved_model(trained.model, class_names=cfg.data.class_names,
                                            image_size=cfg.data.image_size, export_base=run_dir.export_base,
                                            thresholds=thresholds)
-    metrics = (report(cfg, export_dir=export_dir, history=trained.history, extra=calibrated)
-               if cfg.runtime.eval_report else {})
+    chosen = chosen_on_validation(cfg, calibrated=calibrated, thresholds=thresholds)
+    metrics, test_metrics = (report(cfg, export_dir=export_dir, history=trained.history, extra=calibrated,
+                                    chosen=chosen, leakage_check=leakage_check)
+                             if cfg.runtime.eval_report else ({}, {}))
     if cfg.runtime.tflite:
         tflite.export_run(trained.model, cfg, variants=cfg.runtime.tflite, output_dir=run_dir.tflite_dir,
                           max_accuracy_drop=cfg.runtime.max_accuracy_drop)
-    return RunResult(export_dir, trained.history, metrics or None, run_dir.eval_dir if metrics else None)
+    return RunResult(export_dir, trained.history, metrics or None, run_dir.eval_dir if metrics else None,
+                     test_metrics=test_metrics or None,
+                     test_report_dir=run_dir.test_eval_dir if test_metrics else None, chosen_on_validation=chosen)
+
+
+def chosen_on_validation(cfg: Config, *, calibrated: Optional[dict],
+                         thresholds: Optional[List[float]]) -> Tuple[str, ...]:
+    """What this run chose on the validation split, each a reason its figures are optimistic:
+    the epochs (early stopping restores the best validation epoch), the temperature, the
+    multi-label thresholds. Said beside the validation figure and in its metrics.json."""
+    if not cfg.data.eval_data:
+        return ()
+    chosen = ["epochs"] if any(p.epochs and p.early_stopping_patience for p in cfg.phases) else []
+    return tuple(chosen + ["temperature"] * bool(calibrated) + ["thresholds"] * (thresholds is not None))
 
 
 def calibrate(cfg: Config, model: keras.Model) -> Optional[dict]:
@@ -128,18 +161,49 @@ def _validation_predictions(cfg: Config, model: keras.Model):
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
-def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional[dict] = None) -> dict:
-    """The validation report (model_dir/eval/) and its TensorBoard summaries, from the export itself."""
+def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional[dict] = None,
+           chosen: Sequence[str] = (), leakage_check: bool = True) -> Tuple[dict, dict]:
+    """The validation report (MODEL_DIR/eval/) and, with test data, the test report
+    (MODEL_DIR/eval/test/), both from the export itself, with their TensorBoard summaries.
+
+    Each metrics.json says its split and what was chosen on it (`chosen`: on validation only),
+    so a figure read later still says whether it is held out. Returns (validation, test)
+    metrics, each {} when there is no such data or its report failed. With `leakage_check`, each
+    counts its images with a near copy in the training split (`near_copies_of_training`).
+    """
     run_dir = RunDir.of(cfg.runtime)
+    check = leakage.Check(export_dir, train_data=cfg.data.train_data,
+                          label_offset=cfg.data.label_offset) if leakage_check else None
     images = {"learning_curves": run_dir.curves} if tf.io.gfile.exists(run_dir.curves) else {}
-    metrics: dict = {}
-    if cfg.data.eval_data:
-        try:
-            metrics = evaluate.write_report(export_dir, data_path=cfg.data.eval_data, output_dir=run_dir.eval_dir,
-                                            label_offset=cfg.data.label_offset, extra_metrics=extra)
-            images.update(evaluate.report_images(run_dir.eval_dir))
-            logging.info("validation report in %s: %s", run_dir.eval_dir, "; ".join(evaluate.summary_lines(metrics)[:3]))
-        except (data.DataError, exported.PredictError) as e:
-            logging.warning("no evaluation report: %s", e)
-    reports.write_tensorboard(run_dir.logs_dir("eval"), metrics=metrics, images=images, step=len(history))
+    validation = _split_report(cfg, split="validation", data_path=cfg.data.eval_data, export_dir=export_dir,
+                               output_dir=run_dir.eval_dir, extra={**(extra or {}), "used_to_choose": list(chosen)},
+                               check=check)
+    if validation:
+        images.update(evaluate.report_images(run_dir.eval_dir))
+    reports.write_tensorboard(run_dir.logs_dir("eval"), metrics=validation, images=images, step=len(history))
+    temperature = {"temperature": extra["temperature"]} if extra and "temperature" in extra else {}
+    test = _split_report(cfg, split="test", data_path=cfg.data.test_data, export_dir=export_dir,
+                         output_dir=run_dir.test_eval_dir, extra={**temperature, "used_to_choose": []}, check=check)
+    if test:
+        reports.write_tensorboard(run_dir.logs_dir("eval", "test"), metrics=test,
+                                  images=evaluate.report_images(run_dir.test_eval_dir), step=len(history))
+    return validation, test
+
+
+def _split_report(cfg: Config, *, split: str, data_path: Optional[str], export_dir: str, output_dir: str,
+                  extra: dict, check: Optional[leakage.Check] = None) -> dict:
+    """One split's report through the export ({} without data, or with a warning when it fails:
+    the run has trained and exported, and a report can be rewritten with trainer.evaluate)."""
+    if not data_path:
+        return {}
+    if check:
+        extra = {**extra, **check.metrics(data_path=data_path, split=split)}
+    try:
+        metrics = evaluate.write_report(export_dir, data_path=data_path, output_dir=output_dir,
+                                        label_offset=cfg.data.label_offset,
+                                        extra_metrics={"split": split, "held_out": split == "test", **extra})
+    except (data.DataError, exported.PredictError) as e:
+        logging.warning("no %s report: %s", split, e)
+        return {}
+    logging.info("%s report in %s: %s", split, output_dir, "; ".join(evaluate.summary_lines(metrics)[:3]))
     return metrics

@@ -2,11 +2,11 @@
 file -> TFRecord shards.
 
     python -m trainer.prepare --input_dir=IMAGES --output_dir=DATA --validation_fraction=0.1 \
-        [--num_shards=N | --shard_size_mb=M] [--seed=S] [--csv=FILE | --import_file=FILE] \
-        [--multi_label]
+        [--test_fraction=F] [--num_shards=N | --shard_size_mb=M] [--seed=S] \
+        [--csv=FILE | --import_file=FILE] [--multi_label]
 
 writes, per the data contract (docs/data.md), `train-00000-of-0000N.tfrecord`, `validation-...`
-and (when an import file names a test split) `test-...` shards, `labels.txt` (sorted class
+and (with --test_fraction, or an import file naming a test split) `test-...` shards, `labels.txt` (sorted class
 names) and `dataset.json` (counts per split and class, every skipped file with its reason,
 warnings, and whether the data is multi-label).
 
@@ -118,13 +118,15 @@ def list_csv(csv_path: str) -> Tuple[List[Source], List[dict], List[str]]:
 # --------------------------------------------------------------------------- planning
 
 def split_examples(items: Sequence[Checked], *, validation_fraction: float, seed: int,
-                   stratify: bool = True) -> Dict[str, List[Checked]]:
+                   stratify: bool = True, test_fraction: float = 0.0) -> Dict[str, List[Checked]]:
     """The valid images by split (`SPLITS` order; empty splits left out).
 
     An image whose input fixed its split (ML_USE) goes there. Of the others, per class
     (`stratify`; single-label data) or all together (multi-label data, where one class cannot
-    stand for an image), round(n * fraction) go to validation, clamped so that a group of at
-    least 2 images appears in both splits (when the fraction is above 0). Deterministic by seed.
+    stand for an image), the shuffled group's first round(n * validation_fraction) go to
+    validation and the next round(n * test_fraction) to test (`_held_out_counts`: a group of at
+    least 2 images keeps one for training). Validation is drawn first, so adding a test split
+    leaves the validation split as it was and takes only training images. Deterministic by seed.
     """
     splits: Dict[str, List[Checked]] = {name: [] for name in SPLITS}
     groups = collections.defaultdict(list)
@@ -136,14 +138,28 @@ def split_examples(items: Sequence[Checked], *, validation_fraction: float, seed
     for key in sorted(groups):
         members = sorted(groups[key], key=lambda c: c.source.name)
         random.Random(f"{seed}/{key}").shuffle(members)
-        n_val = round(len(members) * validation_fraction)
-        if validation_fraction > 0 and len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
+        n_val, n_test = _held_out_counts(len(members), fractions=(validation_fraction, test_fraction))
         splits["validation"] += members[:n_val]
-        splits["train"] += members[n_val:]
+        splits["test"] += members[n_val:n_val + n_test]
+        splits["train"] += members[n_val + n_test:]
     for name, members in splits.items():  # mix classes inside every shard
         random.Random(f"{seed}/{name}").shuffle(members)
     return {name: members for name, members in splits.items() if members}
+
+
+def _held_out_counts(n: int, *, fractions: Sequence[float]) -> List[int]:
+    """Images of a group of `n` for each held-out split, in order: round(n * fraction), and in a
+    group of at least 2 at least one per split whose fraction is above 0 while one image is left
+    for training (so a 2-image class gets validation but no test image, a 3-image class both):
+    a split without a class has no figure for it, a class without training images is an error."""
+    counts, left = [], n - 1
+    for fraction in fractions:
+        k = round(n * fraction)
+        if n >= 2:
+            k = min(max(k, 1) if fraction > 0 else k, left)
+        counts.append(k)
+        left -= k
+    return counts
 
 
 def check_coverage(splits: Dict[str, List[Checked]], *, class_names: Sequence[str],
@@ -187,7 +203,8 @@ def shard_counts(splits: Dict[str, List[Checked]], *, num_shards: Optional[int],
 
 def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, List[Checked]],
                files: Dict[str, List[str]], skipped: List[dict], notes: List[dict],
-               warnings: List[str], multi_label: bool, validation_fraction: float, seed: int) -> dict:
+               warnings: List[str], multi_label: bool, validation_fraction: float, seed: int,
+               test_fraction: float = 0.0) -> dict:
     """The dataset.json content: what is where, and what was left out and why. A class's
     per_class count is the number of images holding it (several per image when multi-label)."""
     formats = collections.Counter(c.format for members in splits.values() for c in members)
@@ -199,6 +216,7 @@ def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, Lis
         "num_classes": len(class_names),
         "multi_label": multi_label,
         "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
         "seed": seed,
         "splits": {split: {
             "num_examples": len(members),
@@ -236,13 +254,16 @@ def _check_output_dir(output_dir: str) -> None:
 def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: float,
             num_shards: Optional[int] = None, shard_size_mb: Optional[float] = None,
             seed: int = 0, csv: Optional[str] = None, num_workers: Optional[int] = None,
-            import_file: Optional[str] = None, multi_label: bool = False) -> dict:
+            import_file: Optional[str] = None, multi_label: bool = False,
+            test_fraction: float = 0.0) -> dict:
     """Prepares TFRecord shards, labels.txt and dataset.json; returns the dataset.json content.
 
     Args:
       input_dir, csv, import_file: the input, exactly one of them: a folder of class folders,
         a CSV of path,label rows, or a Vertex AI import file (.csv or .jsonl).
       multi_label: write multi-label records even when no row holds several labels.
+      test_fraction: of each class (the rows without ML_USE), the share held out as `test-*`
+        shards: images no choice of the training run sees, for a figure that is not optimistic.
 
     Raises:
       DataError: bad arguments or rows, no valid image at all, or a class left without
@@ -250,7 +271,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     """
     _validate_args(input_dir=input_dir, csv=csv, import_file=import_file, output_dir=output_dir,
                    validation_fraction=validation_fraction, num_shards=num_shards,
-                   shard_size_mb=shard_size_mb)
+                   shard_size_mb=shard_size_mb, test_fraction=test_fraction)
     num_workers = num_workers or os.cpu_count() or 1
     source = import_file or csv or input_dir
     sources, skipped, classes, multi_label = list_input(input_dir=input_dir, csv=csv, import_file=import_file,
@@ -263,7 +284,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     skipped += [{"path": c.source.name, "reason": c.reason} for c in checked if not c.ok]
     class_names = _class_names(classes, sources, valid, source=source)
     splits = split_examples(valid, validation_fraction=validation_fraction, seed=seed,
-                            stratify=not multi_label)
+                            stratify=not multi_label, test_fraction=test_fraction)
     warnings = check_coverage(splits, class_names=class_names, source=source)
     counts = shard_counts(splits, num_shards=num_shards, shard_size_mb=shard_size_mb)
     folderswap.recover(output_dir, marker=discovery.INFO_FILE)
@@ -276,7 +297,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
                           files=files, skipped=skipped,
                           notes=[{"path": c.source.name, "note": c.note} for c in valid if c.note],
                           warnings=warnings, multi_label=multi_label,
-                          validation_fraction=validation_fraction, seed=seed)
+                          validation_fraction=validation_fraction, seed=seed, test_fraction=test_fraction)
         _write_text(os.path.join(tmp, discovery.LABELS_FILE), "".join(n + "\n" for n in class_names))
         _write_text(os.path.join(tmp, discovery.INFO_FILE), _to_json(info))
         folderswap.swap_into_place(tmp, output_dir, marker=discovery.INFO_FILE)
@@ -287,7 +308,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
 
 
 def _validate_args(*, input_dir, csv, import_file, output_dir, validation_fraction, num_shards,
-                   shard_size_mb) -> None:
+                   shard_size_mb, test_fraction=0.0) -> None:
     if sum(bool(x) for x in (input_dir, csv, import_file)) != 1:
         raise discovery.DataError("pass exactly one of --input_dir (a folder of class folders), --csv "
                                   "(a file of path,label rows) and --import_file (a Vertex AI .csv "
@@ -297,6 +318,7 @@ def _validate_args(*, input_dir, csv, import_file, output_dir, validation_fracti
     if not 0.0 <= validation_fraction < 1.0:
         raise discovery.DataError(f"--validation_fraction={validation_fraction} must be in [0, 1), "
                              "e.g. 0.1")
+    _check_test_fraction(test_fraction, validation_fraction=validation_fraction)
     if num_shards is not None and shard_size_mb is not None:
         raise discovery.DataError("pass --num_shards or --shard_size_mb, not both")
     if num_shards is not None and num_shards < 1:
@@ -310,6 +332,14 @@ def _validate_args(*, input_dir, csv, import_file, output_dir, validation_fracti
         raise discovery.DataError(f"--output_dir {output_dir} is inside --input_dir {input_dir}: it "
                              "would be read as a class folder; write the shards elsewhere")
     _check_output_dir(output_dir)
+
+
+def _check_test_fraction(test_fraction: float, *, validation_fraction: float) -> None:
+    if not 0.0 <= test_fraction < 1.0:
+        raise discovery.DataError(f"--test_fraction={test_fraction} must be in [0, 1), e.g. 0.1")
+    if validation_fraction + test_fraction >= 1.0:
+        raise discovery.DataError(f"--validation_fraction={validation_fraction} plus --test_fraction={test_fraction} "
+                                  "is 1 or more: nothing would be left to train on; lower one of them, e.g. 0.1 each")
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -371,6 +401,9 @@ def define_flags() -> None:
     flagutil.define("string", "output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
     flagutil.define("float", "validation_fraction", 0.1, "Fraction of each class held out for validation "
                     "(of the rows without ML_USE).")
+    flagutil.define("float", "test_fraction", 0.0, "Fraction of each class held out as test-* shards (of the rows "
+                    "without ML_USE): images neither training nor its choices (epochs, temperature) see, for a "
+                    "figure that is not optimistic; the trainer finds them beside --train_data.")
     flagutil.define("integer", "num_shards", None, "Train shards (validation and test get a proportional number).")
     flagutil.define("float", "shard_size_mb", None, f"Target shard size instead of --num_shards "
                        f"(default {DEFAULT_SHARD_SIZE_MB} MB).")
@@ -391,7 +424,7 @@ def main(argv) -> None:
                    validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
                    shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
                    num_workers=FLAGS.num_workers, import_file=FLAGS.import_file,
-                   multi_label=FLAGS.multi_label)
+                   multi_label=FLAGS.multi_label, test_fraction=FLAGS.test_fraction)
     for item in info["skipped"]:
         logging.warning("skipped %s: %s", item["path"], item["reason"])
     print(_summary(info, output_dir=FLAGS.output_dir, seconds=time.time() - start))

@@ -14,6 +14,7 @@ wrote:
       logs/<phase>/, logs/eval/  TensorBoard (or under --tensorboard_dir)
       plots/learning_curves.png
       eval/                the validation report, through the export
+      eval/test/           the test report (with --test_data), through the same export
       export/<version>/    the SavedModel
       tflite/              model_<variant>.tflite, labels.txt, tflite_report.json (trainer.tflite)
       calibration.json     the fitted temperature folded into every export (trainer.calibration)
@@ -93,6 +94,12 @@ class RunDir:
     @property
     def eval_dir(self) -> str:
         return self.path(EVAL)
+
+    @property
+    def test_eval_dir(self) -> str:
+        """The test split's report: inside eval/, so that --overwrite sets it aside with the
+        validation report and one folder holds every figure of the run."""
+        return self.path(EVAL, "test")
 
     @property
     def export_base(self) -> str:

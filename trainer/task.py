@@ -16,7 +16,7 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
 import json
 import os
 
-from absl import flags
+from absl import flags, logging
 
 from effnet_common import errors, flagutil
 from trainer import backbones, config, hptune
@@ -29,6 +29,10 @@ def define_flags() -> None:
     importing it beside another entry point defines no clashing flags."""
     flagutil.define("string", "train_data", None, "Training data: TFRecord glob or image folder (local or gs://).")
     flagutil.define("string", "eval_data", None, "Validation data, same forms as --train_data.")
+    flagutil.define("string", "test_data", None, "Held-out test data, same forms as --eval_data: reported through the "
+                    "export (MODEL_DIR/eval/test/) and never used to choose anything, so the printed headline is "
+                    "its accuracy. Default: the test-* shards beside --train_data when prepare's dataset.json there "
+                    "lists a test split (prepare --test_fraction, or an import file's ML_USE test); none to skip.")
     flagutil.define("string", "labels", None, "labels.txt (one class a line); default: beside --train_data.")
     flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
     flagutil.define("bool", "multi_label", False, "Each image has zero or more labels (sigmoid head, binary "
@@ -84,7 +88,10 @@ def define_flags() -> None:
     flagutil.define("integer", "accumulate_steps", 1, "Gradient accumulation steps.")
     flagutil.define("integer", "seed", 0, "Random seed.")
     flagutil.define("bool", "eval_report", True, "After the export, write the validation report (metrics, per-class "
-                      "table, confusion matrix, worst images) to MODEL_DIR/eval through the exported model.")
+                      "table, confusion matrix, worst images) to MODEL_DIR/eval through the exported model, and the "
+                      "test report (--test_data) to MODEL_DIR/eval/test.")
+    flagutil.define("bool", "leakage_check", True, "Count each report's images with a near copy in the training split "
+                    "(metrics.json near_copies_of_training; one pass of the training split through the export).")
     flagutil.define("bool", "calibrate", True, "Fit a temperature on the validation split (Guo et al. 2017) and "
                     "fold it into every export, so that probabilities are calibrated; the argmax does not change.")
     flagutil.define("list", "tflite", [], "After the SavedModel: .tflite variants to write to MODEL_DIR/tflite "
@@ -160,7 +167,20 @@ def _data_config(f, *, image_size: int) -> config.Data:
     return config.Data(
         train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
         label_offset=f.label_offset, augment=f.augment, cache_records=f.cache_records, cache_pixels=f.cache_pixels, seed=f.seed, cache_views=f.cache_views,
-        multi_label=f.multi_label, class_weight=f.class_weight)
+        multi_label=f.multi_label, class_weight=f.class_weight, test_data=_test_data(f))
+
+
+def _test_data(f):
+    """--test_data as given (none: no test report), else the test-* shards prepare wrote beside
+    --train_data (logged, so the user sees which images the headline figure comes from)."""
+    from trainer import discovery  # pylint: disable=import-outside-toplevel
+    if f.test_data is not None:
+        return None if f.test_data.strip().lower() in ("", "none") else f.test_data
+    found = discovery.test_split_beside(f.train_data, eval_data=f.eval_data)
+    if found:
+        logging.info("--test_data: %s (the test split listed in dataset.json beside --train_data; --test_data=none "
+                     "skips it)", found)
+    return found
 
 
 def export_tf_config(env=os.environ) -> None:
@@ -200,7 +220,7 @@ def main(argv):
                                    epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
     try:
         result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
-                              last_phase_callbacks=[tuning] if tuning else [])
+                              last_phase_callbacks=[tuning] if tuning else [], leakage_check=FLAGS.leakage_check)
     except KeyboardInterrupt as e:  # outside an epoch (the phase loop says where it stopped)
         raise e if isinstance(e, errors.Interrupted) else errors.Interrupted(
             f"stopped by Ctrl-C ({cfg.runtime.model_dir}); rerun the same command to resume: finished phases are "

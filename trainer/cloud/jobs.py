@@ -21,7 +21,8 @@ BUCKET_URL = re.compile(r"gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]+")
 _TENSORBOARD = re.compile(r"projects/[^/\s]+/locations/([a-z0-9-]+)/tensorboards/[0-9]+")
 # Trainer flags naming files or folders: the remote machines read them from Cloud Storage.
-PATH_FLAGS = ("train_data", "eval_data", "labels", "model_dir", "checkpoint_dir", "tensorboard_dir", "weights")
+PATH_FLAGS = ("train_data", "eval_data", "test_data", "labels", "model_dir", "checkpoint_dir", "tensorboard_dir",
+              "weights")
 
 
 def check_location(*, project: str, region: str) -> None:
@@ -141,7 +142,8 @@ def check_trainer_args(args: Sequence[str]) -> None:
           "`-- --train_data=gs://BUCKET/train-*.tfrecord` (and any other trainer flags)")
     for name in PATH_FLAGS:
         value = values.get(name, "")
-        remote = value.startswith(("gs://", "/gcs/")) or (name == "weights" and "/" not in value)
+        remote = (value.startswith(("gs://", "/gcs/")) or (name == "weights" and "/" not in value)
+                  or (name == "test_data" and value.lower() == "none"))
         check(not value or remote, f"--{name}={value} is a local path, which the Vertex AI machines cannot "
               "read: copy it to Cloud Storage and pass its gs:// URL")
 
