@@ -249,14 +249,14 @@ def plot_image_grid(images: Sequence[Tuple[bytes, str, bool]], *, path: str, col
                     thumbnail: int = 160) -> None:
     """Encoded images in a grid, each captioned (e.g. 'true -> predicted'); captions flagged
     True (e.g. misclassified) are red, so the mistakes stand out among the near misses."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
     rows = max(1, math.ceil(len(images) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (encoded, caption, flagged) in zip(axes.flat, images):
         with Image.open(io.BytesIO(encoded)) as im:
-            im = im.convert("RGB")
+            im = ImageOps.exif_transpose(im).convert("RGB")  # upright, as the model saw it
             im.thumbnail((thumbnail, thumbnail))
             ax.imshow(np.asarray(im))
         ax.set_title(caption, fontsize=7, color="tab:red" if flagged else "black")
