@@ -1,5 +1,10 @@
 """Temperature scaling: fitted on validation data, it lowers the log loss on other data, keeps
-every prediction, and is folded exactly into the head that every export serves."""
+every prediction, and is folded exactly into the head that every export serves; where the
+validation split cannot support a temperature (too few images, no sign of miscalibration) the
+run keeps T = 1 and says why (the rule of docs/evaluate.md)."""
+import os
+import re
+
 import numpy as np
 
 import trainer  # noqa: F401
@@ -19,6 +24,17 @@ def _overconfident(n: int, *, seed: int):
     z = 4.0 * logits
     p = np.exp(z - z.max(axis=1, keepdims=True))
     return p / p.sum(axis=1, keepdims=True), labels
+
+
+def _calibrated(n: int, *, seed: int):
+    """Softmax outputs of a 5-class model that is calibrated by construction: each label is drawn
+    from the model's own probabilities."""
+    rng = np.random.default_rng(seed)
+    z = 2.0 * rng.normal(0, 1, (n, 5))
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    labels = (rng.random((n, 1)) > p.cumsum(axis=1)).sum(axis=1)
+    return p, np.minimum(labels, 4)
 
 
 def _log_loss(p, labels):
@@ -48,3 +64,56 @@ def test_folded_head_gives_exactly_the_scaled_probabilities():
     before = model.predict(x, verbose=0)
     calibration.fold_into_head(model, 2.5)
     np.testing.assert_allclose(model.predict(x, verbose=0), calibration.scaled(before, 2.5), atol=1e-5)
+
+
+def test_a_tiny_validation_split_gets_no_temperature_and_says_why():
+    """20 photos of a 4x overconfident model: a temperature fitted on them can make held-out ECE
+    worse (0.122 -> 0.145 on real photos), so the run keeps T = 1 and records the reason."""
+    p_val, y_val = _overconfident(20, seed=0)
+    result = calibration.fit(p_val, y_val)
+    assert result["temperature"] == 1.0
+    assert result["log_loss_after"] == result["log_loss_before"]
+    entry = result["calibration"]
+    assert entry["fitted"] is False and entry["num_examples"] == 20 and entry["rule"] == calibration.RULE
+    assert entry["reason"] == f"20 validation images, below the {calibration.MIN_EXAMPLES} a temperature needs"
+    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
+    weights = model.get_layer(model_lib.HEAD_LAYER).get_weights()
+    calibration.fold_into_head(model, result["temperature"])  # what a re-export folds from calibration.json
+    for before, after in zip(weights, model.get_layer(model_lib.HEAD_LAYER).get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_a_large_overconfident_split_gets_a_temperature_above_1_but_not_beyond_the_fitted_one():
+    p_val, y_val = _overconfident(400, seed=0)
+    p_test, y_test = _overconfident(2000, seed=1)
+    result = calibration.fit(p_val, y_val)
+    entry = result["calibration"]
+    assert entry["fitted"] is True and entry["num_examples"] == 400
+    assert entry["likelihood_ratio"] > calibration.CRITICAL
+    assert 2.0 < result["temperature"] < entry["max_likelihood_temperature"] < 6.0  # toward 1, inside the 95 % interval
+    assert result["log_loss_after"] < result["log_loss_before"]
+    ece = [reports.expected_calibration_error(confidence=p.max(axis=1), correct=p.argmax(axis=1) == y_test)
+           for p in (p_test, calibration.scaled(p_test, result["temperature"]))]
+    assert ece[1] < ece[0] / 2
+
+
+def test_a_calibrated_model_keeps_temperature_1_however_many_images():
+    """With no miscalibration to find, the fitted T's gain in log loss is chance: T stays 1."""
+    p_val, y_val = _calibrated(1000, seed=0)
+    result = calibration.fit(p_val, y_val)
+    entry = result["calibration"]
+    assert result["temperature"] == 1.0 and entry["fitted"] is False
+    assert entry["max_likelihood_temperature"] != 1.0 and entry["likelihood_ratio"] <= calibration.CRITICAL
+    assert "no more than chance" in entry["reason"] and "1000 validation images" in entry["reason"]
+
+
+def test_the_rule_is_the_documented_one():
+    """The rule each calibration.json and metrics.json records is, word for word, the one
+    docs/evaluate.md states and measures."""
+    assert calibration.decide(calibration.MIN_EXAMPLES - 1) is not None
+    assert calibration.decide(calibration.MIN_EXAMPLES) is None
+    docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "evaluate.md")
+    with open(docs) as f:
+        text = re.sub(r"\s+", " ", f.read())
+    assert calibration.RULE in text
+    assert "python bench/calibration.py" in text
