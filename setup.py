@@ -60,7 +60,8 @@ setup(
     package_data={"serving": ["config/*.config"]},
     python_requires=">=3.10",
     install_requires=REQUIRED,
-    extras_require={"lite": LITE, "tests": TESTS},
+    # bench/recipe.py's baseline: scikit-learn's cross-validated logistic regression (the probe).
+    extras_require={"lite": LITE, "tests": TESTS, "bench": ["scikit-learn>=1.4"]},
     entry_points={"console_scripts": [
         "effnet-prepare=trainer.commands:prepare",
         "effnet-train=trainer.commands:train",

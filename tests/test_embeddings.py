@@ -43,7 +43,7 @@ def _train(model_dir, records, cache, *extra, backbone=()):
            f"--model_dir={model_dir}", *backbone, "--weights=none", f"--image_size={SIZE}", "--augment=none",
            "--dropout=0",
            "--frozen_epochs=1", "--finetune_epochs=0", "--frozen_batch_size=8", "--early_stopping_patience=0",
-           "--noeval_report", f"--frozen_cache={cache}", "--seed=3", *extra]
+           "--noeval_report", f"--frozen_cache={cache}", "--frozen_head=epochs", "--seed=3", *extra]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr

@@ -12,7 +12,7 @@ def test_a_tuning_trial_reports_the_last_phase_and_the_run_says_how_good_it_is(t
         "trainer.task", f"--train_data={demo_records}/train-*.tfrecord",
         f"--eval_data={demo_records}/validation-*.tfrecord", f"--model_dir={tmp_path / 'trial'}",
         "--backbone=tiny", "--weights=none", "--image_size=32", "--frozen_epochs=2", "--finetune_epochs=2",
-        "--early_stopping_patience=0", "--frozen_batch_size=16", "--finetune_batch_size=16",
+        "--early_stopping_patience=0", "--frozen_batch_size=16", "--finetune_batch_size=16", "--frozen_head=epochs",
         env={"CLOUD_ML_TRIAL_ID": "7", "CLOUD_ML_HP_METRIC_FILE": str(metric_file)})
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line) for line in metric_file.read_text().splitlines() if line.strip()]

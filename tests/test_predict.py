@@ -77,7 +77,9 @@ def test_features_rows_match_features_signature(cli_run, loaded):
     paths = [r[0] for r in rows[1:]]
     expected = loaded.features(image_bytes=tf.constant([read(p) for p in paths]))["features"].numpy()
     assert feats.dtype == np.float32 and feats.shape == (len(paths), expected.shape[1])
-    np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
+    # Batches of another size run other oneDNN kernels: float32 noise of a few 1e-6 on features
+    # whose elements reach several units.
+    np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-5)
     assert len({f.tobytes() for f in feats}) == len(paths)  # row i is image i's, not a copy
 
 

@@ -57,7 +57,8 @@ def is_bn_stat(name):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, demo_records, pretrained_weights):
     model_dir = str(tmp_path_factory.mktemp("full_run"))
-    code = train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2", "--eval_report")
+    code = train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2", "--eval_report",
+                     "--frozen_head=epochs")  # the Adam path; tests/test_headfit.py runs the probe
     assert code == 0
     return model_dir
 

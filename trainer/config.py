@@ -22,6 +22,7 @@ MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 TFLITE_VARIANTS = ("float16", "dynamic", "int8")  # trainer/tflite.py
 AUGMENT = ("none", "flip", "crop", "randaugment")
 FROZEN_CACHE = ("auto", "on", "off")
+FROZEN_HEAD = ("probe", "epochs")
 CLASS_WEIGHT_MODES = ("none", "balanced")  # or the path of a per-class file (trainer/targets.py)
 MIN_IMAGE_SIZE = 32
 
@@ -221,6 +222,9 @@ class Runtime:
       eval_report: after the export, write the validation report (model_dir/eval/) through it.
       frozen_cache: auto (train the frozen phase's head on cached embeddings where that applies),
         on (the same, an error where it does not), off (stream images every epoch).
+      frozen_head: probe (fit the frozen phase's head as a cross-validated logistic regression
+        on the cached embeddings where they are in memory and labels single: trainer/headfit.py),
+        or epochs (--frozen_epochs of Adam on them, as everywhere it does not apply).
       calibrate: fit a temperature on the validation split and fold it into every export.
       tflite: .tflite variants to write after the SavedModel (model_dir/tflite/), each scored.
       max_accuracy_drop: the accuracy a .tflite variant may lose against the SavedModel.
@@ -239,6 +243,7 @@ class Runtime:
     checkpoint_dir: Optional[str] = None
     eval_report: bool = True
     frozen_cache: str = "auto"
+    frozen_head: str = "probe"
     calibrate: bool = True
     tflite: Tuple[str, ...] = ()
     max_accuracy_drop: float = 0.01
@@ -253,6 +258,7 @@ class Runtime:
         _check(self.max_batch_size > 0, "--max_batch_size must be positive")
         _check(self.accumulate_steps >= 1, "--accumulate_steps must be 1 or more")
         _check(self.frozen_cache in FROZEN_CACHE, f"--frozen_cache={self.frozen_cache}: choose one of {', '.join(FROZEN_CACHE)}")
+        _check(self.frozen_head in FROZEN_HEAD, f"--frozen_head={self.frozen_head}: choose one of {', '.join(FROZEN_HEAD)}")
         _check(all(v in TFLITE_VARIANTS for v in self.tflite),
                f"--tflite={','.join(self.tflite)}: choose from {', '.join(TFLITE_VARIANTS)} (comma-separated)")
         _check(0.0 <= self.max_accuracy_drop <= 1.0, "--max_accuracy_drop must be in [0, 1]")

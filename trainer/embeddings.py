@@ -37,7 +37,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from effnet_common import fileio
-from trainer import data, distribute, targets
+from trainer import data, distribute, headfit, targets
 from trainer import model as model_lib
 from trainer.rundir import RunDir
 
@@ -345,3 +345,42 @@ def image_embedder(model: keras.Model) -> Callable[[tf.Tensor], np.ndarray]:
         embedded, _ = embed(images[:, None], tf.zeros(tf.shape(images)[:1], tf.int32))
         return embedded.numpy()[:, 0]
     return run
+
+
+def probe_applies(caches: Dict[str, Dict[int, Cache]], *, setting: str, multi_label: bool) -> Tuple[bool, str]:
+    """Whether the frozen phase's head is fitted as a cross-validated probe (trainer/headfit.py), and why not."""
+    if setting != "probe":
+        return False, f"--frozen_head={setting}"
+    if multi_label:
+        return False, "multi-label data: the probe fits one softmax head"
+    if len(caches["train"]) != 1 or any(c.embeddings is None for split in caches.values() for c in split.values()):
+        return False, "the embeddings are on disk or spread over workers; the probe needs them in one process's memory"
+    return True, "the embeddings are in memory"
+
+
+def fit_probe_head(model: keras.Model, caches: Dict[str, Dict[int, Cache]], *, num_classes: int, seed: int,
+                   class_weights: Optional[Tuple[float, ...]] = None) -> dict:
+    """Fits the classifier's head as a cross-validated probe on the cached training embeddings
+    and sets it; returns the phase's history record (loss and accuracy on the training images'
+    first view, and on the validation cache when there is one) with how the L2 strength was chosen."""
+    train = caches["train"][0]
+    weights = np.asarray(class_weights, np.float64)[train.labels] if class_weights else None
+    fit = headfit.fit_head(train.embeddings, train.labels, num_classes=num_classes, weights=weights, seed=seed)
+    model_lib.set_head(model, kernel=fit.kernel, bias=fit.bias)
+    record = {"phase": "frozen", "epoch": 1}
+    for prefix, split in (("", "train"), ("val_", "eval")):
+        cache = caches.get(split, {}).get(0)
+        loss, accuracy = _scores(cache, fit) if cache is not None and cache.count else (None, None)
+        record[prefix + "loss"], record[prefix + "accuracy"] = loss, accuracy
+    record.update(probe_c=fit.c, probe_cv_log_loss=fit.cv_log_loss, probe_cv_accuracy=fit.cv_accuracy,
+                  probe_folds=fit.folds)
+    return record
+
+
+def _scores(cache: Cache, fit: "headfit.HeadFit") -> Tuple[float, float]:
+    """(log loss, accuracy) of a fitted head on a cache's first views."""
+    logits = cache.embeddings[:, 0].astype(np.float64) @ fit.kernel + fit.bias
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    labels = cache.labels.astype(np.int64)
+    return float(-log_p[np.arange(len(labels)), labels].mean()), float((log_p.argmax(axis=1) == labels).mean())

@@ -336,6 +336,12 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, model.get_layer(HEAD_LAYER)(x), name="head")
 
 
+def set_head(model: keras.Model, *, kernel, bias) -> None:
+    """Sets the classifier's dense head (kernel [D, C], bias [C]): a head fitted outside Keras
+    (trainer/headfit.py)."""
+    model.get_layer(HEAD_LAYER).set_weights([kernel, bias])
+
+
 def feature_model(model: keras.Model) -> keras.Model:
     """image -> pooled embedding (before dropout): what the `features` signature serves."""
     return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)

@@ -115,12 +115,15 @@ def chosen_on_validation(cfg: Config, *, calibrated: Optional[dict],
     if not cfg.data.eval_data:
         return ()
     chosen = ["epochs"] if any(p.epochs and p.early_stopping_patience for p in cfg.phases) else []
-    return tuple(chosen + ["temperature"] * bool(calibrated) + ["thresholds"] * (thresholds is not None))
+    fitted = bool(calibrated) and calibrated.get("calibration", {}).get("fitted", True)
+    return tuple(chosen + ["temperature"] * fitted + ["thresholds"] * (thresholds is not None))
 
 
 def calibrate(cfg: Config, model: keras.Model) -> Optional[dict]:
-    """Fits the temperature on the validation split, folds it into the model's head and records
-    it in MODEL_DIR/calibration.json (trainer.calibration); None without validation data."""
+    """Fits the temperature on the validation split where calibration.fit's rule allows one,
+    folds it into the model's head and records it in MODEL_DIR/calibration.json; returned for
+    the validation report's metrics.json. A skipped one is T = 1 with its reason under
+    "calibration", in both. None without validation data."""
     predicted = _validation_predictions(cfg, model)
     if predicted is None:
         return None
@@ -128,8 +131,10 @@ def calibrate(cfg: Config, model: keras.Model) -> Optional[dict]:
     result = calibration.fit(probabilities, labels)
     calibration.fold_into_head(model, result["temperature"])
     RunDir.of(cfg.runtime).write_calibration(result)
-    logging.info("calibration: temperature %.3f on %d validation images (log loss %.3f -> %.3f)",
-                 result["temperature"], len(labels), result["log_loss_before"], result["log_loss_after"])
+    entry = result["calibration"]
+    logging.info("calibration: %s: %s; log loss %.3f -> %.3f (docs/evaluate.md)",
+                 "fitted" if entry["fitted"] else "skipped, T = 1", entry["reason"],
+                 result["log_loss_before"], result["log_loss_after"])
     return result
 
 
