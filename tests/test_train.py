@@ -204,7 +204,8 @@ def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pr
         model=config.Model(backbone=PRETRAINED, weights=pretrained_weights),
         phases=(config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-2),
                 config.Phase(name="finetune", epochs=0, batch_size=8, learning_rate=1e-4, unfreeze="all")),
-        runtime=config.Runtime(model_dir=str(tmp_path / "oom"), steps_per_epoch=1, eval_report=False))
+        runtime=config.Runtime(model_dir=str(tmp_path / "oom"), steps_per_epoch=1, eval_report=False,
+                               frozen_head="epochs"))  # a phase of Adam steps, which can run out of memory
     result = pipeline.run(cfg, strategy=tf.distribute.get_strategy(), callbacks=[OomOnce()])
     plan = rundir.RunDir(cfg.runtime.model_dir).read_plan()
     frozen = next(p for p in plan["phases"] if p["name"] == "frozen")

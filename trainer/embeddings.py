@@ -347,10 +347,13 @@ def image_embedder(model: keras.Model) -> Callable[[tf.Tensor], np.ndarray]:
     return run
 
 
-def probe_applies(caches: Dict[str, Dict[int, Cache]], *, setting: str, multi_label: bool) -> Tuple[bool, str]:
+def probe_applies(caches: Dict[str, Dict[int, Cache]], *, setting: str, multi_label: bool,
+                  strategy: tf.distribute.Strategy) -> Tuple[bool, str]:
     """Whether the frozen phase's head is fitted as a cross-validated probe (trainer/headfit.py), and why not."""
     if setting != "probe":
         return False, f"--frozen_head={setting}"
+    if distribute.is_multi_worker(strategy):
+        return False, "several workers: each holds its own shard of the embeddings"
     if multi_label:
         return False, "multi-label data: the probe fits one softmax head"
     if len(caches["train"]) != 1 or any(c.embeddings is None for split in caches.values() for c in split.values()):

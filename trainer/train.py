@@ -152,7 +152,7 @@ class _PhaseLoop:
         target, datasets, caches = self._phase_inputs(phase)
         if caches is not None:
             probe, reason = embeddings.probe_applies(caches, setting=self.cfg.runtime.frozen_head,
-                                                     multi_label=self.cfg.data.multi_label)
+                                                     multi_label=self.cfg.data.multi_label, strategy=self.strategy)
             logging.info("frozen phase: %s (%s)", "the head as a cross-validated probe" if probe
                          else f"{phase.epochs} epochs of Adam on the embeddings", reason)
             if probe:
