@@ -225,6 +225,8 @@ class Runtime:
       frozen_head: probe (fit the frozen phase's head as a cross-validated logistic regression
         on the cached embeddings where they are in memory and labels single: trainer/headfit.py),
         or epochs (--frozen_epochs of Adam on them, as everywhere it does not apply).
+      keep_best_phase: where the last phase ends below the one before it on the validation split,
+        keep the earlier phase's weights (trainer/train.py, `phase_to_keep`).
       calibrate: fit a temperature on the validation split and fold it into every export.
       tflite: .tflite variants to write after the SavedModel (model_dir/tflite/), each scored.
       max_accuracy_drop: the accuracy a .tflite variant may lose against the SavedModel.
@@ -244,6 +246,7 @@ class Runtime:
     eval_report: bool = True
     frozen_cache: str = "auto"
     frozen_head: str = "probe"
+    keep_best_phase: bool = True
     calibrate: bool = True
     tflite: Tuple[str, ...] = ()
     max_accuracy_drop: float = 0.01

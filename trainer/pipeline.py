@@ -110,11 +110,13 @@ def _run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool, call
 def chosen_on_validation(cfg: Config, *, calibrated: Optional[dict],
                          thresholds: Optional[List[float]]) -> Tuple[str, ...]:
     """What this run chose on the validation split, each a reason its figures are optimistic:
-    the epochs (early stopping restores the best validation epoch), the temperature, the
-    multi-label thresholds. Said beside the validation figure and in its metrics.json."""
+    the epochs (early stopping restores the best validation epoch), the phase whose weights
+    the run keeps (`--keep_best_phase`), the temperature, the multi-label thresholds. Said beside the validation figure and in its metrics.json."""
     if not cfg.data.eval_data:
         return ()
     chosen = ["epochs"] if any(p.epochs and p.early_stopping_patience for p in cfg.phases) else []
+    if cfg.runtime.keep_best_phase and sum(1 for p in cfg.phases if p.epochs) > 1:
+        chosen.append("phase")  # trainer/train.py keeps the earlier phase where the later scores lower on it
     fitted = bool(calibrated) and calibrated.get("calibration", {}).get("fitted", True)
     return tuple(chosen + ["temperature"] * fitted + ["thresholds"] * (thresholds is not None))
 

@@ -66,6 +66,8 @@ def define_flags() -> None:
     flagutil.define("integer", "early_stopping_patience", 0, "Epochs without a better validation accuracy "
                     "(the loss for multi-label data) before a phase stops, its best weights restored; 0 = off (the "
                     "default: each phase runs its cosine schedule to the end).")
+    flagutil.define("bool", "keep_best_phase", True, "Where fine-tuning ends below the frozen phase on the validation "
+                    "split (accuracy; the loss for multi-label data), keep the frozen phase's weights.")
     flagutil.define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
     flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation: none (the evaluation "
                     "center crop), flip (it or its mirror: small datasets), crop (Inception-style random crop and flip: "
@@ -160,7 +162,8 @@ def build_config(f=FLAGS, env=os.environ) -> config.Config:
         memory_budget_gb=f.memory_budget_gb, max_batch_size=f.max_batch_size, accumulate_steps=f.accumulate_steps,
         tensorboard_dir=f.tensorboard_dir or env.get("AIP_TENSORBOARD_LOG_DIR"),
         checkpoint_dir=f.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR"), eval_report=f.eval_report,
-        frozen_cache=f.frozen_cache, frozen_head=f.frozen_head, calibrate=f.calibrate, tflite=tuple(f.tflite), max_accuracy_drop=f.max_accuracy_drop)
+        frozen_cache=f.frozen_cache, frozen_head=f.frozen_head, keep_best_phase=f.keep_best_phase, calibrate=f.calibrate,
+        tflite=tuple(f.tflite), max_accuracy_drop=f.max_accuracy_drop)
     return config.Config(data=data_cfg, model=model_cfg, phases=phases, runtime=runtime)
 
 

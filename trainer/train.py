@@ -17,7 +17,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -133,7 +133,41 @@ class _PhaseLoop:
                     history = self._fit_phase(plan, history=history, guard=guard, extra=extra)
                 except KeyboardInterrupt:
                     raise errors.Interrupted(self._where_stopped(plan)) from None
+                if [plan.name] == last:
+                    history = self._keep_best_phase(plan, history=history, state=state)
                 self._finish_phase(plan.name, state=state)
+        return history
+
+    def _keep_best_phase(self, plan: schedules.PhasePlan, *, history: List[dict], state: Dict[str, str]) -> List[dict]:
+        """Where the last phase ends below the phase before it on the validation split, loads
+        that phase's weights back (`--keep_best_phase`): on small data a fine-tuning phase can end
+        below its own frozen phase, and a run should never hand over the worse of two models it
+        had. The outcome goes into the last phase's last history record (`kept_weights_of`)."""
+        done = [name for name in state if name != plan.name]
+        if not self.cfg.runtime.keep_best_phase or not done or not self.cfg.data.eval_data:
+            return history
+        earlier = done[-1]
+        restores_best = {p.name for p in self.cfg.phases if p.early_stopping_patience > 0}
+        kept = phase_to_keep(history, earlier=earlier, later=plan.name, multi_label=self.cfg.data.multi_label,
+                             restores_best=restores_best)
+        if kept is None:
+            return history
+        key = "val_loss" if self.cfg.data.multi_label else "val_accuracy"
+        scores = {name: _kept_record(history, name, key=key, restores_best=name in restores_best)[key]
+                  for name in (earlier, plan.name)}
+        figures = (f"validation {key[4:]} {scores[plan.name]:.4f} after the {plan.name} phase, "
+                   f"{scores[earlier]:.4f} after the {earlier} phase")
+        if kept == earlier:
+            self.model.load_weights(state[earlier]).expect_partial()
+            logging.warning("%s: the run keeps the %s phase's weights (--nokeep_best_phase keeps the %s phase's)",
+                            figures, earlier, plan.name)
+        else:
+            logging.info("%s: the run keeps the %s phase's weights", figures, plan.name)
+        history = [dict(r) for r in history]
+        last = max(i for i, r in enumerate(history) if r["phase"] == plan.name)
+        history[last]["kept_weights_of"] = kept
+        if self.chief:
+            self.run_dir.write_history(history)
         return history
 
     def _where_stopped(self, plan: schedules.PhasePlan) -> str:
@@ -282,6 +316,35 @@ class _Fit:
         if self.chief:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=self.run_dir.logs_dir(self.plan.name), profile_batch=0))
         return callbacks
+
+
+def _kept_record(history: List[dict], phase: str, *, key: str, restores_best: bool) -> Optional[dict]:
+    """The history record of the weights a phase ended with: its last epoch's, or where early
+    stopping restored its best epoch, that epoch's (the first best, as Keras restores). None
+    where the phase has no validation figure."""
+    records = [r for r in history if r["phase"] == phase]
+    if not records or any(r.get(key) is None for r in records):
+        return None
+    if not restores_best:
+        return records[-1]
+    better = min if key.endswith("loss") else max
+    best = better(r[key] for r in records)
+    return next(r for r in records if r[key] == best)
+
+
+def phase_to_keep(history: List[dict], *, earlier: str, later: str, multi_label: bool,
+                  restores_best: Collection[str] = ()) -> Optional[str]:
+    """Which of two phases' final weights a run keeps: the later phase's unless it scores strictly
+    worse on the validation split than the earlier one (accuracy; the loss for multi-label data);
+    None where either has no validation figure. `restores_best`: the phases whose early stopping
+    restored their best epoch. Pure: reads history records only."""
+    key = "val_loss" if multi_label else "val_accuracy"
+    first = _kept_record(history, earlier, key=key, restores_best=earlier in restores_best)
+    second = _kept_record(history, later, key=key, restores_best=later in restores_best)
+    if first is None or second is None:
+        return None
+    worse = second[key] > first[key] if multi_label else second[key] < first[key]
+    return earlier if worse else later
 
 
 def weights_digest(model: keras.Model) -> str:
