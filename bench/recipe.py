@@ -124,10 +124,11 @@ def ours(name: str, *, records_s: float, records: str, tmp: str, heldout, image_
                    f"--backbone={BACKBONE}", "--weights=imagenet", f"--image_size={image_size}", "--noeval_report",
                    *flags])
     with open(os.path.join(model_dir, "history.json")) as f:
-        epochs = {}
+        epochs, kept = {}, {}
         for record in json.load(f):
             epochs[record["phase"]] = epochs.get(record["phase"], 0) + 1
-    return dict(score_run(model_dir, heldout), wall_s=records_s + seconds, model_dir=model_dir, epochs=epochs)
+            kept = {"kept": record["kept_weights_of"]} if "kept_weights_of" in record else kept
+    return dict(score_run(model_dir, heldout), wall_s=records_s + seconds, model_dir=model_dir, epochs=epochs, **kept)
 
 
 def probe(*, frozen_export: str, labelled: str, heldout) -> dict:
@@ -186,6 +187,7 @@ def report(per_class: int, results: dict, *, heldout: int) -> None:
     for name, r in results.items():
         extra = "".join(f" {k}={r[k]:.3f}" for k in ("ece", "ece_without_temperature", "temperature") if k in r)
         epochs = f" epochs={r['epochs']}" if "epochs" in r else ""
+        epochs += f" kept={r['kept']}" if "kept" in r else ""  # --keep_best_phase: the phase whose weights the run kept
         print(f"per_class={per_class} {name:10s} accuracy={r['accuracy']:.3f}{extra} wall_s={r['wall_s']:.1f}{epochs}")
     base = results.get("ours")
     if base:
