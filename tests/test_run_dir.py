@@ -41,11 +41,30 @@ def snapshot(folder):
     return found
 
 
+# The shared run: 2 fine-tune epochs, so that Ctrl-C can stop it after the first and its rerun resume.
+RESUMED_RUN = tuple(flag for flag in RUN if not flag.startswith("--finetune_epochs=")) + ("--finetune_epochs=2",)
+
+
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, demo_records):
-    """A finished two-phase run with its export (export/1), made once; tests work on copies."""
+def interrupted(tmp_path_factory, demo_records):
+    """A two-phase run stopped by Ctrl-C at the first step of its second fine-tune epoch, then the
+    same command again, which resumes and finishes it (export/1): made once; the interruption test
+    reads both results, the other tests work on copies of the finished folder."""
     model_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = train(model_dir, demo_records)
+    flags = train_flags(model_dir, demo_records, "none", *RESUMED_RUN, backbone=TINY)
+    # pytest-xdist's workers ignore SIGINT, and a child inherits that; a terminal's does not.
+    stopped = subprocess.run([sys.executable, "-m", "tests.testing.faulty_task", "--sigint_at_step=finetune:2:1",
+                              "--", *flags], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    locked_after_stop = (model_dir / ".lock").exists()
+    again = run_module("trainer.task", *flags, timeout=600)
+    return model_dir, stopped, locked_after_stop, again
+
+
+@pytest.fixture(scope="module")
+def finished(interrupted):
+    """The finished two-phase run with its export (export/1), and the result of the command that finished it."""
+    model_dir, _, _, result = interrupted
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir, result
 
@@ -61,7 +80,7 @@ def test_a_finished_run_leaves_no_empty_backup_and_logs_each_epochs_own_time(fin
     model_dir, result = finished
     assert not (model_dir / "backup").exists()
     assert sorted(os.listdir(model_dir / "export")) == ["1"]
-    assert "finetune epoch 1/1:" in result.stderr and "(epoch " in result.stderr and ", phase " in result.stderr
+    assert "finetune epoch 2/2:" in result.stderr and "(epoch " in result.stderr and ", phase " in result.stderr
     assert not (model_dir / ".lock").exists() and not (model_dir / ".replaced").exists()
 
 
@@ -210,23 +229,14 @@ def test_the_lock_on_cloud_storage(gcs_bucket):
         assert runlock.Holder.from_bytes(data).pid == os.getpid()
 
 
-def test_ctrl_c_during_fine_tuning_is_one_line_and_the_rerun_resumes(tmp_path, demo_records):
-    model_dir = tmp_path / "run"
-    flags = train_flags(model_dir, demo_records, "none", "--frozen_epochs=1", "--finetune_epochs=3",
-                        "--steps_per_epoch=2", "--warmup_epochs=0", "--early_stopping_patience=0", "--noeval_report",
-                        "--nocalibrate", backbone=TINY)
-    # pytest-xdist's workers ignore SIGINT, and a child inherits that; a terminal's does not.
-    stopped = subprocess.run([sys.executable, "-m", "tests.testing.faulty_task", "--sigint_at_step=finetune:2:1",
-                              "--", *flags], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+def test_ctrl_c_during_fine_tuning_is_one_line_and_the_rerun_resumes(interrupted):
+    model_dir, stopped, locked_after_stop, again = interrupted
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     lines = [x for x in stopped.stderr.splitlines() if x.startswith("interrupted:")]
     assert len(lines) == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
-    assert "finetune phase after epoch 1 of 3" in lines[0] and "rerun the same command" in lines[0]
-    assert not (model_dir / ".lock").exists()
-    again = run_module("trainer.task", *flags, timeout=600)
+    assert "finetune phase after epoch 1 of 2" in lines[0] and "rerun the same command" in lines[0]
+    assert not locked_after_stop
     assert again.returncode == 0, again.stderr[-3000:]
     history = json.loads((model_dir / "history.json").read_text())
-    assert [(h["phase"], h["epoch"]) for h in history] == [("frozen", 1), ("finetune", 1), ("finetune", 2),
-                                                           ("finetune", 3)]
+    assert [(h["phase"], h["epoch"]) for h in history] == [("frozen", 1), ("finetune", 1), ("finetune", 2)]
     assert "resuming" in again.stderr or "finetune epoch 2" in again.stderr

@@ -112,28 +112,57 @@ def test_weights_file_that_does_not_fit(tmp_path, demo_records, backbone, classe
     assert not model_dir.exists() or not os.listdir(model_dir)
 
 
-def test_classifier_weights_of_same_class_count_load(tmp_path, demo_records):
-    """A whole classifier's weights (a previous run's) are a valid starting point."""
-    weights = save_weights_of(tmp_path / "w.h5", backbone=TINY, classes=4)
-    with h5py.File(weights) as f:
+def test_classifier_weights_of_same_class_count_load(another_run):
+    """A whole classifier's weights (a previous run's) are a valid starting point: the --overwrite
+    run of `another_run` starts from a tiny classifier's weights for the same 4 classes."""
+    with h5py.File(another_run.weights) as f:
         assert "head_dense" in [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
-    result = train_cli(tmp_path / "model", demo_records, weights, "--frozen_epochs=1", "--finetune_epochs=0",
-                       "--steps_per_epoch=1")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert another_run.again.returncode == 0, another_run.again.stderr[-3000:]
+
+
+SPLIT_RUN = ("--frozen_epochs=1", "--finetune_epochs=0", "--eval_report")
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory, demo_images):
+    """prepare --test_fraction's records and one small run on them with its reports: the run that
+    test_a_test_split_... reads, and the other run whose folder test_model_dir_of_another_run reuses."""
+    from trainer import prepare
+    tmp_path = tmp_path_factory.mktemp("split_run")
+    records = tmp_path / "records"
+    info = prepare.prepare(input_dir=demo_images, output_dir=str(records), validation_fraction=0.25,
+                           test_fraction=0.25, num_shards=2, seed=0)
+    model_dir = tmp_path / "model"
+    result = train_cli(model_dir, records, "none", *SPLIT_RUN)
+    return SimpleNamespace(records=records, info=info, model_dir=model_dir, result=result)
+
+
+@pytest.fixture(scope="module")
+def another_run(split_run, tmp_path_factory):
+    """On a copy of split_run's finished folder: the same command with another --bn (refused), then
+    with --overwrite (a 1-step run), starting from a whole tiny classifier's weights for 4 classes."""
+    import shutil
+    assert split_run.result.returncode == 0, split_run.result.stderr[-3000:]
+    tmp_path = tmp_path_factory.mktemp("another_run")
+    model_dir = tmp_path / "model"
+    shutil.copytree(split_run.model_dir, model_dir)
+    before = sorted(os.listdir(model_dir))
+    refused = train_cli(model_dir, split_run.records, "none", *SPLIT_RUN, "--bn=trainable")
+    after_refusal = sorted(os.listdir(model_dir))
+    weights = save_weights_of(tmp_path / "w.h5", backbone=TINY, classes=4)
+    again = train_cli(model_dir, split_run.records, weights, "--frozen_epochs=1", "--finetune_epochs=0",
+                      "--steps_per_epoch=1", "--nocalibrate", "--bn=trainable", "--overwrite")
+    return SimpleNamespace(model_dir=model_dir, before=before, refused=refused, after_refusal=after_refusal,
+                           weights=weights, again=again)
 
 
 @pytest.mark.slow
-def test_model_dir_of_another_run(tmp_path, demo_records):
-    model_dir = tmp_path / "model"
-    run = ("--frozen_epochs=1", "--finetune_epochs=0", "--steps_per_epoch=1")
-    first = train_cli(model_dir, demo_records, "none", *run)
-    assert first.returncode == 0, first.stderr[-3000:]
-    before = sorted(os.listdir(model_dir))
-    assert_one_clear_line(train_cli(model_dir, demo_records, "none", *run, "--bn=trainable"), "--overwrite")
-    assert sorted(os.listdir(model_dir)) == before
-    again = train_cli(model_dir, demo_records, "none", *run, "--bn=trainable", "--overwrite")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert '"bn": "trainable"' in (model_dir / "config.json").read_text()
+def test_model_dir_of_another_run(another_run):
+    assert "config.json" in another_run.before  # a finished run's folder
+    assert_one_clear_line(another_run.refused, "--overwrite")
+    assert another_run.after_refusal == another_run.before
+    assert another_run.again.returncode == 0, another_run.again.stderr[-3000:]
+    assert '"bn": "trainable"' in (another_run.model_dir / "config.json").read_text()
 
 
 def test_imagenet_weights_that_cannot_download_say_how_to_pass_a_file(tmp_path, demo_records):
@@ -192,16 +221,11 @@ def test_a_command_ends_with_its_output_flushed_and_exit_handlers_run(tmp_path, 
     assert ("error: a mistake" in result.stderr) == mistake
 
 
-def test_a_test_split_prepare_held_out_is_reported_and_is_the_headline(tmp_path, demo_images):
+def test_a_test_split_prepare_held_out_is_reported_and_is_the_headline(split_run):
     """prepare --test_fraction writes test-* shards; the trainer finds them through dataset.json
     (no --test_data), reports them through the export in MODEL_DIR/eval/test/ and prints their
     accuracy first, the validation figure labelled with what it chose."""
-    from trainer import prepare
-    records = tmp_path / "records"
-    info = prepare.prepare(input_dir=demo_images, output_dir=str(records), validation_fraction=0.25,
-                           test_fraction=0.25, num_shards=2, seed=0)
-    model_dir = tmp_path / "model"
-    result = train_cli(model_dir, records, "none", "--frozen_epochs=1", "--finetune_epochs=0", "--eval_report")
+    records, info, model_dir, result = split_run.records, split_run.info, split_run.model_dir, split_run.result
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"--test_data: {records}/test-*.tfrecord (the test split listed in dataset.json" in result.stderr
     metrics = json.loads((model_dir / "eval" / "test" / "metrics.json").read_text())

@@ -97,17 +97,18 @@ def near_copies_of_training(evaluated: SplitImages, training: SplitImages, *, sp
 
 
 class Check:
-    """A run's leakage check: the export loaded and the training split read once, on first use,
-    then any number of evaluation splits (validation, test) measured against it."""
+    """A run's leakage check: the export (a path, loaded on first use, or a loaded Export) and the
+    training split read once, then any number of evaluation splits (validation, test) measured
+    against it."""
 
-    def __init__(self, export_dir: str, *, train_data: str, label_offset: int = 0):
-        self.export_dir, self.train_data, self.label_offset = export_dir, train_data, label_offset
+    def __init__(self, export: Union[str, exported.Export], *, train_data: str, label_offset: int = 0):
+        self.export, self.train_data, self.label_offset = export, train_data, label_offset
         self._export, self._training = None, None
 
     def __call__(self, *, data_path: str, split: str) -> dict:
         """`near_copies_of_training` of the split at `data_path` (raises what `read_split` raises)."""
         if self._training is None:
-            self._export = exported.load_export(self.export_dir)
+            self._export = exported.as_export(self.export)
             logging.info("leakage check: embedding the training split %s through the export", self.train_data)
             self._training = read_split(self._export, data_path=self.train_data, label_offset=self.label_offset)
         evaluated = read_split(self._export, data_path=data_path, label_offset=self.label_offset)

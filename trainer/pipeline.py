@@ -8,7 +8,7 @@ evaluate. See docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import tensorflow as tf
@@ -179,17 +179,19 @@ def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional
     counts its images with a near copy in the training split (`near_copies_of_training`).
     """
     run_dir = RunDir.of(cfg.runtime)
-    check = leakage.Check(export_dir, train_data=cfg.data.train_data,
+    # One load of the export for the leakage check and both reports.
+    export = _loaded(export_dir) if cfg.data.eval_data or cfg.data.test_data else export_dir
+    check = leakage.Check(export, train_data=cfg.data.train_data,
                           label_offset=cfg.data.label_offset) if leakage_check else None
     images = {"learning_curves": run_dir.curves} if tf.io.gfile.exists(run_dir.curves) else {}
-    validation = _split_report(cfg, split="validation", data_path=cfg.data.eval_data, export_dir=export_dir,
+    validation = _split_report(cfg, split="validation", data_path=cfg.data.eval_data, export=export,
                                output_dir=run_dir.eval_dir, extra={**(extra or {}), "used_to_choose": list(chosen)},
                                check=check)
     if validation:
         images.update(evaluate.report_images(run_dir.eval_dir))
     reports.write_tensorboard(run_dir.logs_dir("eval"), metrics=validation, images=images, step=len(history))
     temperature = {"temperature": extra["temperature"]} if extra and "temperature" in extra else {}
-    test = _split_report(cfg, split="test", data_path=cfg.data.test_data, export_dir=export_dir,
+    test = _split_report(cfg, split="test", data_path=cfg.data.test_data, export=export,
                          output_dir=run_dir.test_eval_dir, extra={**temperature, "used_to_choose": []}, check=check)
     if test:
         reports.write_tensorboard(run_dir.logs_dir("eval", "test"), metrics=test,
@@ -197,8 +199,18 @@ def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional
     return validation, test
 
 
-def _split_report(cfg: Config, *, split: str, data_path: Optional[str], export_dir: str, output_dir: str,
-                  extra: dict, check: Optional[leakage.Check] = None) -> dict:
+def _loaded(export_dir: str) -> Union[str, exported.Export]:
+    """The export loaded once for the run's reports, or its path where it cannot be loaded (each
+    report then warns on its own, as before)."""
+    try:
+        return exported.load_export(export_dir)
+    except (exported.PredictError, tf.errors.OpError) as e:
+        logging.warning("could not load the export %s for the reports: %s", export_dir, e)
+        return export_dir
+
+
+def _split_report(cfg: Config, *, split: str, data_path: Optional[str], export: Union[str, exported.Export],
+                  output_dir: str, extra: dict, check: Optional[leakage.Check] = None) -> dict:
     """One split's report through the export ({} without data, or with a warning when it fails:
     the run has trained and exported, and a report can be rewritten with trainer.evaluate)."""
     if not data_path:
@@ -206,7 +218,7 @@ def _split_report(cfg: Config, *, split: str, data_path: Optional[str], export_d
     if check:
         extra = {**extra, **check.metrics(data_path=data_path, split=split)}
     try:
-        metrics = evaluate.write_report(export_dir, data_path=data_path, output_dir=output_dir,
+        metrics = evaluate.write_report(export, data_path=data_path, output_dir=output_dir,
                                         label_offset=cfg.data.label_offset,
                                         extra_metrics={"split": split, "held_out": split == "test", **extra})
     except (data.DataError, exported.PredictError) as e:
