@@ -24,7 +24,7 @@ from PIL import Image
 import pytest
 
 from tests.testing import cli
-from tests.testing.presets import IMAGE_SIZE, PRETRAINED
+from tests.testing.presets import IMAGE_SIZE, PRETRAINED, TINY, TINY_SIZE
 
 CLASSES = ("ankle_boot", "bag", "coat", "sandal", "trouser")
 PER_CLASS, TRAIN_PER_CLASS = 20, 16
@@ -256,14 +256,18 @@ def test_classes_summary_and_contact_sheet(audited):
     assert not [f for f in os.listdir(out) if ".tmp" in f]  # every file moved into place
 
 
-def test_multi_label_shards_get_counts_and_no_suspects(photos, pretrained_weights, tmp_path):
+# The next two check counts, files and the multi-label and empty-class paths, not what the
+# embeddings find: the tiny backbone at its 32 px, random weights.
+TINY_FLAGS = (f"--backbone={TINY}", "--weights=none", f"--image_size={TINY_SIZE}")
+
+
+def test_multi_label_shards_get_counts_and_no_suspects(photos, tmp_path):
     from tests.testing import multilabel_data
     data = multilabel_data.write_mosaics(photos, str(tmp_path / "data"), classes=CLASSES[:3],
                                          counts={"train": 8, "validation": 4}, tile=32)
     out = str(tmp_path / "out")
     result = cli.run_module("trainer.audit", f"--train_data={data}/train-*.tfrecord",
-                            f"--eval_data={data}/validation-*", f"--backbone={PRETRAINED}",
-                            f"--weights={pretrained_weights}", f"--image_size={IMAGE_SIZE}",
+                            f"--eval_data={data}/validation-*", *TINY_FLAGS,
                             f"--output_dir={out}", "--probe_folds=0")
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.load(open(os.path.join(data, "dataset.json")))
@@ -277,7 +281,7 @@ def test_multi_label_shards_get_counts_and_no_suspects(photos, pretrained_weight
     assert summary["images"] == {"train": 8, "validation": 4}
 
 
-def test_image_folder_to_gcs_with_a_class_without_train_images(photos, pretrained_weights, tmp_path, gcs_bucket):
+def test_image_folder_to_gcs_with_a_class_without_train_images(photos, tmp_path, gcs_bucket):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     folder = tmp_path / "images"
     for name in CLASSES[:3]:
@@ -286,8 +290,7 @@ def test_image_folder_to_gcs_with_a_class_without_train_images(photos, pretraine
             _photo(photos, name, i).save(folder / name / f"{i}.png")
     (folder / "bag" / "broken.png").write_bytes(b"not an image")
     out = f"{gcs_bucket}/audit"
-    result = cli.run_module("trainer.audit", f"--train_data={folder}", f"--backbone={PRETRAINED}",
-                            f"--weights={pretrained_weights}", f"--image_size={IMAGE_SIZE}", f"--output_dir={out}")
+    result = cli.run_module("trainer.audit", f"--train_data={folder}", *TINY_FLAGS, f"--output_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     with tf.io.gfile.GFile(f"{out}/classes.csv") as f:
         assert f.read() == "class,train,total\nankle_boot,4,4\nbag,4,4\ncoat,0,0\n"

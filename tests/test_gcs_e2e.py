@@ -1,8 +1,9 @@
 """The demo flow with every path on gs://, against the GCS test front (testbed/gcs_front.py).
 
-prepare (gs:// image folder -> gs:// shards) -> train both phases (model_dir and --weights on
-gs://) -> export on gs:// -> load the export from gs:// and predict; then the same training
-again while every Nth storage request is answered 503, which must end with the same result.
+prepare (gs:// image folder of 8 demo images a class -> gs:// shards) -> train both phases
+(model_dir and --weights on gs://) -> export on gs:// -> load the export from gs:// and predict;
+then the same training again while every Nth storage request is answered 503, which must end
+with the same result.
 Each run is a real `python -m trainer.*` process that inherits the front's environment. The
 backbone is the tiny preset with a notop weights file the test writes (what is checked is
 storage, not EfficientNet).
@@ -29,6 +30,7 @@ from tests.testing.presets import TINY, TINY_SIZE, write_tiny_weights  # noqa: E
 
 
 EVERY_NTH_503 = 20
+PER_CLASS = 8  # demo images a class put in the bucket: 24 train / 8 validation after prepare
 
 
 def run_module(module, *args, env):
@@ -37,11 +39,15 @@ def run_module(module, *args, env):
     return result
 
 
-def upload_tree(local_root, gs_root):
-    for folder, _, files in os.walk(local_root):
-        for name in files:
-            path = os.path.join(folder, name)
-            tf.io.gfile.copy(path, f"{gs_root}/{os.path.relpath(path, local_root)}")
+def upload_images(local_root, gs_root, per_class):
+    """The first `per_class` images of each class folder; returns {class: count uploaded}."""
+    uploaded = {}
+    for name in sorted(os.listdir(local_root)):
+        files = sorted(os.listdir(os.path.join(local_root, name)))[:per_class]
+        for file in files:
+            tf.io.gfile.copy(os.path.join(local_root, name, file), f"{gs_root}/{name}/{file}")
+        uploaded[name] = len(files)
+    return uploaded
 
 
 def trainer_env(gcs):
@@ -72,17 +78,19 @@ def stem_kernel_of_export(export_dir):
 
 @pytest.fixture(scope="module")
 def bucket(gcs, demo_images, tmp_path_factory):
-    """A bucket holding the demo image folder and a notop weights file of the tiny backbone."""
+    """A bucket holding PER_CLASS images of each demo class (an image folder; the counts are
+    `uploaded`) and a notop weights file of the tiny backbone."""
     gcs.set_faults()
     root = gcs.create_bucket(f"e2e-{uuid.uuid4().hex[:8]}")
-    upload_tree(demo_images, f"{root}/images")
+    uploaded = upload_images(demo_images, f"{root}/images", PER_CLASS)
     weights = write_tiny_weights(str(tmp_path_factory.mktemp("tiny_weights") / "tiny_notop.h5"))
     tf.io.gfile.copy(weights, f"{root}/weights/tiny_notop.h5")
-    return root
+    return root, uploaded
 
 
 @pytest.fixture(scope="module")
 def shards(gcs, bucket):
+    bucket, _ = bucket
     env = {**os.environ, **gcs.env}
     run_module("trainer.prepare", f"--input_dir={bucket}/images", f"--output_dir={bucket}/data",
                "--validation_fraction=0.25", "--num_shards=2", env=env)
@@ -100,24 +108,27 @@ def train_args(shards, bucket, model_dir):
 
 @pytest.fixture(scope="module")
 def clean_run(gcs, bucket, shards):
+    bucket, _ = bucket
     model_dir = f"{bucket}/runs/clean"
     result = run_module("trainer.task", *train_args(shards, bucket, model_dir),
                         env=trainer_env(gcs))
     return model_dir, result
 
 
-def test_prepare_from_gcs_folder_to_gcs_shards(shards, demo_images):
+def test_prepare_from_gcs_folder_to_gcs_shards(shards, bucket, demo_images):
+    _, uploaded = bucket
+    assert len(uploaded) == 4 and all(n == PER_CLASS for n in uploaded.values())
     names = sorted(tf.io.gfile.listdir(shards))
     assert names == ["dataset.json", "labels.txt", "train-00000-of-00002.tfrecord",
                      "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
     with tf.io.gfile.GFile(f"{shards}/labels.txt") as f:
         assert f.read().split() == sorted(os.listdir(demo_images))
     total = sum(1 for _ in tf.data.TFRecordDataset(tf.io.gfile.glob(f"{shards}/*.tfrecord")))
-    assert total == sum(len(os.listdir(os.path.join(demo_images, c)))
-                        for c in os.listdir(demo_images))
+    assert total == sum(uploaded.values())
 
 
 def test_train_export_and_predict_all_on_gcs(clean_run, bucket, shards, demo_images):
+    bucket, _ = bucket
     model_dir, result = clean_run
     history = read_json(f"{model_dir}/history.json")
     assert [h["phase"] for h in history] == ["frozen", "finetune"]
@@ -145,6 +156,7 @@ def test_train_export_and_predict_all_on_gcs(clean_run, bucket, shards, demo_ima
 
 @pytest.mark.slow
 def test_training_through_503s_ends_like_without(gcs, bucket, shards, clean_run):
+    bucket, _ = bucket
     model_dir = f"{bucket}/runs/faulty"
     gcs.set_faults(every_nth_503=EVERY_NTH_503)
     try:

@@ -6,7 +6,9 @@ cache on disk and MirroredStrategy with class weights.
 The data: 2x2 mosaics of Fashion-MNIST photos of 4 classes (tests/testing/multilabel_data.py);
 an image shows 0 to 4 of them, 1.9 on average. Measured (docs/training.md): Lite0 ImageNet at 64
 px, default flags, frozen phase alone mAP 0.945 / micro F1 0.892 on 120 held-out mosaics, both
-phases 0.982 / 0.943; a ranking by chance gives mAP ~0.47.
+phases 0.982 / 0.943; a ranking by chance gives mAP ~0.47. The tests use 200 train / 80 validation
+mosaics (the frozen phase alone then scores mAP 0.944 / micro F1 0.904 on the 80, the same on every
+run: the mosaics and the run are seeded).
 """
 import csv
 import json
@@ -25,12 +27,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("bag", "sneaker", "trouser", "tshirt_top")
 MAP_MIN = 0.88
 MICRO_F1_MIN = 0.80
+# Mosaics a split. Under MirroredStrategy on two CPUs the embedding cache is computed in global
+# batches of 128; 160 train images (128 + 32) failed there in trainer/embeddings.py (a last batch
+# that leaves the second replica empty), so 200 (128 + 72).
+TRAIN, VALIDATION = 200, 80
 
 
 @pytest.fixture(scope="module")
 def mosaics(photos, tmp_path_factory):
     return multilabel_data.write_mosaics(photos, str(tmp_path_factory.mktemp("mosaics")), classes=CLASSES,
-                                         counts={"train": 240, "validation": 120})
+                                         counts={"train": TRAIN, "validation": VALIDATION})
 
 
 @pytest.mark.slow
@@ -39,12 +45,13 @@ def test_multi_label_transfer_on_real_photo_mosaics(mosaics, pretrained_weights,
     model_dir = str(tmp_path / "model")
     cmd = [sys.executable, "-m", "trainer.task", f"--train_data={mosaics}/train-*", f"--eval_data={mosaics}/validation-*",
            f"--model_dir={model_dir}", f"--backbone={PRETRAINED}", "--weights=imagenet", "--image_size=64",
-           "--finetune_epochs=0"]
+           "--finetune_epochs=0",
+           "--noleakage_check"]  # the leakage check reads multi-label shards in the mirrored run below
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.load(open(os.path.join(model_dir, "config.json")))["data"]["multi_label"] is True  # from the data
     metrics = json.load(open(os.path.join(model_dir, "eval", "metrics.json")))
-    assert metrics["multi_label"] and metrics["num_examples"] == 120
+    assert metrics["multi_label"] and metrics["num_examples"] == VALIDATION
     assert metrics["mean_average_precision"] >= MAP_MIN, metrics
     assert metrics["micro_f1"] >= MICRO_F1_MIN, metrics
     assert "mAP" in result.stdout
@@ -92,7 +99,7 @@ def test_multi_label_embedding_cache_on_disk_keeps_the_label_sets(mosaics, tmp_p
     from trainer import config, data, embeddings, rundir
     from trainer import model as model_lib
     cfg = config.Data(train_data=f"{mosaics}/train-*", eval_data=None, class_names=CLASSES, image_size=TINY_SIZE,
-                      augment="none", multi_label=True, num_train_examples=240)
+                      augment="none", multi_label=True, num_train_examples=TRAIN)
     model_cfg = config.Model(backbone=TINY, weights="none")
     model = model_lib.build_classifier(model_cfg, num_classes=4, image_size=TINY_SIZE, multi_label=True)
     kwargs = dict(data_cfg=cfg, model_cfg=model_cfg, views=1, strategy=tf.distribute.get_strategy(),
@@ -100,9 +107,9 @@ def test_multi_label_embedding_cache_on_disk_keeps_the_label_sets(mosaics, tmp_p
     disk = embeddings.build_caches(model, memory_budget=0, **kwargs)["train"][0]
     memory = embeddings.build_caches(model, memory_budget=1 << 40, **kwargs)["train"][0]
     assert disk.where == "disk" and disk.label_width == 4
-    _, from_disk = next(iter(embeddings.build_dataset(disk, batch_size=240, training=False, seed=0)))
+    _, from_disk = next(iter(embeddings.build_dataset(disk, batch_size=TRAIN, training=False, seed=0)))
     np.testing.assert_array_equal(from_disk.numpy(), memory.labels)
-    _, streamed = next(iter(data.build_dataset(dataclass_eval(cfg), split="eval", batch_size=240)))
+    _, streamed = next(iter(data.build_dataset(dataclass_eval(cfg), split="eval", batch_size=TRAIN)))
     np.testing.assert_array_equal(memory.labels, streamed.numpy())
     assert 1.5 < memory.labels.sum(axis=1).mean() < 2.5  # sets, not single labels
 
@@ -120,16 +127,16 @@ def mirrored_multi_label(mosaics: str, model_dir: str) -> dict:
     counts = discovery.class_counts(f"{mosaics}/train-*", class_names=CLASSES)
     data_cfg = config.Data(
         train_data=f"{mosaics}/train-*", eval_data=f"{mosaics}/validation-*", class_names=CLASSES,
-        image_size=TINY_SIZE, multi_label=True, num_train_examples=240, num_eval_examples=120,
+        image_size=TINY_SIZE, multi_label=True, num_train_examples=TRAIN, num_eval_examples=VALIDATION,
         class_weight="balanced", class_weights=targets.resolve_class_weights(
-            "balanced", class_names=CLASSES, counts=counts, num_examples=240))
+            "balanced", class_names=CLASSES, counts=counts, num_examples=TRAIN))
     cfg = config.Config(
         data=data_cfg, model=config.Model(backbone=TINY, weights="none", label_smoothing=0.1),
         phases=(config.Phase(name="frozen", epochs=2, batch_size=16, learning_rate=1e-2),
                 config.Phase(name="finetune", epochs=1, batch_size=16, learning_rate=1e-3, unfreeze="all")),
         runtime=config.Runtime(model_dir=model_dir, steps_per_epoch=3))
     strategy = two_cpus.mirrored_strategy()
-    result = pipeline.run(cfg, strategy=strategy)
+    result = pipeline.run(cfg, strategy=strategy)  # with the leakage check, on multi-label shards
     loaded = tf.saved_model.load(result.export_dir)
     image = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(
         f"{mosaics}/validation-00000-of-00001.tfrecord"))).numpy()).features.feature["image/encoded"].bytes_list.value[0]
@@ -144,6 +151,7 @@ def test_multi_label_with_class_weights_under_mirrored_strategy(mosaics, tmp_pat
     got = two_cpu_process("tests.test_multilabel:mirrored_multi_label", mosaics, str(tmp_path / "model"))
     assert got["replicas"] == 2 and got["phases"] == ["finetune", "frozen"]
     assert got["classify_shape"] == [1, 4]
-    assert got["metrics"]["multi_label"] and got["metrics"]["num_examples"] == 120
+    assert got["metrics"]["multi_label"] and got["metrics"]["num_examples"] == VALIDATION
+    assert "near_copies_of_training" in got["metrics"]  # the leakage check read the multi-label shards
     # balanced: N / (C * n_c) from the images holding each class
-    np.testing.assert_allclose(got["weights"], [240 / (4 * n) for n in got["counts"]])
+    np.testing.assert_allclose(got["weights"], [TRAIN / (4 * n) for n in got["counts"]])

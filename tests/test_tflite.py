@@ -124,7 +124,8 @@ def test_cli_writes_scored_variants_of_a_run_and_refuses_an_unknown_one(tmp_path
     model_dir = tmp_path / "run"
     result = run_module("trainer.task", *train_flags(model_dir, demo_records, "none", "--frozen_epochs=1",
                                                      "--finetune_epochs=0", "--tflite=float16",
-                                                     "--max_accuracy_drop=1", "--eval_report", backbone=TINY))
+                                                     "--max_accuracy_drop=1", "--eval_report",
+                                                     "--noleakage_check", backbone=TINY))  # test_evaluate checks it
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(model_dir / "tflite")) == ["labels.txt", "model_float16.tflite", "tflite_report.json"]
     # The temperature fitted on the validation split is in the run, its report and its exports.
