@@ -145,3 +145,15 @@ def test_where_the_cache_does_not_apply():
                 phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),))
     with pytest.raises(config.ConfigError, match="--frozen_cache=on needs --bn=frozen"):
         config.Config(runtime=config.Runtime(model_dir="m", frozen_cache="on"), **base)
+
+
+def test_an_empty_share_of_a_batch_keeps_the_embedding_width():
+    """A replica's share of a last, short batch can be empty (MirroredStrategy): its embeddings
+    are [0, V, D], not [0, V, D / V], so they concatenate with the other batches'."""
+    from tests.testing.presets import TINY, TINY_SIZE
+    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
+    embed = embeddings._embedder(model, strategy=tf.distribute.get_strategy())  # pylint: disable=protected-access
+    width = model_lib.embedding_width(model)
+    for count in (0, 3):
+        out, _ = embed(tf.zeros([count, 2, TINY_SIZE, TINY_SIZE, 3]), tf.zeros([count], tf.int32))
+        assert tuple(out.shape) == (count, 2, width)

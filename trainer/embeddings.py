@@ -155,7 +155,9 @@ def _embedder(model: keras.Model, *, strategy: tf.distribute.Strategy) -> Callab
         shape = tf.shape(images)
         flat = tf.reshape(images, tf.concat([[-1], shape[2:]], 0))
         embedded = tf.cast(features(flat, training=False), tf.float32)
-        return tf.reshape(embedded, [shape[0], shape[1], -1]), labels
+        # The width named, not -1: a replica's share of a last, short batch can be empty, and
+        # reshaping no elements to [0, V, -1] infers the width as D / V.
+        return tf.reshape(embedded, tf.concat([shape[:2], tf.shape(embedded)[1:]], 0)), labels
 
     @tf.function
     def embed(images, labels):
