@@ -65,13 +65,12 @@ def test_fine_tuning_that_wrecks_the_network_gives_way_to_the_frozen_phase(tmp_p
     # the run's model, and the fine-tuning checkpoint a resumed run loads, are the frozen phase's
     state = run_dir.read_state()
     expected = tf.train.load_checkpoint(state["frozen"])
-    for prefix in (state["finetune"],):
-        reader = tf.train.load_checkpoint(prefix)
-        names = [n for n in expected.get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n
-                 and n.startswith("layer")]
-        assert names
-        for name in names:
-            np.testing.assert_array_equal(reader.get_tensor(name), expected.get_tensor(name))
+    reader = tf.train.load_checkpoint(state["finetune"])
+    names = [n for n in expected.get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n
+             and n.startswith("layer")]
+    assert names
+    for name in names:
+        np.testing.assert_array_equal(reader.get_tensor(name), expected.get_tensor(name))
     probabilities = result.model.predict(next(iter(data.build_dataset(cfg.data, split="eval", batch_size=64)))[0],
                                          verbose=0)
     assert np.isfinite(probabilities).all()

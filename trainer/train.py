@@ -146,15 +146,12 @@ class _PhaseLoop:
         done = [name for name in state if name != plan.name]
         if not self.cfg.runtime.keep_best_phase or not done or not self.cfg.data.eval_data:
             return history
-        earlier = done[-1]
+        earlier, key = done[-1], _monitor(self.cfg.data.multi_label)
         restores_best = {p.name for p in self.cfg.phases if p.early_stopping_patience > 0}
-        kept = phase_to_keep(history, earlier=earlier, later=plan.name, multi_label=self.cfg.data.multi_label,
-                             restores_best=restores_best)
-        if kept is None:
+        scores = _final_scores(history, (earlier, plan.name), key=key, restores_best=restores_best)
+        if scores is None:
             return history
-        key = "val_loss" if self.cfg.data.multi_label else "val_accuracy"
-        scores = {name: _kept_record(history, name, key=key, restores_best=name in restores_best)[key]
-                  for name in (earlier, plan.name)}
+        kept = _better_of(scores, earlier=earlier, later=plan.name, key=key)
         figures = (f"validation {key[4:]} {scores[plan.name]:.4f} after the {plan.name} phase, "
                    f"{scores[earlier]:.4f} after the {earlier} phase")
         if kept == earlier:
@@ -332,19 +329,32 @@ def _kept_record(history: List[dict], phase: str, *, key: str, restores_best: bo
     return next(r for r in records if r[key] == best)
 
 
+def _monitor(multi_label: bool) -> str:
+    return "val_loss" if multi_label else "val_accuracy"
+
+
+def _final_scores(history: List[dict], phases: Sequence[str], *, key: str,
+                  restores_best: Collection[str]) -> Optional[Dict[str, float]]:
+    """Each phase's validation figure for the weights it ended with; None where one has none."""
+    records = {name: _kept_record(history, name, key=key, restores_best=name in restores_best) for name in phases}
+    return None if None in records.values() else {name: r[key] for name, r in records.items()}
+
+
+def _better_of(scores: Dict[str, float], *, earlier: str, later: str, key: str) -> str:
+    """The later phase unless it scores strictly worse than the earlier one."""
+    worse = scores[later] > scores[earlier] if key.endswith("loss") else scores[later] < scores[earlier]
+    return earlier if worse else later
+
+
 def phase_to_keep(history: List[dict], *, earlier: str, later: str, multi_label: bool,
                   restores_best: Collection[str] = ()) -> Optional[str]:
     """Which of two phases' final weights a run keeps: the later phase's unless it scores strictly
     worse on the validation split than the earlier one (accuracy; the loss for multi-label data);
     None where either has no validation figure. `restores_best`: the phases whose early stopping
     restored their best epoch. Pure: reads history records only."""
-    key = "val_loss" if multi_label else "val_accuracy"
-    first = _kept_record(history, earlier, key=key, restores_best=earlier in restores_best)
-    second = _kept_record(history, later, key=key, restores_best=later in restores_best)
-    if first is None or second is None:
-        return None
-    worse = second[key] > first[key] if multi_label else second[key] < first[key]
-    return earlier if worse else later
+    key = _monitor(multi_label)
+    scores = _final_scores(history, (earlier, later), key=key, restores_best=restores_best)
+    return None if scores is None else _better_of(scores, earlier=earlier, later=later, key=key)
 
 
 def weights_digest(model: keras.Model) -> str:
