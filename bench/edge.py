@@ -29,7 +29,7 @@ def _photos(per_class: int, held: int, size: int):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from effnet_common import decode
-    from trainer import discovery  # pylint: disable=import-outside-toplevel
+    from trainer.data import discovery
     folder = os.path.join(ROOT, "data", "fashion-mnist", "images")
     names = sorted(os.listdir(folder))
     paths, labels = discovery.list_image_files(folder, class_names=names)
@@ -44,9 +44,10 @@ def _photos(per_class: int, held: int, size: int):
 
 def bench(backbone: str, weights: str, *, names, train, held, size: int) -> None:
     from testbed.exports import fit_head  # pylint: disable=import-outside-toplevel
-    from trainer import config, tflite  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
-    model = model_lib.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=len(names), image_size=size)
+    from trainer.configs import config
+    from trainer.exporting import tflite
+    from trainer.models import classifier
+    model = classifier.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=len(names), image_size=size)
     fit_head(model, *train, scale=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         report = tflite.export_variants(model, variants=tflite.VARIANTS, class_names=names, image_size=size,
@@ -68,14 +69,14 @@ def main() -> None:
     parser.add_argument("--b0_weights", default="imagenet", help="B0 notop weights file, or imagenet (download)")
     args = parser.parse_args()
     import trainer  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
+    from trainer.models import classifier
     names, train, held = _photos(args.train_per_class, args.held_per_class, args.image_size)
     print(f"{len(held[1])} held-out photos, {len(names)} classes, {args.image_size} px; head fitted on "
           f"{len(train[1])}", flush=True)
     bench("efficientnet-lite0", "imagenet", names=names, train=train, held=held, size=args.image_size)
     try:
         bench("efficientnet-b0", args.b0_weights, names=names, train=train, held=held, size=args.image_size)
-    except model_lib.WeightsError as e:
+    except classifier.WeightsError as e:
         print(f"efficientnet-b0    no ImageNet weights here ({str(e)[:90]}...): random weights, read the "
               "agreement, not the accuracy", flush=True)
         bench("efficientnet-b0", "none", names=names, train=train, held=held, size=args.image_size)

@@ -5,7 +5,7 @@
 Writes the same shards of random records (JPEG-sized, ~110 KB, so they do not compress) to a
 local temp folder and, through testbed/gcs_front.py, to the in-memory GCS emulator. Then
 reads them, each configuration in a fresh process (TensorFlow reads its GCS_* settings once, at
-import), with the interleaved TFRecordDataset that trainer.data uses, and prints one line per
+import), with the interleaved TFRecordDataset that trainer.data.pipelines uses, and prints one line per
 figure: MB/s, records/s and the growth of peak RSS while reading, for
 
   local      local disk (page cache warm: it was just written),
@@ -35,7 +35,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_integer("shards", 8, "TFRecord shards to write and read.")
 flags.DEFINE_integer("shard_mb", 16, "Size of each shard, MB.")
 flags.DEFINE_integer("record_kb", 110, "Size of each record, KB (an ImageNet JPEG is ~110).")
-flags.DEFINE_integer("cycle_length", 8, "Shards read at once (trainer.data uses up to 16).")
+flags.DEFINE_integer("cycle_length", 8, "Shards read at once (trainer.data.pipelines uses up to 16).")
 flags.DEFINE_string("child", None, "Internal: read FILES_GLOB in this process and print JSON.")
 FLAGS = flags.FLAGS
 

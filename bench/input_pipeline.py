@@ -10,7 +10,7 @@ batch 32, by:
 
   (a) tf_keras ImageDataGenerator.flow_from_directory with random flips (the seed blog's era),
   (b) tf_keras.utils.image_dataset_from_directory + random flip + prefetch,
-  (c) our reader (trainer.data.build_dataset, training split, the default --augment=flip: the
+  (c) our reader (trainer.data.pipelines.build_dataset, training split, the default --augment=flip: the
       evaluation crop decoded alone from each JPEG, a random mirror, batch, prefetch) over the
       prepared TFRecords,
   (d) the ceiling: whole-JPEG decoding alone, in parallel on all cores, over the same bytes in
@@ -51,7 +51,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import config, data, prepare
+from trainer.configs import config
+from trainer.data import pipelines
+from trainer.data import preparing
 
 IMAGE_SIZE = 224
 BATCH_SIZE = 32
@@ -174,7 +176,7 @@ def our_reader(shards: str, class_names, *, count: int, later_epochs: bool = Fal
     cfg = config.Data(train_data=shards, eval_data=None, class_names=tuple(class_names),
                       image_size=IMAGE_SIZE, augment="flip", num_train_examples=count,
                       cache_pixels=later_epochs)
-    ds = data.build_dataset(cfg, split="train", batch_size=BATCH_SIZE, repeat=True, epochs=2)
+    ds = pipelines.build_dataset(cfg, split="train", batch_size=BATCH_SIZE, repeat=True, epochs=2)
     if later_epochs:
         for _ in ds.take(-(-count // BATCH_SIZE) + 1):
             pass
@@ -231,7 +233,7 @@ def main(argv) -> None:
     try:
         width, height = _photo_size(FLAGS.photo_size)
         total = generate(images_dir, count=FLAGS.images, width=width, height=height)
-        info = prepare.prepare(input_dir=images_dir, output_dir=shards_dir, validation_fraction=0.0,
+        info = preparing.prepare(input_dir=images_dir, output_dir=shards_dir, validation_fraction=0.0,
                                shard_size_mb=8)
         n, cores = FLAGS.images, os.cpu_count() or 1
         shards = os.path.join(shards_dir, "train-*")

@@ -6,12 +6,12 @@
 For each configuration and batch, a fresh process (this script with --child) imports
 TensorFlow, reads its resident memory (the idle baseline), resets the kernel's high-water mark
 (/proc/self/clear_refs), builds the classifier (weights none: the values do not change the
-memory), asks trainer.memory for the phase's estimate, then trains --steps steps the way the
+memory), asks trainer.training.memory for the phase's estimate, then trains --steps steps the way the
 trainer does (its model, compile and fit, Adam) on synthetic JPEG TFRecords, and reads the peak
 resident memory (VmHWM) — on a GPU, TensorFlow's peak device memory instead. The input
 pipeline has the trainer's stages (parallel parse and random-crop decode to uint8, parallel
 batch, cast to float32, autotuned prefetch) but is written here, so that the benchmark does not
-move with trainer/data.py's tuning. The table
+move with trainer/data/pipelines.py's tuning. The table
 shows estimate, measured peak over the baseline, and their ratio; the goal is within +-25 %.
 
 Configurations (B0 by default):
@@ -91,7 +91,7 @@ def write_records(folder: str) -> None:
 
 
 def build_input(records: str, *, batch: int, image_size: int):
-    """(float32 images in 0..255, int32 labels) batches, as trainer.data.build_dataset yields them."""
+    """(float32 images in 0..255, int32 labels) batches, as trainer.data.pipelines.build_dataset yields them."""
     import tensorflow as tf
 
     def decode(serialized):
@@ -117,17 +117,19 @@ def measure(config_name: str, batch: int, records: str) -> dict:
     """Runs in the child: estimate, then train and read the peak."""
     import tensorflow as tf
     import tf_keras as keras
-    from trainer import config, memory
-    from trainer import model as model_lib
+    from trainer.configs import config
+    from trainer.training import memory
+    from trainer.models import classifier
+    from trainer.models import finetuning
     baseline_kb = proc_status_kb("VmRSS")
     reset_peak_rss()
     spec = CONFIGS[config_name]
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     model_cfg = config.Model(backbone=FLAGS.backbone, weights="none", bn=spec["bn"])
     phase = config.Phase(name=spec["phase"], epochs=1, batch_size=batch, learning_rate=1e-3, unfreeze=spec["unfreeze"])
-    model = model_lib.build_classifier(model_cfg, num_classes=NUM_CLASSES, image_size=FLAGS.image_size)
+    model = classifier.build_classifier(model_cfg, num_classes=NUM_CLASSES, image_size=FLAGS.image_size)
     estimate = memory.estimate_phase(model, phase=phase, bn=spec["bn"], device=device)
-    model_lib.set_trainable(model, phase=phase, bn=spec["bn"])
+    finetuning.set_trainable(model, phase=phase, bn=spec["bn"])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     ds = build_input(records, batch=batch, image_size=FLAGS.image_size)

@@ -102,7 +102,7 @@ def export_outputs(export_dir: str, images, *, signature: str, key: str) -> np.n
 
 def score_run(model_dir: str, heldout) -> dict:
     """Held-out accuracy and ECE of a run's newest export, with and without its temperature."""
-    from trainer import calibration  # pylint: disable=import-outside-toplevel
+    from trainer.evaluation import calibration
     export_base = os.path.join(model_dir, "export")
     export_dir = os.path.join(export_base, max(os.listdir(export_base), key=int))
     probabilities = export_outputs(export_dir, heldout[0], signature="serving_default", key="probabilities")

@@ -41,7 +41,8 @@ import sys
 import trainer  # TF_USE_LEGACY_KERAS, quiet start-up
 import tensorflow as tf
 import tf_keras as keras
-from trainer import lite, pretrained
+from trainer.models import lite
+from trainer.models.pretrained import imagenet
 train_dir, heldout_dir, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 load = dict(image_size=(size, size), batch_size=64, label_mode="categorical", seed=0)
 ds_train = keras.utils.image_dataset_from_directory(train_dir, shuffle=True, **load)
@@ -54,7 +55,7 @@ augmentation = keras.Sequential([keras.layers.RandomRotation(factor=0.15),
 inputs = keras.layers.Input(shape=(size, size, 3))
 x = keras.layers.Rescaling(1 / 128, offset=-127 / 128)(augmentation(inputs))  # Lite's input scaling
 base = lite.build_backbone("efficientnet-lite0", image_size=size)
-base.load_weights(pretrained.imagenet_notop_file("efficientnet-lite0"))
+base.load_weights(imagenet.imagenet_notop_file("efficientnet-lite0"))
 base.trainable = False
 x = base(x, training=False)
 x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)

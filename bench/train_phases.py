@@ -34,12 +34,14 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    from trainer import config, model as model_lib  # pylint: disable=import-outside-toplevel
+    from trainer.configs import config
+    from trainer.models import classifier
+    from trainer.models import finetuning
     baseline = _peak_rss_mb()
     unfreeze, bn = CONFIGS[name]
     phase_name = "frozen" if unfreeze == "none" else "finetune"
-    model = model_lib.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", bn=bn), num_classes=10, image_size=image_size)
-    model_lib.set_trainable(model, phase=config.Phase(name=phase_name, epochs=1, batch_size=batch_size,
+    model = classifier.build_classifier(config.Model(backbone="efficientnet-b0", weights="none", bn=bn), num_classes=10, image_size=image_size)
+    finetuning.set_trainable(model, phase=config.Phase(name=phase_name, epochs=1, batch_size=batch_size,
                                                       learning_rate=1e-3, unfreeze=unfreeze), bn=bn)
     model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     rng = np.random.default_rng(0)
@@ -51,7 +53,7 @@ def measure(name: str, *, image_size: int, batch_size: int, steps: int, warmup: 
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
     return {"name": name, "images_per_s": steps * batch_size / seconds, "peak_rss_mb": _peak_rss_mb(),
-            "baseline_rss_mb": baseline, "trainable_params": model_lib.parameter_counts(model)["trainable"]}
+            "baseline_rss_mb": baseline, "trainable_params": classifier.parameter_counts(model)["trainable"]}
 
 
 def _peak_rss_mb() -> float:

@@ -3,7 +3,7 @@
 Every one derives from `UserError`, which is what a command (effnet_common.flagutil.run) turns
 into one `error: ...` line and exit status 2; anything else is a bug and keeps its traceback.
 Each module keeps its own subclass beside the code that raises it (DataError in
-trainer.discovery, ConfigError in trainer.config, GcsError in effnet_common.gcs, ...), so a caller
+trainer.data.discovery, ConfigError in trainer.configs.config, GcsError in effnet_common.gcs, ...), so a caller
 can catch one kind.
 """
 

@@ -26,6 +26,8 @@ from typing import List, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
+import csv
+import io
 
 # The formats tf.io.decode_image reads (first frame of a GIF), by file name: a folder is read
 # for these names; the content decides in the end (trainer.prepare sniffs it, readers decode it).
@@ -269,3 +271,12 @@ def move_folder(src: str, dst: str, *, first: str = "", last: str = "") -> None:
 def _all_files(folder: str) -> List[str]:
     """Every file under `folder`, hidden ones included: a move must leave nothing behind."""
     return sorted(join(root, f) for root, _, files in tf.io.gfile.walk(folder) for f in files)
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A CSV document (RFC 4180 quoting, so class names with commas survive)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()

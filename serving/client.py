@@ -39,10 +39,10 @@ from absl import flags, logging
 import grpc
 import tensorflow as tf
 
+from effnet_common import errors, fileio, flagutil
 from serving.grpc_client import RETRYABLE, GrpcClient, ServingError, call_with_retries  # noqa: F401
 from serving.rest_client import (RestClient, VertexClient, b64, classify_body,  # noqa: F401
                                  predict_body, vertex_predict_body)
-from effnet_common import errors, fileio, flagutil
 
 SIGNATURES = ("serving_default", "classify", "features")
 FLAGS = flags.FLAGS

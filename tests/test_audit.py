@@ -192,8 +192,10 @@ def test_near_copies_found_by_their_thumbnails_and_no_look_alike_paired(photos, 
     """34 real photos (64 px PNG) of five look-alike classes and five hard copies of them: the audit's
     finder pairs each copy with its original and pairs no two distinct photos; the cosine alone at
     the old 0.95 missed every copy and paired two distinct pullovers."""
-    from trainer import audit, config, embeddings  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
+    from trainer.analysis import auditing
+    from trainer.configs import config
+    from trainer.training import embeddings
+    from trainer.models import classifier as classifier_lib
     names = ("coat", "pullover", "shirt", "trouser")
     chosen = sorted({(n, i) for n in names for i in range(6)} | set(LOOK_ALIKES) | set(HARD_COPIES))
     planted = set()
@@ -206,17 +208,17 @@ def test_near_copies_found_by_their_thumbnails_and_no_look_alike_paired(photos, 
             copy = f"{name}/{i:03d}_{HARD_COPIES[name, i]}.{'jpg' if data[:2] == bytes([255, 216]) else 'png'}"
             (tmp_path / copy).write_bytes(data)
             planted.add(frozenset([f"{name}/{i:03d}.png", copy]))
-    classifier = model_lib.build_classifier(config.Model(backbone=PRETRAINED, weights=pretrained_weights),
+    classifier = classifier_lib.build_classifier(config.Model(backbone=PRETRAINED, weights=pretrained_weights),
                                             num_classes=len(names), image_size=IMAGE_SIZE)
-    images = audit.embed_sources(audit.list_sources(str(tmp_path), [], class_names=names),
+    images = auditing.embed_sources(auditing.list_sources(str(tmp_path), [], class_names=names),
                                  embed=embeddings.image_embedder(classifier), total=None, num_classes=len(names),
                                  multi_label=False, image_size=IMAGE_SIZE)
     assert len(images.paths) == len(chosen) + len(HARD_COPIES) and images.thumbnails.shape[1:] == (32, 32)
 
     def pairs(**rule):
-        found = audit.find(images, num_classes=len(names), multi_label=False, neighbours=10, folds=0, **rule)
+        found = auditing.find(images, num_classes=len(names), multi_label=False, neighbours=10, folds=0, **rule)
         return {frozenset([images.paths[a], images.paths[b]]) for a, b, _, _ in found.pairs}
-    assert pairs(threshold=audit.DEFAULT_DUPLICATE_THRESHOLD) == planted  # every copy, and nothing else
+    assert pairs(threshold=auditing.DEFAULT_DUPLICATE_THRESHOLD) == planted  # every copy, and nothing else
     before = pairs(threshold=0.95, pixel_threshold=-1.0)  # the cosine alone, as the audit decided until now
     assert not before & planted and before
 
@@ -311,7 +313,7 @@ def test_user_mistakes_end_in_one_error_line(tmp_path):
 
 
 def test_findings_functions_on_small_arrays(monkeypatch):
-    from trainer import findings
+    from trainer.analysis import findings
     rng = np.random.default_rng(0)
     unit = findings.normalize(rng.normal(size=(40, 8)))
     full = unit @ unit.T
@@ -347,7 +349,7 @@ def test_findings_functions_on_small_arrays(monkeypatch):
 def test_copy_rule_on_small_arrays():
     """findings.nearest_copies, the rule the audit and the run's report share: a neighbour is a copy
     only when its thumbnail agrees too (as it is or mirrored); a flat thumbnail confirms nothing."""
-    from trainer import findings
+    from trainer.analysis import findings
     rng = np.random.default_rng(1)
     thumbs = rng.integers(0, 256, (3, 32, 32)).astype(np.uint8)
     assert np.allclose(findings.thumbnail_similarity(thumbs, thumbs[:, :, ::-1]), 1.0, atol=1e-5)

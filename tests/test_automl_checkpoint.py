@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from trainer import automl_checkpoint, lite
 from effnet_common.errors import WeightsError
+from trainer.models import lite
+from trainer.models.pretrained import automl_checkpoint
 
 NAME = "efficientnet-lite3"
 BN = ("gamma", "beta", "moving_mean", "moving_variance")

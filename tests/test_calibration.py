@@ -10,8 +10,9 @@ import numpy as np
 import trainer  # noqa: F401
 
 from tests.testing.presets import TINY, TINY_SIZE
-from trainer import calibration, config, reports
-from trainer import model as model_lib
+from trainer.configs import config
+from trainer.evaluation import calibration, metrics
+from trainer.models import classifier
 
 
 def _overconfident(n: int, *, seed: int):
@@ -49,7 +50,7 @@ def test_temperature_fitted_on_validation_lowers_held_out_log_loss_and_keeps_pre
     after = calibration.scaled(p_test, t)
     assert _log_loss(after, y_test) < 0.8 * _log_loss(p_test, y_test)
     np.testing.assert_array_equal(after.argmax(axis=1), p_test.argmax(axis=1))
-    ece = [reports.expected_calibration_error(confidence=p.max(axis=1), correct=p.argmax(axis=1) == y_test)
+    ece = [metrics.expected_calibration_error(confidence=p.max(axis=1), correct=p.argmax(axis=1) == y_test)
            for p in (p_test, after)]
     assert ece[1] < ece[0] / 2
     grid = [_log_loss(calibration.scaled(p_val, s), y_val) for s in (t * 0.9, t, t * 1.1)]
@@ -57,8 +58,8 @@ def test_temperature_fitted_on_validation_lowers_held_out_log_loss_and_keeps_pre
 
 
 def test_folded_head_gives_exactly_the_scaled_probabilities():
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
-    head = model.get_layer(model_lib.HEAD_LAYER)
+    model = classifier.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
+    head = model.get_layer(classifier.HEAD_LAYER)
     head.set_weights([w * 20 for w in head.get_weights()])  # confident enough for T to matter
     x = np.random.default_rng(0).uniform(0, 255, (8, TINY_SIZE, TINY_SIZE, 3)).astype(np.float32)
     before = model.predict(x, verbose=0)
@@ -76,10 +77,10 @@ def test_a_tiny_validation_split_gets_no_temperature_and_says_why():
     entry = result["calibration"]
     assert entry["fitted"] is False and entry["num_examples"] == 20 and entry["rule"] == calibration.RULE
     assert entry["reason"] == f"20 validation images, below the {calibration.MIN_EXAMPLES} a temperature needs"
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
-    weights = model.get_layer(model_lib.HEAD_LAYER).get_weights()
+    model = classifier.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
+    weights = model.get_layer(classifier.HEAD_LAYER).get_weights()
     calibration.fold_into_head(model, result["temperature"])  # what a re-export folds from calibration.json
-    for before, after in zip(weights, model.get_layer(model_lib.HEAD_LAYER).get_weights()):
+    for before, after in zip(weights, model.get_layer(classifier.HEAD_LAYER).get_weights()):
         np.testing.assert_array_equal(before, after)
 
 
@@ -92,7 +93,7 @@ def test_a_large_overconfident_split_gets_a_temperature_above_1_but_not_beyond_t
     assert entry["likelihood_ratio"] > calibration.CRITICAL
     assert 2.0 < result["temperature"] < entry["max_likelihood_temperature"] < 6.0  # toward 1, inside the 95 % interval
     assert result["log_loss_after"] < result["log_loss_before"]
-    ece = [reports.expected_calibration_error(confidence=p.max(axis=1), correct=p.argmax(axis=1) == y_test)
+    ece = [metrics.expected_calibration_error(confidence=p.max(axis=1), correct=p.argmax(axis=1) == y_test)
            for p in (p_test, calibration.scaled(p_test, result["temperature"]))]
     assert ece[1] < ece[0] / 2
 

@@ -1,4 +1,4 @@
-"""trainer.data and the modules it is built from: locating data and label checks (discovery),
+"""trainer.data.pipelines and the modules it is built from: locating data and label checks (discovery),
 decoding (decode), RandAugment, the reader and its sharding, skipped records (skips).
 
 Shards are written here record by record (not through prepare) so that tests can plant bad
@@ -17,7 +17,8 @@ import trainer  # noqa: F401
 import tensorflow as tf
 
 from effnet_common import decode
-from trainer import config, data, discovery, randaugment, skips
+from trainer.configs import config
+from trainer.data import discovery, pipelines as pipelines_lib, randaugment, skips
 
 SIZE = 32
 
@@ -115,8 +116,8 @@ def test_missing_or_empty_paths_fail_with_one_line(tmp_path, path, message):
     path = path.format(tmp=tmp_path)
     cfg = config.Data(train_data=path, eval_data=path, class_names=("a", "b"), image_size=SIZE)
     for call in (lambda: discovery.count_examples(path),
-                 lambda: data.build_dataset(cfg, split="train", batch_size=2),
-                 lambda: data.build_dataset(cfg, split="eval", batch_size=2)):
+                 lambda: pipelines_lib.build_dataset(cfg, split="train", batch_size=2),
+                 lambda: pipelines_lib.build_dataset(cfg, split="eval", batch_size=2)):
         with pytest.raises(discovery.DataError, match=message) as err:
             call()
         assert "\n" not in str(err.value)
@@ -146,19 +147,19 @@ def test_train_and_eval_batches(tmp_path, unique_shards):
     glob, classes = unique_shards
     for augment in ("none", "flip"):
         cfg = _cfg(glob, classes=classes, eval_data=glob, augment=augment)
-        images, labels = next(iter(data.build_dataset(cfg, split="train", batch_size=5)))
+        images, labels = next(iter(pipelines_lib.build_dataset(cfg, split="train", batch_size=5)))
         assert images.shape == (5, SIZE, SIZE, 3) and images.dtype == tf.float32
         assert labels.dtype == tf.int32
         assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
         assert float(tf.reduce_max(images)) > 1.0  # 0..255, not normalized
-    ds = data.build_dataset(cfg, split="eval", batch_size=5, drop_remainder=True)
+    ds = pipelines_lib.build_dataset(cfg, split="eval", batch_size=5, drop_remainder=True)
     assert ds.element_spec[0].shape.as_list() == [5, SIZE, SIZE, 3]
     first, second = list(ds), list(ds)
     assert len(first) == 2  # 12 records, remainder dropped
     for (x1, y1), (x2, y2) in zip(first, second):
         np.testing.assert_array_equal(x1.numpy(), x2.numpy())
         np.testing.assert_array_equal(y1.numpy(), y2.numpy())
-    train = data.build_dataset(cfg, split="train", batch_size=5, repeat=True)
+    train = pipelines_lib.build_dataset(cfg, split="train", batch_size=5, repeat=True)
     iterator = iter(train)
     assert len(_labels([next(iterator) for _ in range(5)])) == 25
     # Read while elements are in flight, then after the iterator died mid-decode: no phantoms.
@@ -170,8 +171,8 @@ def test_train_and_eval_batches(tmp_path, unique_shards):
 def test_cache_records_serves_later_passes_from_memory(tmp_path):
     """--cache_records: the same batches, and a second pass reads no file (the shards are gone)."""
     glob = _write_shards(tmp_path / "cached", [[(_encode(_pixels(i)), i % 2) for i in range(6)]], classes="ab")
-    plain = list(data.build_dataset(_cfg(glob, classes="ab", eval_data=glob), split="eval", batch_size=4))
-    cached = data.build_dataset(_cfg(glob, classes="ab", eval_data=glob, cache_records=True), split="eval", batch_size=4)
+    plain = list(pipelines_lib.build_dataset(_cfg(glob, classes="ab", eval_data=glob), split="eval", batch_size=4))
+    cached = pipelines_lib.build_dataset(_cfg(glob, classes="ab", eval_data=glob, cache_records=True), split="eval", batch_size=4)
     first = list(cached)
     for path in tf.io.gfile.glob(glob):
         os.remove(path)
@@ -197,8 +198,8 @@ def test_pixel_cache_serves_later_epochs_without_reading_or_decoding(tmp_path):
     glob = _write_shards(tmp_path / "s", [[(_encode(p), i % 2) for i, p in enumerate(pixels)]], classes="ab")
     cfg = _cfg(glob, classes="ab", eval_data=glob, num_train_examples=6, num_eval_examples=6)
     crops = [decode.decode_for_eval(tf.constant(_encode(p)), SIZE).numpy() for p in pixels]
-    evaluation = data.build_dataset(cfg, split="eval", batch_size=4, epochs=3)
-    training = data.build_dataset(cfg, split="train", batch_size=4, epochs=3)
+    evaluation = pipelines_lib.build_dataset(cfg, split="eval", batch_size=4, epochs=3)
+    training = pipelines_lib.build_dataset(cfg, split="train", batch_size=4, epochs=3)
     passes = [(_pass(evaluation), _pass(training))]
     _write_shards(tmp_path / "s", [[(_encode(_pixels(10 + i)), 0) for i in range(3)]], classes="ab")
     passes += [(_pass(evaluation), _pass(training)) for _ in range(3)]
@@ -230,8 +231,8 @@ def test_pixel_cache_stays_off_where_it_cannot_serve(tmp_path, monkeypatch, sett
               "--nocache_pixels": {"cache_pixels": False}}.get(setting, {})
     cfg = _cfg(glob, classes="ab", **{"num_train_examples": 6, **kwargs})
     if setting == "RAM too small":  # 6 crops of 32x32x3 bytes need 18 KB: a quarter of 40 KB is less
-        monkeypatch.setattr(data.devices, "cpu_available_bytes", lambda: 40_000)
-    ds = data.build_dataset(cfg, split="train", batch_size=4, epochs=1 if setting == "one epoch" else 3)
+        monkeypatch.setattr(pipelines_lib.devices, "cpu_available_bytes", lambda: 40_000)
+    ds = pipelines_lib.build_dataset(cfg, split="train", batch_size=4, epochs=1 if setting == "one epoch" else 3)
     assert len(_pass(ds)) == 6
     _write_shards(tmp_path / "s", [[(_encode(_pixels(i)), i % 2) for i in range(3)]], classes="ab")
     assert len(_pass(ds)) == 3
@@ -245,7 +246,7 @@ def test_a_shard_gone_mid_run_is_skipped_not_waited_on(tmp_path):
     folder = tmp_path / "s"
     glob = _write_shards(folder, [[(_encode(_pixels(3 * s + i)), s) for i in range(3)] for s in range(2)], classes="ab")
     cfg = _cfg(glob, classes="ab", eval_data=glob, augment="crop")
-    datasets = [data.build_dataset(cfg, split=split, batch_size=4) for split in ("train", "eval")]
+    datasets = [pipelines_lib.build_dataset(cfg, split=split, batch_size=4) for split in ("train", "eval")]
     assert [sorted(y for _, y in _pass(ds)) for ds in datasets] == [[0, 0, 0, 1, 1, 1]] * 2
     os.remove(sorted(tf.io.gfile.glob(glob))[1])
     later = []
@@ -266,7 +267,7 @@ def test_rand_augment_operations_keep_shape_and_range(tmp_path):
     once, again = (randaugment.rand_augment(image, seed=seed).numpy() for _ in range(2))
     np.testing.assert_array_equal(once, again)
     glob = _write_shards(tmp_path / "ra", [[(_encode(_pixels(i)), i % 2) for i in range(4)]], classes="ab")
-    images, _ = next(iter(data.build_dataset(_cfg(glob, classes="ab", augment="randaugment"),
+    images, _ = next(iter(pipelines_lib.build_dataset(_cfg(glob, classes="ab", augment="randaugment"),
                                              split="train", batch_size=4)))
     assert images.shape == (4, SIZE, SIZE, 3) and float(tf.reduce_max(images)) <= 255.0
 
@@ -275,7 +276,7 @@ def test_eval_pixels_match_decode_for_eval(tmp_path):
     pixels = [_pixels(i) for i in range(3)]
     glob = _write_shards(tmp_path / "s", [[(_encode(p, "PNG"), i) for i, p in enumerate(pixels)]],
                          classes=["a", "b", "c"])
-    images, labels = next(iter(data.build_dataset(
+    images, labels = next(iter(pipelines_lib.build_dataset(
         _cfg(glob, classes="abc", eval_data=glob), split="eval", batch_size=3)))
     for image, label in zip(images.numpy(), labels.numpy()):
         expected = decode.decode_for_eval(tf.constant(_encode(pixels[label], "PNG")), SIZE).numpy()
@@ -308,10 +309,10 @@ def test_image_folder_reads_like_shards(tmp_path):
     classes = discovery.resolve_class_names(folder)
     assert discovery.count_examples(folder) == 6
     cfg = _cfg(folder, classes=classes, eval_data=folder)
-    assert sorted(_labels(data.build_dataset(cfg, split="eval", batch_size=4))) == [0, 0, 0, 1, 1, 1]
-    assert sorted(_labels(data.build_dataset(cfg, split="train", batch_size=4))) == [0, 0, 0, 1, 1, 1]
+    assert sorted(_labels(pipelines_lib.build_dataset(cfg, split="eval", batch_size=4))) == [0, 0, 0, 1, 1, 1]
+    assert sorted(_labels(pipelines_lib.build_dataset(cfg, split="train", batch_size=4))) == [0, 0, 0, 1, 1, 1]
     with pytest.raises(discovery.DataError, match="class folder 'bee'.*not in the labels"):
-        data.build_dataset(_cfg(folder, classes=("ant", "cow")), split="train", batch_size=2)
+        pipelines_lib.build_dataset(_cfg(folder, classes=("ant", "cow")), split="train", batch_size=2)
 
 
 @pytest.mark.parametrize("num_files, pipelines", [(4, 3), (1, 3)])
@@ -325,7 +326,7 @@ def test_per_worker_sharding_is_disjoint_and_complete(unique_shards, num_files, 
     for i in range(pipelines):
         ctx = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=i,
                                          num_replicas_in_sync=pipelines)
-        ds = data.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split=split,
+        ds = pipelines_lib.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split=split,
                                 batch_size=2, input_context=ctx)
         parts.append(_labels(ds))
     assert all(parts)
@@ -339,10 +340,10 @@ def test_bad_records_are_skipped_and_counted(tmp_path, caplog):
     glob = _write_shards(tmp_path / "bad", [good[:3] + bad[:2], bad[2:] + good[3:]], classes=["a", "b"])
     cfg = _cfg(glob, classes=("a", "b"), eval_data=glob)
     for split in ("train", "eval"):
-        assert sorted(_labels(data.build_dataset(cfg, split=split, batch_size=4))) == [0, 0, 0, 1, 1, 1]
+        assert sorted(_labels(pipelines_lib.build_dataset(cfg, split=split, batch_size=4))) == [0, 0, 0, 1, 1, 1]
         assert skips.skipped_records(split, path=glob) == 4
     # Read again: the same bad records are not counted twice.
-    list(data.build_dataset(cfg, split="train", batch_size=4, repeat=True).take(6))
+    list(pipelines_lib.build_dataset(cfg, split="train", batch_size=4, repeat=True).take(6))
     assert skips.skipped_records("train", path=glob) == 4
     logger = skips.SkippedRecordsLogger(splits=("train",))
     with caplog.at_level(logging.INFO, logger="absl"):  # whatever verbosity an earlier test left
@@ -362,7 +363,7 @@ def test_corrupt_shard_framing_fails_start_up_checks_but_not_the_reader(tmp_path
     for check in (lambda: discovery.count_examples(glob), lambda: discovery.check_labels(glob, class_names=classes)):
         with pytest.raises(discovery.DataError, match="cannot read the records of .*train-00002-of-00004"):
             check()
-    labels = _labels(data.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split="eval",
+    labels = _labels(pipelines_lib.build_dataset(_cfg(glob, classes=classes, eval_data=glob), split="eval",
                                         batch_size=4))
     assert sorted(labels) == sorted(set(range(12)) - {6, 10})  # the rest of that shard is lost
 
@@ -402,7 +403,7 @@ def test_a_run_owns_its_skip_counters(tmp_path):
     cfg = _cfg(glob, classes="ab")
     before = skips.skipped_records("train", path=glob)
     mine, theirs = skips.SkipCounters(), skips.SkipCounters()
-    for _ in data.build_dataset(cfg, split="train", batch_size=8, skip_counters=mine):
+    for _ in pipelines_lib.build_dataset(cfg, split="train", batch_size=8, skip_counters=mine):
         pass
     assert mine.skipped("train", path=glob) == 1 and theirs.skipped("train") == 0
     assert skips.skipped_records("train", path=glob) == before

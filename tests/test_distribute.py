@@ -93,7 +93,7 @@ class UnstartedTpu(tf.distribute.TPUStrategy):
 
 
 def kind_of(strategy) -> str:
-    from trainer import distribute
+    from trainer.runtime import distribute
     if distribute.is_tpu(strategy):
         return "tpu"
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -106,7 +106,8 @@ def kind_of(strategy) -> str:
 @pytest.mark.parametrize("env,flag,tpu,gpus,expected,chief", TABLE)
 def test_environment_to_strategy_and_chief(env, flag, tpu, gpus, expected, chief, monkeypatch):
     """task.main's path: CLUSTER_SPEC -> TF_CONFIG, build_strategy; train.run's: is_chief(strategy)."""
-    from trainer import distribute, task
+    from trainer import task
+    from trainer.runtime import distribute
     env = dict(env)
     task.export_tf_config(env)
     for key in ("TF_CONFIG", "CLUSTER_SPEC", "TPU_NAME"):
@@ -128,7 +129,7 @@ def test_environment_to_strategy_and_chief(env, flag, tpu, gpus, expected, chief
 def test_mirrored_without_gpus_is_one_cpu_replica():
     """--strategy=mirrored on a machine without GPUs: TensorFlow's own device choice, one replica
     on the CPU (the product makes no logical devices of its own)."""
-    from trainer import distribute
+    from trainer.runtime import distribute
     strategy = distribute.build_strategy(strategy="mirrored", tf_config={})
     assert isinstance(strategy, tf.distribute.MirroredStrategy) and distribute.is_chief(strategy)
     assert strategy.num_replicas_in_sync == max(1, len(tf.config.list_logical_devices("GPU")))
@@ -145,8 +146,9 @@ def test_mirrored_without_gpus_is_one_cpu_replica():
     ({"CLUSTER_SPEC": _spec("workerpool1", 0)}, "mirrored", None, ["--strategy=mirrored", "multi_worker"]),
 ])
 def test_unusable_clusters_are_one_clear_error(env, flag, tpu, words):
-    from trainer import distribute, task
-    from trainer.config import ConfigError
+    from trainer import task
+    from trainer.runtime import distribute
+    from trainer.configs.config import ConfigError
     with pytest.raises(ConfigError) as e:
         task.export_tf_config(env)
         distribute.choose(strategy=flag, tpu=tpu, tf_config=distribute.parse_tf_config(env.get("TF_CONFIG")), gpus=0)
@@ -155,7 +157,7 @@ def test_unusable_clusters_are_one_clear_error(env, flag, tpu, words):
 
 
 def test_tpu_resolver_takes_the_address_and_defaults_stay_untouched():
-    from trainer import distribute
+    from trainer.runtime import distribute
     import tensorflow as tf
     resolver = distribute.tpu_resolver("grpc://10.1.2.3:8470")
     assert resolver.master() == "grpc://10.1.2.3:8470"
@@ -174,8 +176,10 @@ def _by_name(model):
 
 def mirrored_vs_default() -> dict:
     """Runs in a fresh process with two logical CPUs: the same 3 steps under both strategies."""
-    from trainer import config, distribute
-    from trainer import model as model_lib
+    from trainer.configs import config
+    from trainer.runtime import distribute
+    from trainer.models import classifier
+    from trainer.models import finetuning
     import tf_keras as keras
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (24, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
@@ -185,11 +189,11 @@ def mirrored_vs_default() -> dict:
     for name in ("default", "mirrored"):
         strategy = distribute.build_strategy(strategy="default") if name == "default" else two_cpus.mirrored_strategy()
         with strategy.scope():
-            model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none", dropout=0.0), num_classes=3, image_size=TINY_SIZE)
+            model = classifier.build_classifier(config.Model(backbone=TINY, weights="none", dropout=0.0), num_classes=3, image_size=TINY_SIZE)
             if start is None:  # the mirrored model starts from the default one's initial weights
                 start, initial = model.get_weights(), _by_name(model)
             model.set_weights(start)
-            model_lib.set_trainable(model, phase=phase, bn="frozen")
+            finetuning.set_trainable(model, phase=phase, bn="frozen")
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy())
         ds = strategy.distribute_datasets_from_function(
             lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(ctx.get_per_replica_batch_size(8)))
@@ -200,6 +204,7 @@ def mirrored_vs_default() -> dict:
     return {"max_abs_diff": diff, "replicas": replicas, "moved": moved}
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_cpus_matches_default_strategy(two_cpu_process):
     got = two_cpu_process("tests.test_distribute:mirrored_vs_default")
     assert got["replicas"] == {"default": 1, "mirrored": 2}
@@ -241,6 +246,7 @@ def multi_worker_job(tmp_path_factory, demo_records):
     return model_dir, results
 
 
+@pytest.mark.slow
 def test_multi_worker_job_finishes_with_one_export_by_the_chief(multi_worker_job):
     model_dir, results = multi_worker_job
     for rc, log in results:
@@ -254,12 +260,14 @@ def test_multi_worker_job_finishes_with_one_export_by_the_chief(multi_worker_job
     assert os.path.exists(os.path.join(model_dir, "export", versions[0], "saved_model.pb"))
 
 
+@pytest.mark.slow
 def test_multi_worker_job_ends_with_the_same_weights_on_both_workers(multi_worker_job):
     _, results = multi_worker_job
     digests = [re.findall(r"final weights: ([0-9a-f]{16})", log) for _, log in results]
     assert len(digests[0]) == 1 and digests[0] == digests[1], digests
 
 
+@pytest.mark.slow
 def test_multi_worker_job_leaves_only_the_chiefs_files(multi_worker_job):
     model_dir, _ = multi_worker_job
     with open(os.path.join(model_dir, "history.json")) as f:

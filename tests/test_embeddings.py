@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import config, data, embeddings, rundir
-from trainer import model as model_lib
+from trainer.configs import config
+from trainer.data import pipelines
+from trainer.models import classifier
+from trainer.runtime import rundir
+from trainer.training import embeddings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -31,9 +34,9 @@ def _data_cfg(records, *, augment="none", eval_data=None, views=4):
 @pytest.fixture(scope="module")
 def one_shard(demo_images, tmp_path_factory):
     """The demo images as one training shard (a fixed read order) and one validation shard."""
-    from trainer import prepare
+    from trainer.data import preparing
     out = tmp_path_factory.mktemp("one_shard")
-    prepare.prepare(input_dir=demo_images, output_dir=str(out), validation_fraction=0.25, num_shards=1, seed=0)
+    preparing.prepare(input_dir=demo_images, output_dir=str(out), validation_fraction=0.25, num_shards=1, seed=0)
     return str(out)
 
 
@@ -77,24 +80,24 @@ def test_cached_head_equals_streamed_head(tmp_path, one_shard):
 
 def test_views_per_augmentation(one_shard):
     flip = _data_cfg(one_shard, augment="flip")
-    images, labels = next(iter(data.build_view_dataset(flip, split="train", views=2, batch_size=4)))
+    images, labels = next(iter(pipelines.build_view_dataset(flip, split="train", views=2, batch_size=4)))
     assert images.shape == (4, 2, SIZE, SIZE, 3) and labels.shape == (4,)
     np.testing.assert_array_equal(images[:, 1].numpy(), images[:, 0].numpy()[:, :, ::-1])
     none = _data_cfg(one_shard, augment="none")
-    plain, _ = next(iter(data.build_view_dataset(none, split="train", views=1, batch_size=4)))
+    plain, _ = next(iter(pipelines.build_view_dataset(none, split="train", views=1, batch_size=4)))
     np.testing.assert_array_equal(plain[:, 0].numpy(), images[:, 0].numpy())  # the evaluation crop
     ra = _data_cfg(one_shard, augment="randaugment", views=3)
-    views, _ = next(iter(data.build_view_dataset(ra, split="train", views=3, batch_size=4)))
+    views, _ = next(iter(pipelines.build_view_dataset(ra, split="train", views=3, batch_size=4)))
     assert views.shape == (4, 3, SIZE, SIZE, 3)
     assert not np.allclose(views[:, 0].numpy(), views[:, 1].numpy())  # independent random views
-    assert data.view_count("none", randaugment_views=3) == 1 and data.view_count("flip", randaugment_views=3) == 2
-    assert data.view_count("randaugment", randaugment_views=3) == 3
+    assert pipelines.view_count("none", randaugment_views=3) == 1 and pipelines.view_count("flip", randaugment_views=3) == 2
+    assert pipelines.view_count("randaugment", randaugment_views=3) == 3
 
 
 def test_disk_cache_is_written_whole_and_reused(one_shard, tmp_path, monkeypatch):
     cfg = _data_cfg(one_shard, augment="flip", eval_data=os.path.join(one_shard, "validation-*.tfrecord"))
     model_cfg = config.Model(backbone="efficientnet-b0", weights="none")
-    model = model_lib.build_classifier(model_cfg, num_classes=4, image_size=SIZE)
+    model = classifier.build_classifier(model_cfg, num_classes=4, image_size=SIZE)
     strategy = tf.distribute.get_strategy()
     kwargs = dict(data_cfg=cfg, model_cfg=model_cfg, views=2, strategy=strategy, run_dir=rundir.RunDir(str(tmp_path)), verbose=False)
     in_memory = embeddings.build_caches(model, memory_budget=1 << 40, **kwargs)
@@ -134,12 +137,13 @@ def test_training_draws_one_view_per_example(one_shard):
 
 
 def test_where_the_cache_does_not_apply():
-    strategy = tf.distribute.get_strategy()
-    assert embeddings.applies(setting="auto", bn="frozen", strategy=strategy)[0]
-    off, why = embeddings.applies(setting="off", bn="frozen", strategy=strategy)
+    assert embeddings.applies(setting="auto", bn="frozen", tpu=False)[0]
+    off, why = embeddings.applies(setting="off", bn="frozen", tpu=False)
     assert not off and "--frozen_cache=off" in why
-    trainable, why = embeddings.applies(setting="auto", bn="trainable", strategy=strategy)
+    trainable, why = embeddings.applies(setting="auto", bn="trainable", tpu=False)
     assert not trainable and "--bn=trainable" in why
+    tpu, why = embeddings.applies(setting="auto", bn="frozen", tpu=True)
+    assert not tpu and "TPUStrategy" in why
     base = dict(data=config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=SIZE),
                 model=config.Model(backbone="efficientnet-b0", weights="none", bn="trainable"),
                 phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),))
@@ -151,9 +155,9 @@ def test_an_empty_share_of_a_batch_keeps_the_embedding_width():
     """A replica's share of a last, short batch can be empty (MirroredStrategy): its embeddings
     are [0, V, D], not [0, V, D / V], so they concatenate with the other batches'."""
     from tests.testing.presets import TINY, TINY_SIZE
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
+    model = classifier.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=3, image_size=TINY_SIZE)
     embed = embeddings._embedder(model, strategy=tf.distribute.get_strategy())  # pylint: disable=protected-access
-    width = model_lib.embedding_width(model)
+    width = classifier.embedding_width(model)
     for count in (0, 3):
         out, _ = embed(tf.zeros([count, 2, TINY_SIZE, TINY_SIZE, 3]), tf.zeros([count], tf.int32))
         assert tuple(out.shape) == (count, 2, width)

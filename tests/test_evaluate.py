@@ -16,7 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.testing.cli import assert_one_error_line, run_module
-from trainer import demo, evaluate, reports
+from trainer.data import synthetic
+from trainer.evaluation import evaluator, plots, tensorboard
 
 @pytest.fixture(scope="module")
 def validation(demo_records):
@@ -26,7 +27,7 @@ def validation(demo_records):
 @pytest.fixture(scope="module")
 def report(loaded, validation, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("report"))
-    metrics = evaluate.write_report(loaded, data_path=validation, output_dir=out, top_k=2, worst=6)
+    metrics = evaluator.write_report(loaded, data_path=validation, output_dir=out, top_k=2, worst=6)
     return out, metrics
 
 
@@ -70,24 +71,24 @@ def numpy_metrics(labels, probs, k):
 
 def test_report_files_exist_and_parse(report):
     out, metrics = report
-    assert json.load(open(os.path.join(out, evaluate.METRICS_FILE))) == json.loads(json.dumps(metrics))
-    names = list(demo.TASKS["shapes"])
-    per_class = read_csv(os.path.join(out, evaluate.PER_CLASS_FILE))
+    assert json.load(open(os.path.join(out, evaluator.METRICS_FILE))) == json.loads(json.dumps(metrics))
+    names = list(synthetic.TASKS["shapes"])
+    per_class = read_csv(os.path.join(out, evaluator.PER_CLASS_FILE))
     assert per_class[0] == ["class", "precision", "recall", "f1", "support", "predicted"]
     assert [r[0] for r in per_class[1:]] == names
     assert sum(int(r[4]) for r in per_class[1:]) == metrics["num_examples"] == 24
-    confusion = read_csv(os.path.join(out, evaluate.CONFUSION_CSV))
+    confusion = read_csv(os.path.join(out, evaluator.CONFUSION_CSV))
     assert confusion[0][1:] == names and sum(int(v) for r in confusion[1:] for v in r[1:]) == 24
-    worst = read_csv(os.path.join(out, evaluate.WORST_CSV))
+    worst = read_csv(os.path.join(out, evaluator.WORST_CSV))
     assert len(worst) == 1 + 6
     true_probs = [float(r[3]) for r in worst[1:]]
     assert true_probs == sorted(true_probs)
-    pairs = read_csv(os.path.join(out, evaluate.PAIRS_FILE))
+    pairs = read_csv(os.path.join(out, evaluator.PAIRS_FILE))
     assert len(pairs) - 1 == len(metrics["most_confused"])
-    for name in (evaluate.CONFUSION_PNG, evaluate.WORST_PNG):
+    for name in (evaluator.CONFUSION_PNG, evaluator.WORST_PNG):
         with Image.open(os.path.join(out, name)) as im:
             assert im.format == "PNG" and min(im.size) > 300
-    assert not os.path.exists(os.path.join(out, evaluate.SKIPPED_FILE))
+    assert not os.path.exists(os.path.join(out, evaluator.SKIPPED_FILE))
 
 
 def test_metrics_equal_numpy_recomputation(report, loaded, validation):
@@ -97,9 +98,9 @@ def test_metrics_equal_numpy_recomputation(report, loaded, validation):
     assert len(set(probs.argmax(axis=1))) > 1  # the tiny model tells classes apart
     for key in ("accuracy", "top_2_accuracy", "macro_f1", "weighted_f1", "log_loss"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
-    per_class = read_csv(os.path.join(out, evaluate.PER_CLASS_FILE))[1:]
+    per_class = read_csv(os.path.join(out, evaluator.PER_CLASS_FILE))[1:]
     np.testing.assert_allclose([float(r[3]) for r in per_class], expected["f1"], atol=1e-6)
-    confusion = np.array([[int(v) for v in r[1:]] for r in read_csv(os.path.join(out, evaluate.CONFUSION_CSV))[1:]])
+    confusion = np.array([[int(v) for v in r[1:]] for r in read_csv(os.path.join(out, evaluator.CONFUSION_CSV))[1:]])
     pred = probs.argmax(axis=1)
     for t in range(4):
         for p in range(4):
@@ -108,7 +109,7 @@ def test_metrics_equal_numpy_recomputation(report, loaded, validation):
 
 def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path):
     folder = tmp_path / "data"
-    for name in demo.TASKS["shapes"]:
+    for name in synthetic.TASKS["shapes"]:
         (folder / name).mkdir(parents=True)
         for src in sorted(os.listdir(os.path.join(demo_images, name)))[:2]:
             shutil.copy(os.path.join(demo_images, name, src), folder / name / src)
@@ -117,10 +118,10 @@ def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path):
     result = run_module("trainer.evaluate", f"--export_dir={export_base}", f"--data={folder}", f"--output_dir={out}",
                         "--top_k=3")
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((out / evaluate.METRICS_FILE).read_text())
+    metrics = json.loads((out / evaluator.METRICS_FILE).read_text())
     assert metrics["num_examples"] == 8 and metrics["skipped_images"] == 1
     assert metrics["export_dir"] == os.path.join(export_base, "1")
-    skipped = read_csv(out / evaluate.SKIPPED_FILE)
+    skipped = read_csv(out / evaluator.SKIPPED_FILE)
     assert [r[0] for r in skipped[1:]] == [str(folder / "circle" / "broken.jpg")]
     assert "accuracy" in result.stdout and f"report: {out}" in result.stdout
 
@@ -140,8 +141,8 @@ def test_confusion_matrix_stays_readable_with_many_classes(tmp_path):
     confusion[7, 7], confusion[7, 8] = 1, 40  # class 7 is the worst recognised
     names = [f"class_{i:03d}" for i in range(c)]
     path = str(tmp_path / "cm.png")
-    shown = reports.plot_confusion_matrix(confusion, class_names=names, path=path)
-    assert len(shown) <= reports.MAX_TICK_LABELS and shown[0] == "class_007"
+    shown = plots.plot_confusion_matrix(confusion, class_names=names, path=path)
+    assert len(shown) <= plots.MAX_TICK_LABELS and shown[0] == "class_007"
     with Image.open(path) as im:
         assert max(im.size) <= 2500
 
@@ -149,7 +150,7 @@ def test_confusion_matrix_stays_readable_with_many_classes(tmp_path):
 def test_tensorboard_summaries(report, tmp_path):
     out, metrics = report
     log_dir = str(tmp_path / "logs")
-    reports.write_tensorboard(log_dir, metrics=metrics, images=evaluate.report_images(out), step=3)
+    tensorboard.write_tensorboard(log_dir, metrics=metrics, images=evaluator.report_images(out), step=3)
     scalars, images = {}, set()
     for event_file in tf.io.gfile.glob(os.path.join(log_dir, "events.*")):
         for event in tf.compat.v1.train.summary_iterator(event_file):
@@ -173,8 +174,9 @@ def test_run_report_counts_validation_images_copied_from_training(export_base, d
     import logging
     from PIL import ImageOps
     from tests.testing.presets import IMAGE_SIZE, PRETRAINED
-    from trainer import config, pipeline
-    names = list(demo.TASKS["shapes"])
+    from trainer.configs import config
+    from trainer.jobs import pipeline
+    names = list(synthetic.TASKS["shapes"])
     train, validation = tmp_path / "train", tmp_path / "validation"
     for name in names:
         files = sorted(os.listdir(os.path.join(demo_images, name)))
@@ -202,7 +204,7 @@ def test_run_report_counts_validation_images_copied_from_training(export_base, d
     assert found["count"] == 3 and found["fraction"] == pytest.approx(3 / 15)
     assert {(e["eval"], e["train"]) for e in found["examples"]} == planted
     assert all(0.6 <= e["cosine"] <= 1.0 for e in found["examples"])
-    written = json.loads((tmp_path / "run" / "eval" / evaluate.METRICS_FILE).read_text())
+    written = json.loads((tmp_path / "run" / "eval" / evaluator.METRICS_FILE).read_text())
     assert written["near_copies_of_training"] == json.loads(json.dumps(found))
     assert "3 of 15 validation images have a near copy in the training split" in caplog.text
     metrics, _ = pipeline.report(cfg, export_dir=export_base, history=[], leakage_check=False)

@@ -17,12 +17,14 @@ import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
 
-from serving import signatures  # noqa: E402
-from testbed import exports, serving_server  # noqa: E402
-from testbed.signature_defs import read_signature_defs  # noqa: E402
-from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
 from effnet_common import decode
-from trainer import config, export, model as model_lib  # noqa: E402
+from serving import signatures
+from testbed import exports, serving_server
+from testbed.signature_defs import read_signature_defs
+from tests.testing.cli import assert_one_error_line, run_module
+from trainer.configs import config
+from trainer.exporting import restore as restore_lib, saved_model
+from trainer.models import classifier
 
 SIZE = 32
 
@@ -75,7 +77,7 @@ def test_serving_default_matches_keras_on_the_same_pixels(b0_export, servable):
     assert [row[0].decode() for row in out["classes"].numpy()] == best
     features = servable.loaded.signatures["features"](image_bytes=tf.constant(images))["features"].numpy()
     assert features.shape == (3, 1280) and features.dtype == np.float32
-    np.testing.assert_allclose(features, model_lib.feature_model(model)(pixels, training=False).numpy(), atol=1e-4)
+    np.testing.assert_allclose(features, classifier.feature_model(model)(pixels, training=False).numpy(), atol=1e-4)
     classify = servable.loaded.signatures["classify"](inputs=tf.constant([signatures.image_example(b) for b in images]))
     assert classify["classes"].numpy().tolist() == out["classes"].numpy().tolist()
 
@@ -133,13 +135,13 @@ def test_versions_count_up_and_existing_ones_are_never_overwritten(tmp_path):
     for name in ("3", "notes", ".tmp-7-crashed"):
         (base / name).mkdir(parents=True)
     net = small_net(2)
-    path = export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), verify=False)
+    path = saved_model.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), verify=False)
     assert path == str(base / "4")
     assert sorted(os.listdir(base)) == [".tmp-7-crashed", "3", "4", "notes"]
     assert sorted(os.listdir(path)) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables"]
-    with pytest.raises(export.ExportError, match="already exists.*--version=5"):
-        export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), version=4)
-    assert export.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base),
+    with pytest.raises(saved_model.ExportError, match="already exists.*--version=5"):
+        saved_model.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), version=4)
+    assert saved_model.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base),
                                      version=10, verify=False) == str(base / "10")
 
 
@@ -148,7 +150,7 @@ def test_export_to_gcs_lands_whole_in_the_next_version(gcs_bucket):
     base = f"{gcs_bucket}/run/export"
     tf.io.gfile.makedirs(f"{base}/1")
     tf.io.gfile.makedirs(f"{base}/notes")
-    path = export.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=base)
+    path = saved_model.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=base)
     assert path == f"{base}/2"
     assert sorted(n.rstrip("/") for n in tf.io.gfile.listdir(base)) == ["1", "2", "notes"]
     out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([jpeg(6)]))
@@ -159,9 +161,9 @@ def test_export_to_gcs_lands_whole_in_the_next_version(gcs_bucket):
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr(export, "_write_warmup", broken)
+    monkeypatch.setattr(saved_model, "_write_warmup", broken)
     with pytest.raises(OSError):
-        export.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path))
+        saved_model.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path))
     assert os.listdir(tmp_path) == []
 
 
@@ -176,8 +178,8 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_bad_inputs_are_refused_before_writing(tmp_path, kwargs, message):
     model = small_net(2, dtype_policy="mixed_float16") if kwargs.pop("model", None) else small_net(2)
     args = {**dict(class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path / "export")), **kwargs}
-    with pytest.raises(export.ExportError, match=message):
-        export.export_saved_model(model, **args)
+    with pytest.raises(saved_model.ExportError, match=message):
+        saved_model.export_saved_model(model, **args)
     assert not (tmp_path / "export").exists()
 
 
@@ -193,13 +195,13 @@ def test_reexport_of_a_run(tmp_path, monkeypatch):
     def restore(model_dir, checkpoint=None):
         asked.append((model_dir, checkpoint))
         return small_net(2), cfg
-    monkeypatch.setattr(model_lib, "restore_trained_model", restore)
-    path = export.reexport(model_dir=str(tmp_path), checkpoint="ckpt-7", version=3)
+    monkeypatch.setattr(restore_lib, "restore_trained_model", restore)
+    path = saved_model.reexport(model_dir=str(tmp_path), checkpoint="ckpt-7", version=3)
     assert asked == [(str(tmp_path), "ckpt-7")]
     assert path.endswith(os.path.join(str(tmp_path), "export", "3"))
     assert os.path.exists(os.path.join(path, "saved_model.pb"))
-    with pytest.raises(export.ExportError, match="already exists"):  # a ValueError: main's one line, exit 2
-        export.reexport(model_dir=str(tmp_path), version=3)
+    with pytest.raises(saved_model.ExportError, match="already exists"):  # a ValueError: main's one line, exit 2
+        saved_model.reexport(model_dir=str(tmp_path), version=3)
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):

@@ -1,4 +1,4 @@
-"""The frozen phase's head as a cross-validated probe (trainer/headfit.py), and its place in training.
+"""The frozen phase's head as a cross-validated probe (trainer/training/headfit.py), and its place in training.
 
 The solver is checked against what it claims: the optimum of its objective (its gradient
 vanishes), the standardization folded into the kernel (the same logits on raw embeddings), a
@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from trainer import headfit
+from trainer.evaluation import metrics
+from trainer.training import headfit
 
 
 def _blobs(n_per_class, *, classes=3, dim=40, spread=1.0, views=1, seed=0):
@@ -30,7 +31,7 @@ def test_the_solution_is_the_objectives_optimum():
     x = (x - x.mean(0)) / x.std(0)  # as fit_head solves it
     c = 0.05
     kernel, bias = headfit._solve(x, y, np.ones(len(y)), c=c, num_classes=3)  # pylint: disable=protected-access
-    log_p = headfit._log_softmax(x @ kernel + bias)  # pylint: disable=protected-access
+    log_p = metrics.log_softmax(x @ kernel + bias)
     residual = c * (np.exp(log_p) - np.eye(3)[y])
     assert np.abs(x.T @ residual + kernel).max() < 1e-2 * np.abs(kernel).max()
     assert np.abs(residual.sum(axis=0)).max() < 1e-2

@@ -1,4 +1,4 @@
-"""trainer.hptune: a tuning trial reports its metric through the real cloudml-hypertune library.
+"""trainer.training.hptune: a tuning trial reports its metric through the real cloudml-hypertune library.
 
 A two-weight Keras model trains for a few epochs on a handful of numbers; what cloudml-hypertune
 writes to CLOUD_ML_HP_METRIC_FILE is read back and compared with Keras' own history.
@@ -12,7 +12,7 @@ import pytest
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tf_keras as keras  # noqa: E402
 
-from trainer import hptune  # noqa: E402
+from trainer.training import hptune
 
 
 def _tiny_fit(callbacks, *, epochs=3):

@@ -16,7 +16,7 @@ from PIL import Image
 import trainer  # noqa: F401
 import tensorflow as tf  # noqa: E402  # gcs_bucket: the conftest plugin (testbed/gcs_front.py)
 
-from trainer import discovery, importfile, prepare  # noqa: E402
+from trainer.data import discovery, importfile, preparing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
@@ -66,7 +66,7 @@ def _records(folder: str, split: str) -> dict:
 
 def _prepare(import_file: str, out, **kwargs) -> dict:
     kwargs.setdefault("validation_fraction", 0.0)
-    return prepare.prepare(input_dir=None, import_file=import_file, output_dir=str(out), **kwargs)
+    return preparing.prepare(input_dir=None, import_file=import_file, output_dir=str(out), **kwargs)
 
 
 def test_csv_ml_use_is_kept_exactly_and_test_gets_its_own_shards(tmp_path):
@@ -189,7 +189,7 @@ def test_an_unknown_extension_or_two_inputs_is_one_line(tmp_path):
     with pytest.raises(discovery.DataError, match=r"list.txt ends in '.txt': name a Vertex AI import file .csv"):
         _prepare(path, tmp_path / "out")
     with pytest.raises(discovery.DataError, match=r"^pass exactly one of --input_dir .* --csv .* and --import_file"):
-        prepare.prepare(input_dir=str(tmp_path), import_file=path, output_dir=str(tmp_path / "out"),
+        preparing.prepare(input_dir=str(tmp_path), import_file=path, output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
 
 
@@ -212,7 +212,7 @@ def test_a_class_without_training_images_is_an_error(tmp_path):
     # The same rule for --csv: a 1-image class that --validation_fraction sends to validation.
     (tmp_path / "list.csv").write_text("a.jpg,cat\nb.jpg,cat\nc.jpg,dog\n")
     with pytest.raises(discovery.DataError, match=r"^class 'dog' has no image in the training split"):
-        prepare.prepare(input_dir=None, csv=str(tmp_path / "list.csv"), output_dir=str(tmp_path / "out"),
+        preparing.prepare(input_dir=None, csv=str(tmp_path / "list.csv"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.6)
     assert not (tmp_path / "out").exists()
 

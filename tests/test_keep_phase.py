@@ -7,7 +7,10 @@ import pytest
 import tensorflow as tf
 
 from tests.testing.presets import IMAGE_SIZE, PRETRAINED
-from trainer import config, data, rundir, train
+from trainer.configs import config
+from trainer.data import discovery, pipelines
+from trainer.runtime import rundir
+from trainer.training import train
 
 
 @pytest.mark.parametrize("history, kept", [
@@ -42,9 +45,9 @@ def test_early_stopping_compares_the_epoch_it_restored_and_multi_label_compares_
 def _cfg(demo_records, weights, model_dir, **runtime):
     train_glob, eval_glob = f"{demo_records}/train-*.tfrecord", f"{demo_records}/validation-*.tfrecord"
     return config.Config(
-        data=config.Data(train_data=train_glob, eval_data=eval_glob, class_names=data.resolve_class_names(train_glob),
-                         image_size=IMAGE_SIZE, num_train_examples=data.count_examples(train_glob),
-                         num_eval_examples=data.count_examples(eval_glob)),
+        data=config.Data(train_data=train_glob, eval_data=eval_glob, class_names=discovery.resolve_class_names(train_glob),
+                         image_size=IMAGE_SIZE, num_train_examples=discovery.count_examples(train_glob),
+                         num_eval_examples=discovery.count_examples(eval_glob)),
         model=config.Model(backbone=PRETRAINED, weights=weights),
         # a fine-tuning rate 10,000x too high: a few Adam steps wreck the network
         phases=(config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-2),
@@ -71,6 +74,6 @@ def test_fine_tuning_that_wrecks_the_network_gives_way_to_the_frozen_phase(tmp_p
     assert names
     for name in names:
         np.testing.assert_array_equal(reader.get_tensor(name), expected.get_tensor(name))
-    probabilities = result.model.predict(next(iter(data.build_dataset(cfg.data, split="eval", batch_size=64)))[0],
+    probabilities = result.model.predict(next(iter(pipelines.build_dataset(cfg.data, split="eval", batch_size=64)))[0],
                                          verbose=0)
     assert np.isfinite(probabilities).all()

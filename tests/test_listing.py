@@ -17,8 +17,8 @@ from PIL import Image
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
-from effnet_common import fileio  # noqa: E402
-from trainer import discovery, labelled, predict, prepare  # noqa: E402
+from trainer.data import discovery, preparing
+from trainer.inference import labelled, prediction
 
 NFC = unicodedata.normalize("NFC", "café")
 NFD = unicodedata.normalize("NFD", "café")
@@ -47,11 +47,11 @@ def test_webp_is_read_by_prepare_predict_the_client_and_the_reader(tmp_path):
     root = tmp_path / "in"
     for i, name in enumerate(("a/1.webp", "a/2.jpg", "b/3.WEBP", "b/4.png")):
         _image(str(root / name), seed=i, fmt="WEBP" if "webp" in name.lower() else "JPEG")
-    info = prepare.prepare(input_dir=str(root), output_dir=str(tmp_path / "out"), validation_fraction=0,
+    info = preparing.prepare(input_dir=str(root), output_dir=str(tmp_path / "out"), validation_fraction=0,
                            num_shards=1)
     assert info["skipped"] == [] and info["formats"] == {"JPEG": 2, "WEBP": 2}
     expected = [str(root / n) for n in ("a/1.webp", "a/2.jpg", "b/3.WEBP", "b/4.png")]
-    assert predict.list_inputs([str(root)]) == expected
+    assert prediction.list_inputs([str(root)]) == expected
     assert _client().expand_inputs([str(root)]) == (expected, [])
     assert _client().check_image((root / "a/1.webp").read_bytes()) is None
     assert discovery.list_image_files(str(root), class_names=("a", "b")) == (expected, [0, 0, 1, 1])
@@ -62,7 +62,7 @@ def test_every_skipped_file_is_reported(tmp_path, caplog):
     _image(str(tmp_path / "b/2.jpg"), seed=1)
     (tmp_path / "b/notes.txt").write_text("not an image")
     with caplog.at_level(logging.WARNING, logger="absl"):
-        assert predict.list_inputs([str(tmp_path)]) == [str(tmp_path / "a/1.jpg"), str(tmp_path / "b/2.jpg")]
+        assert prediction.list_inputs([str(tmp_path)]) == [str(tmp_path / "a/1.jpg"), str(tmp_path / "b/2.jpg")]
     assert f"skipped {tmp_path / 'b/notes.txt'}: not an image name (.txt)" in _warnings(caplog)
 
 
@@ -75,9 +75,9 @@ def test_a_link_loop_in_a_class_folder_lists_each_file_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="absl"):
         assert discovery.list_image_files(str(root), class_names=("a", "b")) == (expected, [0, 0, 1])
     assert f"skipped {root / 'a/loop'}: the same folder as {root}" in _warnings(caplog)
-    assert predict.list_inputs([str(root)]) == expected
+    assert prediction.list_inputs([str(root)]) == expected
     assert _client().expand_inputs([str(root / "a")]) == (expected[:2], [])
-    sources, skipped, _ = prepare.list_folder(str(root))
+    sources, skipped, _ = preparing.list_folder(str(root))
     assert [s.path for s in sources] == expected
     assert [s["path"] for s in skipped] == ["a/loop"]
 
@@ -93,7 +93,7 @@ def test_two_links_to_one_file_count_it_once(tmp_path, caplog):
         paths, labels = discovery.list_image_files(root, class_names=("a", "b"))
     assert paths == [os.path.join(root, "a/first.jpg"), os.path.join(root, "b/2.jpg")] and labels == [0, 1]
     assert f"skipped {root}/a/second.jpg: the same file as {root}/a/first.jpg" in _warnings(caplog)
-    info = prepare.prepare(input_dir=root, output_dir=str(tmp_path / "out"), validation_fraction=0, num_shards=1)
+    info = preparing.prepare(input_dir=root, output_dir=str(tmp_path / "out"), validation_fraction=0, num_shards=1)
     assert info["splits"]["train"]["num_examples"] == 2
     assert [s["path"] for s in info["skipped"]] == ["a/second.jpg"]
 
@@ -120,7 +120,7 @@ def test_prepare_writes_nfc_class_names(nfd_folder, tmp_path):
     csv.write_text(f"{nfd_folder}/tea/3.jpg,{NFC}\n{nfd_folder}/{NFD}/1.jpg,{NFD}\n{nfd_folder}/{NFD}/2.jpg,tea\n")
     for name, source in (("folder", {"input_dir": nfd_folder}), ("csv", {"input_dir": None, "csv": str(csv)})):
         out = tmp_path / name
-        info = prepare.prepare(output_dir=str(out), validation_fraction=0, num_shards=1, **source)
+        info = preparing.prepare(output_dir=str(out), validation_fraction=0, num_shards=1, **source)
         assert (out / "labels.txt").read_text(encoding="utf-8") == f"{NFC}\ntea\n"
         assert info["class_names"] == [NFC, "tea"]
         assert json.loads((out / "dataset.json").read_text())["splits"]["train"]["per_class"][NFC] == 2

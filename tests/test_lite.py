@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.testing import numpy_lite
-from trainer import config, lite, lite_pypi, model as model_lib, pretrained, torch_checkpoint
 from effnet_common.errors import WeightsError
+from tests.testing import numpy_lite
+from trainer.configs import config
+from trainer.models import classifier, finetuning, lite
+from trainer.models.pretrained import imagenet, lite_pypi, torch_checkpoint
 
 LITE0 = "efficientnet-lite0"
 GRACE_HOPPER = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
@@ -38,8 +40,8 @@ def lite0_state():
 def imagenet_classifier(lite0_state, pretrained_weights):
     """Lite0 at 224 px through the product's path (preprocessing layer, converted notop weights)
     with the checkpoint's own 1000-class head."""
-    model = model_lib.build_classifier(config.Model(backbone=LITE0, weights="imagenet"), num_classes=1000, image_size=224)
-    model.get_layer(model_lib.HEAD_LAYER).set_weights(list(lite_pypi.classifier_head(lite0_state)))
+    model = classifier.build_classifier(config.Model(backbone=LITE0, weights="imagenet"), num_classes=1000, image_size=224)
+    model.get_layer(classifier.HEAD_LAYER).set_weights(list(lite_pypi.classifier_head(lite0_state)))
     return model
 
 
@@ -80,7 +82,7 @@ def test_center_crop_shows_the_gown_and_the_mortarboard(imagenet_classifier):
 
 def test_pooled_features_equal_an_independent_numpy_forward_pass(imagenet_classifier, lite0_state):
     pixels = grace_hopper(224)
-    features = model_lib.feature_model(imagenet_classifier).predict(pixels[None], verbose=0)[0]
+    features = classifier.feature_model(imagenet_classifier).predict(pixels[None], verbose=0)[0]
     reference = numpy_lite.pooled_features(lite0_state, pixels)
     assert features.shape == reference.shape == (1280,)
     assert np.abs(features - reference).max() < 5e-5
@@ -97,7 +99,7 @@ def test_lite_layout_keeps_stem_head_and_outer_stages(name, blocks, params):
     network = lite.build_backbone(name, image_size=64)
     assert network.get_layer("stem_conv").filters == lite.STEM_FILTERS
     assert network.get_layer("top_conv").filters == lite.HEAD_FILTERS
-    assert model_lib.block_names(network) == [b.name for b in layout]
+    assert finetuning.block_names(network) == [b.name for b in layout]
     assert not any("_se_" in layer.name for layer in network.layers)  # no squeeze-and-excitation
     assert network.count_params() == params  # BN's moving statistics included, as in the state dicts
 
@@ -133,17 +135,17 @@ def test_a_missing_package_is_one_line_with_the_pip_command(monkeypatch):
 
 def test_imagenet_weights_are_converted_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))
-    path = pretrained.imagenet_notop_file(LITE0)
+    path = imagenet.imagenet_notop_file(LITE0)
     assert path == str(tmp_path / "weights" / f"{LITE0}-imagenet-notop.h5")
     monkeypatch.setattr(torch_checkpoint, "read_state_dict", lambda p: pytest.fail("converted twice"))
-    assert pretrained.imagenet_notop_file(LITE0) == path
+    assert imagenet.imagenet_notop_file(LITE0) == path
     assert [p.name for p in tmp_path.joinpath("weights").iterdir()] == [os.path.basename(path)]  # no temporary left
 
 
 def test_notop_file_serves_as_weights_file(pretrained_weights, imagenet_classifier):
     """--weights=FILE with the cached file gives the same backbone as --weights=imagenet."""
-    from_file = model_lib.build_classifier(config.Model(backbone=LITE0, weights=pretrained_weights), num_classes=3, image_size=64)
-    for a, b in zip(model_lib.backbone_of(from_file).weights, model_lib.backbone_of(imagenet_classifier).weights):
+    from_file = classifier.build_classifier(config.Model(backbone=LITE0, weights=pretrained_weights), num_classes=3, image_size=64)
+    for a, b in zip(classifier.backbone_of(from_file).weights, classifier.backbone_of(imagenet_classifier).weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 

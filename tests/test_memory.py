@@ -11,11 +11,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.testing import two_cpus
-from tests.testing.faults import OomOnce
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
+from tests.testing.faults import OomOnce
 from tests.testing.presets import TINY
-from trainer import accumulate, activations, config, devices, memory, oom, rundir, schedules
-from trainer import model as model_lib
+from trainer.configs import config
+from trainer.models import classifier
+from trainer.runtime import devices, rundir
+from trainer.training import accumulate, activations, memory, oom, schedules
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -35,22 +37,24 @@ def make_config(model_dir, *, image_size=224, frozen="auto", finetune="auto", bu
 
 
 def plan(cfg, **kwargs):
-    """memory.plan on a Config's parts, writing plan.json into its model_dir (as the chief does)."""
-    return memory.plan(cfg.phases, model=kwargs.pop("model"), bn=cfg.model.bn, runtime=cfg.runtime,
-                       num_examples=cfg.data.num_train_examples, run_dir=rundir.RunDir(cfg.runtime.model_dir), **kwargs)
+    """memory.build_plan on a Config's parts, its plan.json written into the model_dir (as the chief does)."""
+    planned, document = memory.build_plan(cfg.phases, model=kwargs.pop("model"), bn=cfg.model.bn, runtime=cfg.runtime,
+                                          num_examples=cfg.data.num_train_examples, **kwargs)
+    memory.write_plan(rundir.RunDir(cfg.runtime.model_dir), document)
+    return planned
 
 
 @pytest.fixture(scope="module")
 def b0_224():
     """B0 at its native 224 px (weights none): the estimate reads shapes only, no training."""
-    return model_lib.classifier_for(make_config("unused"))
+    return classifier.classifier_for(make_config("unused"))
 
 
 def test_same_budget_frozen_batch_at_least_twice_finetune(b0_224, tmp_path):
     cfg = make_config(tmp_path)
-    flags = [layer.trainable for layer in model_lib.leaf_layers(b0_224)]
+    flags = [layer.trainable for layer in classifier.leaf_layers(b0_224)]
     frozen, finetune = plan(cfg, model=b0_224, replicas=1, device="CPU")
-    assert [layer.trainable for layer in model_lib.leaf_layers(b0_224)] == flags  # planning changes no flag
+    assert [layer.trainable for layer in classifier.leaf_layers(b0_224)] == flags  # planning changes no flag
     assert finetune.batch_size >= 8 and finetune.batch_size % 8 == 0
     assert frozen.batch_size % 8 == 0
     assert frozen.batch_size >= 2 * finetune.batch_size

@@ -28,7 +28,7 @@ CLASSES = ("bag", "sneaker", "trouser", "tshirt_top")
 MAP_MIN = 0.88
 MICRO_F1_MIN = 0.80
 # Mosaics a split. Under MirroredStrategy on two CPUs the embedding cache is computed in global
-# batches of 128; 160 train images (128 + 32) failed there in trainer/embeddings.py (a last batch
+# batches of 128; 160 train images (128 + 32) failed there in trainer/training/embeddings.py (a last batch
 # that leaves the second replica empty), so 200 (128 + 72).
 TRAIN, VALIDATION = 200, 80
 
@@ -66,8 +66,8 @@ def test_multi_label_transfer_on_real_photo_mosaics(mosaics, pretrained_weights,
     assert rows[0].startswith("class,average_precision,threshold") and len(rows) == 1 + len(CLASSES)
 
     # serving_default: independent probabilities equal to the Keras model's; classify: every class.
-    from trainer import model as model_lib
-    model, _ = model_lib.restore_trained_model(model_dir)
+    from trainer.exporting import restore
+    model, _ = restore.restore_trained_model(model_dir)
     images = [r.numpy() for r in tf.data.TFRecordDataset(f"{mosaics}/validation-00000-of-00001.tfrecord").take(4)]
     encoded = [tf.train.Example.FromString(r).features.feature["image/encoded"].bytes_list.value[0] for r in images]
     loaded = tf.saved_model.load(export_dir)
@@ -96,12 +96,15 @@ def test_multi_label_transfer_on_real_photo_mosaics(mosaics, pretrained_weights,
 
 
 def test_multi_label_embedding_cache_on_disk_keeps_the_label_sets(mosaics, tmp_path):
-    from trainer import config, data, embeddings, rundir
-    from trainer import model as model_lib
+    from trainer.configs import config
+    from trainer.data import pipelines
+    from trainer.training import embeddings
+    from trainer.runtime import rundir
+    from trainer.models import classifier
     cfg = config.Data(train_data=f"{mosaics}/train-*", eval_data=None, class_names=CLASSES, image_size=TINY_SIZE,
                       augment="none", multi_label=True, num_train_examples=TRAIN)
     model_cfg = config.Model(backbone=TINY, weights="none")
-    model = model_lib.build_classifier(model_cfg, num_classes=4, image_size=TINY_SIZE, multi_label=True)
+    model = classifier.build_classifier(model_cfg, num_classes=4, image_size=TINY_SIZE, multi_label=True)
     kwargs = dict(data_cfg=cfg, model_cfg=model_cfg, views=1, strategy=tf.distribute.get_strategy(),
                   run_dir=rundir.RunDir(str(tmp_path)), verbose=False)
     disk = embeddings.build_caches(model, memory_budget=0, **kwargs)["train"][0]
@@ -109,7 +112,7 @@ def test_multi_label_embedding_cache_on_disk_keeps_the_label_sets(mosaics, tmp_p
     assert disk.where == "disk" and disk.label_width == 4
     _, from_disk = next(iter(embeddings.build_dataset(disk, batch_size=TRAIN, training=False, seed=0)))
     np.testing.assert_array_equal(from_disk.numpy(), memory.labels)
-    _, streamed = next(iter(data.build_dataset(dataclass_eval(cfg), split="eval", batch_size=TRAIN)))
+    _, streamed = next(iter(pipelines.build_dataset(dataclass_eval(cfg), split="eval", batch_size=TRAIN)))
     np.testing.assert_array_equal(memory.labels, streamed.numpy())
     assert 1.5 < memory.labels.sum(axis=1).mean() < 2.5  # sets, not single labels
 
@@ -123,7 +126,10 @@ def mirrored_multi_label(mosaics: str, model_dir: str) -> dict:
     """In a fresh process with two logical CPUs: a multi-label run with balanced class weights
     under MirroredStrategy, through the pipeline (frozen phase on the cache, fine-tuning, export)."""
     from tests.testing import two_cpus
-    from trainer import config, discovery, pipeline, targets
+    from trainer.configs import config
+    from trainer.data import discovery
+    from trainer.jobs import pipeline
+    from trainer.data import targets
     counts = discovery.class_counts(f"{mosaics}/train-*", class_names=CLASSES)
     data_cfg = config.Data(
         train_data=f"{mosaics}/train-*", eval_data=f"{mosaics}/validation-*", class_names=CLASSES,

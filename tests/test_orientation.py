@@ -18,10 +18,11 @@ import trainer  # noqa: F401  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from effnet_common import decode  # noqa: E402
-from effnet_common.decode import _center_window as center_window, _resize as resize  # noqa: E402
-from testbed import exports  # noqa: E402
-from trainer import export, prepare  # noqa: E402
+from effnet_common import decode
+from effnet_common.decode import _center_window as center_window, _resize as resize
+from testbed import exports
+from trainer.data import preparing
+from trainer.exporting import saved_model
 
 SIZE = 32
 ORIENTATION = 0x0112
@@ -206,7 +207,7 @@ def test_prepare_records_the_upright_size_and_keeps_the_bytes(tmp_path):
         os.makedirs(tmp_path / "in" / os.path.dirname(name), exist_ok=True)
         (tmp_path / "in" / name).write_bytes(data)
     out = str(tmp_path / "out")
-    prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0, num_shards=1)
+    preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0, num_shards=1)
     features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
                 "image/filename": tf.io.FixedLenFeature([], tf.string),
                 "image/height": tf.io.FixedLenFeature([], tf.int64),
@@ -230,7 +231,7 @@ def small_export(tmp_path_factory):
     kernel, bias = head.get_weights()
     head.set_weights([kernel * HEAD_SCALE, bias])
     base = str(tmp_path_factory.mktemp("orientation") / "export")
-    return export.export_saved_model(model, class_names=["a", "b", "c"], image_size=SIZE, export_base=base)
+    return saved_model.export_saved_model(model, class_names=["a", "b", "c"], image_size=SIZE, export_base=base)
 
 
 def test_the_export_serves_a_tagged_photo_as_the_upright_one(small_export):

@@ -14,8 +14,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.testing.cli import assert_one_error_line, run_module  # noqa: E402
-from trainer import demo, exported, predict  # noqa: E402
+from tests.testing.cli import assert_one_error_line, run_module
+from trainer import predict
+from trainer.data import synthetic
+from trainer.inference import exported, prediction
 
 TOP_K = 3
 
@@ -30,7 +32,7 @@ def run_cli(*argv):
 def inputs(demo_images, tmp_path_factory):
     """2 JPEGs per class, a PNG elsewhere, and a broken .jpg matched by the same glob."""
     root = tmp_path_factory.mktemp("inputs")
-    for name in demo.TASKS["shapes"]:
+    for name in synthetic.TASKS["shapes"]:
         (root / name).mkdir()
         for src in sorted(os.listdir(os.path.join(demo_images, name)))[:2]:
             shutil.copy(os.path.join(demo_images, name, src), root / name / src)
@@ -117,7 +119,7 @@ def test_errors_are_one_line(export_base, inputs, tmp_path):
 
 def test_list_inputs_expands_folders_and_globs_once(inputs):
     (inputs / "extra" / "notes.txt").write_text("not an image")
-    paths = predict.list_inputs([str(inputs / "extra"), f"{inputs}/extra/*.png", str(inputs / "square")])
+    paths = prediction.list_inputs([str(inputs / "extra"), f"{inputs}/extra/*.png", str(inputs / "square")])
     assert paths == [str(inputs / "extra" / "one.png")] + sorted(str(p) for p in (inputs / "square").glob("*.jpg"))
 
 
@@ -126,16 +128,17 @@ def test_every_reader_of_a_folder_lists_the_same_images(tmp_path):
     hidden files and hidden folders are left out by all of them (the client used to keep them)."""
     from serving import client  # pylint: disable=import-outside-toplevel  # gRPC: only here
     from effnet_common import fileio
-    from trainer import discovery, prepare  # pylint: disable=import-outside-toplevel
+    from trainer.data import discovery
+    from trainer.data import preparing
     for name in ("a/1.jpg", "a/deep/2.PNG", "b/3.bmp", "a/._1.jpg", "a/.thumbnails/4.jpg", "b/notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     expected = [str(tmp_path / n) for n in ("a/1.jpg", "a/deep/2.PNG", "b/3.bmp")]
     assert fileio.list_images(str(tmp_path)) == expected
-    assert predict.list_inputs([str(tmp_path)]) == expected
+    assert prediction.list_inputs([str(tmp_path)]) == expected
     assert client.expand_inputs([str(tmp_path)]) == (expected, [])
     assert discovery.list_image_files(str(tmp_path), class_names=("a", "b")) == (expected, [0, 0, 1])
-    sources, _, classes = prepare.list_folder(str(tmp_path))  # every visible file: its content decides
+    sources, _, classes = preparing.list_folder(str(tmp_path))  # every visible file: its content decides
     assert [s.path for s in sources] == expected[:2] + [str(tmp_path / "b/3.bmp"), str(tmp_path / "b/notes.txt")]
     assert classes == ["a", "b"]
 

@@ -71,7 +71,7 @@ def finetune_start(log):
 def test_guard_turns_sigterm_into_save_then_exit_and_restores_the_handler():
     import threading
     import tensorflow as tf
-    from trainer import preemption
+    from trainer.training import preemption
     before, saved = signal.getsignal(signal.SIGTERM), []
     with preemption.Guard(strategy=tf.distribute.get_strategy()) as guard:
         guard.after_step(lambda: saved.append("too early"))
@@ -123,6 +123,7 @@ def preempted(tmp_path_factory, demo_records):
     return run
 
 
+@pytest.mark.slow
 def test_killed_run_restarts_in_finetune_at_its_backed_up_epoch(preempted):
     assert preempted.killed_rc == -signal.SIGKILL, preempted.killed_log[-3000:]
     assert "starting phase frozen" in preempted.killed_log
@@ -133,6 +134,7 @@ def test_killed_run_restarts_in_finetune_at_its_backed_up_epoch(preempted):
     assert re.search(r"resuming .*: phase\(s\) frozen already done", preempted.sigterm_log)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_then_exits_and_the_restart_continues_from_that_save(preempted):
     assert preempted.sigterm_rc == 143, preempted.sigterm_log[-3000:]
     assert "SIGTERM: saving a backup" in preempted.sigterm_log
@@ -143,6 +145,7 @@ def test_sigterm_saves_then_exits_and_the_restart_continues_from_that_save(preem
     assert finetune_start(preempted.final_log) == (epoch, step + 1), (preempted.saved, preempted.final_log[-3000:])
 
 
+@pytest.mark.slow
 def test_frozen_phase_never_reruns(preempted):
     for log in (preempted.sigterm_log, preempted.final_log):
         assert "starting phase frozen" not in log
@@ -150,6 +153,7 @@ def test_frozen_phase_never_reruns(preempted):
     assert digest(os.path.join(preempted.model_dir, "checkpoints", "frozen")) == preempted.frozen_digest
 
 
+@pytest.mark.slow
 def test_job_completes_with_each_phase_epoch_recorded_once(preempted):
     assert preempted.final_rc == 0, preempted.final_log[-3000:]
     assert "export: " in preempted.final_log

@@ -15,7 +15,8 @@ from PIL import Image
 import trainer  # noqa: F401
 import tensorflow as tf  # noqa: E402  # gcs / gcs_bucket: the conftest plugin (testbed/gcs_front.py)
 
-from trainer import config, data, discovery, folderswap, prepare, shards  # noqa: E402
+from trainer.configs import config
+from trainer.data import discovery, folderswap, pipelines, preparing, shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
@@ -76,7 +77,7 @@ def _run_cli(*args) -> subprocess.CompletedProcess:
 def test_round_trip_counts_labels_and_pixels(tmp_path):
     pixels = _make_folder(tmp_path / "in", {"cat": 4, "dog": 4, "eel": 4})
     out = str(tmp_path / "out")
-    info = prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.25,
+    info = preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.25,
                            num_shards=2)
     assert sorted(os.listdir(out)) == ["dataset.json", "labels.txt", "train-00000-of-00002.tfrecord",
                                        "train-00001-of-00002.tfrecord",
@@ -101,15 +102,15 @@ def test_round_trip_counts_labels_and_pixels(tmp_path):
 
 def test_split_is_stratified_and_seeded(tmp_path):
     _make_folder(tmp_path / "in", {"a": 10, "b": 5, "c": 2})
-    info = prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "o1"),
+    info = preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "o1"),
                            validation_fraction=0.2, num_shards=1, seed=1)
     assert info["splits"]["validation"]["per_class"] == {"a": 2, "b": 1, "c": 1}
     assert info["splits"]["train"]["per_class"] == {"a": 8, "b": 4, "c": 1}
-    again = prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "o2"),
+    again = preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "o2"),
                             validation_fraction=0.2, num_shards=1, seed=1)
     names = lambda folder: sorted(r["image/filename"] for r in _read_split(folder, "validation"))
     assert names(str(tmp_path / "o1")) == names(str(tmp_path / "o2"))
-    other = [prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / f"s{s}"),
+    other = [preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / f"s{s}"),
                              validation_fraction=0.2, num_shards=1, seed=s) for s in (2, 3)]
     assert len({tuple(names(str(tmp_path / f"s{s}"))) for s in (2, 3)} | {tuple(names(str(tmp_path / "o1")))}) > 1
     assert all(o["splits"]["validation"]["num_examples"] == 4 for o in other)
@@ -162,11 +163,11 @@ def test_class_left_without_valid_image_is_an_error(tmp_path):
     os.makedirs(tmp_path / "in" / "c")
     (tmp_path / "in" / "c" / "broken.jpg").write_bytes(b"")
     with pytest.raises(discovery.DataError, match="class 'c'.*no valid image"):
-        prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+        preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
     os.remove(tmp_path / "in" / "c" / "broken.jpg")  # an empty class folder: the same error
     with pytest.raises(discovery.DataError, match="class 'c'.*no valid image"):
-        prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+        preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
     assert not (tmp_path / "out").exists()
 
@@ -174,7 +175,7 @@ def test_class_left_without_valid_image_is_an_error(tmp_path):
 def test_interrupted_prepare_leaves_previous_output_intact(tmp_path, monkeypatch):
     _make_folder(tmp_path / "in", {"a": 3, "b": 3})
     out = str(tmp_path / "out")
-    prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
+    preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
                     num_shards=1)
     before = _snapshot(out)
     _make_folder(tmp_path / "in", {"c": 3}, start_seed=50)
@@ -189,7 +190,7 @@ def test_interrupted_prepare_leaves_previous_output_intact(tmp_path, monkeypatch
 
     monkeypatch.setattr(shards, "write_shard", crash_after_first_shard)
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
+        preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
                         num_shards=3, num_workers=1)
     assert written and _snapshot(out) == before
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # no temporary folder left behind
@@ -198,9 +199,9 @@ def test_interrupted_prepare_leaves_previous_output_intact(tmp_path, monkeypatch
 def test_rerun_replaces_output_and_recovers_from_a_killed_swap(tmp_path):
     _make_folder(tmp_path / "in", {"a": 3, "b": 3})
     out = str(tmp_path / "out")
-    prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
+    preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
                     num_shards=3)
-    prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
+    preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=out, validation_fraction=0.0,
                     num_shards=2)
     assert sorted(f for f in os.listdir(out) if f.startswith("train")) == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
@@ -216,7 +217,7 @@ def test_csv_input_and_shard_size(tmp_path):
     pixels = _make_folder(tmp_path / "imgs", {"x": 3, "y": 3})
     rows = ["path,label"] + [f"imgs/{rel},{'left' if rel.startswith('x') else 'right'}" for rel in pixels]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    info = prepare.prepare(input_dir=None, csv=str(tmp_path / "list.csv"),
+    info = preparing.prepare(input_dir=None, csv=str(tmp_path / "list.csv"),
                            output_dir=str(tmp_path / "out"), validation_fraction=0.0,
                            shard_size_mb=0.0001)
     assert info["class_names"] == ["left", "right"]
@@ -229,7 +230,7 @@ def test_test_fraction_holds_out_a_stratified_seeded_test_split(tmp_path):
     """--test_fraction: per class, after validation (which stays as it was), clamped so that every
     class keeps a training image; written as test-* shards and counted in dataset.json."""
     _make_folder(tmp_path / "in", {"a": 10, "b": 5, "c": 3, "d": 2})
-    run = lambda out, **kw: prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / out),
+    run = lambda out, **kw: preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / out),
                                             validation_fraction=0.2, num_shards=2, seed=1, **kw)
     info = run("o1", test_fraction=0.2)
     per_class = {split: info["splits"][split]["per_class"] for split in ("train", "validation", "test")}
@@ -252,7 +253,7 @@ def test_test_fraction_of_a_csv_and_a_bad_fraction_in_one_line(tmp_path):
     pixels = _make_folder(tmp_path / "imgs", {"x": 4, "y": 4})
     rows = [f"imgs/{rel},{'left' if rel.startswith('x') else 'right'}" for rel in pixels]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    info = prepare.prepare(input_dir=None, csv=str(tmp_path / "list.csv"), output_dir=str(tmp_path / "out"),
+    info = preparing.prepare(input_dir=None, csv=str(tmp_path / "list.csv"), output_dir=str(tmp_path / "out"),
                            validation_fraction=0.25, test_fraction=0.25, num_shards=1)
     assert {s: v["per_class"] for s, v in info["splits"].items()} == {
         "train": {"left": 2, "right": 2}, "validation": {"left": 1, "right": 1}, "test": {"left": 1, "right": 1}}
@@ -276,7 +277,7 @@ def test_bad_arguments(tmp_path, kwargs, message):
     args = dict(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                 validation_fraction=0.1)
     with pytest.raises(discovery.DataError, match=message):
-        prepare.prepare(**dict(args, **kwargs))
+        preparing.prepare(**dict(args, **kwargs))
 
 
 def test_output_dir_with_foreign_files_is_refused(tmp_path):
@@ -284,7 +285,7 @@ def test_output_dir_with_foreign_files_is_refused(tmp_path):
     os.makedirs(tmp_path / "out")
     (tmp_path / "out" / "thesis.tex").write_text("precious")
     with pytest.raises(discovery.DataError, match="did not write"):
-        prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+        preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                         validation_fraction=0.0)
     assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
 
@@ -293,7 +294,7 @@ def test_gcs_output_is_replaced_whole_and_read_back(tmp_path, gcs_bucket):
     _make_folder(tmp_path / "in", {"a": 3, "b": 3})
     out = f"{gcs_bucket}/data"
     for shards in (3, 2):
-        info = prepare.prepare(input_dir=str(tmp_path / "in"), output_dir=out,
+        info = preparing.prepare(input_dir=str(tmp_path / "in"), output_dir=out,
                                validation_fraction=0.0, num_shards=shards)
     assert sorted(n.rstrip("/") for n in tf.io.gfile.listdir(out)) == [
         "dataset.json", "labels.txt", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
@@ -304,5 +305,5 @@ def test_gcs_output_is_replaced_whole_and_read_back(tmp_path, gcs_bucket):
     cfg = config.Data(train_data=glob, eval_data=glob, class_names=discovery.resolve_class_names(glob),
                       image_size=32)
     assert discovery.count_examples(glob) == 6
-    labels = [int(v) for _, y in data.build_dataset(cfg, split="eval", batch_size=4) for v in y]
+    labels = [int(v) for _, y in pipelines.build_dataset(cfg, split="eval", batch_size=4) for v in y]
     assert sorted(labels) == [0, 0, 0, 1, 1, 1]

@@ -29,9 +29,9 @@ FINAL_MIN = 0.78
 @pytest.fixture(scope="module")
 def photo_records(photos, tmp_path_factory):
     """The demo's records: `prepare --validation_fraction=0.2 --num_shards=4` (scripts/demo.sh)."""
-    from trainer import prepare
+    from trainer.data import preparing
     out = str(tmp_path_factory.mktemp("quality") / "records")
-    prepare.prepare(input_dir=photos, output_dir=out, validation_fraction=0.2, num_shards=4)
+    preparing.prepare(input_dir=photos, output_dir=out, validation_fraction=0.2, num_shards=4)
     return out
 
 

@@ -120,7 +120,7 @@ def test_overwrite_replaces_the_run_but_keeps_its_exports(run_copy, demo_records
 
 
 def test_set_aside_keeps_the_previous_run_until_the_new_one_has_a_checkpoint(tmp_path):
-    from trainer.rundir import RunDir
+    from trainer.runtime.rundir import RunDir
     run = RunDir(str(tmp_path))
     for name in ("config.json", "history.json"):
         (tmp_path / name).write_text("old")
@@ -141,7 +141,7 @@ def test_set_aside_keeps_the_previous_run_until_the_new_one_has_a_checkpoint(tmp
 
 
 def test_a_second_run_on_a_held_folder_is_refused_in_one_line(run_copy, demo_records):
-    from trainer import runlock
+    from trainer.runtime import runlock
     before = snapshot(run_copy)
     with runlock.RunLock(str(run_copy)):
         result = train(run_copy, demo_records, "--overwrite")
@@ -173,7 +173,7 @@ def _dead_pid():
     ({}, False),                                                           # this very process
 ])
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, fields, taken):
-    from trainer import runlock
+    from trainer.runtime import runlock
     if fields.get("pid") == "dead":
         fields = {**fields, "pid": _dead_pid()}
     _lock_file(tmp_path, **fields)
@@ -188,7 +188,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, fields, taken):
 
 
 def test_an_unreadable_lock_file_is_taken_over_and_a_made_folder_removed(tmp_path):
-    from trainer import runlock
+    from trainer.runtime import runlock
     (tmp_path / ".lock").write_text("")
     with runlock.RunLock(str(tmp_path)):
         pass
@@ -199,7 +199,7 @@ def test_an_unreadable_lock_file_is_taken_over_and_a_made_folder_removed(tmp_pat
 
 
 def test_the_holder_renews_its_lease(tmp_path, monkeypatch):
-    from trainer import runlock
+    from trainer.runtime import runlock
     monkeypatch.setattr(runlock, "RENEW_SECONDS", 0.05)
     with runlock.RunLock(str(tmp_path)):
         first = json.loads((tmp_path / ".lock").read_text())
@@ -211,7 +211,7 @@ def test_the_holder_renews_its_lease(tmp_path, monkeypatch):
 
 
 def test_the_lock_on_cloud_storage(gcs_bucket):
-    from trainer import runlock
+    from trainer.runtime import runlock
     root = f"{gcs_bucket}/run"
     with runlock.RunLock(root):
         with pytest.raises(runlock.LockedError, match=f"process {os.getpid()}"):

@@ -1,7 +1,7 @@
 """The learning-rate rule: never shrink a small batch's rate, grow a large one's by the square root."""
 import pytest
 
-from trainer import schedules
+from trainer.training import schedules
 
 
 def test_rate_is_as_given_at_or_below_the_base_batch():
@@ -22,7 +22,7 @@ def test_warmup_takes_at_most_a_tenth_of_the_phase():
 
 
 def test_phase_plan_derives_every_number_from_the_batch():
-    from trainer import config
+    from trainer.configs import config
     phase = config.Phase(name="finetune", epochs=4, batch_size=256, learning_rate=1e-4, unfreeze="all",
                          warmup_epochs=1.0, base_batch_size=64)
     plan = schedules.PhasePlan(phase, replicas=4, accumulate_steps=2, num_examples=1000, steps_cap=None)

@@ -25,9 +25,11 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from serving import client as sc, signatures  # noqa: E402
-from testbed import exports, serving_server  # noqa: E402
-from trainer import data, model as model_lib  # noqa: E402
+from effnet_common import decode
+from serving import client as sc, signatures
+from testbed import exports, serving_server
+from trainer.data import pipelines
+from trainer.models import classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -44,8 +46,8 @@ def encode(fmt, *, seed, size=(40, 30)):
 
 def expected_outputs(model, images):
     """In-process Keras on evaluation's preprocessing: what the server must answer."""
-    pixels = tf.stack([data.decode_for_eval(tf.constant(b), SIZE) for b in images])
-    return model(pixels, training=False).numpy(), model_lib.feature_model(model)(pixels, training=False).numpy()
+    pixels = tf.stack([decode.decode_for_eval(tf.constant(b), SIZE) for b in images])
+    return model(pixels, training=False).numpy(), classifier.feature_model(model)(pixels, training=False).numpy()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from tests.testing.presets import TINY_SIZE
-from trainer import config, data, discovery, embeddings, multilabel, targets
+from trainer.configs import config
+from trainer.data import discovery, pipelines, skips, targets
+from trainer.evaluation import multilabel
+from trainer.training import embeddings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,9 +96,9 @@ def test_pipelines_attach_class_weights_to_training_batches_only(tmp_path):
     weights = targets.resolve_class_weights("balanced", class_names=("a", "b", "c"), counts=counts, num_examples=4)
     cfg = config.Data(train_data=path, eval_data=path, class_names=("a", "b", "c"), image_size=TINY_SIZE,
                       augment="none", class_weights=weights)
-    _, labels, w = next(iter(data.build_dataset(cfg, split="train", batch_size=4)))
+    _, labels, w = next(iter(pipelines.build_dataset(cfg, split="train", batch_size=4)))
     np.testing.assert_allclose(w.numpy(), [weights[int(l)] for l in labels.numpy()])
-    assert len(next(iter(data.build_dataset(cfg, split="eval", batch_size=4)))) == 2  # validation is unweighted
+    assert len(next(iter(pipelines.build_dataset(cfg, split="eval", batch_size=4)))) == 2  # validation is unweighted
     cache = embeddings.Cache(count=4, views=1, dim=2, embeddings=np.zeros((4, 1, 2), np.float32),
                              labels=np.array([0, 1, 1, 2], np.int32))
     _, labels, w = next(iter(embeddings.build_dataset(cache, batch_size=4, training=True, seed=0, class_weights=weights)))
@@ -107,13 +110,13 @@ def test_multi_label_records_become_multi_hot_and_single_label_reader_skips_them
     assert discovery.check_labels(path, class_names=("a", "b", "c")) is True
     multi = config.Data(train_data=path, eval_data=None, class_names=("a", "b", "c"), image_size=TINY_SIZE,
                         augment="none", multi_label=True)
-    _, labels = next(iter(data.build_dataset(dataclass_eval(multi), split="eval", batch_size=4)))
+    _, labels = next(iter(pipelines.build_dataset(dataclass_eval(multi), split="eval", batch_size=4)))
     np.testing.assert_array_equal(labels.numpy(), [[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 1]])
     single = dataclass_eval(config.Data(train_data=path, eval_data=None, class_names=("a", "b", "c"),
                                         image_size=TINY_SIZE, augment="none"))
-    kept = np.concatenate([y.numpy() for _, y in data.build_dataset(single, split="eval", batch_size=4)])
+    kept = np.concatenate([y.numpy() for _, y in pipelines.build_dataset(single, split="eval", batch_size=4)])
     np.testing.assert_array_equal(kept, [1])  # the one record with exactly one label
-    assert data.skipped_records("eval", path=path) == 3
+    assert skips.skipped_records("eval", path=path) == 3
 
 
 def dataclass_eval(cfg):
@@ -122,8 +125,8 @@ def dataclass_eval(cfg):
 
 
 def test_empty_class_folder_is_a_one_line_error(tmp_path):
-    from trainer import demo
-    demo.write_images(str(tmp_path / "images"), task="shapes", per_class=4, size=32, seed=0)
+    from trainer.data import synthetic
+    synthetic.write_images(str(tmp_path / "images"), task="shapes", per_class=4, size=32, seed=0)
     empty = sorted(os.listdir(tmp_path / "images"))[-1]
     for f in os.listdir(tmp_path / "images" / empty):
         os.remove(tmp_path / "images" / empty / f)

@@ -95,9 +95,10 @@ def test_bad_input_is_one_clear_line(case, tmp_path, demo_records, demo_images):
 
 def save_weights_of(path, *, backbone, classes=None):
     """A weights file of another backbone (notop) or of a whole classifier with `classes` classes."""
-    from trainer import config, model as model_lib
-    model = model_lib.build_classifier(config.Model(backbone=backbone, weights="none"), num_classes=classes or 2, image_size=TINY_SIZE)
-    (model if classes else model_lib.backbone_of(model)).save_weights(str(path))
+    from trainer.configs import config
+    from trainer.models import classifier
+    model = classifier.build_classifier(config.Model(backbone=backbone, weights="none"), num_classes=classes or 2, image_size=TINY_SIZE)
+    (model if classes else classifier.backbone_of(model)).save_weights(str(path))
     return str(path)
 
 
@@ -127,10 +128,10 @@ SPLIT_RUN = ("--frozen_epochs=1", "--finetune_epochs=0", "--eval_report")
 def split_run(tmp_path_factory, demo_images):
     """prepare --test_fraction's records and one small run on them with its reports: the run that
     test_a_test_split_... reads, and the other run whose folder test_model_dir_of_another_run reuses."""
-    from trainer import prepare
+    from trainer.data import preparing
     tmp_path = tmp_path_factory.mktemp("split_run")
     records = tmp_path / "records"
-    info = prepare.prepare(input_dir=demo_images, output_dir=str(records), validation_fraction=0.25,
+    info = preparing.prepare(input_dir=demo_images, output_dir=str(records), validation_fraction=0.25,
                            test_fraction=0.25, num_shards=2, seed=0)
     model_dir = tmp_path / "model"
     result = train_cli(model_dir, records, "none", *SPLIT_RUN)
@@ -232,7 +233,7 @@ def test_a_test_split_prepare_held_out_is_reported_and_is_the_headline(split_run
     assert metrics["split"] == "test" and metrics["held_out"] and metrics["used_to_choose"] == []
     assert metrics["num_examples"] == info["splits"]["test"]["num_examples"] == 24
     validation = json.loads((model_dir / "eval" / "metrics.json").read_text())
-    # 24 validation images are too few for a temperature (trainer/calibration.py): nothing was chosen on them.
+    # 24 validation images are too few for a temperature (trainer/evaluation/calibration.py): nothing was chosen on them.
     assert validation["split"] == "validation" and validation["used_to_choose"] == []
     assert validation["calibration"]["fitted"] is False
     lines = [line for line in result.stdout.splitlines() if "accuracy" in line and "phase" not in line]
@@ -246,9 +247,10 @@ def test_a_test_split_prepare_held_out_is_reported_and_is_the_headline(split_run
 def test_test_data_default_given_or_none_and_never_a_split_the_run_reads(tmp_path, demo_images):
     """--test_data as given; none: no test report; left out: prepare's test-* shards beside
     --train_data, unless --train_data or --eval_data reads them (or there are none)."""
-    from trainer import prepare, task
+    from trainer import task
+    from trainer.data import preparing
     records = str(tmp_path / "records")
-    prepare.prepare(input_dir=demo_images, output_dir=records, validation_fraction=0.25, test_fraction=0.1,
+    preparing.prepare(input_dir=demo_images, output_dir=records, validation_fraction=0.25, test_fraction=0.1,
                     num_shards=1)
     flags = lambda **kw: SimpleNamespace(**{"train_data": f"{records}/train-*.tfrecord",
                                             "eval_data": f"{records}/validation-*.tfrecord", "test_data": None, **kw})
@@ -261,7 +263,7 @@ def test_test_data_default_given_or_none_and_never_a_split_the_run_reads(tmp_pat
 
 
 def test_config_json_without_test_data_reads_and_test_data_is_no_part_of_the_run():
-    from trainer import config
+    from trainer.configs import config
     data = config.Data(train_data="x/train-*", eval_data="x/validation-*", class_names=("a", "b"), image_size=32)
     cfg = config.Config(data=data, model=config.Model(backbone=TINY, weights="none"),
                         phases=(config.Phase(name="frozen", epochs=1, batch_size=8, learning_rate=1e-3),),
@@ -277,7 +279,7 @@ def test_config_json_without_test_data_reads_and_test_data_is_no_part_of_the_run
 
 
 def test_the_summary_says_which_figure_is_held_out():
-    from trainer import pipeline
+    from trainer.jobs import pipeline
     history = [{"phase": "frozen", "epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.6}]
     validation = {"accuracy": 0.867, "num_examples": 240}
     result = pipeline.RunResult("m/export/1", history, validation, "m/eval",

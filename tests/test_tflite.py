@@ -13,12 +13,14 @@ import pytest
 import trainer  # noqa: F401
 import tensorflow as tf  # noqa: E402
 
+from effnet_common import decode
 from testbed.exports import fit_head
 from tests.testing.cli import assert_one_error_line, run_module, train_flags
 from tests.testing.presets import IMAGE_SIZE, PRETRAINED, TINY, TINY_SIZE
-from effnet_common import decode
-from trainer import config, discovery, tflite
-from trainer import model as model_lib
+from trainer.configs import config
+from trainer.data import discovery
+from trainer.exporting import tflite
+from trainer.models import classifier
 
 
 def _eval_pixels(paths, size):
@@ -31,7 +33,7 @@ def tiny_case(demo_images):
     """The tiny backbone (random weights, 4 classes) and the demo images as uint8 eval crops."""
     names = sorted(os.listdir(demo_images))
     paths, labels = discovery.list_image_files(demo_images, class_names=names)
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=len(names), image_size=TINY_SIZE)
+    model = classifier.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=len(names), image_size=TINY_SIZE)
     return model, names, _eval_pixels(paths, TINY_SIZE), np.array(labels)
 
 
@@ -70,11 +72,11 @@ def test_a_variant_over_the_drop_is_refused_not_kept(tiny_case, tmp_path, monkey
     refuses it with one line naming the variant and the fix, and keeps the honest ones."""
     _, names, images, labels = tiny_case
     def fresh():
-        return model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=len(names),
+        return classifier.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=len(names),
                                           image_size=TINY_SIZE)
 
     broken = fresh()
-    head = broken.get_layer(model_lib.HEAD_LAYER)
+    head = broken.get_layer(classifier.HEAD_LAYER)
     kernel, _ = head.get_weights()
     head.set_weights([np.zeros_like(kernel), np.eye(len(names))[-1] * 10])  # always the last class
     convert = tflite.convert
@@ -107,7 +109,7 @@ def test_lite0_on_real_photos_survives_full_integer_int8(photos, pretrained_weig
     train, held = pick[:, :20].ravel(), pick[:, 20:].ravel()
     train_images = _eval_pixels([paths[i] for i in train], IMAGE_SIZE)
     held_images = _eval_pixels([paths[i] for i in held], IMAGE_SIZE)
-    model = model_lib.build_classifier(config.Model(backbone=PRETRAINED, weights=pretrained_weights), num_classes=len(names), image_size=IMAGE_SIZE)
+    model = classifier.build_classifier(config.Model(backbone=PRETRAINED, weights=pretrained_weights), num_classes=len(names), image_size=IMAGE_SIZE)
     fit_head(model, train_images, labels[train], scale=1.0)
     report = tflite.export_variants(model, variants=("int8",), class_names=names, image_size=IMAGE_SIZE,
                                     output_dir=str(tmp_path / "tflite"), validation=(held_images, labels[held]),

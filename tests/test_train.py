@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_common import decode
 from tests.testing.cli import run_module, train_flags
 from tests.testing.faults import OomOnce
 from tests.testing.presets import IMAGE_SIZE, PRETRAINED
-from trainer import model as model_lib
-from trainer import export, rundir
+from trainer.data import discovery
+from trainer.exporting import restore
+from trainer.models import classifier, finetuning
+from trainer.runtime import rundir
 
 
 def train_cli(model_dir, records, weights, *extra):
@@ -40,14 +43,14 @@ def variables_by_name(model, weights_prefix):
 
 
 def fresh_model(weights, **overrides):
-    from trainer import config
+    from trainer.configs import config
     kwargs = dict(backbone=PRETRAINED, weights=weights)
     kwargs.update(overrides)
-    return model_lib.build_classifier(config.Model(**kwargs), num_classes=4, image_size=IMAGE_SIZE)
+    return classifier.build_classifier(config.Model(**kwargs), num_classes=4, image_size=IMAGE_SIZE)
 
 
 def backbone_variable_names(model):
-    return {v.name for v in model_lib.backbone_of(model).variables}
+    return {v.name for v in classifier.backbone_of(model).variables}
 
 
 def is_bn_stat(name):
@@ -72,7 +75,7 @@ def test_frozen_phase_moves_only_the_head(full_run, pretrained_weights):
     assert any(is_bn_stat(n) for n in backbone)
     for name in backbone:
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
-    head = [n for n in before if n.startswith(model_lib.HEAD_LAYER)]
+    head = [n for n in before if n.startswith(classifier.HEAD_LAYER)]
     assert head and all(not np.array_equal(after[n], before[n]) for n in head)
 
 
@@ -129,19 +132,19 @@ def test_outputs_in_model_dir(full_run):
 
 @pytest.mark.slow
 def test_export_matches_keras_model(full_run, demo_images):
-    from trainer import data
+    from trainer.data import pipelines
     export_dir = glob.glob(os.path.join(full_run, "export", "*"))[0]
     loaded = tf.saved_model.load(export_dir)
-    model, cfg = export.restore_as_exported(full_run)  # the checkpoint, calibrated as exported
+    model, cfg = restore.restore_as_exported(full_run)  # the checkpoint, calibrated as exported
     paths = sorted(glob.glob(os.path.join(demo_images, "*", "*_000[01].jpg")))
     image_bytes = [open(p, "rb").read() for p in paths]
-    pixels = tf.stack([data.decode_for_eval(tf.constant(b), cfg.data.image_size) for b in image_bytes])
+    pixels = tf.stack([decode.decode_for_eval(tf.constant(b), cfg.data.image_size) for b in image_bytes])
     expected = model(pixels, training=False).numpy()
     got = loaded.signatures["serving_default"](image_bytes=tf.constant(image_bytes))
     np.testing.assert_allclose(got["probabilities"].numpy(), expected, atol=1e-5)
     features = loaded.signatures["features"](image_bytes=tf.constant(image_bytes))["features"]
     assert features.shape == (len(paths), 1280)
-    np.testing.assert_allclose(features.numpy(), model_lib.feature_model(model)(pixels).numpy(), atol=1e-4)
+    np.testing.assert_allclose(features.numpy(), classifier.feature_model(model)(pixels).numpy(), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -152,7 +155,7 @@ def test_top_n_opens_only_the_top_blocks(tmp_path, demo_records, pretrained_weig
     model = fresh_model(pretrained_weights)
     before = {v.name: v.numpy().copy() for v in model.variables}
     after = variables_by_name(model, checkpoint_of(model_dir, "finetune"))
-    blocks = model_lib.block_names(model_lib.backbone_of(model))
+    blocks = finetuning.block_names(classifier.backbone_of(model))
     top = tuple(blocks[-2:]) + ("top_",)
     for name in backbone_variable_names(model):
         layer = name.split("/")[0]
@@ -194,13 +197,15 @@ def test_rerun_of_finished_run_redoes_nothing(full_run, tmp_path, demo_records, 
 def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pretrained_weights):
     """A callback raises ResourceExhaustedError at the phase's first step: the phase reruns at half
     the batch, the run finishes, and plan.json records the retry."""
-    from trainer import config, data, pipeline
+    from trainer.configs import config
+    from trainer.data import pipelines
+    from trainer.jobs import pipeline
     train_glob, eval_glob = f"{demo_records}/train-*.tfrecord", f"{demo_records}/validation-*.tfrecord"
-    names = data.resolve_class_names(train_glob)
+    names = discovery.resolve_class_names(train_glob)
     cfg = config.Config(
         data=config.Data(train_data=train_glob, eval_data=eval_glob, class_names=names, image_size=IMAGE_SIZE,
-                         num_train_examples=data.count_examples(train_glob),
-                         num_eval_examples=data.count_examples(eval_glob)),
+                         num_train_examples=discovery.count_examples(train_glob),
+                         num_eval_examples=discovery.count_examples(eval_glob)),
         model=config.Model(backbone=PRETRAINED, weights=pretrained_weights),
         phases=(config.Phase(name="frozen", epochs=1, batch_size=16, learning_rate=1e-2),
                 config.Phase(name="finetune", epochs=0, batch_size=8, learning_rate=1e-4, unfreeze="all")),
@@ -218,7 +223,8 @@ def test_mixed_precision_run_exports_float32_and_leaves_the_policy_as_it_was(tmp
     """A mixed_bfloat16 run trains under that policy and hands the pipeline a float32 model; the
     process's Keras policy is float32 again afterwards."""
     from tests.testing.presets import TINY, TINY_SIZE
-    from trainer import config, train
+    from trainer.configs import config
+    from trainer.training import train
     import tf_keras as keras
     names = tuple(open(os.path.join(demo_records, "labels.txt")).read().split())
     cfg = config.Config(
@@ -230,14 +236,14 @@ def test_mixed_precision_run_exports_float32_and_leaves_the_policy_as_it_was(tmp
     result = train.run(cfg, strategy=tf.distribute.get_strategy())
     assert keras.mixed_precision.global_policy().name == "float32"
     assert result.model.outputs[0].dtype == tf.float32
-    assert all(layer.dtype_policy.name == "float32" for layer in model_lib.leaf_layers(result.model))
+    assert all(layer.dtype_policy.name == "float32" for layer in classifier.leaf_layers(result.model))
 
 
 def test_config_json_of_an_earlier_version_resumes_and_each_setting_has_one_field(tmp_path):
     """config.json from before each setting lived in one field (the seed also under runtime; the
     network's shape also under model) and had one name (cache, report) still reads as the same
     run; the new file names each once."""
-    from trainer import config
+    from trainer.configs import config
     cfg = config.Config(
         data=config.Data(train_data="x/train-*", eval_data=None, class_names=("a", "b", "c"), image_size=IMAGE_SIZE,
                          seed=7),

@@ -16,47 +16,10 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
     from effnet_common import process
     process.prepare()
 
-import os
 from typing import List
-
 from effnet_common import flagutil
-from trainer import automl_checkpoint, lite, lite_pypi, torch_checkpoint
-from effnet_common.errors import WeightsError
-
-
-def weights_cache_dir() -> str:
-    """Where converted and downloaded weights are kept: EFFNET_CACHE, else ~/.cache/effnet-trainer."""
-    return os.environ.get("EFFNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "effnet-trainer")
-
-
-def imagenet_notop_file(backbone: str) -> str:
-    """The cached notop weights file of a Lite backbone's ImageNet checkpoint, converted on
-    first use (a few seconds) and written atomically.
-
-    Raises:
-      WeightsError: the checkpoint cannot be had (package missing, offline) or does not fit.
-    """
-    path = os.path.join(weights_cache_dir(), "weights", f"{backbone}-imagenet-notop.h5")
-    if os.path.exists(path):
-        return path
-    network = lite.build_backbone(backbone, image_size=lite.PARAMS[backbone][2])
-    if backbone in lite_pypi.LITE_PACKAGES:
-        source = lite_pypi.package_checkpoint(backbone)
-        try:
-            state = torch_checkpoint.read_state_dict(source)
-        except torch_checkpoint.CheckpointError as e:
-            raise WeightsError(f"{e}; reinstall {lite_pypi.LITE_PACKAGES[backbone]}") from None
-        lite_pypi.load_state_dict(network, state, source=source)
-    else:
-        source = automl_checkpoint.download(backbone, cache_dir=weights_cache_dir())
-        automl_checkpoint.load_tf_checkpoint(network, source, source=source)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.h5"
-    network.save_weights(tmp)
-    os.replace(tmp, path)
-    from absl import logging  # pylint: disable=import-outside-toplevel
-    logging.info("%s ImageNet weights converted from %s to %s", backbone, source, path)
-    return path
+from trainer.models import lite
+from trainer.models.pretrained import imagenet
 
 
 def define_flags() -> None:
@@ -67,7 +30,7 @@ def define_flags() -> None:
 def main(argv: List[str]) -> None:
     del argv
     from absl import flags  # pylint: disable=import-outside-toplevel
-    print(imagenet_notop_file(flags.FLAGS.backbone))
+    print(imagenet.imagenet_notop_file(flags.FLAGS.backbone))
 
 
 def run_main() -> None:

@@ -19,7 +19,8 @@ import os
 from absl import flags, logging
 
 from effnet_common import errors, flagutil
-from trainer import backbones, config, hptune
+from trainer.configs import backbones, config
+from trainer.training import hptune
 
 FLAGS = flags.FLAGS
 
@@ -171,7 +172,7 @@ def _data_config(f, *, image_size: int) -> config.Data:
     """The data part of the Config as the flags give it: class names from labels.txt (or the
     class folders) and nothing read through TensorFlow ops. Counts, multi-label detection and
     class weights come after the strategy exists (`inspection.inspect_data`)."""
-    from trainer import discovery  # pylint: disable=import-outside-toplevel
+    from trainer.data import discovery
     class_names = discovery.resolve_class_names(f.train_data, f.labels)
     return config.Data(
         train_data=f.train_data, eval_data=f.eval_data, class_names=class_names, image_size=image_size,
@@ -182,7 +183,7 @@ def _data_config(f, *, image_size: int) -> config.Data:
 def _test_data(f):
     """--test_data as given (none: no test report), else the test-* shards prepare wrote beside
     --train_data (logged, so the user sees which images the headline figure comes from)."""
-    from trainer import discovery  # pylint: disable=import-outside-toplevel
+    from trainer.data import discovery
     if f.test_data is not None:
         return None if f.test_data.strip().lower() in ("", "none") else f.test_data
     found = discovery.test_split_beside(f.train_data, eval_data=f.eval_data)
@@ -196,7 +197,7 @@ def export_tf_config(env=os.environ) -> None:
     """Sets TF_CONFIG from Vertex AI's CLUSTER_SPEC when only the latter is set (custom
     containers), so that workerpool0 is the chief; an existing TF_CONFIG is kept."""
     if env.get("CLUSTER_SPEC") and not env.get("TF_CONFIG"):
-        from trainer import distribute  # pylint: disable=import-outside-toplevel
+        from trainer.runtime import distribute
         try:
             spec = json.loads(env["CLUSTER_SPEC"])
         except json.JSONDecodeError as e:
@@ -220,7 +221,9 @@ def main(argv):
     cfg = build_config()
     # Imported once the flags are known good: TensorFlow and the model stack take seconds to
     # load, and a mistake in a flag is answered before that.
-    from trainer import distribute, inspection, pipeline  # pylint: disable=import-outside-toplevel
+    from trainer.runtime import distribute
+    from trainer.data import inspection
+    from trainer.jobs import pipeline
     strategy = distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
     cfg = inspection.inspect_data(cfg)
     _check_outputs_writable(cfg.runtime)

@@ -40,7 +40,7 @@ def _phase_of(backup) -> str:
 
 def track_epochs() -> None:
     """Each PhaseBackup remembers the (1-based) epoch it is in and prints where it starts."""
-    from trainer import preemption  # pylint: disable=import-outside-toplevel
+    from trainer.training import preemption
     begin, batch_begin = preemption.PhaseBackup.on_epoch_begin, preemption.PhaseBackup.on_train_batch_begin
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -58,7 +58,7 @@ def track_epochs() -> None:
 
 
 def kill_after_backup(phase: str, epoch: int) -> None:
-    from trainer import preemption  # pylint: disable=import-outside-toplevel
+    from trainer.training import preemption
     original = preemption.PhaseBackup.on_epoch_end
 
     def on_epoch_end(self, index, logs=None):
@@ -70,7 +70,7 @@ def kill_after_backup(phase: str, epoch: int) -> None:
 
 
 def signal_at_step(signum: signal.Signals, phase: str, epoch: int, step: int) -> None:
-    from trainer import preemption  # pylint: disable=import-outside-toplevel
+    from trainer.training import preemption
     original = preemption.PhaseBackup.on_train_batch_end
 
     def on_train_batch_end(self, batch, logs=None):

@@ -1,6 +1,6 @@
 """An independent forward pass of EfficientNet-Lite0 in numpy, straight from the PyTorch state dict.
 
-It shares nothing with trainer.lite or trainer.lite_pypi: the architecture is written from the
+It shares nothing with trainer.models.lite or trainer.models.pretrained.lite_pypi: the architecture is written from the
 EfficientNet-Lite description (B0's seven stages, no squeeze-and-excitation, ReLU6, TF "SAME"
 padding, BatchNormalization epsilon 1e-3, input (x - 127) / 128), and kernels are read in the
 checkpoint's own (out, in, h, w) layout. Kernel sizes and channels come from the tensors, the

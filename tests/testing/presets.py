@@ -3,7 +3,7 @@
 Two presets: EfficientNet-Lite0 with its real ImageNet weights (PRETRAINED) at IMAGE_SIZE where
 EfficientNet itself is what a test checks (its blocks, its BN rules, transfer, export equals
 Keras; B0 with weights=none where the `efficientnet` package's network is), and `tiny` at TINY_SIZE
-(trainer/backbones.py: a few convolutions with EfficientNet's layer names) for the plumbing
+(trainer/configs/backbones.py: a few convolutions with EfficientNet's layer names) for the plumbing
 around it: resume, preemption, multi-worker, weights files, refusals, GCS, the CLI.
 """
 
@@ -17,8 +17,9 @@ def write_tiny_weights(path: str, *, seed: int = 0) -> str:
     """A local notop weights file of the tiny backbone, as `backbone.save_weights(path)` writes
     it (the format of the official downloads), with seeded random weights."""
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    from trainer import config, model as model_lib  # pylint: disable=import-outside-toplevel
+    from trainer.configs import config
+    from trainer.models import classifier
     keras.utils.set_random_seed(seed)
-    model = model_lib.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=2, image_size=TINY_SIZE)
-    model_lib.backbone_of(model).save_weights(path)
+    model = classifier.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=2, image_size=TINY_SIZE)
+    classifier.backbone_of(model).save_weights(path)
     return path

@@ -17,9 +17,9 @@ from typing import Optional, Tuple
 
 from absl import flags
 
+from effnet_common import flagutil
 from trainer.cloud import endpoints, jobs, vertex
 from trainer.cloud.errors import check
-from effnet_common import flagutil
 
 FLAGS = flags.FLAGS
 

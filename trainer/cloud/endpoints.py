@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional
 
+from effnet_common import versions
 from trainer.cloud import machines
 from trainer.cloud.errors import check
 from trainer.cloud.vertex import VertexClient
-from effnet_common import versions
 
 _EXPORT = re.compile(rf"gs://[a-z0-9][a-z0-9._-]{{1,220}}[a-z0-9]/(.+/)?{versions.VERSION_PATTERN}/?")
 # The DeployedModel's `model` until models.upload names the real one (--dry_run prints this).

@@ -16,8 +16,8 @@ import tempfile
 from typing import Optional
 
 import trainer
-from trainer.cloud.errors import CloudError
 from effnet_common import flagutil
+from trainer.cloud.errors import CloudError
 
 SDIST_COMMAND = ("-m", "build", "--sdist", "--no-isolation")
 

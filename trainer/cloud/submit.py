@@ -16,10 +16,10 @@ from typing import Optional, Sequence, Tuple
 
 from absl import flags, logging
 
+from effnet_common import flagutil
 from trainer import __version__
 from trainer.cloud import jobs, machines, packaging, tuning, vertex
 from trainer.cloud.errors import CloudError, check
-from effnet_common import flagutil
 
 FLAGS = flags.FLAGS
 

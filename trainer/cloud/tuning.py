@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from effnet_common import flagutil
 from trainer.cloud import jobs
 from trainer.cloud.errors import CloudError, check
-from effnet_common import flagutil
 
 GOALS = {"maximize": "MAXIMIZE", "minimize": "MINIMIZE"}
 SCALES = {"linear": "UNIT_LINEAR_SCALE", "log": "UNIT_LOG_SCALE"}

@@ -1,0 +1,2 @@
+"""Figures from predictions: metrics, multi-label metrics, temperature calibration, the split report
+through an export, plots and TensorBoard summaries."""
