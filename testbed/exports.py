@@ -2,9 +2,10 @@
 
 Each is `trainer.exporting.saved_model.export_saved_model` on one of these networks:
 
-* backbone="small": a few-layer conv net with the classifier contract (0..255 pixels in, softmax
-  out, GlobalAveragePooling2D named avg_pool): it exports and loads in seconds, for the
-  SavedModel's plumbing rather than EfficientNet (`small_net` gives the Keras model alone);
+* backbone="tiny" (the default): the product's own stand-in network (trainer/configs/backbones.py:
+  a few convolutions with EfficientNet's layer names, the classifier's head): it exports and loads
+  in seconds, for the SavedModel's plumbing rather than EfficientNet (`tiny_net` gives the Keras
+  model alone);
 * a registered backbone (efficientnet-b0 with weights="none": EfficientNet's signatures, 1280
   features, no download), its head as built or, with head="spread", scaled up so the
   probabilities spread out and the top-k order means something;
@@ -26,9 +27,9 @@ from effnet_common import decode
 from trainer.configs import config
 from trainer.data import discovery, synthetic
 from trainer.exporting import saved_model
-from trainer.models import classifier
+from trainer.models import classifier, numerics
 
-SMALL = "small"
+TINY = "tiny"
 HEADS = ("as_built", "spread", "fitted")
 CLASS_NAMES = ("cat", "dog", "fox", "owl", "bee", "ant", "elk", "emu", "yak", "gnu")
 RIDGE = 1e-3
@@ -42,21 +43,12 @@ class Export(NamedTuple):
     path: str  # base/<version>
 
 
-def small_net(num_classes: int, *, image_size: int = 32, dtype_policy: Optional[str] = None):
-    """The few-layer conv net with the classifier contract (see the module docstring)."""
-    import tf_keras as keras  # pylint: disable=import-outside-toplevel
-    if dtype_policy:
-        keras.mixed_precision.set_global_policy(dtype_policy)
-    try:
-        inputs = keras.Input((image_size, image_size, 3))
-        x = keras.layers.Rescaling(1 / 255.0)(inputs)
-        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D(name=classifier.FEATURES_LAYER)(x)
-        x = keras.layers.Dropout(0.2)(x)
-        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
-        return keras.Model(inputs, outputs)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def tiny_net(num_classes: int, *, image_size: int = 32, dtype_policy: Optional[str] = None):
+    """The classifier on the `tiny` stand-in backbone (weights none), built under `dtype_policy`
+    (e.g. mixed_float16; the global policy is restored after)."""
+    with numerics.precision_policy(dtype_policy):
+        return classifier.build_classifier(config.Model(backbone=TINY, weights="none"), num_classes=num_classes,
+                                           image_size=image_size)
 
 
 def fit_head(model, pixels: np.ndarray, labels: Sequence[int], *, scale: float = LOGIT_SCALE) -> None:
@@ -83,14 +75,14 @@ def _spread_head(model) -> None:
     head.set_weights([np.random.default_rng(0).normal(0, 30, kernel.shape).astype(np.float32), bias])
 
 
-def build_export(export_base: str, *, backbone: str = SMALL, weights: str = "none", num_classes: int = 3,
+def build_export(export_base: str, *, backbone: str = TINY, weights: str = "none", num_classes: int = 3,
                  image_size: int = 32, head: str = "as_built", class_names: Optional[Sequence[str]] = None,
                  verify: bool = False) -> Export:
     """Exports the next version under `export_base`.
 
     Args:
       export_base: the folder TF Serving would watch.
-      backbone: SMALL, or a name from trainer.configs.backbones (built by trainer.models.classifier.build_classifier).
+      backbone: a name from trainer.configs.backbones (built by trainer.models.classifier.build_classifier).
       weights: the backbone's starting weights (config.Model.weights), e.g. a notop weights file.
       num_classes: the head's width (4 with head="fitted": the demo's shapes).
       image_size: the input side in pixels.
@@ -99,12 +91,10 @@ def build_export(export_base: str, *, backbone: str = SMALL, weights: str = "non
       verify: export_saved_model's own reload-and-compare (tests that compare the export with the
         model themselves leave it off).
     """
-    if head not in HEADS or (head != "as_built" and backbone == SMALL):
-        raise ValueError(f"head={head!r}: choose one of {HEADS}; the small net has only as_built")
-    if backbone == SMALL:
-        model = small_net(num_classes, image_size=image_size)
-    else:
-        model = classifier.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=num_classes, image_size=image_size)
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}: choose one of {HEADS}")
+    model = classifier.build_classifier(config.Model(backbone=backbone, weights=weights), num_classes=num_classes,
+                                        image_size=image_size)
     if head == "spread":
         _spread_head(model)
     elif head == "fitted":

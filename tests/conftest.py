@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 import trainer  # noqa: E402,F401
 
-from tests.testing.presets import IMAGE_SIZE  # noqa: E402,F401  # tests import it from tests.testing.presets
+from tests.testing.presets import IMAGE_SIZE, REPO_DIR  # noqa: E402,F401  # tests import IMAGE_SIZE from tests.testing.presets
 
 # The GCS test front (gcs / gcs_bucket fixtures); it sets TF's GCS_* variables before
 # TensorFlow is first imported, so nothing above may import TensorFlow.
@@ -49,7 +49,7 @@ def pretrained_weights():
 @pytest.fixture(scope="session")
 def photos():
     """The repository's real photos: Fashion-MNIST, 10 classes x 120 (data/fashion-mnist, MIT)."""
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "fashion-mnist")
+    root = os.path.join(REPO_DIR, "data", "fashion-mnist")
     return os.path.join(root, "images")
 
 

@@ -12,7 +12,8 @@ import pathlib
 import re
 from typing import Dict, Iterator, Set, Tuple
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.testing.presets import REPO
+
 TRAINER = REPO / "trainer"
 PRODUCT = ("trainer", "serving", "effnet_common")
 DOC = REPO / "docs" / "architecture.md"

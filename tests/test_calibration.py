@@ -9,7 +9,7 @@ import numpy as np
 
 import trainer  # noqa: F401
 
-from tests.testing.presets import TINY, TINY_SIZE
+from tests.testing.presets import REPO_DIR, TINY, TINY_SIZE
 from trainer.configs import config
 from trainer.evaluation import calibration, metrics
 from trainer.models import classifier
@@ -113,7 +113,7 @@ def test_the_rule_is_the_documented_one():
     docs/evaluate.md states and measures."""
     assert calibration.decide(calibration.MIN_EXAMPLES - 1) is not None
     assert calibration.decide(calibration.MIN_EXAMPLES) is None
-    docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "evaluate.md")
+    docs = os.path.join(REPO_DIR, "docs", "evaluate.md")
     with open(docs) as f:
         text = re.sub(r"\s+", " ", f.read())
     assert calibration.RULE in text

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,8 +22,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from effnet_common import flagutil  # noqa: E402
 from serving import client as sc  # noqa: E402
+from tests.testing.presets import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGES = 50
 
 

@@ -26,10 +26,10 @@ from google.cloud.aiplatform_v1 import types as aip
 from google.protobuf import json_format
 
 from tests.testing import json_stub
+from tests.testing.presets import REPO
 from trainer.cloud import endpoints, jobs, machines, packaging
 from trainer.cloud.errors import CloudError
 
-REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "scripts" / "submit_job.py"
 TRAIN_DATA = "--train_data=gs://data-bucket/shapes/train-*.tfrecord"
 BASE = ("--project=my-proj", "--region=us-central1", "--staging_bucket=gs://my-staging")

@@ -407,3 +407,23 @@ def test_a_run_owns_its_skip_counters(tmp_path):
         pass
     assert mine.skipped("train", path=glob) == 1 and theirs.skipped("train") == 0
     assert skips.skipped_records("train", path=glob) == before
+
+
+def test_one_read_of_a_split_says_what_three_reads_did(demo_records, tmp_path):
+    """inspect_split: the count, the per-class counts and the label check of a split, from
+    dataset.json and the label sample where it describes the shards, else from one pass."""
+    import shutil
+    names = discovery.resolve_class_names(f"{demo_records}/train-*.tfrecord")
+    bare = tmp_path / "bare"  # the same shards without dataset.json: one pass over every record
+    bare.mkdir()
+    for name in os.listdir(demo_records):
+        if name.endswith(".tfrecord"):
+            shutil.copy(os.path.join(demo_records, name), bare / name)
+    for path in (f"{demo_records}/validation-*.tfrecord", f"{bare}/validation-*.tfrecord", f"{bare}/train-*"):
+        facts = discovery.inspect_split(path, class_names=names)
+        assert facts.num_examples == discovery.count_examples(path)
+        assert facts.class_counts == discovery.class_counts(path, class_names=names)
+        assert facts.multi_label is discovery.check_labels(path, class_names=names) is False
+        assert sum(facts.class_counts) == facts.num_examples
+    with pytest.raises(discovery.DataError, match="outside"):
+        discovery.inspect_split(f"{bare}/train-*", class_names=names[:1])

@@ -10,7 +10,6 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from google.cloud.aiplatform_v1 import types as aip
@@ -18,8 +17,8 @@ from google.protobuf import json_format
 from PIL import Image
 
 from tests.testing import json_stub
+from tests.testing.presets import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "scripts" / "deploy_vertex.py"
 BASE = ("--project=my-proj", "--region=us-central1", "--export=gs://bkt/run/model/export/3", "--display_name=flowers")
 ENDPOINT = "projects/my-proj/locations/us-central1/endpoints/555"

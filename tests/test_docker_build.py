@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from tests.test_cloud import _checkout_copy, _docker_ignored
+from tests.testing.presets import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 class BuildFailed(AssertionError):

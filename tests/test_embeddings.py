@@ -14,8 +14,8 @@ from trainer.data import pipelines
 from trainer.models import classifier
 from trainer.runtime import rundir
 from trainer.training import embeddings
+from tests.testing.presets import REPO_DIR as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 # The equivalence is the pipeline's, not the network's: the tiny backbone (a few convolutions
 # with BN and swish) makes the three runs seconds each where B0 took a minute in all.

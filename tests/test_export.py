@@ -2,7 +2,7 @@
 
 Every export and model here comes from testbed/exports.py: the B0 export is the conftest fixture
 `b0_export` (shared with test_serving.py); the loader path, versioning, failure and input checks
-use its small conv net (`exports.small_net`), with the same contract, which exports in seconds.
+use its small conv net (`exports.tiny_net`), with the same contract, which exports in seconds.
 """
 import io
 import os
@@ -36,7 +36,7 @@ def jpeg(seed, size=(50, 36)):
     return buffer.getvalue()
 
 
-small_net = exports.small_net
+tiny_net = exports.tiny_net
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_versions_count_up_and_existing_ones_are_never_overwritten(tmp_path):
     base = tmp_path / "export"
     for name in ("3", "notes", ".tmp-7-crashed"):
         (base / name).mkdir(parents=True)
-    net = small_net(2)
+    net = tiny_net(2)
     path = saved_model.export_saved_model(net, class_names=["a", "b"], image_size=SIZE, export_base=str(base), verify=False)
     assert path == str(base / "4")
     assert sorted(os.listdir(base)) == [".tmp-7-crashed", "3", "4", "notes"]
@@ -150,7 +150,7 @@ def test_export_to_gcs_lands_whole_in_the_next_version(gcs_bucket):
     base = f"{gcs_bucket}/run/export"
     tf.io.gfile.makedirs(f"{base}/1")
     tf.io.gfile.makedirs(f"{base}/notes")
-    path = saved_model.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=base)
+    path = saved_model.export_saved_model(tiny_net(2), class_names=["a", "b"], image_size=SIZE, export_base=base)
     assert path == f"{base}/2"
     assert sorted(n.rstrip("/") for n in tf.io.gfile.listdir(base)) == ["1", "2", "notes"]
     out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([jpeg(6)]))
@@ -163,7 +163,7 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(saved_model, "_write_warmup", broken)
     with pytest.raises(OSError):
-        saved_model.export_saved_model(small_net(2), class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path))
+        saved_model.export_saved_model(tiny_net(2), class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path))
     assert os.listdir(tmp_path) == []
 
 
@@ -176,7 +176,7 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     (dict(version=-1), "non-negative integer"),
 ])
 def test_bad_inputs_are_refused_before_writing(tmp_path, kwargs, message):
-    model = small_net(2, dtype_policy="mixed_float16") if kwargs.pop("model", None) else small_net(2)
+    model = tiny_net(2, dtype_policy="mixed_float16") if kwargs.pop("model", None) else tiny_net(2)
     args = {**dict(class_names=["a", "b"], image_size=SIZE, export_base=str(tmp_path / "export")), **kwargs}
     with pytest.raises(saved_model.ExportError, match=message):
         saved_model.export_saved_model(model, **args)
@@ -194,8 +194,8 @@ def test_reexport_of_a_run(tmp_path, monkeypatch):
 
     def restore(model_dir, checkpoint=None):
         asked.append((model_dir, checkpoint))
-        return small_net(2), cfg
-    monkeypatch.setattr(restore_lib, "restore_trained_model", restore)
+        return tiny_net(2), cfg
+    monkeypatch.setattr(restore_lib, "checkpoint_classifier", restore)
     path = saved_model.reexport(model_dir=str(tmp_path), checkpoint="ckpt-7", version=3)
     assert asked == [(str(tmp_path), "ckpt-7")]
     assert path.endswith(os.path.join(str(tmp_path), "export", "3"))

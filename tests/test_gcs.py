@@ -18,8 +18,8 @@ import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 import tensorflow as tf  # noqa: E402
 
 from effnet_common import fileio, gcs as tgcs  # noqa: E402
+from tests.testing.presets import REPO_DIR as REPO  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _records(n, *, size=2000, seed=0):

@@ -17,8 +17,8 @@ import trainer  # noqa: F401
 import tensorflow as tf  # noqa: E402  # gcs_bucket: the conftest plugin (testbed/gcs_front.py)
 
 from trainer.data import discovery, importfile, preparing
+from tests.testing.presets import REPO_DIR as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
     "image/filename": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.VarLenFeature(tf.int64),

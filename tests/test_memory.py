@@ -15,6 +15,7 @@ from tests.testing.cli import assert_one_error_line, run_module, train_flags
 from tests.testing.faults import OomOnce
 from tests.testing.presets import TINY
 from trainer.configs import config
+from trainer.data import pipelines
 from trainer.models import classifier
 from trainer.runtime import devices, rundir
 from trainer.training import accumulate, activations, memory, oom, schedules
@@ -167,18 +168,28 @@ def test_plan_json_round_trips(b0_224, tmp_path):
     frozen, finetune = document["phases"]
     assert frozen["batch_size"] == 32 and frozen["auto"] is False and finetune["auto"] is True
     assert finetune["batch_size"] % (2 * 2) == 0
-    assert frozen["per_replica_batch_size"] == 16 and frozen["micro_batch_size"] == 8
+    # The frozen phase trains the head on cached embeddings: no accumulation there, so no micro-batches.
+    assert frozen["per_replica_batch_size"] == 16 and frozen["micro_batch_size"] == 16
+    assert frozen["trains"] == "head on cached embeddings" and finetune["trains"] == "network on images"
+    assert frozen["trainable_params"] == frozen["total_params"] == 1280 * 3 + 3  # B0's head alone
     for entry in document["phases"]:
         for key in ("trainable_params", "bytes_per_example", "fixed_bytes", "learning_rate", "estimated_peak_bytes"):
             assert entry[key] > 0
     assert document["budget_bytes"] == int(3.0 * GIB / min(2, len(tf.config.list_logical_devices("CPU"))))
     assert document["accumulate_steps"] == 2 and document["replicas"] == 2
+    streamed = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, frozen_cache="off"))
+    frozen = plan(streamed, model=b0_224, replicas=2, device="CPU")[0]
+    assert frozen.micro_batch_size == 8 and not frozen.on_embeddings and frozen.trainable_params == 1280 * 3 + 3
 
 
 def test_explicit_batch_must_divide_among_replicas_and_micro_batches(b0_224, tmp_path):
-    with pytest.raises(config.ConfigError, match="not divisible by the 2 replicas x 2 accumulation steps"):
-        plan(make_config(tmp_path, frozen=6, finetune=8, accumulate_steps=2), model=b0_224, replicas=2,
-                    device="CPU")
+    with pytest.raises(config.ConfigError, match="--finetune_batch_size=6 is not divisible by the 2 replicas x 2 "
+                                                 "accumulation steps"):
+        plan(make_config(tmp_path, frozen=8, finetune=6, accumulate_steps=2), model=b0_224, replicas=2, device="CPU")
+    # The frozen phase on cached embeddings has no accumulation: its batch divides among the replicas only.
+    frozen, _ = plan(make_config(tmp_path, frozen=6, finetune=8, accumulate_steps=2), model=b0_224, replicas=2,
+                     device="CPU")
+    assert frozen.on_embeddings and frozen.batch_size == 6 and frozen.accumulate_steps == 1
 
 
 def test_detect_budget(monkeypatch, tmp_path):
@@ -198,6 +209,19 @@ def test_detect_budget(monkeypatch, tmp_path):
     assert devices.tpu_hbm_bytes("TPU v5 lite") == 16 * GIB
     assert devices.tpu_hbm_bytes("TPU v3") == 16 * GIB
     assert devices.tpu_hbm_bytes("TPU v9") is None
+
+
+def test_host_ram_is_one_budget(monkeypatch):
+    """The CPU plan gets what the pixel cache keeps left over; each cache its share, never the whole."""
+    monkeypatch.setattr(devices, "cpu_available_bytes", lambda: 8 * GIB)
+    assert devices.detect_budget(memory_budget_gb=None, replicas=1, device="CPU", reserved_bytes=GIB).bytes == 7 * GIB
+    assert devices.detect_budget(memory_budget_gb=3.0, replicas=1, device="CPU", reserved_bytes=GIB).bytes == 3 * GIB
+    assert devices.ram_share(devices.PIXEL_CACHE_SHARE) + devices.ram_share(devices.EMBEDDING_CACHE_SHARE) < 8 * GIB
+    data = config.Data(train_data="x", eval_data=None, class_names=("a", "b"), image_size=64, cache_pixels=True,
+                       augment="flip", num_train_examples=1000)
+    assert pipelines.pixel_cache_kept_bytes(data) == 1000 * 64 * 64 * 3  # fits its quarter: kept, and reserved
+    monkeypatch.setattr(devices, "cpu_available_bytes", lambda: 4 * 1000 * 64 * 64 * 3 - 4)
+    assert pipelines.pixel_cache_kept_bytes(data) == 0  # beyond its share: not kept, nothing reserved
 
 
 def test_auto_without_a_detectable_budget_asks_for_one(b0_224, tmp_path, monkeypatch):

@@ -22,8 +22,8 @@ import tensorflow as tf
 
 from tests.testing import multilabel_data
 from tests.testing.presets import PRETRAINED, TINY, TINY_SIZE
+from tests.testing.presets import REPO_DIR as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("bag", "sneaker", "trouser", "tshirt_top")
 MAP_MIN = 0.88
 MICRO_F1_MIN = 0.80
@@ -67,7 +67,9 @@ def test_multi_label_transfer_on_real_photo_mosaics(mosaics, pretrained_weights,
 
     # serving_default: independent probabilities equal to the Keras model's; classify: every class.
     from trainer.exporting import restore
-    model, _ = restore.restore_trained_model(model_dir)
+    run = restore.restore_as_exported(model_dir)  # the one restore: thresholds included
+    np.testing.assert_allclose(run.thresholds, chosen)
+    model = run.model
     images = [r.numpy() for r in tf.data.TFRecordDataset(f"{mosaics}/validation-00000-of-00001.tfrecord").take(4)]
     encoded = [tf.train.Example.FromString(r).features.feature["image/encoded"].bytes_list.value[0] for r in images]
     loaded = tf.saved_model.load(export_dir)

@@ -224,9 +224,9 @@ def test_prepare_records_the_upright_size_and_keeps_the_bytes(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory):
-    """The small conv net with its head scaled up, so its probabilities tell orientations apart."""
+    """The tiny stand-in network with its head scaled up, so its probabilities tell orientations apart."""
     keras.utils.set_random_seed(0)
-    model = exports.small_net(3, image_size=SIZE)
+    model = exports.tiny_net(3, image_size=SIZE)
     head = model.layers[-1]
     kernel, bias = head.get_weights()
     head.set_weights([kernel * HEAD_SCALE, bias])
@@ -243,5 +243,6 @@ def test_the_export_serves_a_tagged_photo_as_the_upright_one(small_export):
     log_probabilities = np.log(serve(image_bytes=tf.constant(images))["probabilities"].numpy())
     for row in log_probabilities[1:4]:  # measured: within 0.002
         np.testing.assert_allclose(row, log_probabilities[0], atol=0.01)
-    # The check can tell: the same sideways pixels without the tag answer differently (by 0.23).
-    assert np.abs(log_probabilities[4] - log_probabilities[0]).max() > 0.1
+    # The check can tell: the same sideways pixels without the tag answer differently (by 0.097 on the
+    # tiny stand-in network, 45 times the tagged photos' 0.002).
+    assert np.abs(log_probabilities[4] - log_probabilities[0]).max() > 0.05

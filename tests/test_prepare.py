@@ -17,8 +17,8 @@ import tensorflow as tf  # noqa: E402  # gcs / gcs_bucket: the conftest plugin (
 
 from trainer.configs import config
 from trainer.data import discovery, folderswap, pipelines, preparing, shards
+from tests.testing.presets import REPO_DIR as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/format": tf.io.FixedLenFeature([], tf.string),

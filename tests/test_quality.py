@@ -19,8 +19,8 @@ import sys
 import pytest
 
 from tests.testing.presets import PRETRAINED
+from tests.testing.presets import REPO_DIR as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_PHOTOS = os.path.join(ROOT, "data", "fashion-mnist", "test")
 FROZEN_MIN = 0.74
 FINAL_MIN = 0.78

@@ -28,10 +28,9 @@ from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 from effnet_common import decode
 from serving import client as sc, signatures
 from testbed import exports, serving_server
-from trainer.data import pipelines
 from trainer.models import classifier
+from tests.testing.presets import REPO_DIR as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 CLASSES = list(exports.CLASS_NAMES[:3])
 

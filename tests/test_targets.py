@@ -13,8 +13,8 @@ from trainer.configs import config
 from trainer.data import discovery, pipelines, skips, targets
 from trainer.evaluation import multilabel
 from trainer.training import embeddings
+from tests.testing.presets import REPO_DIR as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_balanced_weights_give_every_class_the_same_total_weight():

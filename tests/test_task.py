@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import h5py
 import pytest
 
-from tests.testing.cli import assert_one_error_line, run_module, train_flags
-from tests.testing.presets import TINY, TINY_SIZE
+from tests.testing.cli import assert_one_error_line, run_module, task_refusal, train_flags
+from tests.testing.presets import REPO_DIR, TINY, TINY_SIZE
 
 
 def cli(*args, env=None):
@@ -49,22 +49,27 @@ def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
     assert not (tmp_path / "plan" / "config.json").exists()
 
 
+def assert_refused(line, *words):
+    assert line.startswith("error: ") and "\n" not in line, line
+    for word in words:
+        assert word in line, line
+
+
 def test_unknown_backbone_is_one_line(tmp_path, demo_images):
-    result = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path}", "--backbone=efficientnet-b9")
-    assert_one_clear_line(result, "--backbone=efficientnet-b9", "efficientnet-b0", TINY)
-    assert not os.listdir(tmp_path)
+    assert_refused(task_refusal(f"--train_data={demo_images}", f"--model_dir={tmp_path}", "--backbone=efficientnet-b9"),
+                   "--backbone=efficientnet-b9", "efficientnet-b0", TINY)
     # Flags renamed so that "cache" and "report" each say one thing: the hint names the new flag.
     for old, new in (("--cache", "--cache_records"), ("--noreport", "--noeval_report")):
-        result = cli(f"--train_data={demo_images}", f"--model_dir={tmp_path}", old)
-        assert_one_error_line(result, f"unknown flag {old}: renamed to {new}")
+        assert_refused(task_refusal(f"--train_data={demo_images}", f"--model_dir={tmp_path}", old),
+                       f"unknown flag {old}: renamed to {new}")
     assert not os.listdir(tmp_path)
 
 
 def test_tiny_backbone_has_no_named_weights(tmp_path, demo_records):
     """The tiny preset downloads nothing: --weights=imagenet is refused before anything runs."""
     model_dir = tmp_path / "model"
-    result = cli(*train_flags(model_dir, demo_records, "imagenet", backbone=TINY))
-    assert_one_clear_line(result, "--weights=imagenet", TINY, "none")
+    assert_refused(task_refusal(*train_flags(model_dir, demo_records, "imagenet", backbone=TINY)),
+                   "--weights=imagenet", TINY, "none")
     assert not model_dir.exists() or not os.listdir(model_dir)
 
 
@@ -88,8 +93,8 @@ BAD_INPUTS = {
 def test_bad_input_is_one_clear_line(case, tmp_path, demo_records, demo_images):
     make_args, word = BAD_INPUTS[case]
     model_dir = tmp_path / "model"
-    result = train_cli(model_dir, demo_records, "none", *make_args(tmp_path, demo_records, demo_images))
-    assert_one_clear_line(result, word)
+    flags = train_flags(model_dir, demo_records, "none", *make_args(tmp_path, demo_records, demo_images), backbone=TINY)
+    assert_refused(task_refusal(*flags), word)
     assert not model_dir.exists() or not os.listdir(model_dir)
 
 
@@ -214,7 +219,7 @@ def test_a_command_ends_with_its_output_flushed_and_exit_handlers_run(tmp_path, 
     import sys
     result = subprocess.run([sys.executable, "-c", _ENDING_COMMAND, *(["extra"] if mistake else [])],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+                            env={**os.environ, "PYTHONPATH": REPO_DIR})
     folder, output = result.stdout.split("\n", 1)
     assert result.returncode == (2 if mistake else 3), result.stderr
     assert output == "x" * 100000 and not os.path.exists(folder)

@@ -132,10 +132,10 @@ def test_outputs_in_model_dir(full_run):
 
 @pytest.mark.slow
 def test_export_matches_keras_model(full_run, demo_images):
-    from trainer.data import pipelines
     export_dir = glob.glob(os.path.join(full_run, "export", "*"))[0]
     loaded = tf.saved_model.load(export_dir)
-    model, cfg = restore.restore_as_exported(full_run)  # the checkpoint, calibrated as exported
+    run = restore.restore_as_exported(full_run)  # the checkpoint, calibrated as exported
+    model, cfg = run.model, run.config
     paths = sorted(glob.glob(os.path.join(demo_images, "*", "*_000[01].jpg")))
     image_bytes = [open(p, "rb").read() for p in paths]
     pixels = tf.stack([decode.decode_for_eval(tf.constant(b), cfg.data.image_size) for b in image_bytes])
@@ -198,7 +198,6 @@ def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pr
     """A callback raises ResourceExhaustedError at the phase's first step: the phase reruns at half
     the batch, the run finishes, and plan.json records the retry."""
     from trainer.configs import config
-    from trainer.data import pipelines
     from trainer.jobs import pipeline
     train_glob, eval_glob = f"{demo_records}/train-*.tfrecord", f"{demo_records}/validation-*.tfrecord"
     names = discovery.resolve_class_names(train_glob)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Mapping, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root (presets.REPO_DIR; this module loads without it)
 _OUR_ERROR = re.compile(r"^(error|trainer\.\w+): ")
 
 
@@ -60,3 +60,32 @@ def train_flags(model_dir, records: str, weights: str, *extra: str, backbone: Op
             "--frozen_batch_size=16", "--finetune_batch_size=8", "--lr_base_batch_size=0",
             "--frozen_learning_rate=0.01", "--finetune_learning_rate=0.0005", "--warmup_epochs=0",
             "--early_stopping_patience=0", "--steps_per_epoch=4", "--seed=1", "--noeval_report", *extra]
+
+
+def task_refusal(*args: str) -> str:
+    """The one `error: ...` line `python -m trainer.task args...` ends in, found in this process:
+    the flags parsed as the command parses them, the Config built and the data inspected (what
+    task.main does before training), each mistake formatted by the one formatter. absl's
+    process-wide FLAGS are back to their defaults and unparsed afterwards. For refusals that need
+    no training; that a refusal ends the process with exit status 2 is checked once, in a child
+    process (tests/test_task.py)."""
+    import contextlib  # pylint: disable=import-outside-toplevel
+    import io  # pylint: disable=import-outside-toplevel
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from effnet_common import errors, flagutil  # pylint: disable=import-outside-toplevel
+    from trainer import task  # pylint: disable=import-outside-toplevel
+    from trainer.data import inspection  # pylint: disable=import-outside-toplevel
+    task.define_flags()
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            flagutil.parse_flags(["trainer.task", *args])
+            inspection.inspect_data(task.build_config())
+    except SystemExit as e:  # a flag parsing mistake: flagutil.fail printed it
+        assert e.code == flagutil.USER_ERROR, stderr.getvalue()
+        return stderr.getvalue().strip()
+    except errors.UserError as e:
+        return f"error: {flagutil.one_line(e)}"
+    finally:
+        flags.FLAGS.unparse_flags()
+    raise AssertionError(f"trainer.task {' '.join(args)} was not refused")

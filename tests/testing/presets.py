@@ -7,6 +7,10 @@ Keras; B0 with weights=none where the `efficientnet` package's network is), and 
 around it: resume, preemption, multi-worker, weights files, refusals, GCS, the CLI.
 """
 
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]  # the repository root, for every test that reads its files
+REPO_DIR = str(REPO)
 IMAGE_SIZE = 64  # the input side of the EfficientNet runs (large enough for its five downsamplings)
 PRETRAINED = "efficientnet-lite0"  # real ImageNet weights offline (trainer/pretrained.py)
 TINY = "tiny"  # the plumbing backbone

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 from absl import logging
@@ -15,7 +14,7 @@ import tf_keras as keras  # pylint: disable=wrong-import-order
 from effnet_common import decode, fileio
 from trainer.analysis import findings, thumbnails
 from trainer.configs import config
-from trainer.data import discovery, skips, targets
+from trainer.data import discovery, shards, skips, targets
 from trainer.evaluation import plots
 from trainer.models import classifier as classifier_lib
 from trainer.training import embeddings
@@ -46,7 +45,6 @@ DUPLICATES_FILE, SUSPECTS_FILE, CLASSES_FILE = "duplicates.csv", "suspect_labels
 SUMMARY_FILE, SHEET_FILE = "audit.json", "contact_sheet.png"
 
 
-_SHARD_RE = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}(\.[^/]*)?$")
 
 
 _FEATURES = dict(discovery.RECORD_FEATURES, **{
@@ -93,8 +91,7 @@ def _sources_of(path: str, *, what: str, class_names: Sequence[str], split: Opti
         return [Source(split or "eval", path, tuple(files), tuple(labels))]
     by_split: Dict[str, List[str]] = {}
     for f in discovery.list_record_files(path, what=what):
-        match = _SHARD_RE.match(os.path.basename(f))
-        by_split.setdefault(split or (match.group("split") if match else "eval"), []).append(f)
+        by_split.setdefault(split or shards.shard_split(f) or "eval", []).append(f)
     return [Source(name, path, tuple(files)) for name, files in by_split.items()]
 
 

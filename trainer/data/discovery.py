@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -367,6 +368,55 @@ def _check_record(where: str, feats: dict, *, class_names: Sequence[str], label_
                 f"label {label} in {where} says {fileio.show_name(said)} but labels.txt line {label + 1} "
                 f"is {fileio.show_name(class_names[label])}: pass the labels.txt written with these "
                 "shards (--labels) or rerun trainer.prepare")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFacts:
+    """What one read of a split says: its example count, examples per class (None when unknown:
+    large shards without dataset.json), and whether a record holds other than one label."""
+    num_examples: int
+    class_counts: Optional[List[int]]
+    multi_label: bool
+
+
+def inspect_split(path: str, *, class_names: Sequence[str], label_offset: int = 0) -> SplitFacts:
+    """`check_labels`, `count_examples` and `class_counts` of one split in one read of it.
+
+    dataset.json's counts where it describes exactly the matched shards (then only the label
+    check's sample is read); else, up to `_EXACT_COUNT_BYTES` of shards, one pass that counts,
+    counts per class and checks every record; beyond that the sampled label check and an
+    estimated count, as `count_examples` does.
+
+    Raises:
+      DataError: as `check_labels` and `count_examples` do.
+    """
+    if is_image_folder(path):
+        _, labels = list_image_files(path, class_names=class_names)
+        if not labels:
+            raise DataError(f"{path} holds no examples: check the path or rerun trainer.prepare")
+        return SplitFacts(len(labels), [labels.count(i) for i in range(len(class_names))], False)
+    files = list_record_files(path)
+    split = _info_split(path, files)
+    large = split is None and sum(tf.io.gfile.stat(f).length for f in files) > _EXACT_COUNT_BYTES
+    if split is not None or large:
+        multi = check_labels(path, class_names=class_names, label_offset=label_offset)
+        counts = class_counts(path, class_names=class_names, label_offset=label_offset) if split is not None else None
+        return SplitFacts(count_examples(path), counts, multi)
+    n, multi, counts = 0, False, [0] * len(class_names)
+    try:
+        for fnames, feats in _labelled_records(files, features=_CHECK_FEATURES, batch_size=1024).as_numpy_iterator():
+            for i, fname in enumerate(fnames):
+                row = {k: [v for v in column[i] if not _is_pad(v)] for k, column in feats.items()}
+                multi |= len(row[LABEL_KEY]) != 1
+                _check_record(fname.decode(), row, class_names=class_names, label_offset=label_offset)
+                for value in row[LABEL_KEY]:
+                    counts[int(value) - label_offset] += 1
+                n += 1
+    except tf.errors.OpError as e:
+        raise _unreadable(files, e) from None
+    if n == 0:
+        raise DataError(f"{path} holds no examples: check the path or rerun trainer.prepare")
+    return SplitFacts(n, counts, multi)
 
 
 def dataset_multi_label(path: str) -> Optional[bool]:

@@ -25,30 +25,29 @@ def inspect_data(cfg: config.Config) -> config.Config:
         folder asked to be multi-label, or class weights that cannot be resolved.
     """
     data = cfg.data
-    multi_label = data.multi_label
-    for path in filter(None, (data.train_data, data.eval_data, data.test_data)):
-        multi_label |= discovery.check_labels(path, class_names=data.class_names, label_offset=data.label_offset)
+    facts = {path: discovery.inspect_split(path, class_names=data.class_names, label_offset=data.label_offset)
+             for path in dict.fromkeys(filter(None, (data.train_data, data.eval_data, data.test_data)))}
+    multi_label = data.multi_label or any(f.multi_label for f in facts.values())
     if data.multi_label and discovery.is_image_folder(data.train_data):
         raise discovery.DataError(f"--multi_label with the image folder {data.train_data}: a class folder gives one "
                                   "label per image; prepare multi-label data with python -m trainer.prepare "
                                   "--import_file=FILE (docs/data.md)")
     multi_label = multi_label or bool(discovery.dataset_multi_label(data.train_data))
-    counts = discovery.class_counts(data.train_data, class_names=data.class_names, label_offset=data.label_offset)
+    counts = facts[data.train_data].class_counts
     discovery.check_class_coverage(counts, class_names=data.class_names, path=data.train_data, what="--train_data")
     for path, what in ((data.eval_data, "--eval_data"), (data.test_data, "--test_data")):
         if path:
-            _warn_missing(data, path=path, what=what)
-    num_train = discovery.count_examples(data.train_data)
+            _warn_missing(data, facts[path].class_counts, path=path, what=what)
+    num_train = facts[data.train_data].num_examples
     data = dataclasses.replace(
         data, multi_label=multi_label, num_train_examples=num_train,
-        num_eval_examples=discovery.count_examples(data.eval_data) if data.eval_data else None,
+        num_eval_examples=facts[data.eval_data].num_examples if data.eval_data else None,
         class_weights=targets.resolve_class_weights(data.class_weight, class_names=data.class_names, counts=counts,
                                                     num_examples=num_train))
     return dataclasses.replace(cfg, data=data)
 
 
-def _warn_missing(data: config.Data, *, path: str, what: str) -> None:
-    counts = discovery.class_counts(path, class_names=data.class_names, label_offset=data.label_offset)
+def _warn_missing(data: config.Data, counts, *, path: str, what: str) -> None:
     missing = discovery.check_class_coverage(counts, class_names=data.class_names, path=path, what=what)
     split = "validation" if what == "--eval_data" else "test"
     if missing:

@@ -29,7 +29,6 @@ from trainer.runtime import devices
 _SEED_RANGE = 2 ** 62
 # The share of the available RAM that the decoded crops of a training run's splits may hold
 # (`--cache_pixels`): what is left covers the model, the shuffle buffer and tf.data's buffers.
-PIXEL_CACHE_RAM_FRACTION = 0.25
 
 
 def _records(files: List[str], *, training: bool, input_context, seed: int) -> tf.data.Dataset:
@@ -124,8 +123,8 @@ def pixel_cache_bytes(data_cfg, *, pipelines: int = 1) -> Optional[int]:
 
     Every pass decodes an image to the same pixels with augment none or flip (the evaluation
     crop, kept as uint8 [S, S, 3]) and in validation (kept as float32, exactly what serving
-    computes). `_keeps_pixels` then keeps them where they fit in `PIXEL_CACHE_RAM_FRACTION` of
-    the available RAM: tf.data's guide advises a cache after an expensive map where the result
+    computes). `pixel_cache_kept_bytes` says whether they fit in their share of the host's RAM
+    (`devices.PIXEL_CACHE_SHARE`): tf.data's guide advises a cache after an expensive map where the result
     fits in memory.
     """
     if not data_cfg.cache_pixels or data_cfg.augment not in ("none", "flip"):
@@ -139,12 +138,19 @@ def pixel_cache_bytes(data_cfg, *, pipelines: int = 1) -> Optional[int]:
     return sum(-(-count // pipelines) * side * side * 3 * depth for count, depth in counts)
 
 
+def pixel_cache_kept_bytes(data_cfg, *, pipelines: int = 1) -> int:
+    """Host RAM the pixel cache will keep in one input pipeline: its size where it serves and fits
+    its share (`devices.PIXEL_CACHE_SHARE`), else 0. The CPU memory plan leaves it out of its budget."""
+    size = pixel_cache_bytes(data_cfg, pipelines=pipelines)
+    return size if size is not None and size <= devices.ram_share(devices.PIXEL_CACHE_SHARE) else 0
+
+
 def _keeps_pixels(data_cfg, split: str, input_context) -> bool:
     """Whether the pixel cache serves this pipeline; the training split's call logs why."""
     size = pixel_cache_bytes(data_cfg, pipelines=input_context.num_input_pipelines if input_context else 1)
     if size is None:
         return False
-    budget = PIXEL_CACHE_RAM_FRACTION * devices.cpu_available_bytes()
+    budget = devices.ram_share(devices.PIXEL_CACHE_SHARE)
     splits = "training and validation" if data_cfg.eval_data else "training"
     if split == "train" and size <= budget:
         logging.info("--cache_pixels: the decoded %s crops stay in memory after the first epoch (%.0f MB): "

@@ -10,7 +10,6 @@ import io
 import math
 import os
 import random
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 from absl import logging
@@ -26,7 +25,6 @@ DEFAULT_SHARD_SIZE_MB = 100
 SPLITS = ("train", "validation", "test")  # shard prefixes, in this order in dataset.json
 
 
-_SHARD_RE = re.compile(rf"^({'|'.join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord$")
 
 
 _OWN_FILES = (discovery.LABELS_FILE, discovery.INFO_FILE)
@@ -212,7 +210,7 @@ def _check_output_dir(output_dir: str) -> None:
     if not tf.io.gfile.isdir(output_dir):
         raise discovery.DataError(f"--output_dir {output_dir} is a file: pass a folder")
     foreign = [n.rstrip("/") for n in tf.io.gfile.listdir(output_dir)
-               if n.rstrip("/") not in _OWN_FILES and not _SHARD_RE.match(n.rstrip("/"))]
+               if n.rstrip("/") not in _OWN_FILES and not (shards.shard_split(n) in SPLITS and n.rstrip("/").endswith(".tfrecord"))]
     if foreign:
         raise discovery.DataError(f"--output_dir {output_dir} holds files prepare did not write "
                              f"({', '.join(sorted(foreign)[:3])}): pass an empty or new folder, "

@@ -11,14 +11,17 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import re
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
 
 from effnet_common import decode, flagutil
 from trainer.data.importfile import Source
+
+_SHARD_RE = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}(\.[^/]*)?$")
 
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
           (b"GIF89a", "GIF"), (b"BM", "BMP"))
@@ -97,7 +100,15 @@ def check_all(sources: Sequence[Source], *, num_workers: int) -> List[Checked]:
 
 
 def shard_name(split: str, index: int, count: int) -> str:
+    """The one shard-name rule (docs/data.md): `{split}-{index:05d}-of-{count:05d}.tfrecord`."""
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def shard_split(file_name: str) -> Optional[str]:
+    """The split a shard's file name says (`validation-00000-of-00004.tfrecord` -> validation;
+    other suffixes too, e.g. Google's `train-00000-of-01024`), or None for another name."""
+    match = _SHARD_RE.match(file_name.rstrip("/").rsplit("/", 1)[-1])
+    return match.group("split") if match else None
 
 
 def _int64(*values: int):

@@ -98,8 +98,10 @@ class _WorstKeeper:
 
 
 def evaluate(model: Union[str, exported.Export], *, data_path: str, label_offset: int = 0,
-             batch_size: int = DEFAULT_BATCH_SIZE, worst: int = DEFAULT_WORST) -> Evaluation:
-    """Runs the export's serving_default over the labelled data at `data_path`.
+             batch_size: int = DEFAULT_BATCH_SIZE, worst: int = DEFAULT_WORST,
+             known_count: Optional[int] = None) -> Evaluation:
+    """Runs the export's serving_default over the labelled data at `data_path` (`known_count`:
+    its records' count from a check already made, see `labelled.labelled_batches`).
 
     Memory: the probabilities of every example (N x C float32: 200 MB for 50,000 images of
     1,000 classes) and the bytes of the `worst` worst examples.
@@ -108,7 +110,7 @@ def evaluate(model: Union[str, exported.Export], *, data_path: str, label_offset
     thresholds = model.thresholds if isinstance(model, exported.Export) else exported.export_thresholds(model)
     total, batches = labelled.labelled_batches(data_path, class_names=exported.class_names_of(model),
                                       label_offset=label_offset, batch_size=batch_size,
-                                      multi_label=thresholds is not None)
+                                      multi_label=thresholds is not None, known_count=known_count)
     export = exported.as_export(model)
     keys, probabilities, skipped, keeper = [], [], [], _WorstKeeper(worst)
     for batch in prediction.run_batches(export, batches, total=total):
@@ -186,7 +188,7 @@ def _write_tables(confusion: np.ndarray, *, class_names: Sequence[str], pairs: L
 def write_report(model: Union[str, exported.Export], *, data_path: str, output_dir: str,
                  batch_size: int = DEFAULT_BATCH_SIZE, label_offset: int = 0,
                  top_k: int = metrics_lib.DEFAULT_TOP_K, worst: int = DEFAULT_WORST,
-                 extra_metrics: Optional[dict] = None) -> dict:
+                 extra_metrics: Optional[dict] = None, known_count: Optional[int] = None) -> dict:
     """Evaluates the export on labelled data and writes the report into `output_dir`.
 
     Args:
@@ -198,6 +200,8 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
       top_k: k of the top-k accuracy.
       worst: how many worst-classified images to list and show.
       extra_metrics: merged into metrics.json (the run's calibration: temperature, ECE before).
+      known_count: the data's record count from a check already made (a training run's data
+        inspection): the data is not scanned again before the pass.
 
     Returns:
       The metrics, as written to metrics.json.
@@ -206,7 +210,8 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
       DataError: bad data path, unknown classes or labels, or no decodable example.
       PredictError: no usable export at `model`.
     """
-    ev = evaluate(model, data_path=data_path, label_offset=label_offset, batch_size=batch_size, worst=worst)
+    ev = evaluate(model, data_path=data_path, label_offset=label_offset, batch_size=batch_size, worst=worst,
+                  known_count=known_count)
     if not ev.ids:
         raise discovery.DataError(f"--data {data_path}: none of its {len(ev.skipped)} image(s) could be decoded; "
                              "check the files are JPEG, PNG, GIF, BMP or WebP")

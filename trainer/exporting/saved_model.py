@@ -199,10 +199,9 @@ def _verify(path: str, *, model: keras.Model, class_names: Sequence[str], image_
 def reexport(*, model_dir: str, checkpoint: Optional[str] = None, version: Optional[int] = None,
              export_base: Optional[str] = None) -> str:
     """Exports a finished run's checkpoint again (after a failed or changed export); returns its path."""
-    from trainer.runtime import rundir
     flagutil.check_folder("model_dir", model_dir)
-    model, cfg = restore.restore_as_exported(model_dir, checkpoint)
-    thresholds = (rundir.RunDir(model_dir).read_thresholds() or {}).get("thresholds")
-    return export_saved_model(model, class_names=list(cfg.data.class_names), image_size=cfg.data.image_size,
+    run = restore.restore_as_exported(model_dir, checkpoint)
+    return export_saved_model(run.model, class_names=list(run.config.data.class_names),
+                              image_size=run.config.data.image_size,
                               export_base=export_base or fileio.join(model_dir, "export"), version=version,
-                              thresholds=thresholds)
+                              thresholds=run.thresholds)

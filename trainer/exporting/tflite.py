@@ -223,6 +223,6 @@ def export_tflite(*, model_dir: str, variants: Sequence[str], checkpoint: Option
     from trainer.runtime import rundir
     flagutil.check_folder("model_dir", model_dir)
     variants = parse_variants(",".join(variants))
-    model, cfg = restore.restore_as_exported(model_dir, checkpoint)
-    return export_run(model, cfg, variants=variants, output_dir=rundir.RunDir(model_dir).tflite_dir,
+    run = restore.restore_as_exported(model_dir, checkpoint)
+    return export_run(run.model, run.config, variants=variants, output_dir=rundir.RunDir(model_dir).tflite_dir,
                              max_accuracy_drop=max_accuracy_drop)

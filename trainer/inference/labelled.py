@@ -76,10 +76,11 @@ def _target(values: np.ndarray, *, where: str, num_classes: int, label_offset: i
 
 
 def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
-                    batch_size: int, multi_label: bool) -> Tuple[int, Iterator[LabelledBatch]]:
+                    batch_size: int, multi_label: bool, known_count: Optional[int]) -> Tuple[int, Iterator[LabelledBatch]]:
     files = discovery.list_record_files(path, what="--data")
-    discovery.check_labels(path, class_names=class_names, label_offset=label_offset)
-    total = discovery.count_examples(path)
+    if known_count is None:
+        discovery.check_labels(path, class_names=class_names, label_offset=label_offset)
+    total = known_count or discovery.count_examples(path)
 
     def batches():
         for shards, indices, feats in _record_dataset(files, batch_size=batch_size).as_numpy_iterator():
@@ -97,9 +98,11 @@ def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
 
 def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int = 0,
                      batch_size: int = prediction.DEFAULT_BATCH_SIZE,
-                     multi_label: bool = False) -> Tuple[int, Iterator[LabelledBatch]]:
+                     multi_label: bool = False, known_count: Optional[int] = None) -> Tuple[int, Iterator[LabelledBatch]]:
     """The example count and the batches of a TFRecord glob or a class-folder tree; labels are
-    integers, or multi-hot rows with `multi_label`.
+    integers, or multi-hot rows with `multi_label`. `known_count`: the records' count from a
+    check already made (a training run's data inspection), so they are not scanned again
+    before the pass (each record's label is still checked as it is read).
 
     Raises:
       DataError: a path naming nothing, a class folder or label the export does not know.
@@ -109,4 +112,4 @@ def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int
     if discovery.is_image_folder(path):
         return _folder_batches(path, class_names=class_names, batch_size=batch_size, multi_label=multi_label)
     return _record_batches(path, class_names=class_names, label_offset=label_offset, batch_size=batch_size,
-                           multi_label=multi_label)
+                           multi_label=multi_label, known_count=known_count)

@@ -225,7 +225,8 @@ def _split_report(cfg: Config, *, split: str, data_path: Optional[str], export: 
     try:
         metrics = evaluator.write_report(export, data_path=data_path, output_dir=output_dir,
                                         label_offset=cfg.data.label_offset,
-                                        extra_metrics={"split": split, "held_out": split == "test", **extra})
+                                        extra_metrics={"split": split, "held_out": split == "test", **extra},
+                                        known_count=cfg.data.num_eval_examples if data_path == cfg.data.eval_data else None)
     except (discovery.DataError, exported.PredictError) as e:
         logging.warning("no %s report: %s", split, e)
         return {}

@@ -1,5 +1,12 @@
 """Device memory: what one replica may use, from --memory_budget_gb or detected (nvidia-smi for
-GPUs, the TPU type's HBM, available RAM capped by a container's cgroup limit on CPU).
+GPUs, the TPU type's HBM, available RAM capped by a container's cgroup limit on CPU), and the
+host's RAM as one budget for everything that keeps data in it.
+
+Host RAM, one budget: each cache may take at most its share of the available RAM (the decoded
+pixels `PIXEL_CACHE_SHARE`, the frozen phase's embeddings `EMBEDDING_CACHE_SHARE`), and on CPU the
+memory plan gets what the pixel cache will keep left over (`detect_budget(reserved_bytes=...)`).
+The embedding cache lives while the frozen phase trains the head on it, a phase the plan sizes
+for the head alone (a few MB), so the shares never add up to more than the machine.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ MIB = 1024 ** 2
 # HBM per TensorFlow TPU device (a core on v2/v3, a chip on v4 and later), from Google Cloud's
 # TPU system architecture pages.
 TPU_HBM_GIB = {"v2": 8, "v3": 16, "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+PIXEL_CACHE_SHARE = 0.25
+EMBEDDING_CACHE_SHARE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +44,18 @@ def device_kind() -> str:
     return "CPU"
 
 
-def detect_budget(*, memory_budget_gb: Optional[float], replicas: int,
-                  device: Optional[str] = None) -> Optional[Budget]:
+def ram_share(share: float) -> int:
+    """Bytes of the available host RAM a cache may take (`PIXEL_CACHE_SHARE`, `EMBEDDING_CACHE_SHARE`)."""
+    return int(cpu_available_bytes() * share)
+
+
+def detect_budget(*, memory_budget_gb: Optional[float], replicas: int, device: Optional[str] = None,
+                  reserved_bytes: int = 0) -> Optional[Budget]:
     """One replica's memory: --memory_budget_gb, else detected; None when it cannot be known.
 
     --memory_budget_gb is the memory of one device (a GPU, a TPU core/chip); on CPU it is the
-    RAM the process may use, shared by the replicas of this host.
+    RAM the process may use, shared by the replicas of this host. `reserved_bytes`: host RAM
+    another part of the run keeps (the pixel cache), left out of a detected CPU budget.
     """
     device = device or device_kind()
     local = max(1, min(replicas, len(tf.config.list_logical_devices("CPU")))) if device == "CPU" else 1
@@ -51,8 +66,10 @@ def detect_budget(*, memory_budget_gb: Optional[float], replicas: int,
         return Budget(found[0], device, found[1]) if found else None
     if device == "TPU":
         return Budget(*tpu_memory_bytes())
-    available = cpu_available_bytes()
-    return Budget(available // local, device, "available RAM" + (f" / {local} replicas" if local > 1 else ""))
+    available = max(0, cpu_available_bytes() - reserved_bytes)
+    return Budget(available // local, device, "available RAM" + (f" less the pixel cache ({reserved_bytes / MIB:.0f} MiB)"
+                                                                 if reserved_bytes else "")
+                  + (f" / {local} replicas" if local > 1 else ""))
 
 
 def gpu_memory_bytes() -> Optional[Tuple[int, str]]:

@@ -12,7 +12,7 @@ Views (data.build_view_dataset): 1 per image without augmentation, the image and
 `--augment=flip`, K random training views with randaugment; each epoch draws one view per image.
 Validation images get one view (the evaluation crop), cached too, so early stopping is free.
 
-Where the cache lives: in memory when it fits `MEMORY_FRACTION` of the host's available RAM,
+Where the cache lives: in memory when it fits its share of the host's RAM (`devices.EMBEDDING_CACHE_SHARE`),
 else as float16 TFRecord shards under MODEL_DIR/cache/<split>-<pipeline>/, written shard by
 shard with a manifest written last (the commit point) and reused by a restarted or rerun job
 whose manifest key matches. Each input pipeline (each worker under MultiWorkerMirroredStrategy)
@@ -45,7 +45,6 @@ from trainer.runtime.rundir import RunDir
 from trainer.training import headfit
 
 MANIFEST = "manifest.json"
-MEMORY_FRACTION = 0.25
 EXAMPLES_PER_SHARD = 4096
 EMBED_BATCH = 64
 

@@ -207,8 +207,8 @@ def _too_small_message(estimate: Estimate, *, budget: Budget, replicas: int) -> 
 
 
 def build_plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime, num_examples: Optional[int],
-               replicas: int, device: Optional[str] = None,
-               budget: Optional[Budget] = None) -> Tuple[Tuple[schedules.PhasePlan, ...], dict]:
+               replicas: int, device: Optional[str] = None, budget: Optional[Budget] = None,
+               reserved_bytes: int = 0) -> Tuple[Tuple[schedules.PhasePlan, ...], dict]:
     """Each phase's plan (`schedules.PhasePlan`): an integer global batch divisible by
     replicas * accumulate_steps, and the steps and learning rates that follow from it; and the
     plan.json document. Writes nothing.
@@ -219,7 +219,8 @@ def build_plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime,
 
     Args:
       phases: the run's phases; `bn`: its --bn; `runtime`: its `config.Runtime` (budget, caps,
-        accumulation); `num_examples`: training examples (auto batches never exceed them).
+        accumulation); `num_examples`: training examples (auto batches never exceed them);
+        `reserved_bytes`: host RAM the pixel cache keeps (left out of a detected CPU budget).
 
     Raises:
       ConfigError: a batch size that does not divide among the replicas and micro-batches, a
@@ -228,7 +229,8 @@ def build_plan(phases: Sequence[Phase], *, model: keras.Model, bn: str, runtime,
     """
     device = device or device_kind()
     if budget is None:
-        budget = detect_budget(memory_budget_gb=runtime.memory_budget_gb, replicas=replicas, device=device)
+        budget = detect_budget(memory_budget_gb=runtime.memory_budget_gb, replicas=replicas, device=device,
+                               reserved_bytes=reserved_bytes)
     planned, entries = [], []
     for phase in phases:
         on_embeddings = _on_embeddings(phase, runtime=runtime, bn=bn, device=device)

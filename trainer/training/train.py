@@ -75,7 +75,8 @@ def _train(cfg: Config, *, strategy, run_dir: Optional[RunDir], chief: bool, pla
         accumulate.install(model, steps=cfg.runtime.accumulate_steps)
         plans, document = memory.build_plan(cfg.phases, model=model, bn=cfg.model.bn, runtime=cfg.runtime,
                                             num_examples=cfg.data.num_train_examples,
-                                            replicas=strategy.num_replicas_in_sync)
+                                            replicas=strategy.num_replicas_in_sync,
+                                            reserved_bytes=pipelines.pixel_cache_kept_bytes(cfg.data))
         if chief:
             logging.info("%s", memory.format_plan(document))
         for plan in plans:
@@ -237,7 +238,7 @@ class _PhaseLoop:
                 caches = embeddings.build_caches(
                     self.model, data_cfg=cfg.data, model_cfg=cfg.model, strategy=self.strategy, run_dir=self.run_dir,
                     views=pipelines.view_count(cfg.data.augment, randaugment_views=cfg.data.cache_views),
-                    memory_budget=int(devices.cpu_available_bytes() * embeddings.MEMORY_FRACTION), verbose=self.chief,
+                    memory_budget=devices.ram_share(devices.EMBEDDING_CACHE_SHARE), verbose=self.chief,
                     skip_counters=self.skip_counters)
                 return classifier.head_model(self.model), embeddings.datasets_fn(
                     caches, strategy=self.strategy, seed=cfg.data.seed, eval_examples=cfg.data.num_eval_examples,
