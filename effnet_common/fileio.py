@@ -38,6 +38,10 @@ IMAGE_FORMATS_TEXT = "JPEG, PNG, GIF, BMP or WebP"
 WARN_LIMIT = 20
 _GLOB_CHARS = "*?["
 
+# A list of class names, one a line, in label order: prepare writes it beside the shards, the export
+# under assets/, the .tflite export beside its models (the one name of that file).
+LABELS_FILE = "labels.txt"
+
 
 def is_gcs(path: str) -> bool:
     return str(path).startswith("gs://")

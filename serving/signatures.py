@@ -37,7 +37,6 @@ IMAGE_KEY = "image_bytes"
 EXAMPLE_KEY = "inputs"
 EXAMPLE_IMAGE_FEATURE = "image/encoded"
 TOP_K = 5
-LABELS_FILENAME = "labels.txt"
 THRESHOLDS_FILENAME = "thresholds.txt"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 # The batch sizes TF Serving forms (serving/config/batching.config, allowed_batch_sizes): the

@@ -88,9 +88,10 @@ def two_cpu_process():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: an end-to-end test that takes over ~30 s with its fixtures on 2 "
-                                       "cores; every run includes it (scheduled first, see below), a quick loop "
-                                       "leaves it out: bash scripts/test.sh -m 'not slow'")
+    config.addinivalue_line("markers", "slow: a test that runs a trainer process or shares a fixture that trains "
+                                       "or exports a network (over ~6 s with its fixtures on 2 cores); every run "
+                                       "includes it (scheduled first, see below), the quick loop leaves it out: "
+                                       "bash scripts/test.sh -m 'not slow'")
 
 
 def pytest_collection_modifyitems(items):

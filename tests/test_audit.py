@@ -141,6 +141,7 @@ def _pair(row) -> tuple:
     return frozenset([(row["path_a"], row["split_a"]), (row["path_b"], row["split_b"])])
 
 
+@pytest.mark.slow
 def test_planted_duplicates_are_found_and_listed_first(audited):
     planted, out, _ = audited
     rows = _rows(os.path.join(out, "duplicates.csv"))
@@ -263,6 +264,7 @@ def test_classes_summary_and_contact_sheet(audited):
 TINY_FLAGS = (f"--backbone={TINY}", "--weights=none", f"--image_size={TINY_SIZE}")
 
 
+@pytest.mark.slow
 def test_multi_label_shards_get_counts_and_no_suspects(photos, tmp_path):
     from tests.testing import multilabel_data
     data = multilabel_data.write_mosaics(photos, str(tmp_path / "data"), classes=CLASSES[:3],
@@ -283,6 +285,7 @@ def test_multi_label_shards_get_counts_and_no_suspects(photos, tmp_path):
     assert summary["images"] == {"train": 8, "validation": 4}
 
 
+@pytest.mark.slow
 def test_image_folder_to_gcs_with_a_class_without_train_images(photos, tmp_path, gcs_bucket):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     folder = tmp_path / "images"
@@ -302,6 +305,7 @@ def test_image_folder_to_gcs_with_a_class_without_train_images(photos, tmp_path,
     assert tf.io.gfile.exists(f"{out}/duplicates.csv") and tf.io.gfile.exists(f"{out}/suspect_labels.csv")
 
 
+@pytest.mark.slow
 def test_user_mistakes_end_in_one_error_line(tmp_path):
     result = cli.run_module("trainer.audit", f"--train_data={tmp_path}/missing/train-*.tfrecord",
                             f"--output_dir={tmp_path}/out", "--weights=none")

@@ -408,6 +408,7 @@ def _checkout_copy(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_sdist_installs_into_a_fresh_venv_and_the_trainer_runs(tmp_path):
     source = _checkout_copy(tmp_path / "src")
     sdist = Path(packaging.build_sdist(source_dir=str(source), out_dir=str(tmp_path / "dist")))  # --package's
@@ -507,6 +508,7 @@ print(json.dumps(runtimes))
 """
 
 
+@pytest.mark.slow
 def test_aip_variables_reach_the_config_unless_flags_override(tmp_path):
     from PIL import Image  # pylint: disable=import-outside-toplevel
     for name in ("cat", "dog"):

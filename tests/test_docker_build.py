@@ -106,6 +106,7 @@ def _copy(sources, dest: str, *, context: Path, target: Path) -> None:
             shutil.copy2(path, where)
 
 
+@pytest.mark.slow
 def test_the_dockerfile_builds_and_its_entrypoint_runs(tmp_path, base_python):
     context = build_context(tmp_path / "context")
     built = replay_dockerfile((REPO / "Dockerfile").read_text(), context=context, root=tmp_path / "root",
@@ -120,6 +121,7 @@ def test_the_dockerfile_builds_and_its_entrypoint_runs(tmp_path, base_python):
     assert bad.returncode != 0 and "no_such_flag" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_run_step_fails_the_replay_as_docker_build_would(tmp_path, base_python):
     """The Dockerfile before the fix ended with --helpshort, which exits 1: every build failed."""
     context = build_context(tmp_path / "context")

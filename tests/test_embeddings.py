@@ -94,6 +94,7 @@ def test_views_per_augmentation(one_shard):
     assert pipelines.view_count("randaugment", randaugment_views=3) == 3
 
 
+@pytest.mark.slow
 def test_disk_cache_is_written_whole_and_reused(one_shard, tmp_path, monkeypatch):
     cfg = _data_cfg(one_shard, augment="flip", eval_data=os.path.join(one_shard, "validation-*.tfrecord"))
     model_cfg = config.Model(backbone="efficientnet-b0", weights="none")

@@ -69,6 +69,7 @@ def numpy_metrics(labels, probs, k):
             "f1": f1s}
 
 
+@pytest.mark.slow
 def test_report_files_exist_and_parse(report):
     out, metrics = report
     assert json.load(open(os.path.join(out, evaluator.METRICS_FILE))) == json.loads(json.dumps(metrics))
@@ -91,6 +92,7 @@ def test_report_files_exist_and_parse(report):
     assert not os.path.exists(os.path.join(out, evaluator.SKIPPED_FILE))
 
 
+@pytest.mark.slow
 def test_metrics_equal_numpy_recomputation(report, loaded, validation):
     out, metrics = report
     labels, probs = raw_predictions(loaded, validation)
@@ -107,6 +109,7 @@ def test_metrics_equal_numpy_recomputation(report, loaded, validation):
             assert confusion[t, p] == np.sum((labels == t) & (pred == p))
 
 
+@pytest.mark.slow
 def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path):
     folder = tmp_path / "data"
     for name in synthetic.TASKS["shapes"]:
@@ -126,6 +129,7 @@ def test_cli_skips_and_lists_a_bad_image(export_base, demo_images, tmp_path):
     assert "accuracy" in result.stdout and f"report: {out}" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_refuses_missing_data_in_one_line(export_base, tmp_path):
     result = run_module("trainer.evaluate", f"--export_dir={export_base}", f"--data={tmp_path}/nothing-*",
                         f"--output_dir={tmp_path}/r")
@@ -147,6 +151,7 @@ def test_confusion_matrix_stays_readable_with_many_classes(tmp_path):
         assert max(im.size) <= 2500
 
 
+@pytest.mark.slow
 def test_tensorboard_summaries(report, tmp_path):
     out, metrics = report
     log_dir = str(tmp_path / "logs")
@@ -167,6 +172,7 @@ def test_tensorboard_summaries(report, tmp_path):
     assert images == {"eval/confusion_matrix", "eval/worst_images", "eval/reliability"}
 
 
+@pytest.mark.slow
 def test_run_report_counts_validation_images_copied_from_training(export_base, demo_images, tmp_path, caplog):
     """The report a run writes after training (pipeline.report) on a validation split that holds a
     re-encoded, a halved and a mirrored copy of three training images: metrics.json counts those

@@ -44,6 +44,7 @@ def servable(b0_export):
     return serving_server._Servable("effnet", 1, b0_export.path)  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_signatures_carry_the_documented_keys_and_method_names(b0_export):
     _, names, _, path = b0_export
     defs = read_signature_defs(path)
@@ -66,6 +67,7 @@ def test_signatures_carry_the_documented_keys_and_method_names(b0_export):
     assert not [n for n in os.listdir(os.path.dirname(path)) if n != "1"]  # no temporaries left
 
 
+@pytest.mark.slow
 def test_serving_default_matches_keras_on_the_same_pixels(b0_export, servable):
     model, names, _, _ = b0_export
     images = [jpeg(1), jpeg(2, size=(20, 70)), jpeg(3, size=(32, 32))]
@@ -106,6 +108,7 @@ def test_loads_through_the_tf1_loader_too(small_export):
     assert out["classes"].tolist() == ref["classes"].numpy().tolist() == classified.tolist()
 
 
+@pytest.mark.slow
 def test_warmup_file_parses_and_replays_every_signature_at_every_batch_size(b0_export, servable):
     _, _, _, path = b0_export
     seen = set()
@@ -145,6 +148,7 @@ def test_versions_count_up_and_existing_ones_are_never_overwritten(tmp_path):
                                      version=10, verify=False) == str(base / "10")
 
 
+@pytest.mark.slow
 def test_export_to_gcs_lands_whole_in_the_next_version(gcs_bucket):
     """gs:// through TensorFlow's own filesystem (the GCS test front): copy-based publish."""
     base = f"{gcs_bucket}/run/export"
@@ -204,6 +208,7 @@ def test_reexport_of_a_run(tmp_path, monkeypatch):
         saved_model.reexport(model_dir=str(tmp_path), version=3)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     for flags, says in (([f"--model_dir={tmp_path / 'nothing'}"], "config.json"),

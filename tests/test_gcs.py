@@ -260,6 +260,7 @@ def requests_to(gcs, bucket_url):
     return gcs.stats()["by_bucket"].get(bucket_url[len("gs://"):], 0)
 
 
+@pytest.mark.slow
 def test_block_size_default_reaches_tensorflow(gcs, gcs_bucket):
     """A fresh process that applies the defaults before importing TensorFlow reads a 20 MiB
     object in two 16 MiB ranged requests (plus one metadata request), not twenty 1 MiB ones."""

@@ -115,6 +115,7 @@ def clean_run(gcs, bucket, shards):
     return model_dir, result
 
 
+@pytest.mark.slow
 def test_prepare_from_gcs_folder_to_gcs_shards(shards, bucket, demo_images):
     _, uploaded = bucket
     assert len(uploaded) == 4 and all(n == PER_CLASS for n in uploaded.values())
@@ -127,6 +128,7 @@ def test_prepare_from_gcs_folder_to_gcs_shards(shards, bucket, demo_images):
     assert total == sum(uploaded.values())
 
 
+@pytest.mark.slow
 def test_train_export_and_predict_all_on_gcs(clean_run, bucket, shards, demo_images):
     bucket, _ = bucket
     model_dir, result = clean_run

@@ -56,6 +56,7 @@ def _cfg(demo_records, weights, model_dir, **runtime):
         runtime=config.Runtime(model_dir=model_dir, steps_per_epoch=3, eval_report=False, **runtime))
 
 
+@pytest.mark.slow
 def test_fine_tuning_that_wrecks_the_network_gives_way_to_the_frozen_phase(tmp_path, demo_records,
                                                                           pretrained_weights):
     cfg = _cfg(demo_records, pretrained_weights, str(tmp_path / "run"))

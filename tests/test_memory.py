@@ -312,6 +312,7 @@ def test_accumulation_matches_one_large_batch(static):
     assert loss4 == pytest.approx(loss1, rel=1e-5) and acc4 == pytest.approx(acc1)
 
 
+@pytest.mark.slow
 def test_accumulation_under_mirrored_matches_one_large_batch(two_cpu_process):
     """Two replicas (logical CPUs, set up in a fresh process), Adam, two steps: same weights."""
     report = two_cpu_process("tests.test_memory:mirrored_accumulation")
@@ -337,6 +338,7 @@ def mirrored_accumulation() -> dict:
     return {"replicas": strategy.num_replicas_in_sync, "max_weight_difference": diff, "losses": losses}
 
 
+@pytest.mark.slow
 def test_plan_only_cli_prints_the_plan_and_refuses_a_tiny_budget(demo_records, tmp_path):
     """python -m trainer.task --plan_only with auto batches: the plan on stdout and nothing
     written, or one line and exit 2. The CLI is what is checked (the estimates are checked on B0

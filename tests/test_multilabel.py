@@ -155,6 +155,7 @@ def mirrored_multi_label(mosaics: str, model_dir: str) -> dict:
             "weights": list(data_cfg.class_weights), "counts": counts}
 
 
+@pytest.mark.slow
 def test_multi_label_with_class_weights_under_mirrored_strategy(mosaics, tmp_path, two_cpu_process):
     got = two_cpu_process("tests.test_multilabel:mirrored_multi_label", mosaics, str(tmp_path / "model"))
     assert got["replicas"] == 2 and got["phases"] == ["finetune", "frozen"]

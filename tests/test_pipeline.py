@@ -3,9 +3,12 @@ reported at each epoch of the last phase (tiny backbone: this is plumbing)."""
 import json
 import os
 
+import pytest
+
 from tests.testing.cli import run_module
 
 
+@pytest.mark.slow
 def test_a_tuning_trial_reports_the_last_phase_and_the_run_says_how_good_it_is(tmp_path, demo_records):
     metric_file = tmp_path / "hypertune" / "output.metrics"
     result = run_module(

@@ -61,6 +61,7 @@ def read(path):
         return f.read()
 
 
+@pytest.mark.slow
 def test_csv_rows_match_serving_default(cli_run, inputs, loaded):
     rows, _, _, _ = cli_run
     assert rows[0] == ["path", "class_1", "score_1", "class_2", "score_2", "class_3", "score_3"]
@@ -74,6 +75,7 @@ def test_csv_rows_match_serving_default(cli_run, inputs, loaded):
     np.testing.assert_allclose(np.array([r[2::2] for r in rows[1:]], float), scores, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_features_rows_match_features_signature(cli_run, loaded):
     rows, feats, _, _ = cli_run
     paths = [r[0] for r in rows[1:]]
@@ -103,6 +105,7 @@ def test_stdout_shows_top_k_per_image(cli_run):
     assert f"wrote {len(rows) - 1} row(s)" in stdout
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(export_base, inputs, tmp_path):
     result = run_module("trainer.predict", f"--export_dir={export_base}", f"--input={inputs}/nothing-*.jpg",
                         f"--output={tmp_path}/p.csv")

@@ -76,6 +76,7 @@ def run_copy(finished, tmp_path):
     return copy
 
 
+@pytest.mark.slow
 def test_a_finished_run_leaves_no_empty_backup_and_logs_each_epochs_own_time(finished):
     model_dir, result = finished
     assert not (model_dir / "backup").exists()
@@ -84,6 +85,7 @@ def test_a_finished_run_leaves_no_empty_backup_and_logs_each_epochs_own_time(fin
     assert not (model_dir / ".lock").exists() and not (model_dir / ".replaced").exists()
 
 
+@pytest.mark.slow
 def test_plan_only_with_overwrite_writes_nothing(run_copy, demo_records):
     before = snapshot(run_copy)
     result = train(run_copy, demo_records, "--plan_only", "--overwrite")
@@ -92,6 +94,7 @@ def test_plan_only_with_overwrite_writes_nothing(run_copy, demo_records):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, words", [
     ("--weights=/nonexistent/typo.h5", ("typo.h5",)),
     ("--weights={notes}", ("notes.txt",)),
@@ -107,6 +110,7 @@ def test_overwrite_with_a_mistake_found_at_the_model_build_keeps_the_run(run_cop
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_run_but_keeps_its_exports(run_copy, demo_records):
     old_export = snapshot(run_copy / "export" / "1")
     old_weights = snapshot(run_copy / "checkpoints")
@@ -140,6 +144,7 @@ def test_set_aside_keeps_the_previous_run_until_the_new_one_has_a_checkpoint(tmp
     assert sorted(os.listdir(tmp_path)) == ["export"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_held_folder_is_refused_in_one_line(run_copy, demo_records):
     from trainer.runtime import runlock
     before = snapshot(run_copy)
@@ -229,6 +234,7 @@ def test_the_lock_on_cloud_storage(gcs_bucket):
         assert runlock.Holder.from_bytes(data).pid == os.getpid()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_fine_tuning_is_one_line_and_the_rerun_resumes(interrupted):
     model_dir, stopped, locked_after_stop, again = interrupted
     assert stopped.returncode == 130, stopped.stderr[-3000:]

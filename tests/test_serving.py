@@ -65,6 +65,7 @@ def grpc_client(server):
 IMAGES = [encode("JPEG", seed=1), encode("PNG", seed=2, size=(64, 48)), encode("GIF", seed=3), encode("BMP", seed=4)]
 
 
+@pytest.mark.slow
 def test_predict_over_grpc_equals_keras_in_process(b0_export, grpc_client):
     assert b0_export.class_names == CLASSES
     probabilities, _ = expected_outputs(b0_export.model, IMAGES)
@@ -83,6 +84,7 @@ def test_classify_over_examples_matches_serving_default(grpc_client):
     np.testing.assert_allclose(scores, out["scores"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_features_shape_and_values(b0_export, grpc_client):
     _, features = expected_outputs(b0_export.model, IMAGES)
     out = grpc_client.predict(IMAGES, signature="features")
@@ -334,6 +336,7 @@ def test_cli_usage_errors_are_one_line(argv, message, capsys):
 # An unreachable server (no model needed): tests/test_client_unreachable.py.
 
 
+@pytest.mark.slow
 def test_rolling_a_new_version_and_a_bad_warmup_keeps_serving(tmp_path):
     roll = tmp_path / "effnet"
     v1 = exports.build_export(str(roll), num_classes=3, image_size=SIZE).path

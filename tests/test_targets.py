@@ -124,6 +124,7 @@ def dataclass_eval(cfg):
     return dataclasses.replace(cfg, eval_data=cfg.train_data)
 
 
+@pytest.mark.slow
 def test_empty_class_folder_is_a_one_line_error(tmp_path):
     from trainer.data import synthetic
     synthetic.write_images(str(tmp_path / "images"), task="shapes", per_class=4, size=32, seed=0)

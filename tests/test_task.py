@@ -32,6 +32,7 @@ def assert_one_clear_line(result, *words):
     assert assert_one_error_line(result, *words).startswith("error:")
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_and_plan_only(tmp_path, demo_images):
     """Image-folder input straight into the trainer, both phases, export; then --plan_only."""
     model_dir = tmp_path / "run"
@@ -107,6 +108,7 @@ def save_weights_of(path, *, backbone, classes=None):
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,classes,word", [("efficientnet-b0", None, "does not fit"),
                                                     (TINY, 3, "3 classes")])
 def test_weights_file_that_does_not_fit(tmp_path, demo_records, backbone, classes, word):
@@ -118,6 +120,7 @@ def test_weights_file_that_does_not_fit(tmp_path, demo_records, backbone, classe
     assert not model_dir.exists() or not os.listdir(model_dir)
 
 
+@pytest.mark.slow
 def test_classifier_weights_of_same_class_count_load(another_run):
     """A whole classifier's weights (a previous run's) are a valid starting point: the --overwrite
     run of `another_run` starts from a tiny classifier's weights for the same 4 classes."""
@@ -171,6 +174,7 @@ def test_model_dir_of_another_run(another_run):
     assert '"bn": "trainable"' in (another_run.model_dir / "config.json").read_text()
 
 
+@pytest.mark.slow
 def test_imagenet_weights_that_cannot_download_say_how_to_pass_a_file(tmp_path, demo_records):
     """The real download path runs (tf_keras' get_file, into an empty KERAS_HOME) and its fetch
     fails as it does without internet, online or not (tests/testing/faulty_task.py --no_downloads):
@@ -227,6 +231,7 @@ def test_a_command_ends_with_its_output_flushed_and_exit_handlers_run(tmp_path, 
     assert ("error: a mistake" in result.stderr) == mistake
 
 
+@pytest.mark.slow
 def test_a_test_split_prepare_held_out_is_reported_and_is_the_headline(split_run):
     """prepare --test_fraction writes test-* shards; the trainer finds them through dataset.json
     (no --test_data), reports them through the export in MODEL_DIR/eval/test/ and prints their

@@ -37,6 +37,7 @@ def tiny_case(demo_images):
     return model, names, _eval_pixels(paths, TINY_SIZE), np.array(labels)
 
 
+@pytest.mark.slow
 def test_every_variant_is_written_scored_and_takes_uint8_pixels(tiny_case, tmp_path):
     model, names, images, labels = tiny_case
     out = str(tmp_path / "tflite")
@@ -67,6 +68,7 @@ def test_every_variant_is_written_scored_and_takes_uint8_pixels(tiny_case, tmp_p
     assert report["refused"] == []
 
 
+@pytest.mark.slow
 def test_a_variant_over_the_drop_is_refused_not_kept(tiny_case, tmp_path, monkeypatch):
     """A fault injected into the conversion (a file whose head is another model's): the gate
     refuses it with one line naming the variant and the fix, and keeps the honest ones."""

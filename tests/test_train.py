@@ -194,6 +194,7 @@ def test_rerun_of_finished_run_redoes_nothing(full_run, tmp_path, demo_records, 
     assert len(os.listdir(os.path.join(model_dir, "export"))) == 2
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_batch_and_continues(tmp_path, demo_records, pretrained_weights):
     """A callback raises ResourceExhaustedError at the phase's first step: the phase reruns at half
     the batch, the run finishes, and plan.json records the retry."""

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from effnet_common import errors, fileio, flagutil
 
-LABELS_FILE = "labels.txt"
+LABELS_FILE = fileio.LABELS_FILE
 INFO_FILE = "dataset.json"
 
 # The record keys the reader parses (the data contract); the label check also reads the names.

@@ -135,7 +135,7 @@ def _write_saved_model(model: keras.Model, *, class_names: Sequence[str], image_
                        path: str, thresholds: Optional[List[float]]) -> None:
     labels_dir = tempfile.mkdtemp(prefix="labels-")
     try:
-        labels_path = os.path.join(labels_dir, signatures.LABELS_FILENAME)
+        labels_path = os.path.join(labels_dir, fileio.LABELS_FILE)
         with open(labels_path, "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in class_names))
         thresholds_path = None

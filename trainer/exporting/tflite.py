@@ -30,8 +30,7 @@ from trainer.configs.config import TFLITE_VARIANTS as VARIANTS
 from trainer.data import pipelines
 from trainer.exporting import restore
 REPORT_FILE = "tflite_report.json"
-LABELS_FILE = "labels.txt"
-CALIBRATION_IMAGES = 100  # representative images for int8 (TF's guide: ~100-500)
+REPRESENTATIVE_IMAGES = 100  # int8 quantization's representative images (TF's guide: ~100-500)
 
 
 class TfliteError(errors.UserError):
@@ -166,7 +165,7 @@ def export_variants(model: keras.Model, *, variants: Sequence[str], class_names:
             _remove(fileio.join(output_dir, f"model_{variant}.tflite"))
         else:
             fileio.write_bytes_atomic(fileio.join(output_dir, f"model_{variant}.tflite"), data)
-    fileio.write_text_atomic(fileio.join(output_dir, LABELS_FILE), "".join(f"{n}\n" for n in class_names))
+    fileio.write_text_atomic(fileio.join(output_dir, fileio.LABELS_FILE), "".join(f"{n}\n" for n in class_names))
     report = _report(results, reference=reference, labels=labels, max_accuracy_drop=max_accuracy_drop,
                      refused=[r.variant for r in refused])
     fileio.write_json_atomic(fileio.join(output_dir, REPORT_FILE), report)
@@ -195,14 +194,14 @@ def _remove(path: str) -> None:
 def export_run(model, cfg, *, variants: Sequence[str], output_dir: str, max_accuracy_drop: float,
                max_images: int = 500) -> Dict[str, object]:
     """`export_variants` for a training run: validation images from its --eval_data (its
-    --train_data when it had none), calibration images from its --train_data, both with the
+    --train_data when it had none), int8's representative images from its --train_data, both with the
     evaluation crop."""
     eval_path = cfg.data.eval_data or cfg.data.train_data
     validation = _images(dataclasses.replace(cfg.data, eval_data=eval_path), limit=max_images)
     representative = None
     if "int8" in variants:
         train = dataclasses.replace(cfg.data, eval_data=cfg.data.train_data)
-        representative = _images(train, limit=CALIBRATION_IMAGES)[0]
+        representative = _images(train, limit=REPRESENTATIVE_IMAGES)[0]
     return export_variants(model, variants=variants, class_names=cfg.data.class_names,
                            image_size=cfg.data.image_size, output_dir=output_dir, validation=validation,
                            representative=representative, max_accuracy_drop=max_accuracy_drop)

@@ -56,9 +56,9 @@ def export_class_names(path: str) -> Tuple[str, Tuple[str, ...]]:
     """The export folder `path` names and its class names, without loading the model (cheap:
     callers check their other inputs before paying for the load)."""
     export_dir = resolve_export_dir(path)
-    labels_path = fileio.join(export_dir, "assets", signatures.LABELS_FILENAME)
+    labels_path = fileio.join(export_dir, "assets", fileio.LABELS_FILE)
     if not tf.io.gfile.exists(labels_path):
-        raise PredictError(f"{export_dir} has no assets/{signatures.LABELS_FILENAME}: it is not an export of "
+        raise PredictError(f"{export_dir} has no assets/{fileio.LABELS_FILE}: it is not an export of "
                            "this trainer; re-export it with python -m trainer.export --model_dir=MODEL_DIR")
     return export_dir, tuple(line.strip() for line in fileio.read_text(labels_path).splitlines() if line.strip())
 
