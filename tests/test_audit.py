@@ -189,6 +189,7 @@ def _hard_copy(image: Image.Image, kind: str) -> bytes:
             "mirror": lambda: _png(ImageOps.mirror(image))}[kind]()
 
 
+@pytest.mark.slow
 def test_near_copies_found_by_their_thumbnails_and_no_look_alike_paired(photos, pretrained_weights, tmp_path):
     """34 real photos (64 px PNG) of five look-alike classes and five hard copies of them: the audit's
     finder pairs each copy with its original and pairs no two distinct photos; the cosine alone at

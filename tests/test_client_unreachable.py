@@ -72,6 +72,7 @@ def per_image_warnings(caplog) -> list:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed ")]
 
 
+@pytest.mark.slow
 def test_no_grpc_server_one_line_and_exit_2(closed_port, image_dir):
     """The real command, as it was found: no server on the port, a folder of images."""
     proc = subprocess.run([sys.executable, "-m", "serving.client", f"--server=127.0.0.1:{closed_port}",

@@ -471,6 +471,7 @@ def _read_object(front, url: str) -> bytes:
     return client.bucket(bucket).blob(name).download_as_bytes()
 
 
+@pytest.mark.slow
 def test_package_mode_stages_the_sdist_then_submits_it(tmp_path, vertex_stub, gcs_front):
     server, connect = vertex_stub
     bucket = gcs_front.create_bucket(f"staging-{uuid.uuid4().hex[:8]}")

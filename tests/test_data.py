@@ -143,6 +143,7 @@ def test_check_labels_names_the_file(tmp_path, unique_shards):
 
 # --------------------------------------------------------------------------- the reader
 
+@pytest.mark.slow
 def test_train_and_eval_batches(tmp_path, unique_shards):
     glob, classes = unique_shards
     for augment in ("none", "flip"):

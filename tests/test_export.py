@@ -92,6 +92,7 @@ def small_export(tmp_path_factory):
     return built.class_names, built.path
 
 
+@pytest.mark.slow
 def test_loads_through_the_tf1_loader_too(small_export):
     _, path = small_export
     image = jpeg(4)

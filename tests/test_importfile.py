@@ -227,6 +227,7 @@ def test_a_class_missing_from_validation_is_a_warning(tmp_path):
     assert info["splits"]["validation"]["per_class"] == {"cat": 1, "dog": 0}
 
 
+@pytest.mark.slow
 def test_cli_bad_row_is_one_error_line_and_exit_2(tmp_path):
     path = _import_file(tmp_path, "import.jsonl", ['{"imageGcsUri": "a.jpg"}', "not json"])
     result = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--import_file={path}",

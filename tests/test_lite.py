@@ -62,6 +62,7 @@ def test_checkpoint_reads_without_torch(lite0_state):
     assert lite0_state["_bn0.num_batches_tracked"].dtype == np.int64
 
 
+@pytest.mark.slow
 def test_grace_hopper_is_a_military_uniform(imagenet_classifier):
     """The reference forward pass, photo resized whole to 224 bilinear (TF's label_image):
     top-1 military uniform at p ~ 0.39."""

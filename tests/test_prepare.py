@@ -249,6 +249,7 @@ def test_test_fraction_holds_out_a_stratified_seeded_test_split(tmp_path):
     assert sorted(names("o3", "train")) == sorted(names("o1", "train") + test)
 
 
+@pytest.mark.slow
 def test_test_fraction_of_a_csv_and_a_bad_fraction_in_one_line(tmp_path):
     pixels = _make_folder(tmp_path / "imgs", {"x": 4, "y": 4})
     rows = [f"imgs/{rel},{'left' if rel.startswith('x') else 'right'}" for rel in pixels]
