@@ -7,7 +7,7 @@ Fashion-MNIST from Debian's `dataset-fashion-mnist` (apt-get install dataset-fas
 licence): for each size, the first N photos of each class of the official training file are the
 labelled photos a user has, and the first `heldout_per_class` of each class of the official TEST
 file are scored: no epoch, temperature or setting of any contender is chosen on them.
-EfficientNet-Lite0 from its real ImageNet weights (trainer/pretrained.py), at 64 px.
+EfficientNet-Lite0 from its real ImageNet weights (trainer/models/pretrained/imagenet.py), at 64 px.
 
   ours     trainer.prepare (80 % train / 20 % validation) + trainer.task with default flags.
   frozen   the same with --finetune_epochs=0: the frozen phase alone.

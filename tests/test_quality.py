@@ -1,6 +1,6 @@
 """The product is the classifier it trains: real ImageNet weights, real photos, default flags.
 
-EfficientNet-Lite0 from its real ImageNet checkpoint (trainer/pretrained.py), on real product
+EfficientNet-Lite0 from its real ImageNet checkpoint (trainer/models/pretrained/imagenet.py), on real product
 photos: the demo's data, Fashion-MNIST's 10 classes x 120 (data/fashion-mnist, MIT licence),
 prepared as the demo prepares it (80 % train, 20 % validation), and scored on the demo's 300
 photos from Fashion-MNIST's official test file, which no run trains or chooses anything on.

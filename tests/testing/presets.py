@@ -12,7 +12,7 @@ import pathlib
 REPO = pathlib.Path(__file__).resolve().parents[2]  # the repository root, for every test that reads its files
 REPO_DIR = str(REPO)
 IMAGE_SIZE = 64  # the input side of the EfficientNet runs (large enough for its five downsamplings)
-PRETRAINED = "efficientnet-lite0"  # real ImageNet weights offline (trainer/pretrained.py)
+PRETRAINED = "efficientnet-lite0"  # real ImageNet weights offline (trainer/models/pretrained/imagenet.py)
 TINY = "tiny"  # the plumbing backbone
 TINY_SIZE = 32  # its native size and the smallest input the trainer accepts
 
