@@ -67,9 +67,8 @@ def detect_budget(*, memory_budget_gb: Optional[float], replicas: int, device: O
     if device == "TPU":
         return Budget(*tpu_memory_bytes())
     available = max(0, cpu_available_bytes() - reserved_bytes)
-    return Budget(available // local, device, "available RAM" + (f" less the pixel cache ({reserved_bytes / MIB:.0f} MiB)"
-                                                                 if reserved_bytes else "")
-                  + (f" / {local} replicas" if local > 1 else ""))
+    kept = f" less the pixel cache's {reserved_bytes / MIB:.0f} MiB" if reserved_bytes else ""
+    return Budget(available // local, device, f"available RAM{kept}" + (f" / {local} replicas" if local > 1 else ""))
 
 
 def gpu_memory_bytes() -> Optional[Tuple[int, str]]:
