@@ -60,8 +60,11 @@ def is_bn_stat(name):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, demo_records, pretrained_weights):
     model_dir = str(tmp_path_factory.mktemp("full_run"))
+    # The Adam path (tests/test_headfit.py runs the probe). --nokeep_best_phase: these tests look at what
+    # each phase trained; with it, a fine-tune phase that scores below the frozen one on these 4-step
+    # epochs leaves the frozen weights in its checkpoint (tests/test_keep_phase.py checks that choice).
     code = train_cli(model_dir, demo_records, pretrained_weights, "--frozen_epochs=3", "--finetune_epochs=2", "--eval_report",
-                     "--frozen_head=epochs")  # the Adam path; tests/test_headfit.py runs the probe
+                     "--frozen_head=epochs", "--nokeep_best_phase")
     assert code == 0
     return model_dir
 
