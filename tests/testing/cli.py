@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Mapping, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root (presets.REPO_DIR; this module loads without it)
+from tests.testing.presets import REPO_DIR as ROOT
 _OUR_ERROR = re.compile(r"^(error|trainer\.\w+): ")
 
 

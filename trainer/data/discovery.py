@@ -290,8 +290,11 @@ def _unreadable(files: Sequence[str], error: tf.errors.OpError) -> DataError:
                      "truncated; rerun trainer.prepare, or remove it from the glob")
 
 
+_LABEL_SAMPLE = 2000  # records a label check reads where the counts come from elsewhere
+
+
 def check_labels(path: str, *, class_names: Sequence[str], label_offset: int = 0,
-                 max_records: int = 2000) -> bool:
+                 max_records: int = _LABEL_SAMPLE) -> bool:
     """Fails early, naming the file, when records disagree with the class names.
 
     Scans up to `max_records` records taken round-robin from every shard: each label (after
@@ -308,18 +311,28 @@ def check_labels(path: str, *, class_names: Sequence[str], label_offset: int = 0
     if is_image_folder(path):
         list_image_files(path, class_names=class_names)  # raises on unknown class folders
         return False
-    files = list_record_files(path)
-    ds = _labelled_records(files, features=_CHECK_FEATURES, batch_size=256, limit=max_records)
-    multi = False
+    return _scan_labels(list_record_files(path), class_names=class_names, label_offset=label_offset,
+                        limit=max_records).multi_label
+
+
+def _scan_labels(files: Sequence[str], *, class_names: Sequence[str], label_offset: int,
+                 limit: Optional[int]) -> "SplitFacts":
+    """Checks each record read (up to `limit`, round-robin over the shards) with `_check_record`,
+    counting them and their classes."""
+    n, multi, counts = 0, False, [0] * len(class_names)
+    ds = _labelled_records(files, features=_CHECK_FEATURES, batch_size=256, limit=limit)
     try:
         for fnames, feats in ds.as_numpy_iterator():
             for i, fname in enumerate(fnames):
                 row = {k: [v for v in column[i] if not _is_pad(v)] for k, column in feats.items()}
                 multi |= len(row[LABEL_KEY]) != 1
                 _check_record(fname.decode(), row, class_names=class_names, label_offset=label_offset)
+                for value in row[LABEL_KEY]:
+                    counts[int(value) - label_offset] += 1
+                n += 1
     except tf.errors.OpError as e:
         raise _unreadable(files, e) from None
-    return multi
+    return SplitFacts(n, counts, multi)
 
 
 def _is_pad(value) -> bool:
@@ -397,26 +410,19 @@ def inspect_split(path: str, *, class_names: Sequence[str], label_offset: int = 
         return SplitFacts(len(labels), [labels.count(i) for i in range(len(class_names))], False)
     files = list_record_files(path)
     split = _info_split(path, files)
-    large = split is None and sum(tf.io.gfile.stat(f).length for f in files) > _EXACT_COUNT_BYTES
-    if split is not None or large:
-        multi = check_labels(path, class_names=class_names, label_offset=label_offset)
-        counts = class_counts(path, class_names=class_names, label_offset=label_offset) if split is not None else None
-        return SplitFacts(count_examples(path), counts, multi)
-    n, multi, counts = 0, False, [0] * len(class_names)
-    try:
-        for fnames, feats in _labelled_records(files, features=_CHECK_FEATURES, batch_size=1024).as_numpy_iterator():
-            for i, fname in enumerate(fnames):
-                row = {k: [v for v in column[i] if not _is_pad(v)] for k, column in feats.items()}
-                multi |= len(row[LABEL_KEY]) != 1
-                _check_record(fname.decode(), row, class_names=class_names, label_offset=label_offset)
-                for value in row[LABEL_KEY]:
-                    counts[int(value) - label_offset] += 1
-                n += 1
-    except tf.errors.OpError as e:
-        raise _unreadable(files, e) from None
-    if n == 0:
+    if split is not None:
+        multi = _scan_labels(files, class_names=class_names, label_offset=label_offset, limit=_LABEL_SAMPLE).multi_label
+        per_class = split.get("per_class")
+        counts = [int(per_class.get(name, 0)) for name in class_names] if isinstance(per_class, dict) else None
+        facts = SplitFacts(int(split["num_examples"]), counts, multi)
+    elif sum(tf.io.gfile.stat(f).length for f in files) > _EXACT_COUNT_BYTES:
+        multi = _scan_labels(files, class_names=class_names, label_offset=label_offset, limit=_LABEL_SAMPLE).multi_label
+        facts = SplitFacts(_count_records(files), None, multi)
+    else:
+        facts = _scan_labels(files, class_names=class_names, label_offset=label_offset, limit=None)
+    if facts.num_examples == 0:
         raise DataError(f"{path} holds no examples: check the path or rerun trainer.prepare")
-    return SplitFacts(n, counts, multi)
+    return facts
 
 
 def dataset_multi_label(path: str) -> Optional[bool]:
