@@ -1,11 +1,22 @@
-"""The command line every entry point of the package shares: flag definition, parsing, errors.
+"""The command line every entry point of the package shares: flag definition, parsing, help, errors.
 
 Each CLI (trainer.task, trainer.prepare, trainer.evaluate, trainer.predict, trainer.export,
 serving.client, ...) defines its absl flags only when it runs. Tests and the demo import several
 of them into one process, where two CLIs may both have, e.g., --seed or --label_offset, with the
 same meaning and default: the first definition serves both, and the flag is declared a key flag
-of every command that asks for it, so `--helpshort` and `--helpfull` list each command's flags
-under the command's own name (not under this module's).
+of every command that asks for it, so `--helpfull` lists each command's flags under the
+command's own name (not under this module's).
+
+Help is for people: `--help` (and `--helpshort`, `-?`) prints the command's `Usage` (what it does,
+one example command line) and then its own flags grouped by purpose, the required ones marked,
+and exits 0; `--helpfull` adds absl's full list (every module's flags), also exit 0. A flag's
+group is the `group=` argument of `define`, a word of the command's choosing ("data", "model",
+"outputs", ...): groups print in the order their first flag was defined, and a flag defined
+without one prints under "other", so it is never hidden. `required=True` marks a flag required in
+the help, or `required="unless $AIP_MODEL_DIR is set"` says when; the command still checks it
+itself (absl's own required check would end in its usage text, not one line):
+
+    flagutil.define("string", "train_data", None, "Training data: ...", group="data", required=True)
 
 A user mistake ends the same way in every command: one line `error: ...` on stderr and exit
 status USER_ERROR (2), flag-parsing mistakes included (absl would print its whole usage text).
@@ -16,10 +27,12 @@ the interpreter does not tear TensorFlow's modules and runtime down one object a
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import re
 import sys
-from typing import Callable, Optional, Sequence, Tuple
+import textwrap
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from absl import app, flags
 
@@ -40,13 +53,30 @@ def _calling_module(depth: int = 2) -> str:
     return sys.argv[0] if name == "__main__" else name
 
 
-def define(kind: str, name: str, *args, module_name: Optional[str] = None, **kwargs) -> None:
+OTHER = "other"  # the help group of a flag defined without one
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagHelp:
+    """How `--help` shows one flag of one command: its group, and whether (or when) it is required."""
+    group: str = OTHER
+    required: Union[bool, str] = False
+
+
+# module -> {flag name: FlagHelp}, in definition order (the order --help lists them in).
+_FLAG_HELP: Dict[str, Dict[str, FlagHelp]] = {}
+
+
+def define(kind: str, name: str, *args, module_name: Optional[str] = None, group: str = OTHER,
+           required: Union[bool, str] = False, **kwargs) -> None:
     """flags.DEFINE_<kind>(name, *args, **kwargs) for the calling module, unless `name` exists.
 
     An existing flag (another command of this process defined it) becomes a key flag of the
-    calling module instead, so its --helpshort still lists it.
+    calling module instead, so its --help still lists it. `group` and `required` only shape
+    --help (see the module docstring); they change no parsing.
     """
     module = module_name or _calling_module()
+    _FLAG_HELP.setdefault(module, {})[name] = FlagHelp(group=group, required=required)
     if name in flags.FLAGS:
         flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
         return
@@ -84,7 +114,7 @@ RENAMED = {"model": "--export_dir (trainer.predict, trainer.evaluate) or --model
            "report": "--eval_report (trainer.task)", "noreport": "--noeval_report (trainer.task)"}
 
 
-def parse_flags(argv: Sequence[str], *, unknown_flag_hint: str = "see --helpshort"):
+def parse_flags(argv: Sequence[str], *, unknown_flag_hint: str = "see --help"):
     """absl parsing whose mistakes are one line and exit 2 (absl: usage text, exit 1); an
     unknown flag gets `unknown_flag_hint` (a command's own, e.g. where its pass-through flags go)."""
     try:
@@ -105,13 +135,111 @@ def adopt_as_main(module: str) -> None:
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What a command's --help says before its flags: what it does, in one line, and one command
+    line to type; `reference` names where the long reference lives (e.g. docs/training.md)."""
+    summary: str
+    example: str
+    reference: str = ""
+
+
+_SHORT_HELP = ("--help", "-help", "-?", "--helpshort", "-helpshort")
+_FULL_HELP = ("--helpfull", "-helpfull")
+
+
+def help_request(argv: Sequence[str]) -> Optional[str]:
+    """"short" or "full" where argv asks for help before any `--` (what follows `--` belongs to
+    another program, e.g. the trainer flags of effnet-submit), else None."""
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg in _SHORT_HELP:
+            return "short"
+        if arg in _FULL_HELP:
+            return "full"
+    return None
+
+
+def _default_text(flag) -> str:
+    if isinstance(flag.default, bool):
+        return "true" if flag.default else "false"
+    if isinstance(flag.default, (list, tuple)):
+        return ",".join(str(value) for value in flag.default)
+    return str(flag.default)
+
+
+def _describe(flag, about: FlagHelp) -> List[str]:
+    """A flag's lines: its name (with the enum's values), required or its default, then its help."""
+    name = f"--[no]{flag.name}" if isinstance(flag, flags.BooleanFlag) else f"--{flag.name}"
+    values = getattr(flag.parser, "enum_values", None)
+    name += f"={'|'.join(values)}" if values else ""
+    if about.required:
+        note = "required" if about.required is True else f"required {about.required}"
+    else:
+        note = "" if flag.default in (None, "", [], ()) else f"default: {_default_text(flag)}"
+    head = f"  {name}" + (f"  ({note})" if note else "")
+    body = textwrap.fill(" ".join((flag.help or "").split()), width=100, initial_indent=" " * 6,
+                         subsequent_indent=" " * 6)
+    return [head] + ([body] if body.strip() else [])
+
+
+# Groups every command that has them lists first, in this order: what goes in, then what comes out.
+LEADING_GROUPS = ("data", "input", "model", "outputs")
+
+
+def _flag_help(module: str, name: str) -> FlagHelp:
+    """How `module` defined flag `name` for --help; a flag it declared from another command's
+    definitions (trainer.evaluate takes --export_dir from trainer.predict) as that one did."""
+    if name in _FLAG_HELP.get(module, {}):
+        return _FLAG_HELP[module][name]
+    return next((helps[name] for helps in _FLAG_HELP.values() if name in helps), FlagHelp())
+
+
+def _grouped(module: str) -> List[Tuple[str, List[Tuple[object, FlagHelp]]]]:
+    """The module's own flags by group: LEADING_GROUPS first, then the others in the order their
+    first flag was defined, "other" (flags defined without a group) last."""
+    own = flags.FLAGS.get_key_flags_for_module(module)
+    groups: Dict[str, list] = {name: [] for name in LEADING_GROUPS}
+    for flag in own:
+        about = _flag_help(module, flag.name)
+        groups.setdefault(about.group, []).append((flag, about))
+    if OTHER in groups:
+        groups[OTHER] = groups.pop(OTHER)
+    return [(group, members) for group, members in groups.items() if members]
+
+
+def help_text(module: str, usage: Optional[Usage], *, full: bool = False) -> str:
+    """A command's --help: the summary and an example first, then its own flags by group; with
+    `full`, absl's list of every flag of every module after them."""
+    module = sys.argv[0] if module == "__main__" else module
+    lines = [usage.summary, f"example: {usage.example}"] if usage else [f"usage: {module} [flags]"]
+    for group, members in _grouped(module):
+        lines += ["", f"{group}:"] + [line for flag, about in members for line in _describe(flag, about)]
+    more = f"; the reference: {usage.reference}" if usage and usage.reference else ""
+    lines += ["", f"Every flag, the libraries' included: --helpfull{more}."]
+    if full:
+        lines += ["", "All flags, by module:", flags.FLAGS.get_help()]
+    return "\n".join(lines) + "\n"
+
+
 def run(main: Callable, define_flags: Callable[[], None], *, module: Optional[str] = None,
-        user_errors: Tuple[type, ...] = (), unknown_flag_hint: str = "see --helpshort") -> None:
-    """Every command's entry point: defines the flags, parses them (mistakes: one line, exit 2),
-    runs `main`, and ends an `errors.UserError` (or one of `user_errors`, e.g. an OSError for a
-    command that reads paths the user gives) in one `error: ...` line and exit status 2."""
+        usage: Optional[Usage] = None, user_errors: Tuple[type, ...] = (),
+        unknown_flag_hint: str = "see --help") -> None:
+    """Every command's entry point: defines the flags, answers --help (`usage`, then the flags by
+    group; exit 0), parses them (mistakes: one line, exit 2), runs `main`, and ends an
+    `errors.UserError` (or one of `user_errors`, e.g. an OSError for a command that reads paths the
+    user gives) in one `error: ...` line and exit status 2."""
     define_flags()
-    adopt_as_main(module or _calling_module())
+    module = module or _calling_module()
+    adopt_as_main(module)
+    asked = help_request(sys.argv)
+    if asked:
+        try:
+            sys.stdout.write(help_text(module, usage, full=asked == "full"))
+        except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+            pass
+        end(0)
     try:
         app.run(guarded(main, user_errors),
                 flags_parser=lambda argv: parse_flags(argv, unknown_flag_hint=unknown_flag_hint))

@@ -257,23 +257,35 @@ def write_features(path: str, rows: List[np.ndarray], paths: List[str]) -> str:
 
 # --------------------------------------------------------------------------- CLI
 
+USAGE = flagutil.Usage(
+    summary="Send images to a model on TF Serving or a Vertex AI endpoint: one JSON line per image on stdout.",
+    example="python -m serving.client --server=localhost:8500 --model_name=flowers photos/*.jpg",
+    reference="docs/serving.md")
+
+
 def define_flags() -> None:
     """Defines the CLI's flags; only when it runs (or in tests), so that importing the library
     beside another entry point defines no clashing flags."""
-    flagutil.define("string", "server", "localhost:8500", "gRPC HOST:PORT of tensorflow_model_server.")
-    flagutil.define("string", "rest", None, "Use TF Serving's REST API at this URL (http://HOST:8501) instead.")
+    flagutil.define("string", "server", "localhost:8500", "gRPC HOST:PORT of tensorflow_model_server.", group="server")
+    flagutil.define("string", "rest", None, "Use TF Serving's REST API at this URL (http://HOST:8501) instead.",
+                    group="server")
     flagutil.define("string", "vertex_endpoint", None, "Predict on a Vertex AI endpoint instead: "
-                    "projects/P/locations/R/endpoints/E (Google credentials: ADC).")
-    flagutil.define("string", "api_endpoint", None, "Vertex AI API root (default https://REGION-aiplatform.googleapis.com).")
+                    "projects/P/locations/R/endpoints/E (Google credentials: ADC).", group="server")
+    flagutil.define("string", "api_endpoint", None, "Vertex AI API root (default https://REGION-aiplatform.googleapis.com).",
+                    group="server")
     flagutil.define("string", "model_name", None, "Model name in the server's model config, as tensorflow_model_server's "
-                    "--model_name (not for --vertex_endpoint).")
-    flagutil.define("enum", "signature", "serving_default", list(SIGNATURES), "Signature to call.")
-    flagutil.define("integer", "model_version", None, "Model version to query (default: the latest the server has).")
-    flagutil.define("float", "timeout", 30.0, "Seconds per request.")
-    flagutil.define("integer", "batch_size", 32, "Images per request (keep <= max_batch_size of batching.config).")
-    flagutil.define("integer", "retries", 4, "Retries on UNAVAILABLE/DEADLINE_EXCEEDED (HTTP 503/504).")
+                    "--model_name (not for --vertex_endpoint).",
+                    group="model", required="unless --vertex_endpoint is given")
+    flagutil.define("enum", "signature", "serving_default", list(SIGNATURES), "Signature to call.", group="model")
+    flagutil.define("integer", "model_version", None, "Model version to query (default: the latest the server has).",
+                    group="model")
+    flagutil.define("float", "timeout", 30.0, "Seconds per request.", group="requests")
+    flagutil.define("integer", "batch_size", 32, "Images per request (keep <= max_batch_size of batching.config).",
+                    group="requests")
+    flagutil.define("integer", "retries", 4, "Retries on UNAVAILABLE/DEADLINE_EXCEEDED (HTTP 503/504).",
+                    group="requests")
     flagutil.define("string", "features_output", None, "With --signature=features: write rows to this .npy "
-                    "(paths in a .paths.txt sidecar).")
+                    "(paths in a .paths.txt sidecar).", group="outputs")
 
 
 def _check_numbers(f) -> Optional[str]:
@@ -391,7 +403,7 @@ def _predict_cli(client: Client, inputs: Sequence[str], *, signature: str, batch
 
 def run_main() -> None:
     """Console-script entry point (effnet-client)."""
-    flagutil.run(main, define_flags)
+    flagutil.run(main, define_flags, usage=USAGE)
 
 
 if __name__ == "__main__":

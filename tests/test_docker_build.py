@@ -123,10 +123,11 @@ def test_the_dockerfile_builds_and_its_entrypoint_runs(tmp_path, base_python):
 
 @pytest.mark.slow
 def test_a_failing_run_step_fails_the_replay_as_docker_build_would(tmp_path, base_python):
-    """The Dockerfile before the fix ended with --helpshort, which exits 1: every build failed."""
+    """A RUN step that exits non-zero fails the build (the Dockerfile once ended with --helpshort,
+    which then exited 1); so does a COPY of a path the context lacks."""
     context = build_context(tmp_path / "context")
-    old = (REPO / "Dockerfile").read_text().replace("--only_check_args", "--helpshort > /dev/null")
-    with pytest.raises(BuildFailed, match="--helpshort"):
+    old = (REPO / "Dockerfile").read_text().replace("--only_check_args", "--no_such_flag > /dev/null")
+    with pytest.raises(BuildFailed, match="--no_such_flag"):
         replay_dockerfile(old, context=context, root=tmp_path / "root", venv=base_python)
     missing = (REPO / "Dockerfile").read_text().replace("COPY serving/ serving/", "COPY tests/ tests/")
     with pytest.raises(BuildFailed, match="not in the build context"):

@@ -36,27 +36,41 @@ from trainer.configs import backbones, config
 FLAGS = flags.FLAGS
 
 
+USAGE = flagutil.Usage(
+    summary="Audit labelled images before training: near copies (within and across splits) and suspect labels.",
+    example="python -m trainer.audit --train_data='data/train-*.tfrecord' --eval_data='data/validation-*.tfrecord' "
+            "--output_dir=audit",
+    reference="docs/data.md")
+
+
 def define_flags() -> None:
     """Defines the command's flags when it runs (or in tests): importing it clashes with no other CLI."""
-    flagutil.define("string", "train_data", None, "Training data: TFRecord glob or image folder (local or gs://).")
+    flagutil.define("string", "train_data", None, "Training data: TFRecord glob or image folder (local or gs://).",
+                    group="data", required=True)
     flagutil.define("list", "eval_data", [], "Evaluation data, comma-separated globs or folders; each split is "
-                    "named as its shards say (validation-*, test-*), else eval.")
-    flagutil.define("string", "labels", None, "labels.txt (one class a line); default: beside --train_data.")
+                    "named as its shards say (validation-*, test-*), else eval.", group="data")
+    flagutil.define("string", "labels", None, "labels.txt (one class a line); default: beside --train_data.",
+                    group="data")
     flagutil.define("integer", "label_offset", 0,
-                    "Subtracted from image/class/label (1 for Google's ImageNet shards).")
-    flagutil.define("string", "backbone", "efficientnet-b0", f"Backbone: {', '.join(backbones.REGISTRY)}.")
+                    "Subtracted from image/class/label (1 for Google's ImageNet shards).", group="data")
+    flagutil.define("string", "backbone", "efficientnet-b0", f"Backbone: {', '.join(backbones.REGISTRY)}.",
+                    group="model")
     flagutil.define("string", "weights", "imagenet",
-                    "imagenet, noisy-student, none, or a weights file path / gs:// URL.")
-    flagutil.define("integer", "image_size", 0, "Input side in pixels; 0 = the backbone's native size.")
-    flagutil.define("string", "output_dir", None, "Where the audit goes (local or gs://).")
+                    "imagenet, noisy-student, none, or a weights file path / gs:// URL.", group="model")
+    flagutil.define("integer", "image_size", 0, "Input side in pixels; 0 = the backbone's native size.", group="model")
+    flagutil.define("string", "output_dir", None, "Where the audit goes (local or gs://).",
+                    group="outputs", required=True)
     flagutil.define("float", "duplicate_threshold", auditing.DEFAULT_DUPLICATE_THRESHOLD,
-                    "Cosine similarity of the embeddings from which two neighbours may be near copies.")
+                    "Cosine similarity of the embeddings from which two neighbours may be near copies.", group="checks")
     flagutil.define("float", "pixel_threshold", auditing.DEFAULT_PIXEL_THRESHOLD, "Correlation of two candidates' 32x32 "
-                    "grey thumbnails (or one mirrored) that confirms a near copy; -1: the cosine alone decides.")
-    flagutil.define("integer", "neighbours", auditing.DEFAULT_NEIGHBOURS, "Nearest neighbours that vote on each label.")
+                    "grey thumbnails (or one mirrored) that confirms a near copy; -1: the cosine alone decides.",
+                    group="checks")
+    flagutil.define("integer", "neighbours", auditing.DEFAULT_NEIGHBOURS, "Nearest neighbours that vote on each label.",
+                    group="checks")
     flagutil.define("integer", "probe_folds", auditing.DEFAULT_FOLDS, "Folds of the cross-validated linear probe; 0 = "
-                    "the neighbour vote alone (large data: the probe costs images x width x classes per step).")
-    flagutil.define("integer", "batch_size", auditing.BATCH_SIZE, "Images per embedding batch.")
+                    "the neighbour vote alone (large data: the probe costs images x width x classes per step).",
+                    group="checks")
+    flagutil.define("integer", "batch_size", auditing.BATCH_SIZE, "Images per embedding batch.", group="performance")
 
 
 def _check_flags(argv: Sequence[str]) -> None:
@@ -92,7 +106,7 @@ def main(argv) -> None:
 
 def run_main() -> None:
     """`python -m trainer.audit` and effnet-audit; failing reads end in one line too."""
-    flagutil.run(main, define_flags, user_errors=(tf.errors.OpError,))
+    flagutil.run(main, define_flags, usage=USAGE, user_errors=(tf.errors.OpError,))
 
 
 if __name__ == "__main__":

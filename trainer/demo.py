@@ -24,15 +24,21 @@ from trainer.data import synthetic
 FLAGS = flags.FLAGS
 
 
+USAGE = flagutil.Usage(
+    summary="Write synthetic labelled images (a folder of class folders) for smoke runs and benchmarks.",
+    example="python -m trainer.demo --output_dir=/tmp/shapes --task=shapes --per_class=40")
+
+
 def define_flags() -> None:
     """Defines the flags; called when the module runs as a command (or by tests), so that
     importing it beside another entry point defines no clashing flags."""
-    flagutil.define("string", "output_dir", None, "Folder to write <class>/<image>.jpg into.")
-    flagutil.define("enum", "task", "shapes", list(synthetic.TASKS), "Which synthetic task.")
-    flagutil.define("integer", "per_class", 40, "Images per class.")
-    flagutil.define("integer", "size", 96, "Image side in pixels.")
-    flagutil.define("integer", "seed", 0, "Random seed; the same seed writes the same images.")
-    flags.adopt_module_key_flags(flagutil)  # --helpshort lists them as this command's flags
+    flagutil.define("string", "output_dir", None, "Folder to write <class>/<image>.jpg into.",
+                    group="outputs", required=True)
+    flagutil.define("enum", "task", "shapes", list(synthetic.TASKS), "Which synthetic task.", group="images")
+    flagutil.define("integer", "per_class", 40, "Images per class.", group="images")
+    flagutil.define("integer", "size", 96, "Image side in pixels.", group="images")
+    flagutil.define("integer", "seed", 0, "Random seed; the same seed writes the same images.", group="images")
+    flags.adopt_module_key_flags(flagutil)  # --help lists them as this command's flags
 
 
 def main(argv):
@@ -45,7 +51,7 @@ def main(argv):
 
 
 def run_main() -> None:
-    flagutil.run(main, define_flags)
+    flagutil.run(main, define_flags, usage=USAGE)
 
 
 if __name__ == "__main__":

@@ -42,15 +42,24 @@ from trainer.evaluation import evaluator
 FLAGS = flags.FLAGS
 
 
+USAGE = flagutil.Usage(
+    summary="Report how an export does on labelled images: metrics, per-class table, confusion matrix, worst images.",
+    example="python -m trainer.evaluate --export_dir=runs/first --data='data/test-*.tfrecord' --output_dir=report",
+    reference="docs/evaluate.md")
+
+
 def define_flags() -> None:
     """Defines the command's flags only when it runs as a command (or in tests), so that
     importing it beside other entry points clashes with none."""
     predict.define_shared_flags()
-    flagutil.define("string", "data", None, "Labelled data: TFRecord glob or a folder of class folders (local or gs://).")
-    flagutil.define("string", "output_dir", None, "Where the report goes (local or gs://).")
-    flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
-    flagutil.define("integer", "worst", evaluator.DEFAULT_WORST, "Worst-classified images to list.")
-    for name in ("export_dir", "batch_size", "top_k"):  # listed by --helpshort beside this module's own
+    flagutil.define("string", "data", None, "Labelled data: TFRecord glob or a folder of class folders (local or gs://).",
+                    group="data", required=True)
+    flagutil.define("string", "output_dir", None, "Where the report goes (local or gs://).",
+                    group="outputs", required=True)
+    flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).",
+                    group="data")
+    flagutil.define("integer", "worst", evaluator.DEFAULT_WORST, "Worst-classified images to list.", group="outputs")
+    for name in ("export_dir", "batch_size", "top_k"):  # listed by --help beside this module's own
         flags.declare_key_flag(name)
 
 
@@ -80,7 +89,7 @@ def main(argv) -> None:
 
 def run_main() -> None:
     """`python -m trainer.evaluate` and effnet-evaluate; unreadable paths and failing reads end in one line too."""
-    flagutil.run(main, define_flags, user_errors=(tf.errors.OpError, OSError))
+    flagutil.run(main, define_flags, usage=USAGE, user_errors=(tf.errors.OpError, OSError))
 
 
 if __name__ == "__main__":

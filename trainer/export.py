@@ -28,17 +28,26 @@ from trainer.exporting import saved_model, tflite, tflite as tflite_lib
 from trainer.runtime import runlock
 
 
+USAGE = flagutil.Usage(
+    summary="Export a training run again: a new SavedModel version from a checkpoint, or .tflite variants.",
+    example="python -m trainer.export --model_dir=runs/first --tflite=float16,int8",
+    reference="docs/serving.md, docs/edge.md")
+
+
 def define_flags() -> None:
     """Defines this CLI's flags; only when it runs as a command, so that importing the module
     beside another entry point (tests, training) defines no clashing flags."""
-    flagutil.define("string", "model_dir", None, "Training output folder (config.json, checkpoints).")
-    flagutil.define("string", "checkpoint", None, "Checkpoint prefix; default: the last finished phase.")
-    flagutil.define("integer", "version", None, "Version number; default: the next one.")
-    flagutil.define("string", "export_base", None, "Where version folders go; default: MODEL_DIR/export.")
+    flagutil.define("string", "model_dir", None, "Training output folder (config.json, checkpoints).",
+                    group="run", required=True)
+    flagutil.define("string", "checkpoint", None, "Checkpoint prefix; default: the last finished phase.", group="run")
+    flagutil.define("integer", "version", None, "Version number; default: the next one.", group="outputs")
+    flagutil.define("string", "export_base", None, "Where version folders go; default: MODEL_DIR/export.",
+                    group="outputs")
     flagutil.define("list", "tflite", [], "Instead of a SavedModel: .tflite variants (float16, dynamic, int8) "
-                    "to write to MODEL_DIR/tflite, each scored by LiteRT on the run's validation split.")
+                    "to write to MODEL_DIR/tflite, each scored by LiteRT on the run's validation split.",
+                    group="tflite")
     flagutil.define("float", "max_accuracy_drop", 0.01, "Refuse a .tflite variant that loses more accuracy than "
-                    "this against the SavedModel.")
+                    "this against the SavedModel.", group="tflite")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -73,7 +82,7 @@ def _print_tflite(report: dict) -> None:
 
 def run_main() -> None:
     """Console-script entry point (effnet-export)."""
-    flagutil.run(main, define_flags)
+    flagutil.run(main, define_flags, usage=USAGE)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,19 @@ DEFAULT_PRINT_LIMIT = 100
 FLAGS = flags.FLAGS
 
 
+USAGE = flagutil.Usage(
+    summary="Classify images with an export: the top classes of each image in a CSV, and a table on stdout.",
+    example="python -m trainer.predict --export_dir=runs/first --input=new_photos --output=predictions.csv",
+    reference="docs/serving.md")
+
+
 def define_shared_flags() -> None:
     """--export_dir, --batch_size and --top_k, as trainer.evaluate uses them too."""
     flagutil.define("string", "export_dir", None, "Export folder (MODEL_DIR/export/N) or MODEL_DIR: its newest numeric "
-                    "export is used.")
-    flagutil.define("integer", "batch_size", prediction.DEFAULT_BATCH_SIZE, "Images per call.")
-    flagutil.define("integer", "top_k", metrics.DEFAULT_TOP_K, "Classes per image (capped at the number of classes).")
+                    "export is used.", group="model", required=True)
+    flagutil.define("integer", "batch_size", prediction.DEFAULT_BATCH_SIZE, "Images per call.", group="performance")
+    flagutil.define("integer", "top_k", metrics.DEFAULT_TOP_K, "Classes per image (capped at the number of classes).",
+                    group="outputs")
 
 
 def define_flags() -> None:
@@ -49,12 +56,12 @@ def define_flags() -> None:
     importing it beside other entry points clashes with none."""
     define_shared_flags()
     flagutil.define("list", "input", [], "Images: comma-separated files, globs or folders (local or gs://); "
-                    "positional arguments add more.")
-    flagutil.define("string", "output", None, "The CSV to write (local or gs://).")
+                    "positional arguments add more.", group="input", required="unless images are given as arguments")
+    flagutil.define("string", "output", None, "The CSV to write (local or gs://).", group="outputs", required=True)
     flagutil.define("string", "features_output", None, "Also write the features (embeddings) as an [N, D] .npy; "
-                    "row i = CSV row i.")
+                    "row i = CSV row i.", group="outputs")
     flagutil.define("integer", "print_limit", DEFAULT_PRINT_LIMIT, "Images printed on stdout (-1: all); the CSV "
-                    "has every row.")
+                    "has every row.", group="outputs")
 
 
 def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
@@ -151,7 +158,7 @@ def main(argv) -> None:
 
 def run_main() -> None:
     """`python -m trainer.predict` and effnet-predict; unreadable paths and failing reads end in one line too."""
-    flagutil.run(main, define_flags, user_errors=(tf.errors.OpError, OSError))
+    flagutil.run(main, define_flags, usage=USAGE, user_errors=(tf.errors.OpError, OSError))
 
 
 if __name__ == "__main__":

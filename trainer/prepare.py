@@ -45,27 +45,37 @@ def _summary(info: dict, *, output_dir: str, seconds: float) -> str:
             f"skipped {info['num_skipped']} file(s) (reasons in dataset.json){warned}; {seconds:.1f} s")
 
 
+USAGE = flagutil.Usage(
+    summary="Turn a folder of class subfolders of images (or a CSV, or a Vertex AI import file) into TFRecord shards.",
+    example="python -m trainer.prepare --input_dir=photos --output_dir=data --test_fraction=0.1",
+    reference="docs/data.md")
+
+
 def define_flags() -> None:
     """Defines this CLI's flags; only when it runs as a command, so that importing the module
     beside another entry point (tests, the demo) defines no clashing flags."""
-    flagutil.define("string", "input_dir", None, "Folder (local or gs://) with one subfolder of images per class.")
-    flagutil.define("string", "csv", None, "Instead of --input_dir: a CSV of path,label rows.")
+    flagutil.define("string", "input_dir", None, "Folder (local or gs://) with one subfolder of images per class.",
+                    group="input", required="unless --csv or --import_file is given")
+    flagutil.define("string", "csv", None, "Instead of --input_dir: a CSV of path,label rows.", group="input")
     flagutil.define("string", "import_file", None, "Instead of --input_dir: a Vertex AI image-classification "
-                    "import file, .csv ([ML_USE,]PATH[,LABEL...]) or .jsonl (local or gs://).")
+                    "import file, .csv ([ML_USE,]PATH[,LABEL...]) or .jsonl (local or gs://).", group="input")
     flagutil.define("bool", "multi_label", False, "Write multi-label records (a list of labels per image) "
-                    "even when no row holds several labels.")
-    flagutil.define("string", "output_dir", None, "Folder (local or gs://) for the shards; replaced whole.")
+                    "even when no row holds several labels.", group="input")
+    flagutil.define("string", "output_dir", None, "Folder (local or gs://) for the shards; replaced whole.",
+                    group="outputs", required=True)
     flagutil.define("float", "validation_fraction", 0.1, "Fraction of each class held out for validation "
-                    "(of the rows without ML_USE).")
+                    "(of the rows without ML_USE).", group="splits")
     flagutil.define("float", "test_fraction", 0.0, "Fraction of each class held out as test-* shards (of the rows "
                     "without ML_USE): images neither training nor its choices (epochs, temperature) see, for a "
-                    "figure that is not optimistic; the trainer finds them beside --train_data.")
-    flagutil.define("integer", "num_shards", None, "Train shards (validation and test get a proportional number).")
+                    "figure that is not optimistic; the trainer finds them beside --train_data.", group="splits")
+    flagutil.define("integer", "num_shards", None, "Train shards (validation and test get a proportional number).",
+                    group="outputs")
     flagutil.define("float", "shard_size_mb", None, f"Target shard size instead of --num_shards "
-                       f"(default {preparing.DEFAULT_SHARD_SIZE_MB} MB).")
-    flagutil.define("integer", "seed", 0, "Seed of the split and of the order inside shards.")
-    flagutil.define("integer", "num_workers", None, "Parallel threads (default: the number of cores).")
-    flags.adopt_module_key_flags(flagutil)  # --helpshort lists them as this command's flags
+                       f"(default {preparing.DEFAULT_SHARD_SIZE_MB} MB).", group="outputs")
+    flagutil.define("integer", "seed", 0, "Seed of the split and of the order inside shards.", group="splits")
+    flagutil.define("integer", "num_workers", None, "Parallel threads (default: the number of cores).",
+                    group="performance")
+    flags.adopt_module_key_flags(flagutil)  # --help lists them as this command's flags
 
 
 FLAGS = flags.FLAGS
@@ -74,7 +84,7 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
     if len(argv) > 1:
         raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
-                                 "e.g. --input_dir=DIR (see --helpshort)")
+                                 "e.g. --input_dir=DIR (see --help)")
     start = time.time()
     info = preparing.prepare(input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
                    validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
@@ -88,7 +98,7 @@ def main(argv) -> None:
 
 def run_main() -> None:
     """Console-script entry point (effnet-prepare)."""
-    flagutil.run(main, define_flags)
+    flagutil.run(main, define_flags, usage=USAGE)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,15 @@ from trainer.models import lite
 from trainer.models.pretrained import imagenet
 
 
+USAGE = flagutil.Usage(
+    summary="Make an EfficientNet-Lite backbone's ImageNet weights file (once; cached after) and print its path.",
+    example="python -m trainer.pretrained --backbone=efficientnet-lite0",
+    reference="docs/training.md")
+
+
 def define_flags() -> None:
     flagutil.define("enum", "backbone", "efficientnet-lite0", list(lite.PARAMS),
-                    "The Lite backbone whose ImageNet notop weights file to make (once) and print.")
+                    "The Lite backbone whose ImageNet notop weights file to make (once) and print.", group="model")
 
 
 def main(argv: List[str]) -> None:
@@ -34,7 +40,7 @@ def main(argv: List[str]) -> None:
 
 
 def run_main() -> None:
-    flagutil.run(main, define_flags)
+    flagutil.run(main, define_flags, usage=USAGE)
 
 
 if __name__ == "__main__":

@@ -25,96 +25,133 @@ from trainer.training import hptune
 FLAGS = flags.FLAGS
 
 
+USAGE = flagutil.Usage(
+    summary="Fine-tune a pretrained EfficientNet on your labelled images, export it for TF Serving and report on it.",
+    example="python -m trainer.task --train_data='data/train-*.tfrecord' --eval_data='data/validation-*.tfrecord' "
+            "--model_dir=runs/first",
+    reference="docs/training.md")
+
+
 def define_flags() -> None:
     """Defines the flags; called when the module runs as a command (or by tests), so that
     importing it beside another entry point defines no clashing flags."""
-    flagutil.define("string", "train_data", None, "Training data: TFRecord glob or image folder (local or gs://).")
-    flagutil.define("string", "eval_data", None, "Validation data, same forms as --train_data.")
+    flagutil.define("string", "train_data", None, "Training data: TFRecord glob or image folder (local or gs://).",
+                    group="data", required=True)
+    flagutil.define("string", "eval_data", None, "Validation data, same forms as --train_data.", group="data")
     flagutil.define("string", "test_data", None, "Held-out test data, same forms as --eval_data: reported through the "
                     "export (MODEL_DIR/eval/test/) and never used to choose anything, so the printed headline is "
                     "its accuracy. Default: the test-* shards beside --train_data when prepare's dataset.json there "
-                    "lists a test split (prepare --test_fraction, or an import file's ML_USE test); none to skip.")
-    flagutil.define("string", "labels", None, "labels.txt (one class a line); default: beside --train_data.")
-    flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).")
+                    "lists a test split (prepare --test_fraction, or an import file's ML_USE test); none to skip.",
+                    group="data")
+    flagutil.define("string", "labels", None, "labels.txt (one class a line); default: beside --train_data.",
+                    group="data")
+    flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).",
+                    group="data")
     flagutil.define("bool", "multi_label", False, "Each image has zero or more labels (sigmoid head, binary "
-                    "cross-entropy); default: what the data says (dataset.json, or records with other than one label).")
+                    "cross-entropy); default: what the data says (dataset.json, or records with other than one label).",
+                    group="data")
     flagutil.define("string", "class_weight", "none", "Weights of the classes in the loss: none, balanced "
                     "(N / (C * n_c)), or a JSON/CSV file of class,weight pairs. Applied per example in the input "
-                    "pipeline, so it works under every strategy.")
-    flagutil.define("float", "label_smoothing", 0.0, "Label smoothing of the loss (0 = off; e.g. 0.1).")
-    flagutil.define("string", "model_dir", None, "Output folder (local or gs://); default $AIP_MODEL_DIR.")
-    flagutil.define("string", "checkpoint_dir", None, "Checkpoints; default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints.")
-    flagutil.define("string", "tensorboard_dir", None, "TensorBoard logs; default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs.")
-    flagutil.define("string", "backbone", "efficientnet-b0", f"Backbone: {', '.join(backbones.REGISTRY)}.")
-    flagutil.define("string", "weights", "imagenet", "imagenet, noisy-student, none, or a weights file path / gs:// URL.")
-    flagutil.define("integer", "image_size", 0, "Input side in pixels; 0 = the backbone's native size.")
-    flagutil.define("float", "dropout", 0.2, "Dropout before the classification layer.")
+                    "pipeline, so it works under every strategy.", group="data")
+    flagutil.define("float", "label_smoothing", 0.0, "Label smoothing of the loss (0 = off; e.g. 0.1).", group="model")
+    flagutil.define("string", "model_dir", None, "Output folder (local or gs://); default $AIP_MODEL_DIR.",
+                    group="outputs", required="unless $AIP_MODEL_DIR is set")
+    flagutil.define("string", "checkpoint_dir", None, "Checkpoints; default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints.",
+                    group="outputs")
+    flagutil.define("string", "tensorboard_dir", None, "TensorBoard logs; default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs.",
+                    group="outputs")
+    flagutil.define("string", "backbone", "efficientnet-b0", f"Backbone: {', '.join(backbones.REGISTRY)}.",
+                    group="model")
+    flagutil.define("string", "weights", "imagenet", "imagenet, noisy-student, none, or a weights file path / gs:// URL.",
+                    group="model")
+    flagutil.define("integer", "image_size", 0, "Input side in pixels; 0 = the backbone's native size.", group="model")
+    flagutil.define("float", "dropout", 0.2, "Dropout before the classification layer.", group="model")
     flagutil.define("integer", "frozen_epochs", 30, "Epochs of the frozen phase (head only); 0 skips it. On cached "
-                    "embeddings an epoch costs about one step of the backbone, so the head trains to convergence.")
+                    "embeddings an epoch costs about one step of the backbone, so the head trains to convergence.",
+                    group="phases")
     flagutil.define("integer", "finetune_epochs", 20, "Epochs of the fine-tune phase; 0 skips it. The cosine "
-                    "schedule runs to its end (docs/training.md: 20 measured 0.87 held out on 1,000 photos, 12 0.85).")
-    flagutil.define("string", "frozen_batch_size", "64", "Global batch size of the frozen phase, or auto.")
-    flagutil.define("string", "finetune_batch_size", "16", "Global batch size of the fine-tune phase, or auto.")
-    flagutil.define("float", "frozen_learning_rate", 3e-3, "Peak learning rate of the frozen phase at --lr_base_batch_size.")
-    flagutil.define("float", "finetune_learning_rate", 3e-4, "Peak learning rate of the fine-tune phase at --lr_base_batch_size.")
+                    "schedule runs to its end (docs/training.md: 20 measured 0.87 held out on 1,000 photos, 12 0.85).",
+                    group="phases")
+    flagutil.define("string", "frozen_batch_size", "64", "Global batch size of the frozen phase, or auto.",
+                    group="phases")
+    flagutil.define("string", "finetune_batch_size", "16", "Global batch size of the fine-tune phase, or auto.",
+                    group="phases")
+    flagutil.define("float", "frozen_learning_rate", 3e-3, "Peak learning rate of the frozen phase at --lr_base_batch_size.",
+                    group="phases")
+    flagutil.define("float", "finetune_learning_rate", 3e-4, "Peak learning rate of the fine-tune phase at --lr_base_batch_size.",
+                    group="phases")
     flagutil.define("integer", "lr_base_batch_size", 64,
                     "Batch size the learning rates are given for: above it they grow with the square root of the "
-                    "global batch, at or below it they are used as given. 0 = always as given.")
-    flagutil.define("float", "warmup_epochs", 1.0, "Linear warmup before the cosine decay, in epochs (at most half a phase).")
-    flagutil.define("string", "unfreeze", "all", "Fine-tune phase: all, or top:N EfficientNet blocks.")
+                    "global batch, at or below it they are used as given. 0 = always as given.", group="phases")
+    flagutil.define("float", "warmup_epochs", 1.0, "Linear warmup before the cosine decay, in epochs (at most a tenth of the phase).",
+                    group="phases")
+    flagutil.define("string", "unfreeze", "all", "Fine-tune phase: all, or top:N EfficientNet blocks.", group="model")
     flagutil.define("enum", "bn", "frozen", list(config.BN_MODES),
-                      "frozen: BatchNormalization in inference mode in both phases; trainable: the seed blog's variant.")
+                      "frozen: BatchNormalization in inference mode in both phases; trainable: the seed blog's variant.",
+                      group="model")
     flagutil.define("integer", "early_stopping_patience", 0, "Epochs without a better validation accuracy "
                     "(the loss for multi-label data) before a phase stops, its best weights restored; 0 = off (the "
-                    "default: each phase runs its cosine schedule to the end).")
+                    "default: each phase runs its cosine schedule to the end).", group="phases")
     flagutil.define("bool", "keep_best_phase", True, "Where fine-tuning ends below the frozen phase on the validation "
-                    "split (accuracy; the loss for multi-label data), keep the frozen phase's weights.")
-    flagutil.define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).")
+                    "split (accuracy; the loss for multi-label data), keep the frozen phase's weights.", group="phases")
+    flagutil.define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch (large datasets, smoke runs).",
+                    group="phases")
     flagutil.define("enum", "augment", "flip", list(config.AUGMENT), "Training augmentation: none (the evaluation "
                     "center crop), flip (it or its mirror: small datasets), crop (Inception-style random crop and flip: "
-                    "large datasets), randaugment (crop plus RandAugment).")
+                    "large datasets), randaugment (crop plus RandAugment).", group="input and caches")
     flagutil.define("bool", "cache_records", False, "Keep the encoded records in memory after their first pass (small "
-                    "datasets): later epochs and evaluations skip the file reads; every epoch still decodes.")
+                    "datasets): later epochs and evaluations skip the file reads; every epoch still decodes.",
+                    group="input and caches")
     flagutil.define("bool", "cache_pixels", True, "With --augment=none or flip: keep the decoded crops of the training "
                     "and validation images in memory after the first epoch when they fit in a quarter of the "
-                    "available RAM; later epochs neither read nor decode.")
+                    "available RAM; later epochs neither read nor decode.", group="input and caches")
     flagutil.define("enum", "frozen_cache", "auto", list(config.FROZEN_CACHE),
                     "Frozen phase: train the head on embeddings the backbone computes once per image view (auto: "
                     "wherever the backbone is a fixed function, i.e. not with --bn=trainable or on TPUs), or stream "
-                    "images every epoch (off).")
+                    "images every epoch (off).", group="input and caches")
     flagutil.define("enum", "frozen_head", "probe", list(config.FROZEN_HEAD),
                     "Frozen phase on cached embeddings: probe (the head fitted as logistic regression, its L2 strength "
                     "chosen by 5-fold cross-validation on the training split, where the embeddings fit in memory and "
-                    "each image has one label), or epochs (--frozen_epochs of Adam, as where probe does not apply).")
+                    "each image has one label), or epochs (--frozen_epochs of Adam, as where probe does not apply).",
+                    group="phases")
     flagutil.define("integer", "cache_views", 4, "With --augment=crop or randaugment: random views per image in the frozen "
-                    "phase's embedding cache (each epoch draws one).")
-    flagutil.define("enum", "strategy", "auto", list(config.STRATEGIES), "Distribution strategy.")
-    flagutil.define("string", "tpu", None, "TPU name, grpc:// address, or local on a TPU VM (default $TPU_NAME).")
-    flagutil.define("enum", "mixed_precision", "none", list(config.MIXED_PRECISION), "Mixed-precision policy.")
-    flagutil.define("bool", "jit_compile", False, "Compile the train step with XLA (for GPUs/TPUs).")
-    flagutil.define("float", "memory_budget_gb", None, "Device memory to plan auto batch sizes for; default detected.")
-    flagutil.define("integer", "max_batch_size", 256, "Cap on auto batch sizes.")
-    flagutil.define("integer", "accumulate_steps", 1, "Gradient accumulation steps.")
-    flagutil.define("integer", "seed", 0, "Random seed.")
+                    "phase's embedding cache (each epoch draws one).", group="input and caches")
+    flagutil.define("enum", "strategy", "auto", list(config.STRATEGIES), "Distribution strategy.",
+                    group="distribution and memory")
+    flagutil.define("string", "tpu", None, "TPU name, grpc:// address, or local on a TPU VM (default $TPU_NAME).",
+                    group="distribution and memory")
+    flagutil.define("enum", "mixed_precision", "none", list(config.MIXED_PRECISION), "Mixed-precision policy.",
+                    group="distribution and memory")
+    flagutil.define("bool", "jit_compile", False, "Compile the train step with XLA (for GPUs/TPUs).",
+                    group="distribution and memory")
+    flagutil.define("float", "memory_budget_gb", None, "Device memory to plan auto batch sizes for; default detected.",
+                    group="distribution and memory")
+    flagutil.define("integer", "max_batch_size", 256, "Cap on auto batch sizes.", group="distribution and memory")
+    flagutil.define("integer", "accumulate_steps", 1, "Gradient accumulation steps.", group="distribution and memory")
+    flagutil.define("integer", "seed", 0, "Random seed.", group="phases")
     flagutil.define("bool", "eval_report", True, "After the export, write the validation report (metrics, per-class "
                       "table, confusion matrix, worst images) to MODEL_DIR/eval through the exported model, and the "
-                      "test report (--test_data) to MODEL_DIR/eval/test.")
+                      "test report (--test_data) to MODEL_DIR/eval/test.", group="after training")
     flagutil.define("bool", "leakage_check", True, "Count each report's images with a near copy in the training split "
-                    "(metrics.json near_copies_of_training; one pass of the training split through the export).")
+                    "(metrics.json near_copies_of_training; one pass of the training split through the export).",
+                    group="after training")
     flagutil.define("bool", "calibrate", True, "Fit a temperature on the validation split (Guo et al. 2017) and "
-                    "fold it into every export, so that probabilities are calibrated; the argmax does not change.")
+                    "fold it into every export, so that probabilities are calibrated; the argmax does not change.",
+                    group="after training")
     flagutil.define("list", "tflite", [], "After the SavedModel: .tflite variants to write to MODEL_DIR/tflite "
-                    "(float16, dynamic, int8), each scored by LiteRT on the validation split (docs/edge.md).")
+                    "(float16, dynamic, int8), each scored by LiteRT on the validation split (docs/edge.md).",
+                    group="after training")
     flagutil.define("float", "max_accuracy_drop", 0.01, "Refuse a .tflite variant that loses more accuracy than "
-                    "this against the SavedModel.")
+                    "this against the SavedModel.", group="after training")
     flagutil.define("bool", "overwrite", False, "Start afresh even if --model_dir holds a run: once every check has "
                     "passed, its files are moved to MODEL_DIR/.replaced (deleted after the new run's first phase); "
-                    "export/ stays and the new export takes the next version.")
+                    "export/ stays and the new export takes the next version.", group="outputs")
     flagutil.define("bool", "plan_only", False, "Print the plan (phases, trainable parameters, batch sizes, learning "
-                      "rates) and exit without training; nothing is written to --model_dir.")
+                      "rates) and exit without training; nothing is written to --model_dir.", group="outputs")
     flagutil.define("string", "hptune_metric", hptune.DEFAULT_METRIC,
                     "Metric reported to Vertex AI hyperparameter tuning at each epoch of the last phase "
-                    f"({', '.join(hptune.METRICS)}); only inside a tuning trial (CLOUD_ML_TRIAL_ID set).")
+                    f"({', '.join(hptune.METRICS)}); only inside a tuning trial (CLOUD_ML_TRIAL_ID set).",
+                    group="cloud")
 
 
 
@@ -243,7 +280,7 @@ def main(argv):
 
 
 def run_main():
-    flagutil.run(main, define_flags)
+    flagutil.run(main, define_flags, usage=USAGE)
 
 
 if __name__ == "__main__":

@@ -24,21 +24,30 @@ from trainer.cloud.errors import check
 FLAGS = flags.FLAGS
 
 
+USAGE = flagutil.Usage(
+    summary="Serve an export on Vertex AI: upload it as a Model and deploy it to an endpoint with all traffic.",
+    example="python -m trainer.cloud.deploy --project=P --export=gs://B/run/model/export/1 --display_name=flowers",
+    reference="docs/cloud.md")
+
+
 def define_flags() -> None:
     """Defines the command's flags, only when it runs (importing the module defines none)."""
     define = flagutil.define
-    define("string", "project", None, "Google Cloud project ID.")
-    define("string", "region", "us-central1", "Vertex AI region (the export's bucket should be in it).")
-    define("string", "export", None, "gs:// URL of one export version (MODEL_DIR/export/N).")
-    define("string", "display_name", None, "Name of the Model (and of a new endpoint).")
-    define("string", "endpoint", None, "Existing endpoint ID or resource name (default: create one).")
-    define("string", "machine_type", "n1-standard-4", "Prediction machine type.")
-    define("integer", "min_replica_count", 1, "Replicas always running.")
-    define("integer", "max_replica_count", 1, "Autoscaling ceiling.")
-    define("float", "poll_interval", 10.0, "Seconds between operation polls.")
-    define("bool", "dry_run", False, "Print the Model and DeployedModel; read and send nothing remote.")
-    define("string", "api_endpoint", None, "API root (default https://REGION-aiplatform.googleapis.com).")
-    define("string", "access_token_file", None, "File holding an OAuth access token (default: ADC).")
+    define("string", "project", None, "Google Cloud project ID.", group="model", required=True)
+    define("string", "region", "us-central1", "Vertex AI region (the export's bucket should be in it).", group="model")
+    define("string", "export", None, "gs:// URL of one export version (MODEL_DIR/export/N).",
+           group="model", required=True)
+    define("string", "display_name", None, "Name of the Model (and of a new endpoint).", group="model", required=True)
+    define("string", "endpoint", None, "Existing endpoint ID or resource name (default: create one).", group="endpoint")
+    define("string", "machine_type", "n1-standard-4", "Prediction machine type.", group="endpoint")
+    define("integer", "min_replica_count", 1, "Replicas always running.", group="endpoint")
+    define("integer", "max_replica_count", 1, "Autoscaling ceiling.", group="endpoint")
+    define("float", "poll_interval", 10.0, "Seconds between operation polls.", group="request")
+    define("bool", "dry_run", False, "Print the Model and DeployedModel; read and send nothing remote.",
+           group="request")
+    define("string", "api_endpoint", None, "API root (default https://REGION-aiplatform.googleapis.com).",
+           group="request")
+    define("string", "access_token_file", None, "File holding an OAuth access token (default: ADC).", group="request")
 
 
 def build_request(f) -> Tuple[Optional[str], dict, dict]:
@@ -70,7 +79,7 @@ def main(argv) -> None:
 
 def run_main() -> None:
     """Console-script entry point (effnet-deploy); scripts/deploy_vertex.py calls it too."""
-    flagutil.run(main, define_flags)
+    flagutil.run(main, define_flags, usage=USAGE)
 
 
 if __name__ == "__main__":

@@ -24,48 +24,65 @@ from trainer.cloud.errors import CloudError, check
 FLAGS = flags.FLAGS
 
 
+USAGE = flagutil.Usage(
+    summary="Run training on Vertex AI: these flags choose the job and its machines; what follows -- goes to "
+            "trainer.task.",
+    example="python -m trainer.cloud.submit --preset=gpu --project=P --staging_bucket=gs://B --package "
+            "-- --train_data='gs://B/data/train-*.tfrecord'",
+    reference="docs/cloud.md")
+
+
 def define_flags() -> None:
     """Defines the command's flags, only when it runs (importing the module defines none)."""
     define = flagutil.define
     define("enum", "preset", None, list(machines.PRESETS), "Hardware shape: " + ", ".join(
-        f"{name} ({preset.describe()})" for name, preset in machines.PRESETS.items()) + ".")
-    define("string", "project", None, "Google Cloud project ID.")
-    define("string", "region", "us-central1", "Vertex AI region.")
-    define("string", "staging_bucket", None, "gs://BUCKET[/PREFIX] for the sdist and the run's outputs.")
-    define("string", "image_uri", None, "Custom training container (the Dockerfile's image).")
-    define("bool", "package", False, "Build and stage the sdist; run it in a prebuilt TensorFlow container.")
-    define("string", "package_uri", None, "gs:// URL of an sdist already staged (implies --package).")
-    define("string", "executor_image_uri", None, "Container that runs the package (default: prebuilt TF CPU).")
-    define("string", "machine_type", None, "Override the preset's machine type.")
-    define("string", "accelerator_type", None, "Override the accelerator, e.g. NVIDIA_L4; '' for none.")
-    define("integer", "accelerator_count", None, "Accelerators per machine.")
-    define("string", "tpu_topology", None, "TPU v5e topology, e.g. 2x2.")
-    define("integer", "replica_count", None, "Machines in the worker pool (--preset=multi-worker).")
-    define("bool", "spot", False, "Spot VMs; the job restarts (and resumes) when a worker is preempted.")
-    define("string", "service_account", None, "Service account email the job runs as.")
-    define("string", "display_name", None, "Job name (default effnet-PRESET-UTCTIME).")
-    define("string", "output_dir", None, "baseOutputDirectory (default STAGING_BUCKET/runs/DISPLAY_NAME).")
-    define("enum", "boot_disk_type", "pd-ssd", list(machines.BOOT_DISK_TYPES), "Boot disk type.")
-    define("integer", "boot_disk_size_gb", 100, "Boot disk size in GB (100-64000).")
-    define("bool", "skip_machine_check", False, "Send a machine type this script does not know.")
+        f"{name} ({preset.describe()})" for name, preset in machines.PRESETS.items()) + ".", group="job", required=True)
+    define("string", "project", None, "Google Cloud project ID.", group="job", required=True)
+    define("string", "region", "us-central1", "Vertex AI region.", group="job")
+    define("string", "staging_bucket", None, "gs://BUCKET[/PREFIX] for the sdist and the run's outputs.",
+           group="job", required=True)
+    define("string", "image_uri", None, "Custom training container (the Dockerfile's image).", group="code")
+    define("bool", "package", False, "Build and stage the sdist; run it in a prebuilt TensorFlow container.",
+           group="code")
+    define("string", "package_uri", None, "gs:// URL of an sdist already staged (implies --package).", group="code")
+    define("string", "executor_image_uri", None, "Container that runs the package (default: prebuilt TF CPU).",
+           group="code")
+    define("string", "machine_type", None, "Override the preset's machine type.", group="machines")
+    define("string", "accelerator_type", None, "Override the accelerator, e.g. NVIDIA_L4; '' for none.",
+           group="machines")
+    define("integer", "accelerator_count", None, "Accelerators per machine.", group="machines")
+    define("string", "tpu_topology", None, "TPU v5e topology, e.g. 2x2.", group="machines")
+    define("integer", "replica_count", None, "Machines in the worker pool (--preset=multi-worker).", group="machines")
+    define("bool", "spot", False, "Spot VMs; the job restarts (and resumes) when a worker is preempted.",
+           group="machines")
+    define("string", "service_account", None, "Service account email the job runs as.", group="job")
+    define("string", "display_name", None, "Job name (default effnet-PRESET-UTCTIME).", group="job")
+    define("string", "output_dir", None, "baseOutputDirectory (default STAGING_BUCKET/runs/DISPLAY_NAME).", group="job")
+    define("enum", "boot_disk_type", "pd-ssd", list(machines.BOOT_DISK_TYPES), "Boot disk type.", group="machines")
+    define("integer", "boot_disk_size_gb", 100, "Boot disk size in GB (100-64000).", group="machines")
+    define("bool", "skip_machine_check", False, "Send a machine type this script does not know.", group="machines")
     define("string", "tensorboard", None, "Vertex AI TensorBoard resource (projects/P/locations/R/tensorboards/ID) "
-           "to stream the logs to; needs --service_account.")
-    define("bool", "enable_web_access", False, "Interactive shells into the running replicas (console).")
-    define("string", "hptune_config", None, "Study YAML: submit a HyperparameterTuningJob (docs/cloud.md).")
+           "to stream the logs to; needs --service_account.", group="monitoring")
+    define("bool", "enable_web_access", False, "Interactive shells into the running replicas (console).",
+           group="monitoring")
+    define("string", "hptune_config", None, "Study YAML: submit a HyperparameterTuningJob (docs/cloud.md).",
+           group="job")
     define("string", "write_config", None, "Also write the spec for `gcloud ai custom-jobs create --config` "
-           "(or `hp-tuning-jobs create --config`) to this local file.")
+           "(or `hp-tuning-jobs create --config`) to this local file.", group="request")
     define("bool", "wait", False, "After submitting, print each state change until the job ends; exit 1 "
-           "unless it succeeded.")
-    define("float", "poll_interval", 30.0, "Seconds between --wait polls.")
-    define("bool", "dry_run", False, "Print the exact request body; read nothing remote, upload and submit nothing.")
-    define("string", "api_endpoint", None, "API root (default https://REGION-aiplatform.googleapis.com).")
-    define("string", "access_token_file", None, "File holding an OAuth access token (default: ADC).")
+           "unless it succeeded.", group="monitoring")
+    define("float", "poll_interval", 30.0, "Seconds between --wait polls.", group="monitoring")
+    define("bool", "dry_run", False, "Print the exact request body; read nothing remote, upload and submit nothing.",
+           group="request")
+    define("string", "api_endpoint", None, "API root (default https://REGION-aiplatform.googleapis.com).",
+           group="request")
+    define("string", "access_token_file", None, "File holding an OAuth access token (default: ADC).", group="request")
 
 
 def spec_from_flags(f, trainer_args: Sequence[str], *, package_version: str) -> jobs.JobSpec:
     """The JobSpec the flags describe (CloudError when they cannot make one)."""
     check(f.preset is not None and f.project is not None and f.staging_bucket is not None,
-          "--preset, --project and --staging_bucket are required (see --helpshort)")
+          "--preset, --project and --staging_bucket are required (see --help)")
     return jobs.build_job_spec(
         preset=f.preset, project=f.project, region=f.region, staging_bucket=f.staging_bucket,
         trainer_args=trainer_args, image_uri=f.image_uri, package=f.package, package_uri=f.package_uri,
@@ -136,7 +153,7 @@ def _wait(client: vertex.VertexClient, name: str) -> None:
 def run_main(*, source_dir: Optional[str] = None) -> None:
     """Console-script entry point (effnet-submit); scripts/submit_job.py passes its own checkout."""
     # An unknown flag is most often a trainer flag written before `--` (the hint is part of the contract).
-    flagutil.run(functools.partial(main, source_dir=source_dir), define_flags,
+    flagutil.run(functools.partial(main, source_dir=source_dir), define_flags, usage=USAGE,
                  unknown_flag_hint="trainer flags go after `--`")
 
 
