@@ -73,5 +73,6 @@ setup(
         "effnet-client=trainer.commands:client",
         "effnet-submit=trainer.cloud.submit:run_main",
         "effnet-deploy=trainer.cloud.deploy:run_main",
+        "effnet-batch-predict=trainer.commands:batch_predict",
     ]},
 )

@@ -36,9 +36,15 @@ def b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(data).decode("ascii")}
 
 
+def image_instance(image: bytes) -> dict:
+    """One image as a row-format instance, its input named: what online prediction sends and what
+    each line of a Vertex AI batch prediction's instances file holds (trainer.cloud.batch_files)."""
+    return {"image_bytes": b64(image)}
+
+
 def predict_body(images: Sequence[bytes], *, signature: str) -> dict:
     """A REST predict request in the row format, the image input named explicitly."""
-    return {"signature_name": signature, "instances": [{"image_bytes": b64(i)} for i in images]}
+    return {"signature_name": signature, "instances": [image_instance(i) for i in images]}
 
 
 def classify_body(images: Sequence[bytes], *, signature: str = "classify") -> dict:
@@ -48,7 +54,7 @@ def classify_body(images: Sequence[bytes], *, signature: str = "classify") -> di
 
 def vertex_predict_body(images: Sequence[bytes]) -> dict:
     """Vertex AI's predict body: instances only; the endpoint serves `serving_default`."""
-    return {"instances": [{"image_bytes": b64(i)} for i in images]}
+    return {"instances": [image_instance(i) for i in images]}
 
 
 def mount_retries(session: requests.Session, *, retries: int, backoff_s: float) -> requests.Session:

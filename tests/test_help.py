@@ -24,7 +24,7 @@ REPO_DIR = pathlib.Path(presets.REPO_DIR)
 
 COMMANDS = ("trainer.task", "trainer.prepare", "trainer.evaluate", "trainer.predict", "trainer.export",
             "trainer.audit", "trainer.pretrained", "trainer.demo", "serving.client", "trainer.cloud.submit",
-            "trainer.cloud.deploy")
+            "trainer.cloud.deploy", "trainer.cloud.batch_predict")
 
 
 def help_of(module: str) -> str:

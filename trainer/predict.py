@@ -22,11 +22,11 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
 import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 from absl import flags, logging
 import tensorflow as tf  # pylint: disable=wrong-import-order
 from effnet_common import fileio, flagutil
 from trainer.evaluation import metrics
+from trainer.evaluation.prediction_rows import csv_header, top_k_rows  # shared with trainer.cloud.batch_predict
 from trainer.inference import prediction
 from trainer.inference.exported import Export, PredictError, as_export
 
@@ -102,28 +102,6 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     print(f"wrote {len(rows)} row(s) to {output}" +
           (f" and features {predictions.features.shape} to {features_output}" if features_output else ""))
     return predictions
-
-
-def top_k_rows(predictions: prediction.Predictions, *, class_names: Sequence[str], top_k: int,
-               thresholds: Optional[np.ndarray] = None) -> List[list]:
-    """[path, class_1, score_1, ..., class_k, score_k] per image, most probable first; for a
-    multi-label export (`thresholds`), [path, labels, class_1, ...] where labels are the classes
-    at or over their thresholds, joined by '|'."""
-    top = metrics.top_k_indices(predictions.probabilities, top_k)
-    rows = []
-    for path, probs, indices in zip(predictions.paths, predictions.probabilities, top):
-        row = [path]
-        if thresholds is not None:
-            row.append("|".join(n for n, p, t in zip(class_names, probs, thresholds) if p >= t))
-        for i in indices:
-            row += [class_names[i], f"{probs[i]:.6f}"]
-        rows.append(row)
-    return rows
-
-
-def csv_header(top_k: int, *, multi_label: bool = False) -> List[str]:
-    return ["path"] + (["labels"] if multi_label else []) + [
-        f"{what}_{i}" for i in range(1, top_k + 1) for what in ("class", "score")]
 
 
 def format_rows(rows: Sequence[list], *, limit: int, multi_label: bool = False) -> str:

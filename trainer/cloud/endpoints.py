@@ -55,6 +55,19 @@ def endpoint_name(*, project: str, region: str, endpoint: str) -> str:
     return endpoint.strip("/")
 
 
+def _run_operation(client: VertexClient, url: str, body: dict, *, poll_interval: float) -> dict:
+    """POSTs a long-running operation and polls it to its response."""
+    operation = client.post(url, body=body, what=url.rsplit("/", 1)[-1])
+    return client.wait_operation(operation, poll_interval=poll_interval)
+
+
+def upload_model(*, client: VertexClient, model: dict, poll_interval: float) -> str:
+    """models.upload of a `build_model` body, polled until done; returns the model's resource name
+    (deploy and trainer.cloud.batch_predict upload an export this one way)."""
+    return _run_operation(client, f"{client.parent}/models:upload", {"model": model},
+                          poll_interval=poll_interval)["model"]
+
+
 def deploy(*, client: VertexClient, model: dict, deployed: dict, endpoint: Optional[str], poll_interval: float,
            on_model: Callable[[str], None]) -> str:
     """Uploads, creates the endpoint when none is given, deploys with all traffic; returns the endpoint.
@@ -62,14 +75,12 @@ def deploy(*, client: VertexClient, model: dict, deployed: dict, endpoint: Optio
     `on_model` hears the uploaded model's name as soon as it exists, so a later failure still
     leaves the user knowing what was uploaded.
     """
-    def run(url: str, body: dict) -> dict:
-        operation = client.post(url, body=body, what=url.rsplit("/", 1)[-1])
-        return client.wait_operation(operation, poll_interval=poll_interval)
-
-    uploaded = run(f"{client.parent}/models:upload", {"model": model})
-    on_model(uploaded["model"])
+    uploaded = upload_model(client=client, model=model, poll_interval=poll_interval)
+    on_model(uploaded)
     if endpoint is None:
-        endpoint = run(f"{client.parent}/endpoints", {"displayName": model["displayName"]})["name"]
-    run(f"{client.root}/v1/{endpoint}:deployModel",
-        {"deployedModel": dict(deployed, model=uploaded["model"]), "trafficSplit": {"0": 100}})
+        endpoint = _run_operation(client, f"{client.parent}/endpoints", {"displayName": model["displayName"]},
+                                  poll_interval=poll_interval)["name"]
+    _run_operation(client, f"{client.root}/v1/{endpoint}:deployModel",
+                   {"deployedModel": dict(deployed, model=uploaded), "trafficSplit": {"0": 100}},
+                   poll_interval=poll_interval)
     return endpoint

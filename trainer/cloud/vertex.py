@@ -129,15 +129,21 @@ class VertexClient:
             raise CloudError(f"reading {name} kept failing for 15 minutes ({flagutil.one_line(e.cause)}): check "
                              "the network, then look the job up in the console") from None
 
-    def wait_for_job(self, name: str, *, poll_interval: float, on_state: Callable[[str], None]) -> dict:
-        """Polls a job until it ends, calling `on_state` at each state change; returns the final resource."""
+    def wait_for_job(self, name: str, *, poll_interval: float, on_state: Callable[[str], None],
+                     describe: Optional[Callable[[dict], str]] = None) -> dict:
+        """Polls a job until it ends, calling `on_state` at each state change; returns the final resource.
+
+        `describe` turns the polled job into the line `on_state` hears (default: its state), so a
+        job that reports progress (a batch prediction's completionStats) is heard at each change.
+        """
         last = None
         while True:
             job = self.poll(name)
             state = job.get("state", "JOB_STATE_UNSPECIFIED")
-            if state != last:
-                on_state(state)
-                last = state
+            line = describe(job) if describe else state
+            if line != last:
+                on_state(line)
+                last = line
             if state in TERMINAL_STATES:
                 return job
             time.sleep(poll_interval)
