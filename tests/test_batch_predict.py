@@ -201,6 +201,8 @@ class _Vertex(json_stub.JsonHandler):
         self.server.requests.append(("GET", self.path, None))
         if self.path.endswith("/operations/1"):
             return self.reply({"name": f"{PARENT}/operations/1", "done": True, "response": {"model": MODEL}})
+        if self.path == f"/v1/{MODEL}":  # models.get: an uploaded Model and where its export lives
+            return self.reply({"name": MODEL, "artifactUri": self.server.artifact})
         state = self.server.states.pop(0) if len(self.server.states) > 1 else self.server.states[0]
         return self.reply({"name": JOB, **state})
 
@@ -226,12 +228,14 @@ def bucket(gcs_bucket, export, tmp_path):
 
 @pytest.fixture
 def vertex(tmp_path, export):
-    with json_stub.serving(_Vertex, tmp_path, serve=export[1].serve, states=[], final="JOB_STATE_SUCCEEDED") as stub:
+    with json_stub.serving(_Vertex, tmp_path, serve=export[1].serve, states=[], final="JOB_STATE_SUCCEEDED",
+                           artifact=None) as stub:
         yield stub
 
 
-def flags_for(bucket, connect, *extra):
-    return ("--project=my-proj", "--region=us-central1", f"--export_dir={bucket}/run/model/export/1",
+def flags_for(bucket, connect, *extra, model=None):
+    return ("--project=my-proj", "--region=us-central1",
+            f"--model={model}" if model else f"--export_dir={bucket}/run/model/export/1",
             f"--input={bucket}/photos/", f"--output_dir={bucket}/batch", "--display_name=nightly",
             "--poll_interval=0.01", *connect, *extra)
 
@@ -271,12 +275,15 @@ def test_the_job_runs_on_an_uploaded_export_and_its_csv_equals_trainer_predict(b
 
 
 @pytest.mark.slow
-def test_a_failed_job_exits_1_with_its_error_and_a_rerun_of_the_same_name_is_refused(bucket, vertex):
+def test_a_job_on_an_uploaded_model_that_fails_exits_1_and_its_run_name_is_not_reused(bucket, vertex):
     server, connect = vertex
-    server.final = "JOB_STATE_FAILED"
-    failed = run(*flags_for(bucket, connect, "--wait"))
+    server.final, server.artifact = "JOB_STATE_FAILED", f"{bucket}/run/model/export/1"
+    failed = run(*flags_for(bucket, connect, "--wait", model="42"))
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert f"error: {JOB} ended JOB_STATE_FAILED: replica lost" in failed.stderr.splitlines()
+    calls = [(method, path) for method, path, _ in server.requests]
+    assert calls[:2] == [("GET", f"/v1/{MODEL}"), ("POST", f"/v1/{PARENT}/batchPredictionJobs")]  # no upload
+    assert server.requests[1][2]["model"] == MODEL
     again = run(*flags_for(bucket, connect))
     cli.assert_one_error_line(again, "already holds instances of an earlier run", "--display_name")
 
