@@ -1,0 +1,137 @@
+"""Phone-size photos made training-size, once: the one `--max_image_side` rule.
+
+A 12-megapixel phone photo is 3-5 MB, and every pass that decodes it (each epoch without the
+pixel cache, validation, the embedding cache, the audit) pays for entropy-decoding all of it,
+while the model sees 224 to 600 px. `trainer.prepare` therefore stores a photo whose longer side
+is over `max_side` px downscaled to that side, and predict, evaluate, the audit and the client
+apply the same rule to the photos they read, so every command sees a photo the way training saw
+it. The chosen default and the measurements behind it are in docs/data.md.
+
+The rule, for bytes whose upright longer side exceeds `max_side` (0: never):
+  1. decode (a JPEG at the largest DCT scaling that keeps both sides at least the target: libjpeg's
+     scaled IDCT is itself a low-pass, and the IDCT runs on up to 64x fewer pixels);
+  2. turn upright by the JPEG's EXIF orientation (`effnet_common.decode`), since the new file
+     carries no EXIF: the stored photo is upright;
+  3. resize with an antialiasing (area-weighted triangle) filter to `max_side` on the longer side,
+     the aspect ratio kept (each side rounded);
+  4. encode: a JPEG as a JPEG at `JPEG_QUALITY` (4:2:0 chroma, as cameras write), anything else
+     as a PNG (lossless; GIF, BMP and WebP are read by TensorFlow's decoders as PNG is).
+Smaller images keep their bytes, EXIF included. Bytes that do not decode are returned as they
+are: the caller's own check (prepare's, the export's) counts and reports them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from effnet_common import decode
+
+# The longer side, in pixels, above which a photo is downscaled (docs/data.md: chosen from the
+# input-pixel PSNR at every backbone's native size and the bytes kept, bench/max_image_side.py).
+DEFAULT_MAX_IMAGE_SIDE = 1024
+# Quality of the re-encoded JPEG (libjpeg's scale; cameras write about 90-95).
+JPEG_QUALITY = 95
+_DCT_RATIOS = (8, 4, 2, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Downscaled:
+    """Bytes to store or send, and what the rule did."""
+    content: bytes = dataclasses.field(repr=False)
+    format: str                   # the stored content's format: JPEG, PNG, or as read
+    height: int                   # upright size of `content`
+    width: int
+    original_height: int = 0      # upright size read; 0 where nothing was decoded
+    original_width: int = 0
+
+    @property
+    def resized(self) -> bool:
+        return (self.height, self.width) != (self.original_height, self.original_width) and self.original_height > 0
+
+
+def target_size(height: int, width: int, max_side: int) -> Optional[Tuple[int, int]]:
+    """(height, width) after the rule, or None when the image keeps its bytes (longer side at
+    most `max_side`, or `max_side` 0). Integer arithmetic (each side rounded half up), the same
+    in `fit_tensor`'s graph, so both ways to the rule give the same size and bytes."""
+    longer = max(height, width)
+    if max_side <= 0 or longer <= max_side:
+        return None
+    return tuple(max(1, (side * max_side + longer // 2) // longer) for side in (height, width))
+
+
+def stored_format(read_format: str) -> str:
+    """The format a downscaled image is stored in: JPEG stays JPEG, the rest become PNG."""
+    return "JPEG" if read_format == "JPEG" else "PNG"
+
+
+def _upright_jpeg_shape(content: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    stored = tf.io.extract_jpeg_shape(content)[:2]
+    return tf.where(orientation >= 5, tf.reverse(stored, [0]), stored)
+
+
+def _resize_encoded(content: tf.Tensor, size: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
+    """content -> its upright pixels resized to `size` ([height, width]), re-encoded."""
+    orientation = decode.exif_orientation(content)
+
+    def jpeg():
+        upright = _upright_jpeg_shape(content, orientation)
+        fits = [tf.reduce_all(upright // r >= size) for r in _DCT_RATIOS]
+        index = tf.argmax(tf.cast(tf.stack(fits), tf.int32), output_type=tf.int32)  # the first that fits
+        branches = [lambda r=r: tf.io.decode_jpeg(content, channels=3, ratio=r) for r in _DCT_RATIOS]
+        return decode.apply_orientation(tf.switch_case(index, branches), orientation)
+
+    def other():
+        return tf.io.decode_image(content, channels=3, expand_animations=False)
+
+    image = tf.cond(is_jpeg, jpeg, other)
+    image.set_shape([None, None, 3])
+    resized = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
+    pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    return tf.cond(is_jpeg, lambda: tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY),
+                   lambda: tf.io.encode_png(pixels))
+
+
+# One traced graph for every image: as eager ops, the few dozen of them cost milliseconds each.
+_resize_traced = tf.function(_resize_encoded, input_signature=[
+    tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)])
+
+
+def downscale(content: bytes, *, height: int, width: int, read_format: str, max_side: int) -> Downscaled:
+    """The rule applied to an image already decoded once (prepare's check knows its upright
+    `height` and `width` and its format): new bytes when it is over `max_side`, else its own."""
+    target = target_size(height, width, max_side)
+    if target is None:
+        return Downscaled(content, read_format, height, width, height, width)
+    fmt = stored_format(read_format)
+    encoded = _resize_traced(tf.constant(content), tf.constant(target, tf.int32), tf.constant(fmt == "JPEG"))
+    return Downscaled(encoded.numpy(), fmt, target[0], target[1], height, width)
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+def fit_tensor(content: tf.Tensor, max_side: tf.Tensor) -> tf.Tensor:
+    """The rule as a graph, for tf.data readers (the audit): the scalar string `content`
+    downscaled when its upright longer side is over `max_side`, else `content` itself. Bytes that
+    do not decode raise the decoder's error, for the reader's own skip-and-count."""
+    is_jpeg = tf.io.is_jpeg(content)
+    shape = tf.cond(is_jpeg, lambda: _upright_jpeg_shape(content, decode.exif_orientation(content)),
+                    lambda: tf.shape(tf.io.decode_image(content, channels=3, expand_animations=False))[:2])
+    shape, side = tf.cast(shape, tf.int64), tf.cast(max_side, tf.int64)  # no overflow in the product
+    longer = tf.reduce_max(shape)
+    target = tf.cast(tf.maximum((shape * side + longer // 2) // tf.maximum(longer, 1), 1), tf.int32)
+    return tf.cond(tf.logical_and(side > 0, longer > side),
+                   lambda: _resize_encoded(content, target, is_jpeg), lambda: content)
+
+
+def fit(content: bytes, *, max_side: int) -> bytes:
+    """The bytes a reader hands the model (predict, evaluate, the client): the image downscaled
+    by the rule when it is over `max_side`, else `content` itself; bytes that do not decode are
+    returned as they are, for the export's own check to report."""
+    if max_side <= 0:
+        return content
+    try:
+        fitted = fit_tensor(tf.constant(content), tf.constant(max_side, tf.int32)).numpy()
+    except tf.errors.OpError:
+        return content
+    return content if fitted == content else fitted
