@@ -254,8 +254,19 @@ def main(argv):
     if len(argv) > 1:
         raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
                                  "e.g. --train_data=PATH (see --helpfull)")
-    export_tf_config()
-    cfg = build_config()
+    for line in run_job().summary():
+        print(line)
+
+
+def run_job(f=FLAGS, env=os.environ):
+    """The whole job from the flags' values: the command's body, and `trainer.fit`'s, which passes
+    its keywords under the flags' names (trainer/api.py), so both make the same checks and steps.
+
+    Returns:
+      The job's `trainer.jobs.pipeline.RunResult`.
+    """
+    export_tf_config(env)
+    cfg = build_config(f, env)
     # Imported once the flags are known good: TensorFlow and the model stack take seconds to
     # load, and a mistake in a flag is answered before that.
     from trainer.runtime import distribute
@@ -264,19 +275,18 @@ def main(argv):
     strategy = distribute.build_strategy(strategy=cfg.runtime.strategy, tpu=cfg.runtime.tpu)
     cfg = inspection.inspect_data(cfg)
     _check_outputs_writable(cfg.runtime)
-    tuning = hptune.build_callback(metric=FLAGS.hptune_metric, env=os.environ,
+    tuning = hptune.build_callback(metric=f.hptune_metric, env=env,
                                    is_chief=distribute.is_chief(strategy),
                                    epoch_offset=sum(p.epochs for p in cfg.phases[:-1]) if cfg.phases[-1].epochs else 0)
     try:
-        result = pipeline.run(cfg, strategy=strategy, plan_only=FLAGS.plan_only,
-                              last_phase_callbacks=[tuning] if tuning else [], leakage_check=FLAGS.leakage_check)
+        result = pipeline.run(cfg, strategy=strategy, plan_only=f.plan_only,
+                              last_phase_callbacks=[tuning] if tuning else [], leakage_check=f.leakage_check)
     except KeyboardInterrupt as e:  # outside an epoch (the phase loop says where it stopped)
         raise e if isinstance(e, errors.Interrupted) else errors.Interrupted(
             f"stopped by Ctrl-C ({cfg.runtime.model_dir}); rerun the same command to resume: finished phases are "
             "kept") from None
     distribute.wait_for_all(strategy)
-    for line in result.summary():
-        print(line)
+    return result
 
 
 def run_main():

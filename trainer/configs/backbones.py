@@ -38,6 +38,11 @@ class BackboneSpec:
       preprocessing: torch (x/255, ImageNet mean/std; done by a layer we add), lite
         ((x - 127) / 128, a layer we add) or builtin (the application does its own, from 0-255
         pixels).
+      feature_map_layer: the backbone's layer whose output is its last convolutional feature map
+        (after the last convolution's BN and activation), which Grad-CAM explains
+        (trainer/analysis/gradcam.py). Every family names it `top_activation` (the
+        `efficientnet` package, tf_keras' EfficientNetV2, Lite, tiny), and it is the backbone's
+        output (include_top=False).
     """
     name: str
     family: str
@@ -46,6 +51,7 @@ class BackboneSpec:
     width: int
     named_weights: Tuple[str, ...]
     preprocessing: str
+    feature_map_layer: str = "top_activation"
 
 
 def _v1(index: int, size: int, width: int) -> BackboneSpec:

@@ -7,8 +7,9 @@ the views of one network that the phases and the export use (`head_model`, `feat
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 from effnet_common.errors import WeightsError
 from trainer.configs import backbones
@@ -205,3 +206,25 @@ def set_head(model: keras.Model, *, kernel, bias) -> None:
 def feature_model(model: keras.Model) -> keras.Model:
     """image -> pooled embedding (before dropout): what the `features` signature serves."""
     return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+
+
+def feature_map_view(model: keras.Model) -> Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]:
+    """pixels (0..255, [N, S, S, 3]) -> (the backbone's last convolutional feature map [N, h, w, K],
+    the head's logits [N, C]), for Grad-CAM (trainer/analysis/gradcam.py).
+
+    Both come from one forward pass in inference mode, so a GradientTape around the call gives
+    d(logit)/d(feature map). The layer is the registry's `feature_map_layer`; the logits are the
+    dense head before its softmax or sigmoid (a probability saturates, and its gradient with it;
+    a temperature folded into the head scales them, which Grad-CAM's normalization removes). The
+    classifier's layers are called on tensors, not wired into a new functional graph, so the
+    model gains no inbound node (`feature_model` still finds one output per layer).
+    """
+    backbone = backbone_of(model)
+    layer = backbones.get(backbone.name).feature_map_layer
+    inner = keras.Model(backbone.inputs, [backbone.get_layer(layer).output, backbone.output])
+    preprocessing, pool, dense = (model.get_layer(name) for name in ("preprocessing", FEATURES_LAYER, HEAD_LAYER))
+
+    def call(pixels: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        feature_map, top = inner(preprocessing(pixels), training=False)
+        return feature_map, tf.matmul(tf.cast(pool(top), dense.kernel.dtype), dense.kernel) + dense.bias
+    return call
