@@ -26,7 +26,6 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
     from effnet_common import process
     process.prepare()
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -40,6 +39,7 @@ import grpc
 import tensorflow as tf
 
 from effnet_common import errors, fileio, flagutil
+from effnet_common import progress as progress_lib
 from serving.grpc_client import RETRYABLE, GrpcClient, ServingError, call_with_retries  # noqa: F401
 from serving.rest_client import (RestClient, VertexClient, b64, classify_body,  # noqa: F401
                                  predict_body, vertex_predict_body)
@@ -222,29 +222,6 @@ def _predict_isolating(client: Client, batch: List[Tuple[str, bytes]], signature
 
 # --------------------------------------------------------------------------- output
 
-class _Progress:
-    """tf_keras' Progbar, as the other commands show progress, but on stderr: stdout carries
-    the JSON lines, and a pipe reading them must not see the bar."""
-
-    def __init__(self, total: int):
-        import tf_keras as keras  # pylint: disable=import-outside-toplevel
-        with contextlib.redirect_stdout(sys.stderr):  # the bar decides on dynamic display here
-            self._bar = keras.utils.Progbar(total, unit_name="image") if total else None
-        self.done = 0
-
-    def add(self, n: int = 1) -> None:
-        self.done += n
-        if self._bar is not None:
-            with contextlib.redirect_stdout(sys.stderr):
-                self._bar.update(self.done)
-
-    def close(self) -> None:
-        """Ends a bar left short (the server went away) with a newline, so an error line starts its own."""
-        if self._bar is not None and 0 < self.done < self._bar.target:
-            with contextlib.redirect_stdout(sys.stderr):
-                self._bar.update(self.done, finalize=True)
-
-
 def write_features(path: str, rows: List[np.ndarray], paths: List[str]) -> str:
     """Writes the .npy (float32 [N, D]) and its `.paths.txt` sidecar, each moved into place."""
     buffer = io.BytesIO()
@@ -373,7 +350,7 @@ def _predict_cli(client: Client, inputs: Sequence[str], *, signature: str, batch
     for failure in failures + unreadable:  # never sent: each keeps its own line
         logging.warning("skipped %s: %s", failure.path, failure.error)
         print(json.dumps(failure.to_json()), flush=True)
-    progress = _Progress(len(items))
+    progress = progress_lib.Progress(len(items), label="predicting", unit="image")  # on stderr: stdout is the results
     predicted, rows, row_paths = 0, [], []
     try:
         for result in predict_images(client, items, signature=signature, batch_size=batch_size):

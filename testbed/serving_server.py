@@ -28,9 +28,12 @@ messages, taken from its sources (tensorflow/serving):
   status does.
 
 Use in-process (`ModelServer(...).start()`, tests) or as a child process
-(`python -m testbed.serving_server --model_name=M --model_base_path=P`, benchmarks: a
-separate process, like the real server); the child prints `READY grpc=PORT rest=PORT` and
-exits when its stdin closes. Fault injection (`fail_next`: the next calls answer a status code
+(`python -m testbed.serving_server --model_name=M --model_base_path=P`, benchmarks and people
+trying the client: a separate process, like the real server); the child prints
+`READY grpc=PORT rest=PORT` and serves until it is stopped (SIGTERM, or Ctrl-C's SIGINT), as
+tensorflow_model_server does, so `&` or `nohup` keep it running; with `--exit_on_stdin_close`
+it also stops when its stdin closes, which ties it to a parent that holds the pipe
+(`start_subprocess`: tests and benchmarks). Fault injection (`fail_next`: the next calls answer a status code
 such as UNAVAILABLE or DEADLINE_EXCEEDED) lets tests check the client's retries without racing a
 clock, and `last_time_remaining` (the deadline the last gRPC call arrived with) that the client
 sends one.
@@ -43,6 +46,7 @@ import concurrent.futures
 import http.server
 import json
 import re
+import signal
 import socketserver
 import sys
 import threading
@@ -683,11 +687,13 @@ def _predict_json(response, *, row: bool) -> dict:
 
 def start_subprocess(*, model_name: str, model_base_path: str, rest: bool = False,
                      extra_args: Sequence[str] = (), env: Optional[dict] = None):
-    """Starts the server in a child process; returns (process, grpc address, rest url)."""
+    """Starts the server in a child process that stops when its stdin (`proc.stdin`) is closed,
+    or with this process; returns (process, grpc address, rest url)."""
     import os  # pylint: disable=import-outside-toplevel
     import subprocess  # pylint: disable=import-outside-toplevel
     cmd = [sys.executable, "-m", "testbed.serving_server", f"--model_name={model_name}",
-           f"--model_base_path={model_base_path}", *(["--rest"] if rest else []), *extra_args]
+           f"--model_base_path={model_base_path}", "--exit_on_stdin_close", *(["--rest"] if rest else []),
+           *extra_args]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             env=env)
@@ -705,12 +711,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--model_base_path", required=True)
     parser.add_argument("--rest", action="store_true")
     parser.add_argument("--enable_signature_method_name_check", action="store_true")
+    parser.add_argument("--exit_on_stdin_close", action="store_true",
+                        help="also stop when stdin closes (a parent holding the pipe: tests, benchmarks)")
     args = parser.parse_args(argv)
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, _frame: stop.set())
     server = ModelServer(models={args.model_name: args.model_base_path}, rest=args.rest,
                          enable_signature_method_name_check=args.enable_signature_method_name_check).start()
     print(f"READY grpc={server.port} rest={server.rest_port}", flush=True)
-    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    if args.exit_on_stdin_close:
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.wait(1.0):  # a timed wait, so that the signal handler runs promptly
+        pass
     server.stop()
+    print("stopped", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

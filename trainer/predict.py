@@ -56,7 +56,9 @@ def define_flags() -> None:
     importing it beside other entry points clashes with none."""
     define_shared_flags()
     flagutil.define("list", "input", [], "Images: comma-separated files, globs or folders (local or gs://); "
-                    "positional arguments add more.", group="input", required="unless images are given as arguments")
+                    "positional arguments add more and are not split at commas, so a file whose name holds a comma "
+                    "goes there: python -m trainer.predict --export_dir=E --output=O.csv 'photos/a,b.jpg'.",
+                    group="input", required="unless images are given as arguments")
     flagutil.define("string", "output", None, "The CSV to write (local or gs://).", group="outputs", required=True)
     flagutil.define("string", "features_output", None, "Also write the features (embeddings) as an [N, D] .npy; "
                     "row i = CSV row i.", group="outputs")

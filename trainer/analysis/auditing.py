@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 from absl import logging
 import numpy as np
 import tensorflow as tf  # pylint: disable=wrong-import-order
-import tf_keras as keras  # pylint: disable=wrong-import-order
-from effnet_common import decode, fileio
+from effnet_common import decode, fileio, progress
 from trainer.analysis import findings, thumbnails
 from trainer.configs import config
 from trainer.data import discovery, shards, skips, targets
@@ -143,10 +141,10 @@ def build_dataset(source: Source, *, num_classes: int, multi_label: bool, image_
 
 
 def embed_sources(sources: Sequence[Source], *, embed, total: Optional[int], **dataset_args) -> Images:
-    """Embeds every image of every source once (and thumbnails it), with a progress bar (live on a terminal)."""
+    """Embeds every image of every source once (and thumbnails it), with its progress (effnet_common.progress)."""
     out = Images([], [], [], [], [], np.zeros((0, 0), np.float32), thumbnails.empty(), 0)
     chunks, thumbs = [], [out.thumbnails]
-    bar = keras.utils.Progbar(total, unit_name="image", verbose=1 if sys.stdout.isatty() else 2)
+    bar = progress.Progress(total, label="embedding", unit="image")
     for source in sources:
         logging.info("embedding %s images of %s (%d file(s))", source.split, source.path, len(source.files))
         for files, indices, paths, labels, keys, small, images in build_dataset(source, **dataset_args):
@@ -160,7 +158,8 @@ def embed_sources(sources: Sequence[Source], *, embed, total: Optional[int], **d
             bar.add(len(paths))
         out.skipped += skips.counter_for(source.split, source.path).count()
     if total and len(out.paths) < total:
-        bar.update(total)  # skipped records were read too: the bar ends, and a log gets its one line
+        bar.update(total)  # skipped records were read too: the count ends at the total
+    bar.close()
     out.embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
     out.thumbnails = np.concatenate(thumbs)
     return out

@@ -13,14 +13,13 @@ decode of each image for its thumbnail. `--noleakage_check` skips it.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import List, Sequence, Tuple, Union
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
+from effnet_common import progress
 from trainer.analysis import findings, thumbnails
 from trainer.data import discovery
 from trainer.inference import exported, labelled, prediction
@@ -67,7 +66,7 @@ def read_split(model: Union[str, exported.Export], *, data_path: str, label_offs
     total, batches = labelled.labelled_batches(data_path, class_names=export.class_names, label_offset=label_offset,
                                                batch_size=batch_size, multi_label=export.thresholds is not None)
     ids, features, thumbs = [], [], [thumbnails.empty()]
-    progress, done = keras.utils.Progbar(total, unit_name="image", verbose=1 if sys.stdout.isatty() else 2), 0
+    bar = progress.Progress(total, label="embedding", unit="image")
     for batch in batches:
         readable = [(ident, image) for (ident, _), image, _ in batch if image is not None]
         if readable:
@@ -75,8 +74,8 @@ def read_split(model: Union[str, exported.Export], *, data_path: str, label_offs
             ids += [readable[i][0] for i in good]
             features += [feats] if good else []
             thumbs.append(small)
-        done += len(batch)
-        progress.update(done)
+        bar.add(len(batch))
+    bar.close()
     return SplitImages(ids, prediction.stack_rows(features, width=0), np.concatenate(thumbs))
 
 

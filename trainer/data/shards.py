@@ -12,13 +12,13 @@ import concurrent.futures
 import dataclasses
 import os
 import re
-import sys
 from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
 
 from effnet_common import decode, flagutil
+from effnet_common import progress as progress_lib
 from trainer.data.importfile import Source
 
 _SHARD_RE = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}(\.[^/]*)?$")
@@ -169,24 +169,8 @@ def write_all(folder: str, splits: Dict[str, List[Checked]], counts: Dict[str, i
     return names
 
 
-class ProgressBar:
-    """A thread-safe progress bar (tf_keras' Progbar) that stays silent for tiny inputs."""
-
-    def __init__(self, total: int, label: str):
-        import threading
-        import tf_keras as keras
-        self._lock = threading.Lock()
-        # One line per 30 s in logs (Vertex AI, CI); a live bar on a terminal.
-        interval = 0.1 if sys.stdout.isatty() else 30.0
-        self._bar = keras.utils.Progbar(total, unit_name=label, interval=interval) if total else None
-
-    def add(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.add(n)
-
-
-def progress(total: int, label: str) -> "ProgressBar":
+def progress(total: int, label: str) -> progress_lib.Progress:
+    """The files' progress (effnet_common.progress: a bar on a terminal, lines in a log); silent for none."""
     if total:
         logging.info("%s %d files", label, total)
-    return ProgressBar(total, label)
+    return progress_lib.Progress(total, label=label, unit="file")

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
-from effnet_common import errors, fileio, flagutil, versions
+from effnet_common import errors, fileio, flagutil, progress, versions
 from serving import signatures
 from trainer.exporting import restore
 from trainer.models import classifier
@@ -49,21 +49,22 @@ def export_saved_model(model: keras.Model, *, class_names: Sequence[str], image_
     version = _choose_version(export_base, version)
     final = fileio.join(export_base, str(version))
     tmp = fileio.join(export_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
-    progress = keras.utils.Progbar(4, stateful_metrics=[], unit_name="step")
+    bar = progress.Progress(4, label="exporting", unit="step")  # save, warmup, verify, publish
     try:
         _write_saved_model(model, class_names=class_names, image_size=image_size, path=tmp,
                            thresholds=_thresholds(model, thresholds, num_classes=len(class_names)))
-        progress.update(1)
+        bar.update(1)
         _write_warmup(tmp, image_size=image_size)
-        progress.update(2)
+        bar.update(2)
         if verify:
             _verify(tmp, model=model, class_names=class_names, image_size=image_size)
-        progress.update(3)
+        bar.update(3)
         # On gs:// saved_model.pb goes last: a TF Serving poll that lands mid-copy finds no
         # SavedModel yet and retries, instead of loading half a model.
         fileio.move_folder(tmp, final, last="saved_model.pb")
-        progress.update(4)
+        bar.update(4)
     finally:
+        bar.close()
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
     logging.info("Exported version %d to %s", version, final)

@@ -16,8 +16,7 @@ import collections
 import concurrent.futures
 import dataclasses
 from typing import Callable, Iterable, Iterator, Union
-import tf_keras as keras  # pylint: disable=wrong-import-order
-from effnet_common import fileio, flagutil
+from effnet_common import fileio, flagutil, progress
 from trainer.inference.exported import Export, PredictError, as_export
 
 
@@ -46,7 +45,9 @@ def list_inputs(specs: Sequence[str]) -> List[str]:
             matched = [spec] if tf.io.gfile.exists(spec) else []
         if not matched:
             raise PredictError(f"--input {spec} matches no image file: check the path or glob (quote globs, "
-                               f"e.g. --input='DIR/*/*.jpg'); folders are searched for {fileio.IMAGE_EXTENSIONS_TEXT}")
+                               f"e.g. --input='DIR/*/*.jpg'); folders are searched for {fileio.IMAGE_EXTENSIONS_TEXT}; "
+                               "--input splits at commas: pass a path whose name holds one as an argument after "
+                               "the flags (arguments are not split)")
         paths += matched
     if not paths:
         raise PredictError("--input is empty: pass image files, a glob or a folder (local or gs://)")
@@ -136,18 +137,17 @@ def predict_batch(export: Export, keys: list, images: List[bytes], *, with_featu
 
 def run_batches(export: Export, batches: Iterable[List[Tuple[object, Optional[bytes], str]]], *,
                 total: int, with_features: bool = False) -> Iterator[Batch]:
-    """Predicts batches of (key, bytes or None, why not), with a progress bar over `total`."""
-    progress = keras.utils.Progbar(total, unit_name="image")
-    done = 0
-    for batch in batches:
-        unreadable = [(key, why) for key, data, why in batch if data is None]
-        readable = [(key, data) for key, data, _ in batch if data is not None]
-        result = predict_batch(export, [k for k, _ in readable], [d for _, d in readable],
-                               with_features=with_features)
-        result.skipped = unreadable + result.skipped
-        done += len(batch)
-        progress.update(done)
-        yield result
+    """Predicts batches of (key, bytes or None, why not), its progress over `total` images on
+    stderr (effnet_common.progress: a bar on a terminal, lines in a log), never in the results."""
+    with progress.Progress(total, label="predicting", unit="image") as bar:
+        for batch in batches:
+            unreadable = [(key, why) for key, data, why in batch if data is None]
+            readable = [(key, data) for key, data, _ in batch if data is not None]
+            result = predict_batch(export, [k for k, _ in readable], [d for _, d in readable],
+                                   with_features=with_features)
+            result.skipped = unreadable + result.skipped
+            bar.add(len(batch))
+            yield result
 
 
 @dataclasses.dataclass

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from absl import logging
@@ -36,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from effnet_common import fileio
+from effnet_common import fileio, progress
 from trainer.data import pipelines, targets
 from trainer.evaluation import metrics
 from trainer.models import classifier
@@ -174,8 +173,8 @@ def _compute(ds, *, embed: Callable, strategy, views: int, dim: int, label_width
     writer = _ShardWriter(folder) if folder else None
     chunks: List[np.ndarray] = []
     labels: List[np.ndarray] = []
-    # A live bar on a terminal; in a log, one line at the end (a bar's updates would share one line).
-    bar = keras.utils.Progbar(steps, unit_name="batch", verbose=(1 if sys.stdout.isatty() else 2) if verbose else 0)
+    # A live bar on a terminal; in a log, a line at each tenth (effnet_common.progress).
+    bar = progress.Progress(steps, label=title, unit="batch") if verbose else None
     logging.info("%s", title)
     for images, y in ds:
         out_e, out_y = embed(images, y)
@@ -186,7 +185,10 @@ def _compute(ds, *, embed: Callable, strategy, views: int, dim: int, label_width
             else:
                 chunks.append(e)
                 labels.append(l)
-        bar.add(1)
+        if bar:
+            bar.add(1)
+    if bar:
+        bar.close()
     if writer:
         return writer.close(key=key, views=views, dim=dim, label_width=label_width)
     emb = np.concatenate(chunks) if chunks else np.zeros((0, views, dim), np.float32)
