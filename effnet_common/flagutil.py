@@ -128,8 +128,9 @@ def parse_flags(argv: Sequence[str], *, unknown_flag_hint: str = "see --help"):
 
 
 def adopt_as_main(module: str) -> None:
-    """Makes `module`'s key flags the main program's, as `--helpshort` looks them up under
-    sys.argv[0], which is the console script (effnet-train), not trainer/task.py."""
+    """Makes `module`'s key flags the main program's, as absl's own help (--helpfull's first
+    section, --helpxml) looks them up under sys.argv[0], which is the console script
+    (effnet-train), not trainer/task.py."""
     if module != sys.argv[0]:
         for flag in flags.FLAGS.get_key_flags_for_module(module):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

@@ -5,8 +5,9 @@ a CI log, Cloud Logging) a bar would be one long line of carriage returns and ba
 appears only when the work ends: Vertex AI custom jobs and Dataflow send each line a container
 writes to Cloud Logging as its own entry, split at newlines. There the reporter writes whole lines
 through absl logging (so each carries absl's timestamp and severity letter) when the work crosses
-another tenth of its total or, between those, every 30 s while it moves; each says the count, the
-rate and the time left:
+another tenth of its total (at most one line in 5 s: work of a few seconds gets its last line
+alone) or, between tenths, every 30 s while it moves; each says the count, the rate and the time
+left:
 
     I1207 07:40:12.345678 140 progress.py:121] checking: 1,200/4,000 images (30%), 410 images/s, 3 s elapsed, 7 s left
 
@@ -24,7 +25,8 @@ from typing import Callable, Optional
 from absl import logging
 
 LOG_PARTS = 10  # off a terminal, a line each time another tenth of the work is done ...
-LOG_INTERVAL_S = 30.0  # ... and between those, one every 30 s while the work moves
+LOG_MIN_INTERVAL_S = 5.0  # ... but not within 5 s of the last (work of seconds: its last line alone) ...
+LOG_INTERVAL_S = 30.0  # ... and between tenths, one every 30 s while the work moves
 _LIVE_INTERVAL_S = 0.1  # how often the terminal's bar redraws
 
 
@@ -110,8 +112,10 @@ class Progress:
             return
         now = self._clock()
         parts = min(done, self.total) * LOG_PARTS // self.total if self.total else 0
-        if parts > self._parts_logged or now - self._last_time >= LOG_INTERVAL_S:
-            self._parts_logged = max(parts, self._parts_logged)
+        since = now - self._last_time
+        finished = self.total is not None and done >= self.total
+        if finished or (parts > self._parts_logged and since >= LOG_MIN_INTERVAL_S) or since >= LOG_INTERVAL_S:
+            self._parts_logged = parts
             self._log(now)
 
     def _log(self, now: float) -> None:

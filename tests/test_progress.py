@@ -44,6 +44,16 @@ def test_off_a_terminal_a_line_at_each_tenth_with_count_rate_and_time_left(caplo
     assert lines[-1] == "checking: 200/200 files (100%), 4.0 files/s, 50 s elapsed, done"
 
 
+def test_work_of_seconds_gets_its_last_line_alone(caplog):
+    caplog.set_level(logging.INFO, logger="absl")  # absl sets its own level when flags are parsed
+    clock = Clock()
+    with progress.Progress(1200, label="checking", unit="file", live=False, clock=clock) as bar:
+        for _ in range(12):
+            clock.now += 0.25
+            bar.add(100)
+    assert progress_messages(caplog) == ["checking: 1,200/1,200 files (100%), 400 files/s, 3 s elapsed, done"]
+
+
 def test_between_tenths_a_line_every_30_s_while_the_work_moves(caplog):
     caplog.set_level(logging.INFO, logger="absl")  # absl sets its own level when flags are parsed
     clock = Clock()
