@@ -74,7 +74,7 @@ def line(step: str, count: int, local_s: float, beam_s: float) -> str:
     def rate(seconds: float) -> str:
         return f"{count / seconds:8.1f} img/s {1000 * seconds / count:7.2f} ms/img"
     return (f"{step:<8} n={count:<6} local {rate(local_s)} | DirectRunner x{FLAGS.workers} {rate(beam_s)} | "
-            f"beam/local {local_s / beam_s:.2f}")
+            f"beam/local {local_s / beam_s:.3f}")
 
 
 def bench_prepare(images: str, out: str, count: int, settings) -> str:

@@ -170,8 +170,14 @@ def _truthy(value) -> bool:
 
 
 def new_pipeline(settings: BeamSettings, *extra: str):
-    """A Beam pipeline on the settings' runner; Beam's own validation errors become one line."""
+    """A Beam pipeline on the settings' runner; Beam's own validation errors become one line.
+
+    Beam's INFO records (type hints, every worker's harness lines relayed by DirectRunner) are
+    left out of the command's log; Dataflow's stay (the job's console link, its states)."""
+    import logging as std_logging
     import apache_beam as beam
+    std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
+    std_logging.getLogger("apache_beam.runners.dataflow").setLevel(std_logging.INFO)
     try:
         return beam.Pipeline(options=settings.options(*extra))
     except ValueError as e:
