@@ -161,7 +161,8 @@ def test_feature_shards_read_back_as_the_local_features(predicted):
     ("local", "--num_workers=4", ["--runner=local runs no pipeline"]),
     ("DataflowRunner", "--project=p --region=r", ["needs --temp_location"]),
     ("DataflowRunner", "--temp_location=gs://my-bucket/tmp", ["needs --project, --region"]),
-    ("DataflowRunner", "--project=p --region=r --temp_location=/tmp/x", ["not on Cloud Storage"]),
+    ("DataflowRunner", "--project=p --region=r --temp_location=/tmp/x", ["not a Cloud Storage folder"]),
+    ("DataflowRunner", "--project=p --region=r --temp_location=gs://b/tmp", ["not a Cloud Storage folder", "bucket"]),
 ])
 def test_bad_runner_or_options_refused(runner, options, words):
     with pytest.raises(beam_options.BeamError) as refused:

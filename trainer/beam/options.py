@@ -143,7 +143,7 @@ def _check_options(settings: BeamSettings) -> None:
         raise BeamError(f"--beam_options holds {what}, which Apache Beam does not know: check the spelling "
                         "(Beam's options: python -m apache_beam.examples.wordcount --help)")
     if settings.runner == DATAFLOW:
-        _check_dataflow(known)
+        _check_dataflow(known, options)
     elif _truthy(known.get("dry_run")):
         raise BeamError(f"--beam_options holds --dry_run, which only DataflowRunner honours ({settings.runner} "
                         "would run the pipeline): pass --runner=DataflowRunner or drop --dry_run")
@@ -155,14 +155,21 @@ def _values_of_options(argv: Tuple[str, ...], strays: List[str]) -> bool:
                for i, word in enumerate(argv) if word in strays)
 
 
-def _check_dataflow(known: dict) -> None:
+def _check_dataflow(known: dict, options) -> None:
+    """Project, region and a well-formed gs:// temp_location: where one is missing or malformed,
+    Beam would go looking for a default bucket over the network, and retry."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     missing = [n for n in _DATAFLOW_REQUIRED if not known.get(n)]
     if missing:
         raise BeamError(f"--runner=DataflowRunner needs {', '.join('--' + n for n in missing)} in --beam_options: "
                         "e.g. --beam_options=\"--project=P --region=us-central1 --temp_location=gs://B/tmp\"")
-    if not str(known["temp_location"]).startswith("gs://"):
-        raise BeamError(f"--beam_options --temp_location={known['temp_location']} is not on Cloud Storage: Dataflow's "
-                        "workers need a gs://BUCKET/PATH they can write")
+    wrong = PipelineOptionsValidator(options, None).validate_gcs_path(options.view_as(GoogleCloudOptions),
+                                                                      "temp_location")
+    if wrong or not str(known["temp_location"]).startswith("gs://"):
+        raise BeamError(f"--beam_options --temp_location={known['temp_location']} is not a Cloud Storage folder "
+                        f"({flagutil.one_line(wrong[0]) if wrong else 'not gs://'}): Dataflow's workers need a "
+                        "gs://BUCKET/PATH they can write")
 
 
 def _truthy(value) -> bool:
