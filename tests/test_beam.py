@@ -171,6 +171,13 @@ def test_bad_runner_or_options_refused(runner, options, words):
     assert "\n" not in message and all(w in message for w in words), message
 
 
+def test_beams_own_validation_ends_in_one_line():
+    settings = beam_options.from_flags(runner="DataflowRunner", beam_options="--project=p --region=r "
+                                       "--temp_location=gs://my-bucket/tmp --dry_run=true")
+    with pytest.raises(beam_options.BeamError, match="rejected by DataflowRunner: .*Invalid Project ID"):
+        beam_options.new_pipeline(settings)
+
+
 def test_options_a_runner_takes_pass():
     assert beam_options.from_flags(runner="local", beam_options="") is None
     settings = beam_options.from_flags(runner="dataflow", beam_options=f"{DATAFLOW} --num_workers 4 --setup_file=./s.py")
