@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from absl import flags
 
-from effnet_common import fileio, flagutil
+from effnet_common import flagutil  # no TensorFlow: effnet_common.fileio (TensorFlow's gfile) loads inside
 
 
 def command_values(define_flags: Callable[[], None], module: str, values: Dict[str, Any], *,
@@ -97,6 +97,7 @@ def fit(**values) -> "Run":
 
 def load(model_dir: str) -> "Run":
     """The run a training run (`fit` or the command) left in `model_dir`: its history and newest export."""
+    from effnet_common import fileio  # pylint: disable=import-outside-toplevel
     from trainer.inference import exported  # pylint: disable=import-outside-toplevel
     from trainer.runtime.rundir import RunDir  # pylint: disable=import-outside-toplevel
     run_dir = RunDir(model_dir)
@@ -115,12 +116,14 @@ class Report:
     def worst(self) -> List[dict]:
         """worst.csv's rows, worst first (image, true, predicted, and the probabilities)."""
         import csv  # pylint: disable=import-outside-toplevel
+        from effnet_common import fileio  # pylint: disable=import-outside-toplevel
         from trainer.evaluation import evaluator  # pylint: disable=import-outside-toplevel
         return list(csv.DictReader(fileio.read_text(fileio.join(self.report_dir, evaluator.WORST_CSV)).splitlines()))
 
     def image(self, name: str) -> str:
         """The path of one of the report's pictures: confusion_matrix, worst_images,
         worst_explained, reliability."""
+        from effnet_common import fileio  # pylint: disable=import-outside-toplevel
         from trainer.evaluation import evaluator  # pylint: disable=import-outside-toplevel
         return fileio.join(self.report_dir, evaluator.REPORT_IMAGES[name])
 

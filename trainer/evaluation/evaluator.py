@@ -7,7 +7,7 @@ import dataclasses
 import heapq
 import itertools
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from absl import logging
 import numpy as np
 import tensorflow as tf  # pylint: disable=wrong-import-order
@@ -50,11 +50,16 @@ WORST_CSV = "worst.csv"
 WORST_PNG = "worst_images.png"
 
 
+# The same images with their Grad-CAM overlays, where the report has the Keras model (a run's).
+WORST_EXPLAINED_PNG = "worst_explained.png"
+
+
 SKIPPED_FILE = "skipped.csv"
 
 
 # TensorBoard image tag -> report file, for `report_images`.
-REPORT_IMAGES = {"confusion_matrix": CONFUSION_PNG, "worst_images": WORST_PNG, "reliability": RELIABILITY_PNG}
+REPORT_IMAGES = {"confusion_matrix": CONFUSION_PNG, "worst_images": WORST_PNG, "worst_explained": WORST_EXPLAINED_PNG,
+                 "reliability": RELIABILITY_PNG}
 
 
 @dataclasses.dataclass
@@ -160,8 +165,10 @@ def _worst_rows(ev: Evaluation, class_names: Sequence[str]) -> List[list]:
     return rows
 
 
-def _write_worst(ev: Evaluation, *, class_names: Sequence[str], output_dir: str) -> None:
-    """worst.csv, and worst_images.png when there is any example to show."""
+def _write_worst(ev: Evaluation, *, class_names: Sequence[str], output_dir: str,
+                 explain: Optional[Callable[[Sequence[bytes]], Sequence[bytes]]] = None) -> None:
+    """worst.csv, and worst_images.png when there is any example to show (and with `explain`,
+    worst_explained.png: the same tiles as its overlays)."""
     multi = ev.thresholds is not None
     header = ("image", "true", "predicted") + (("log_loss", "max_probability") if multi else
                                                ("true_probability", "predicted_probability"))
@@ -173,6 +180,10 @@ def _write_worst(ev: Evaluation, *, class_names: Sequence[str], output_dir: str)
     tiles = [(image, f"{os.path.basename(r[0])[:24]}\n{r[1]} -> {r[2]}\n{figure}={float(r[3]):.2f}", r[1] != r[2])
              for (_, _, _, image), r in zip(ev.worst, rows)]
     plots.plot_image_grid(tiles, path=fileio.join(output_dir, WORST_PNG))
+    if explain:
+        overlays = explain([image for image, _, _ in tiles])
+        plots.plot_image_grid([(png, caption, flagged) for png, (_, caption, flagged) in zip(overlays, tiles)],
+                              path=fileio.join(output_dir, WORST_EXPLAINED_PNG))
 
 
 def _write_tables(confusion: np.ndarray, *, class_names: Sequence[str], pairs: List[dict],
@@ -188,7 +199,8 @@ def _write_tables(confusion: np.ndarray, *, class_names: Sequence[str], pairs: L
 def write_report(model: Union[str, exported.Export], *, data_path: str, output_dir: str,
                  batch_size: int = DEFAULT_BATCH_SIZE, label_offset: int = 0,
                  top_k: int = metrics_lib.DEFAULT_TOP_K, worst: int = DEFAULT_WORST,
-                 extra_metrics: Optional[dict] = None, known_count: Optional[int] = None) -> dict:
+                 extra_metrics: Optional[dict] = None, known_count: Optional[int] = None,
+                 explain: Optional[Callable[[Sequence[bytes]], Sequence[bytes]]] = None) -> dict:
     """Evaluates the export on labelled data and writes the report into `output_dir`.
 
     Args:
@@ -201,7 +213,10 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
       worst: how many worst-classified images to list and show.
       extra_metrics: merged into metrics.json (the run's calibration: temperature, ECE before).
       known_count: the data's record count from a check already made (a training run's data
-        inspection): the data is not scanned again before the pass.
+        inspection: the data is not scanned again before the pass.
+      explain: encoded images -> their Grad-CAM overlays as encoded images, for
+        worst_explained.png (trainer.analysis.gradcam.Explainer.overlay_pngs of the export's
+        Keras model; the export alone has no gradients to give).
 
     Returns:
       The metrics, as written to metrics.json.
@@ -225,7 +240,7 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
     if ev.skipped:
         fileio.write_text_atomic(fileio.join(output_dir, SKIPPED_FILE),
                                  fileio.csv_text(("image", "reason"), ev.skipped))
-    _write_worst(ev, class_names=ev.class_names, output_dir=output_dir)
+    _write_worst(ev, class_names=ev.class_names, output_dir=output_dir, explain=explain)
     fileio.write_json_atomic(fileio.join(output_dir, METRICS_FILE), metrics)
     logging.info("report for %d example(s) (%d skipped) written to %s", len(ev.ids), len(ev.skipped), output_dir)
     return metrics

@@ -8,7 +8,7 @@ evaluate. See docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import tensorflow as tf
@@ -16,7 +16,7 @@ import tf_keras as keras
 
 import numpy as np
 
-from trainer.analysis import leakage
+from trainer.analysis import gradcam, leakage
 from trainer.configs.config import Config
 from trainer.data import discovery, pipelines
 from trainer.evaluation import calibration, evaluator, multilabel, plots, tensorboard
@@ -102,7 +102,7 @@ def _run(cfg: Config, *, strategy: tf.distribute.Strategy, plan_only: bool, call
                                            thresholds=thresholds)
     chosen = chosen_on_validation(cfg, calibrated=calibrated, thresholds=thresholds)
     metrics, test_metrics = (report(cfg, export_dir=export_dir, history=trained.history, extra=calibrated,
-                                    chosen=chosen, leakage_check=leakage_check)
+                                    chosen=chosen, leakage_check=leakage_check, model=trained.model)
                              if cfg.runtime.eval_report else ({}, {}))
     if cfg.runtime.tflite:
         tflite.export_run(trained.model, cfg, variants=cfg.runtime.tflite, output_dir=run_dir.tflite_dir,
@@ -174,30 +174,35 @@ def _validation_predictions(cfg: Config, model: keras.Model):
 
 
 def report(cfg: Config, *, export_dir: str, history: List[dict], extra: Optional[dict] = None,
-           chosen: Sequence[str] = (), leakage_check: bool = True) -> Tuple[dict, dict]:
+           chosen: Sequence[str] = (), leakage_check: bool = True,
+           model: Optional[keras.Model] = None) -> Tuple[dict, dict]:
     """The validation report (MODEL_DIR/eval/) and, with test data, the test report
     (MODEL_DIR/eval/test/), both from the export itself, with their TensorBoard summaries.
 
     Each metrics.json says its split and what was chosen on it (`chosen`: on validation only),
     so a figure read later still says whether it is held out. Returns (validation, test)
     metrics, each {} when there is no such data or its report failed. With `leakage_check`, each
-    counts its images with a near copy in the training split (`near_copies_of_training`).
+    counts its images with a near copy in the training split (`near_copies_of_training`). With
+    `model` (the exported classifier), each report's worst images get their Grad-CAM overlays
+    (worst_explained.png, trainer.analysis.gradcam).
     """
     run_dir = RunDir.of(cfg.runtime)
     # One load of the export for the leakage check and both reports.
     export = _loaded(export_dir) if cfg.data.eval_data or cfg.data.test_data else export_dir
     check = leakage.Check(export, train_data=cfg.data.train_data,
                           label_offset=cfg.data.label_offset) if leakage_check else None
+    explain = gradcam.Explainer(model).overlay_pngs if model is not None else None
     images = {"learning_curves": run_dir.curves} if tf.io.gfile.exists(run_dir.curves) else {}
     validation = _split_report(cfg, split="validation", data_path=cfg.data.eval_data, export=export,
                                output_dir=run_dir.eval_dir, extra={**(extra or {}), "used_to_choose": list(chosen)},
-                               check=check)
+                               check=check, explain=explain)
     if validation:
         images.update(evaluator.report_images(run_dir.eval_dir))
     tensorboard.write_tensorboard(run_dir.logs_dir("eval"), metrics=validation, images=images, step=len(history))
     temperature = {"temperature": extra["temperature"]} if extra and "temperature" in extra else {}
     test = _split_report(cfg, split="test", data_path=cfg.data.test_data, export=export,
-                         output_dir=run_dir.test_eval_dir, extra={**temperature, "used_to_choose": []}, check=check)
+                         output_dir=run_dir.test_eval_dir, extra={**temperature, "used_to_choose": []}, check=check,
+                         explain=explain)
     if test:
         tensorboard.write_tensorboard(run_dir.logs_dir("eval", "test"), metrics=test,
                                   images=evaluator.report_images(run_dir.test_eval_dir), step=len(history))
@@ -215,7 +220,8 @@ def _loaded(export_dir: str) -> Union[str, exported.Export]:
 
 
 def _split_report(cfg: Config, *, split: str, data_path: Optional[str], export: Union[str, exported.Export],
-                  output_dir: str, extra: dict, check: Optional[leakage.Check] = None) -> dict:
+                  output_dir: str, extra: dict, check: Optional[leakage.Check] = None,
+                  explain: Optional[Callable[[Sequence[bytes]], Sequence[bytes]]] = None) -> dict:
     """One split's report through the export ({} without data, or with a warning when it fails:
     the run has trained and exported, and a report can be rewritten with trainer.evaluate)."""
     if not data_path:
@@ -226,7 +232,8 @@ def _split_report(cfg: Config, *, split: str, data_path: Optional[str], export: 
         metrics = evaluator.write_report(export, data_path=data_path, output_dir=output_dir,
                                         label_offset=cfg.data.label_offset,
                                         extra_metrics={"split": split, "held_out": split == "test", **extra},
-                                        known_count=cfg.data.num_eval_examples if data_path == cfg.data.eval_data else None)
+                                        known_count=cfg.data.num_eval_examples if data_path == cfg.data.eval_data else None,
+                                        explain=explain)
     except (discovery.DataError, exported.PredictError) as e:
         logging.warning("no %s report: %s", split, e)
         return {}
