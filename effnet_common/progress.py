@@ -9,7 +9,7 @@ another tenth of its total (at most one line in 5 s: work of a few seconds gets 
 alone) or, between tenths, every 30 s while it moves; each says the count, the rate and the time
 left:
 
-    I1207 07:40:12.345678 140 progress.py:121] checking: 1,200/4,000 images (30%), 410 images/s, 3 s elapsed, 7 s left
+    I1207 07:40:12.345678 140 progress.py:125] checking: 1,200/4,000 images (30%), 410 images/s, 3 s elapsed, 7 s left
 
 Progress goes to standard error in both forms; standard output carries a command's results
 only (predict's table, the client's JSON lines), so `cmd > results` gets nothing else.
