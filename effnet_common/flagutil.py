@@ -7,14 +7,15 @@ same meaning and default: the first definition serves both, and the flag is decl
 of every command that asks for it, so `--helpfull` lists each command's flags under the
 command's own name (not under this module's).
 
-Help is for people: `--help` (and `--helpshort`, `-?`) prints the command's `Usage` (what it does,
-one example command line) and then its own flags grouped by purpose, the required ones marked,
-and exits 0; `--helpfull` adds absl's full list (every module's flags), also exit 0. A flag's
-group is the `group=` argument of `define`, a word of the command's choosing ("data", "model",
-"outputs", ...): groups print in the order their first flag was defined, and a flag defined
-without one prints under "other", so it is never hidden. `required=True` marks a flag required in
-the help, or `required="unless $AIP_MODEL_DIR is set"` says when; the command still checks it
-itself (absl's own required check would end in its usage text, not one line):
+Help is for people: `--help` (and `-h`, `--helpshort`, `-?`) prints the command's `Usage` (what it
+does, one example command line) and then its own flags grouped by purpose, the required ones
+marked, and exits 0; `--helpfull` adds absl's full list (every module's flags), also exit 0. A
+flag's group is the `group=` argument of `define`, a word of the command's choosing ("data",
+"model", "outputs", ...): data, input, model and outputs print first (`LEADING_GROUPS`), the
+others in the order their first flag was defined, and a flag defined without a group prints under
+"other", last, so it is never hidden. `required=True` marks a flag required in the help, or
+`required="unless $AIP_MODEL_DIR is set"` says when; the command still checks it itself (absl's
+own required check would end in its usage text, not one line):
 
     flagutil.define("string", "train_data", None, "Training data: ...", group="data", required=True)
 
@@ -145,7 +146,7 @@ class Usage:
     reference: str = ""
 
 
-_SHORT_HELP = ("--help", "-help", "-?", "--helpshort", "-helpshort")
+_SHORT_HELP = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 _FULL_HELP = ("--helpfull", "-helpfull")
 
 

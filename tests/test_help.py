@@ -95,6 +95,7 @@ def test_a_flag_defined_without_a_group_shows_under_other_last():
 def test_help_is_asked_before_a_double_dash_only():
     assert flagutil.help_request(["x", "--model_dir=m", "--help"]) == "short"
     assert flagutil.help_request(["x", "-?"]) == "short" and flagutil.help_request(["x", "--helpshort"]) == "short"
+    assert flagutil.help_request(["x", "-h"]) == "short"  # absl has no -h; people type it first
     assert flagutil.help_request(["x", "--helpfull"]) == "full"
     assert flagutil.help_request(["x", "--preset=cpu", "--", "--help"]) is None  # the trainer's flags (submit)
     assert flagutil.help_request(["x", "--help_me=1"]) is None
