@@ -96,8 +96,7 @@ class Explainer:
 
     def heatmaps(self, pixels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
         """Heatmaps float32 [N, S, S] in 0..1, of class classes[i] for image i."""
-        feature_map, grads = self._step(tf.convert_to_tensor(pixels, tf.float32),
-                                                tf.constant(list(classes), tf.int32))
+        feature_map, grads = self._step(tf.convert_to_tensor(pixels, tf.float32), tf.constant(list(classes), tf.int32))
         weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
         cam = tf.image.resize(cam, [self.image_size, self.image_size], method="bilinear")[..., 0].numpy()
@@ -142,6 +141,11 @@ class Explainer:
         return [png(found[0].overlay()) for found in self.explain(images, top_only=True)]
 
 
+def run_folder(export: Export) -> str:
+    """MODEL_DIR of an export at MODEL_DIR/export/N (where a run writes its exports)."""
+    return os.path.dirname(os.path.dirname(export.export_dir.rstrip("/")))
+
+
 def explainer_for_export(export: Export) -> Explainer:
     """The Explainer of the run an export was written by: MODEL_DIR/export/N -> MODEL_DIR's
     classifier as exported (trainer.exporting.restore), with the export's thresholds.
@@ -149,7 +153,7 @@ def explainer_for_export(export: Export) -> Explainer:
     Raises:
       PredictError: the export is not inside the folder of the run that wrote it.
     """
-    model_dir = os.path.dirname(os.path.dirname(export.export_dir.rstrip("/")))
+    model_dir = run_folder(export)
     if not fileio.exists(fileio.join(model_dir, "config.json")):
         raise PredictError(f"--explain_output needs the training run of the export {export.export_dir}: Grad-CAM "
                            "takes gradients through the run's Keras model (MODEL_DIR's config.json and checkpoints), "
@@ -165,14 +169,15 @@ def explainer_for_export(export: Export) -> Explainer:
 def explain_files(explainer: Explainer, export: Export, batches: Iterable[List[Tuple[str, Optional[bytes], str]]],
                   *, expected: np.ndarray, output_dir: str) -> int:
     """`python -m trainer.predict --explain_output`: explains, with the Explainer of the export's
-    run (`explainer_for_export`), the images the export predicted (`batches` of (path, bytes, why not) as prediction.read_files gives them, row i of `expected`
-    the export's probabilities for the i-th readable one) and writes them to `output_dir`
-    (`write_explanations`). Returns the number of explanations written.
+    run (`explainer_for_export`), the images the export predicted (`batches` of (path, bytes, why
+    not) as prediction.read_files gives them; row i of `expected`, the export's probabilities for
+    the i-th readable image) and writes them to `output_dir` (`write_explanations`). Returns the
+    number of explanations written.
 
     Raises:
       PredictError: the run answers other than the export.
     """
-    model_dir = os.path.dirname(os.path.dirname(export.export_dir.rstrip("/")))
+    model_dir = run_folder(export)
     paths, found, row = [], [], 0
     for batch in batches:
         pixels = explainer.pixels([data for _, data, _ in batch if data is not None])
