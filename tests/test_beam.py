@@ -75,6 +75,8 @@ def test_direct_runner_writes_the_local_paths_records(prepared):
     assert sorted(local) == ["test-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord",
                              "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
     assert beam == local  # same shards, same records in the same order
+    for name in local:  # and byte for byte (records serialized deterministically)
+        assert (out / "beam" / name).read_bytes() == (out / "local" / name).read_bytes(), name
     assert sum(len(r) for r in local.values()) == 25  # 24 JPEGs + the PNG named .jpg; the corrupt file skipped
     assert (out / "beam" / "labels.txt").read_text() == (out / "local" / "labels.txt").read_text()
 
