@@ -191,14 +191,17 @@ class Run:
         from trainer.inference import exported  # pylint: disable=import-outside-toplevel
         return exported.class_names_of(self.export_dir)
 
-    def explain(self, images: Union[str, Sequence[str]]) -> List[tuple]:
-        """Grad-CAM of image files, globs or folders: (path, [Explanation]) per image, one
+    def explain(self, images: Union[str, Sequence[str]], **values) -> List[tuple]:
+        """Grad-CAM of image files, globs or folders, read as `predict` reads them (its flags as
+        keywords: batch_size=, max_image_side=): (path, [Explanation]) per readable image, one
         explanation per predicted class (each predicted label, multi-label); an Explanation has
         `class_index`, `probability`, `heatmap` ([S, S] in 0..1), `pixels` and `overlay()`."""
+        from trainer import predict  # pylint: disable=import-outside-toplevel
         from trainer.inference import prediction  # pylint: disable=import-outside-toplevel
+        namespace = command_values(predict.define_flags, "trainer.predict", values, command="explain")
         paths = prediction.list_inputs([images] if isinstance(images, str) else list(images))
         found = []
-        for batch in prediction.read_files(paths, batch_size=32):
+        for batch in prediction.read_files(paths, **_library_kwargs(prediction.read_files, namespace)):
             readable = [(path, data) for path, data, _ in batch if data is not None]
             found += zip([p for p, _ in readable], self.explainer().explain([d for _, d in readable]))
         return found
