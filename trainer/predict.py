@@ -1,14 +1,16 @@
 """Batch prediction and feature extraction through the exported SavedModel.
 
     python -m trainer.predict --export_dir=EXPORT_DIR|MODEL_DIR --input=FILES|GLOB|FOLDER|gs://... \
-        --output=preds.csv [--features_output=feats.npy] [--top_k=K] [--batch_size=N]
+        --output=preds.csv [--features_output=feats.npy] [--explain_output=DIR] [--top_k=K] [--batch_size=N]
 
 Runs the serving signatures themselves (`serving_default`, and `features` when asked), so the
 answers are exactly what TF Serving will answer: same decoding, same crop, same network. Writes
 one CSV row per image (path, then the top-k classes and scores), prints the same top-k per image
 on stdout, and with --features_output an [N, D] float32 .npy whose row i is the embedding of the
 CSV's row i. An image that cannot be read or decoded is listed on stderr and skipped: it gets no
-row, so rows and features stay aligned.
+row, so rows and features stay aligned. With --explain_output, Grad-CAM explanations of each
+image's predicted class (each predicted label, multi-label) through the run's Keras model
+(trainer.analysis.gradcam; the export must sit in its run folder, MODEL_DIR/export/N).
 
 The library side (`read_files`, `run_batches`, and trainer.inference.exported's `load_export`) is shared
 with trainer.evaluate.
@@ -25,6 +27,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 from absl import flags, logging
 import tensorflow as tf  # pylint: disable=wrong-import-order
 from effnet_common import fileio, flagutil
+from trainer.analysis import gradcam
 from trainer.evaluation import metrics
 from trainer.evaluation.prediction_rows import csv_header, top_k_rows  # shared with trainer.cloud.batch_predict
 from trainer.inference import prediction
@@ -62,6 +65,11 @@ def define_flags() -> None:
     flagutil.define("string", "output", None, "The CSV to write (local or gs://).", group="outputs", required=True)
     flagutil.define("string", "features_output", None, "Also write the features (embeddings) as an [N, D] .npy; "
                     "row i = CSV row i.", group="outputs")
+    flagutil.define("string", "explain_output", None, "Also write Grad-CAM explanations to this folder: for each "
+                    "image and predicted class (each predicted label, multi-label) an overlay PNG and the heatmap as "
+                    ".npy (float32 in 0..1 at the model's input side, after the evaluation crop), listed in "
+                    "explanations.csv. Needs the export's run folder (MODEL_DIR/export/N) for the Keras model.",
+                    group="outputs")
     flagutil.define("integer", "print_limit", DEFAULT_PRINT_LIMIT, "Images printed on stdout (-1: all); the CSV "
                     "has every row.", group="outputs")
 
@@ -83,10 +91,12 @@ def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
 
 
 def run(*, model: Union[str, Export], specs: Sequence[str], output: str, features_output: Optional[str], top_k: int,
-        batch_size: int, print_limit: int = DEFAULT_PRINT_LIMIT) -> prediction.Predictions:
-    """The command: predicts, writes the CSV (and .npy), prints rows and skipped images."""
+        batch_size: int, print_limit: int = DEFAULT_PRINT_LIMIT,
+        explain_output: Optional[str] = None) -> prediction.Predictions:
+    """The command: predicts, writes the CSV (and .npy, and explanations), prints rows and skipped images."""
     paths = prediction.list_inputs(specs)
     export = as_export(model)
+    explainer = gradcam.explainer_for_export(export) if explain_output else None  # no run: fail before predicting
     k = min(top_k, len(export.class_names))
     if k < top_k:
         logging.info("--top_k=%d is more than the model's %d classes: writing %d", top_k, k, k)
@@ -100,9 +110,13 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     fileio.write_text_atomic(output, fileio.csv_text(csv_header(k, multi_label=multi), rows))
     if features_output:
         prediction.write_features(features_output, predictions.features)
+    explained = explainer and gradcam.explain_files(
+        explainer, export, prediction.read_files(predictions.paths, batch_size=batch_size),
+        expected=predictions.probabilities, output_dir=explain_output)
     print(format_rows(rows, limit=print_limit, multi_label=multi))
     print(f"wrote {len(rows)} row(s) to {output}" +
-          (f" and features {predictions.features.shape} to {features_output}" if features_output else ""))
+          (f" and features {predictions.features.shape} to {features_output}" if features_output else "") +
+          (f" and {explained} explanation(s) to {explain_output}" if explainer else ""))
     return predictions
 
 
@@ -133,7 +147,7 @@ def _log_skipped(skipped: Sequence[Tuple[str, str]]) -> None:
 def main(argv) -> None:
     specs, batch_size = _check_flags(argv)
     run(model=FLAGS.export_dir, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
-        top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit)
+        top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit, explain_output=FLAGS.explain_output)
 
 
 def run_main() -> None:
