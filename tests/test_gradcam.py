@@ -34,8 +34,7 @@ def _images(n: int, *, side: int = 40, seed: int = 0):
     return [_png(rng.integers(0, 256, (side, side + 8, 3))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) for n in (
-    "efficientnet-b0", "efficientnetv2-b0", "efficientnet-lite0")] + [TINY])
+@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnetv2-b0", "efficientnet-lite0", TINY])
 def test_each_family_has_the_registry_s_feature_map_layer(name):
     """The named layer is the activation of the backbone's last convolution (what Grad-CAM needs)."""
     model = classifier.build_classifier(config.Model(backbone=name, weights="none"), num_classes=2, image_size=64)
