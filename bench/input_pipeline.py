@@ -19,9 +19,16 @@ batch 32, by:
       default where the crops fit) filled by one whole pass before the timing, then shuffle,
       mirror, batch, prefetch from memory,
 
+  (f) our reader over records prepared with the default --max_image_side
+      (`effnet_common.downscale.DEFAULT_MAX_IMAGE_SIDE`), where (c) reads records of the originals
+      (--max_image_side=0): phone-size photos are stored downscaled once, so every epoch that
+      decodes reads and decodes a fraction of the bytes,
+
 each timed in --rounds interleaved windows of N images (the median is reported), then the B0
 frozen-phase training step's images/s at 224 px (base frozen, training=False) and the number of
-cores that would feed a GPU at NVIDIA's published B0 rate. Then the ratios of (c), the epoch
+cores that would feed a GPU at NVIDIA's published B0 rate, from records of the originals and from
+records prepared with the default (with the seconds each prepare took and the records' bytes per
+image). Then the ratios of (c), the epoch
 that decodes: `ratio_vs_imagedatagenerator`, `ratio_vs_image_dataset_from_directory` and
 `fraction_of_decode_ceiling`; and the same three of (e), prefixed `later_epochs_`.
 
@@ -48,6 +55,7 @@ from effnet_common import process
 process.prepare()  # TensorFlow's start-up lines off, as in the commands
 
 import numpy as np  # noqa: E402
+from effnet_common import downscale  # noqa: E402
 import tensorflow as tf
 import tf_keras as keras
 
@@ -73,6 +81,8 @@ flags.DEFINE_enum("photos", "synthetic", ["synthetic", "real"],
 flags.DEFINE_string("workdir", None, "Folder for the images and shards (default: a temp folder).")
 flags.DEFINE_bool("keep", False, "Keep the generated images and shards.")
 flags.DEFINE_integer("rounds", 3, "Timed windows of --images images per method (median).")
+flags.DEFINE_integer("max_image_side", downscale.DEFAULT_MAX_IMAGE_SIDE, "The side (f) prepares its records with "
+                     "(default: trainer.prepare's default), against records of the originals.")
 flags.DEFINE_integer("b0_steps", 4, "Timed B0 frozen-phase steps (batch 16) after a warm-up.")
 FLAGS = flags.FLAGS
 
@@ -233,10 +243,17 @@ def main(argv) -> None:
     try:
         width, height = _photo_size(FLAGS.photo_size)
         total = generate(images_dir, count=FLAGS.images, width=width, height=height)
-        info = preparing.prepare(input_dir=images_dir, output_dir=shards_dir, validation_fraction=0.0,
-                               shard_size_mb=8)
+        prepared = {}
+        for side in (0, FLAGS.max_image_side):  # originals, then the side compared
+            start = time.perf_counter()
+            out = shards_dir if side == 0 else shards_dir + "_default"
+            info = preparing.prepare(input_dir=images_dir, output_dir=out, validation_fraction=0.0,
+                                     shard_size_mb=8, max_image_side=side)
+            seconds = time.perf_counter() - start
+            stored = sum(os.path.getsize(f) for f in tf.io.gfile.glob(os.path.join(out, "train-*")))
+            prepared[side] = (os.path.join(out, "train-*"), seconds, stored / FLAGS.images, info)
         n, cores = FLAGS.images, os.cpu_count() or 1
-        shards = os.path.join(shards_dir, "train-*")
+        shards = prepared[0][0]
         print(f"load_average={os.getloadavg()[0]:.1f} images={n} "
               f"photos={FLAGS.photos} photo={width}x{height} mean_jpeg_kb={total / n / 1024:.1f} size={IMAGE_SIZE} batch={BATCH_SIZE} cores={cores} "
               f"shards={info['splits']['train']['num_shards']}")
@@ -245,7 +262,9 @@ def main(argv) -> None:
                   "our_reader": Meter(our_reader(shards, info["class_names"], count=n)),
                   "decode_ceiling": Meter(decode_ceiling(images_dir)),
                   "our_reader_later_epochs": Meter(our_reader(shards, info["class_names"], count=n,
-                                                              later_epochs=True))}
+                                                              later_epochs=True)),
+                  "our_reader_default_records": Meter(our_reader(prepared[FLAGS.max_image_side][0],
+                                                                 info["class_names"], count=n))}
         for _ in range(FLAGS.rounds):
             for meter in meters.values():
                 meter.window(n)
@@ -253,12 +272,21 @@ def main(argv) -> None:
             print(f"{name}_img_per_s={meter.median:.0f} "
                   f"(rounds: {', '.join(f'{r:.0f}' for r in meter.rates)}; "
                   f"cpu_ms_per_img={np.median(meter.cpu_ms):.2f})")
-        a, b, c, d, e = (meters[k].median for k in meters)
+        a, b, c, d, e, f = (meters[k].median for k in meters)
         step = measure_b0_frozen_step(steps=FLAGS.b0_steps)
         print(f"b0_frozen_train_step_img_per_s={step:.1f} (our reader: {c:.0f}; "
               f"{'the model' if step < c else 'the input'} is the bottleneck here)")
-        print(f"cores_to_feed_a100_b0={A100_B0_IMAGES_PER_S / (c / cores):.0f} "
-              f"(at {c / cores:.0f} img/s per core for {A100_B0_IMAGES_PER_S} img/s)")
+        print(f"cores_to_feed_a100_b0={A100_B0_IMAGES_PER_S / (c / cores):.1f} "
+              f"(records of the originals, --max_image_side=0: {c / cores:.0f} img/s per core for "
+              f"{A100_B0_IMAGES_PER_S} img/s)")
+        side = FLAGS.max_image_side
+        print(f"cores_to_feed_a100_b0_default_records={A100_B0_IMAGES_PER_S / (f / cores):.1f} "
+              f"(records prepared with --max_image_side={side}: {f / cores:.0f} img/s per core)")
+        for label, key in (("originals", 0), ("default", side)):
+            print(f"prepare_s_{label}={prepared[key][1]:.1f} record_kb_per_image_{label}={prepared[key][2] / 1024:.1f}")
+        print(f"record_bytes_ratio_default_vs_originals={prepared[side][2] / prepared[0][2]:.3f} "
+              f"(the generated JPEGs: {total / n / 1024:.1f} KB each)")
+        print(f"default_records_speedup={f / c:.2f} (epoch that decodes, default records vs originals)")
         print(f"load_average_after={os.getloadavg()[0]:.1f}")
         print(f"ratio_vs_imagedatagenerator={c / a:.2f}")
         print(f"ratio_vs_image_dataset_from_directory={c / b:.2f}")

@@ -22,17 +22,20 @@ are: the caller's own check (prepare's, the export's) counts and reports them.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from typing import Optional, Tuple
 
-import tensorflow as tf
-
-from effnet_common import decode
+# TensorFlow is imported where the rule runs, not here: commands that only name the default in
+# a flag (trainer.cloud.batch_predict, whose --dry_run loads no TensorFlow) import this module.
 
 # The longer side, in pixels, above which a photo is downscaled (docs/data.md: chosen from the
 # input-pixel PSNR at every backbone's native size and the bytes kept, bench/max_image_side.py).
 DEFAULT_MAX_IMAGE_SIDE = 1024
-# Quality of the re-encoded JPEG (libjpeg's scale; cameras write about 90-95).
-JPEG_QUALITY = 95
+# Quality of the re-encoded JPEG (libjpeg's scale; cameras write about 90-95). Measured on real
+# photos (bench/max_image_side.py, docs/data.md): 95 keeps 1.5x the bytes of 90 for the same
+# PSNR at the model's input (37.7 dB at 1024 px either way): the resize, not the encoding, decides.
+JPEG_QUALITY = 90
 _DCT_RATIOS = (8, 4, 2, 1)
 
 
@@ -66,13 +69,16 @@ def stored_format(read_format: str) -> str:
     return "JPEG" if read_format == "JPEG" else "PNG"
 
 
-def _upright_jpeg_shape(content: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+def _upright_jpeg_shape(content, orientation):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     stored = tf.io.extract_jpeg_shape(content)[:2]
     return tf.where(orientation >= 5, tf.reverse(stored, [0]), stored)
 
 
-def _resize_encoded(content: tf.Tensor, size: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
+def _resize_encoded(content, size, is_jpeg):
     """content -> its upright pixels resized to `size` ([height, width]), re-encoded."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from effnet_common import decode  # pylint: disable=import-outside-toplevel
     orientation = decode.exif_orientation(content)
 
     def jpeg():
@@ -93,27 +99,9 @@ def _resize_encoded(content: tf.Tensor, size: tf.Tensor, is_jpeg: tf.Tensor) -> 
                    lambda: tf.io.encode_png(pixels))
 
 
-# One traced graph for every image: as eager ops, the few dozen of them cost milliseconds each.
-_resize_traced = tf.function(_resize_encoded, input_signature=[
-    tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)])
-
-
-def downscale(content: bytes, *, height: int, width: int, read_format: str, max_side: int) -> Downscaled:
-    """The rule applied to an image already decoded once (prepare's check knows its upright
-    `height` and `width` and its format): new bytes when it is over `max_side`, else its own."""
-    target = target_size(height, width, max_side)
-    if target is None:
-        return Downscaled(content, read_format, height, width, height, width)
-    fmt = stored_format(read_format)
-    encoded = _resize_traced(tf.constant(content), tf.constant(target, tf.int32), tf.constant(fmt == "JPEG"))
-    return Downscaled(encoded.numpy(), fmt, target[0], target[1], height, width)
-
-
-@tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
-def fit_tensor(content: tf.Tensor, max_side: tf.Tensor) -> tf.Tensor:
-    """The rule as a graph, for tf.data readers (the audit): the scalar string `content`
-    downscaled when its upright longer side is over `max_side`, else `content` itself. Bytes that
-    do not decode raise the decoder's error, for the reader's own skip-and-count."""
+def _fit_graph(content, max_side):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from effnet_common import decode  # pylint: disable=import-outside-toplevel
     is_jpeg = tf.io.is_jpeg(content)
     shape = tf.cond(is_jpeg, lambda: _upright_jpeg_shape(content, decode.exif_orientation(content)),
                     lambda: tf.shape(tf.io.decode_image(content, channels=3, expand_animations=False))[:2])
@@ -124,12 +112,53 @@ def fit_tensor(content: tf.Tensor, max_side: tf.Tensor) -> tf.Tensor:
                    lambda: _resize_encoded(content, target, is_jpeg), lambda: content)
 
 
+_TRACE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_once(name: str):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    string = tf.TensorSpec([], tf.string)
+    if name == "resize":
+        return tf.function(_resize_encoded).get_concrete_function(
+            string, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool))
+    return tf.function(_fit_graph).get_concrete_function(string, tf.TensorSpec([], tf.int32))
+
+
+def _traced(name: str):
+    """The function traced once into a graph, whichever thread asks first (the readers' pools
+    call it from several): as eager ops, the few dozen ops would cost milliseconds an image."""
+    with _TRACE_LOCK:
+        return _traced_once(name)
+
+
+def downscale(content: bytes, *, height: int, width: int, read_format: str, max_side: int) -> Downscaled:
+    """The rule applied to an image already decoded once (prepare's check knows its upright
+    `height` and `width` and its format): new bytes when it is over `max_side`, else its own."""
+    target = target_size(height, width, max_side)
+    if target is None:
+        return Downscaled(content, read_format, height, width, height, width)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    fmt = stored_format(read_format)
+    encoded = _traced("resize")(tf.constant(content), tf.constant(target, tf.int32), tf.constant(fmt == "JPEG"))
+    return Downscaled(encoded.numpy(), fmt, target[0], target[1], height, width)
+
+
+def fit_tensor(content, max_side):
+    """The rule as a graph, for tf.data readers (the audit): the scalar string tensor `content`
+    downscaled when its upright longer side is over `max_side`, else `content` itself. Bytes that
+    do not decode raise the decoder's error, for the reader's own skip-and-count."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return _traced("fit")(tf.convert_to_tensor(content, tf.string), tf.convert_to_tensor(max_side, tf.int32))
+
+
 def fit(content: bytes, *, max_side: int) -> bytes:
-    """The bytes a reader hands the model (predict, evaluate, the client): the image downscaled
-    by the rule when it is over `max_side`, else `content` itself; bytes that do not decode are
-    returned as they are, for the export's own check to report."""
+    """The bytes a reader hands the model (predict, evaluate, the client, batch prediction): the
+    image downscaled by the rule when it is over `max_side`, else `content` itself; bytes that do
+    not decode are returned as they are, for the export's own check to report."""
     if max_side <= 0:
         return content
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     try:
         fitted = fit_tensor(tf.constant(content), tf.constant(max_side, tf.int32)).numpy()
     except tf.errors.OpError:

@@ -38,7 +38,7 @@ from absl import flags, logging
 import grpc
 import tensorflow as tf
 
-from effnet_common import errors, fileio, flagutil
+from effnet_common import downscale, errors, fileio, flagutil
 from effnet_common import progress as progress_lib
 from serving.grpc_client import RETRYABLE, GrpcClient, ServingError, call_with_retries  # noqa: F401
 from serving.rest_client import (RestClient, VertexClient, b64, classify_body,  # noqa: F401
@@ -148,8 +148,11 @@ def check_image(data: bytes) -> Optional[str]:
     return None
 
 
-def read_images(paths: Sequence[str]) -> Tuple[List[Tuple[str, bytes]], List[Failure]]:
-    """Reads and decode-checks each file; the bad ones become Failures, never requests."""
+def read_images(paths: Sequence[str], *, max_image_side: int = 0) -> Tuple[List[Tuple[str, bytes]], List[Failure]]:
+    """Reads and decode-checks each file; the bad ones become Failures, never requests. A photo
+    over `max_image_side` is sent downscaled, by the rule trainer.prepare stores records by
+    (`effnet_common.downscale`): a 4 MB phone photo travels as a few hundred KB, and the answer
+    stays within the tolerance docs/data.md measures; 0 sends every file as it is."""
     good, bad = [], []
     for path in paths:
         try:
@@ -162,7 +165,7 @@ def read_images(paths: Sequence[str]) -> Tuple[List[Tuple[str, bytes]], List[Fai
         if reason:
             bad.append(Failure(path, reason))
         else:
-            good.append((path, data))
+            good.append((path, downscale.fit(data, max_side=max_image_side)))
     return good, bad
 
 
@@ -261,6 +264,9 @@ def define_flags() -> None:
                     group="requests")
     flagutil.define("integer", "retries", 4, "Retries on UNAVAILABLE/DEADLINE_EXCEEDED (HTTP 503/504).",
                     group="requests")
+    flagutil.define("integer", "max_image_side", downscale.DEFAULT_MAX_IMAGE_SIDE, "Send a photo whose longer side "
+                    "is over this many pixels downscaled to it, as trainer.prepare stores records (fewer bytes, the "
+                    "same answer within tolerance); 0: send every file as it is.", group="requests")
     flagutil.define("string", "features_output", None, "With --signature=features: write rows to this .npy "
                     "(paths in a .paths.txt sidecar).", group="outputs")
 
@@ -272,6 +278,8 @@ def _check_numbers(f) -> Optional[str]:
         return f"--timeout={f.timeout}: pass a positive number of seconds"
     if f.retries < 0:
         return f"--retries={f.retries}: pass 0 or more"
+    if f.max_image_side < 0:
+        return f"--max_image_side={f.max_image_side}: pass a side in pixels, or 0 to send files as they are"
     return None
 
 
@@ -324,7 +332,7 @@ def main(argv: Sequence[str]) -> int:
         if inputs in (["metadata"], ["status"]):
             return _info(client, inputs[0])
         return _predict_cli(client, inputs, signature=FLAGS.signature, batch_size=FLAGS.batch_size,
-                            features_output=FLAGS.features_output)
+                            features_output=FLAGS.features_output, max_image_side=FLAGS.max_image_side)
     finally:
         client.close()
 
@@ -342,11 +350,11 @@ def _info(client: Client, what: str) -> int:
 
 
 def _predict_cli(client: Client, inputs: Sequence[str], *, signature: str, batch_size: int,
-                 features_output: Optional[str]) -> int:
+                 features_output: Optional[str], max_image_side: int = 0) -> int:
     """Prints a JSON line per input; returns the exit status (1: nothing predicted), or raises
     ServerUnreachable once the answers had so far are printed (and their features rows written)."""
     paths, failures = expand_inputs(inputs)
-    items, unreadable = read_images(paths)
+    items, unreadable = read_images(paths, max_image_side=max_image_side)
     for failure in failures + unreadable:  # never sent: each keeps its own line
         logging.warning("skipped %s: %s", failure.path, failure.error)
         print(json.dumps(failure.to_json()), flush=True)

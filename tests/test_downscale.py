@@ -201,3 +201,15 @@ def test_the_eval_crop_of_a_downscaled_photo_is_nearer_the_exact_crop(size):
     exact = _exact_eval_crop(original, size)
     fitted = _psnr(decode.decode_for_eval(downscale.fit(original, max_side=1024), size), exact)
     assert fitted > 30 and fitted > _psnr(decode.decode_for_eval(original, size), exact), fitted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, args", [
+    ("trainer.predict", ["--export_dir=E", "--output=o.csv", "--input=a.jpg"]),
+    ("trainer.evaluate", ["--export_dir=E", "--data=D", "--output_dir=R"]),
+    ("trainer.audit", ["--train_data=D", "--output_dir=R"]),
+])
+def test_a_negative_side_is_one_line(module, args, tmp_path):
+    from tests.testing.cli import assert_one_error_line, run_module
+    result = run_module(module, *args, "--max_image_side=-1")
+    assert_one_error_line(result, "--max_image_side")

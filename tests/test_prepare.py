@@ -272,6 +272,7 @@ def test_test_fraction_of_a_csv_and_a_bad_fraction_in_one_line(tmp_path):
     (dict(num_shards=0), "num_shards"),
     (dict(test_fraction=-0.1), r"--test_fraction=-0.1 must be in \[0, 1\)"),
     (dict(validation_fraction=0.5, test_fraction=0.5), "nothing would be left to train on"),
+    (dict(max_image_side=-1), r"--max_image_side=-1 is negative: .* or 0 to keep the originals"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     _make_folder(tmp_path / "in", {"a": 1, "b": 1})

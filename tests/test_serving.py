@@ -324,6 +324,7 @@ def test_cli_exits_non_zero_only_when_nothing_was_predicted(server, image_dir):
     (["--model_name=effnet"], "no IMAGES given"),
     (["--model_name=effnet", "--rest=localhost:8501", "a.jpg"], "--rest=localhost:8501"),
     (["--model_name=effnet", "--batch_size=0", "a.jpg"], "--batch_size=0"),
+    (["--model_name=effnet", "--max_image_side=-1", "a.jpg"], "--max_image_side=-1: pass a side in pixels"),
     (["--model_name=effnet", "--features_output=f.npy", "a.jpg"], "needs --signature=features"),
     (["a.jpg"], "--model_name is required"),
 ])

@@ -80,7 +80,17 @@ def prepare_data(**values) -> dict:
     from trainer import prepare  # pylint: disable=import-outside-toplevel
     from trainer.data import preparing  # pylint: disable=import-outside-toplevel
     namespace = command_values(prepare.define_flags, "trainer.prepare", values, command="prepare_data")
-    return preparing.prepare(**_library_kwargs(preparing.prepare, namespace))
+    return preparing.prepare(**_library_kwargs(preparing.prepare, namespace), workers=_prepare_workers(namespace))
+
+
+def _prepare_workers(namespace: types.SimpleNamespace):
+    """The workers runner= and beam_options= ask for (trainer.beam.records), or None: threads."""
+    from trainer.beam import options as beam_options  # pylint: disable=import-outside-toplevel
+    settings = beam_options.from_flags(runner=namespace.runner, beam_options=namespace.beam_options)
+    if settings is None:
+        return None
+    from trainer.beam import records  # pylint: disable=import-outside-toplevel  # Apache Beam: only here
+    return records.BeamWorkers(settings)
 
 
 def fit(**values) -> "Run":
@@ -182,6 +192,10 @@ class Run:
         from trainer.inference import prediction  # pylint: disable=import-outside-toplevel
         namespace = command_values(predict.define_flags, "trainer.predict",
                                    {**values, "export_dir": self.export_dir}, command="predict")
+        if namespace.runner.lower() != "local":
+            raise flagutil.FlagError(f"predict(runner={namespace.runner!r}): Run.predict answers in memory on this "
+                                     "machine; for a Beam pipeline that writes the CSV, run python -m trainer.predict "
+                                     "--runner=... (docs/cloud.md, Dataflow)")
         paths = prediction.list_inputs([images] if isinstance(images, str) else list(images))
         kwargs = _library_kwargs(prediction.predict_files, namespace, model="export_dir")
         return prediction.predict_files(paths=paths, **kwargs)

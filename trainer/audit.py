@@ -28,7 +28,7 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
 from typing import Sequence
 from absl import flags
 import tensorflow as tf  # pylint: disable=wrong-import-order
-from effnet_common import fileio, flagutil, gcs
+from effnet_common import downscale, fileio, flagutil, gcs
 from trainer.analysis import auditing
 from trainer.configs import backbones, config
 
@@ -71,6 +71,9 @@ def define_flags() -> None:
                     "the neighbour vote alone (large data: the probe costs images x width x classes per step).",
                     group="checks")
     flagutil.define("integer", "batch_size", auditing.BATCH_SIZE, "Images per embedding batch.", group="performance")
+    flagutil.define("integer", "max_image_side", downscale.DEFAULT_MAX_IMAGE_SIDE, "Photos (files and records) whose "
+                    "longer side is over this many pixels are downscaled first, by the rule trainer.prepare stores "
+                    "records by, so a photo and its prepared record match; 0: as they are.", group="performance")
 
 
 def _check_flags(argv: Sequence[str]) -> None:
@@ -84,6 +87,9 @@ def _check_flags(argv: Sequence[str]) -> None:
                                  f"{FLAGS.pixel_threshold}: pass a cosine in (0, 1] and a correlation in [-1, 1]")
     if FLAGS.neighbours < 1 or FLAGS.batch_size < 1 or FLAGS.probe_folds == 1 or FLAGS.probe_folds < 0:
         raise flagutil.FlagError("--neighbours and --batch_size must be 1 or more, --probe_folds 0 or 2 or more")
+    if FLAGS.max_image_side < 0:
+        raise flagutil.FlagError(f"--max_image_side={FLAGS.max_image_side}: pass a side in pixels, or 0 for photos "
+                                 "as they are")
     if FLAGS.image_size and FLAGS.image_size < config.MIN_IMAGE_SIZE:
         raise flagutil.FlagError(f"--image_size={FLAGS.image_size}: pass {config.MIN_IMAGE_SIZE} or more (or 0)")
     flagutil.check_folder("output_dir", FLAGS.output_dir)
@@ -97,7 +103,8 @@ def main(argv) -> None:
                     backbone=FLAGS.backbone, weights=FLAGS.weights, image_size=FLAGS.image_size,
                     labels=FLAGS.labels, label_offset=FLAGS.label_offset,
                     duplicate_threshold=FLAGS.duplicate_threshold, pixel_threshold=FLAGS.pixel_threshold,
-                    neighbours=FLAGS.neighbours, folds=FLAGS.probe_folds, batch_size=FLAGS.batch_size)
+                    neighbours=FLAGS.neighbours, folds=FLAGS.probe_folds, batch_size=FLAGS.batch_size,
+                    max_image_side=FLAGS.max_image_side)
     dup = summary["duplicate_pairs"]
     print(f"images: {summary['total_images']} ({summary['skipped_records']} skipped); duplicate pairs: {dup['total']} "
           f"({dup['across_splits']} across splits); suspect labels: {summary['suspect_labels']['listed']} "

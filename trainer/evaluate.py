@@ -59,7 +59,7 @@ def define_flags() -> None:
     flagutil.define("integer", "label_offset", 0, "Subtracted from image/class/label (1 for Google's ImageNet shards).",
                     group="data")
     flagutil.define("integer", "worst", evaluator.DEFAULT_WORST, "Worst-classified images to list.", group="outputs")
-    for name in ("export_dir", "batch_size", "top_k"):  # listed by --help beside this module's own
+    for name in ("export_dir", "batch_size", "top_k", "max_image_side"):  # listed by --help beside this module's own
         flags.declare_key_flag(name)
 
 
@@ -74,15 +74,15 @@ def _check_flags(argv: Sequence[str]) -> None:
     for name in ("batch_size", "top_k"):
         if getattr(FLAGS, name) < 1:
             raise flagutil.FlagError(f"--{name}={getattr(FLAGS, name)}: pass 1 or more")
-    if FLAGS.worst < 0 or FLAGS.label_offset < 0:
-        raise flagutil.FlagError("--worst and --label_offset must be 0 or more")
+    if FLAGS.worst < 0 or FLAGS.label_offset < 0 or FLAGS.max_image_side < 0:
+        raise flagutil.FlagError("--worst, --label_offset and --max_image_side must be 0 or more")
 
 
 def main(argv) -> None:
     _check_flags(argv)
     metrics = evaluator.write_report(FLAGS.export_dir, data_path=FLAGS.data, output_dir=FLAGS.output_dir,
                            batch_size=FLAGS.batch_size, label_offset=FLAGS.label_offset,
-                           top_k=FLAGS.top_k, worst=FLAGS.worst)
+                           top_k=FLAGS.top_k, worst=FLAGS.worst, max_image_side=FLAGS.max_image_side)
     print("\n".join(evaluator.summary_lines(metrics)))
     print(f"report: {FLAGS.output_dir}")
 

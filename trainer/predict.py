@@ -26,10 +26,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from absl import flags, logging
 import tensorflow as tf  # pylint: disable=wrong-import-order
-from effnet_common import fileio, flagutil
+from effnet_common import downscale, fileio, flagutil
 from trainer.analysis import gradcam
 from trainer.evaluation import metrics
 from trainer.evaluation.prediction_rows import csv_header, top_k_rows  # shared with trainer.cloud.batch_predict
+from trainer.beam import options as beam_options
 from trainer.inference import prediction
 from trainer.inference.exported import Export, PredictError, as_export
 
@@ -50,6 +51,9 @@ def define_shared_flags() -> None:
     flagutil.define("string", "export_dir", None, "Export folder (MODEL_DIR/export/N) or MODEL_DIR: its newest numeric "
                     "export is used.", group="model", required=True)
     flagutil.define("integer", "batch_size", prediction.DEFAULT_BATCH_SIZE, "Images per call.", group="performance")
+    flagutil.define("integer", "max_image_side", downscale.DEFAULT_MAX_IMAGE_SIDE, "Photos whose longer side is "
+                    "over this many pixels are downscaled first, by the rule trainer.prepare stores records by, so a "
+                    "phone photo is seen as training saw it; 0: as they are.", group="input")
     flagutil.define("integer", "top_k", metrics.DEFAULT_TOP_K, "Classes per image (capped at the number of classes).",
                     group="outputs")
 
@@ -72,6 +76,8 @@ def define_flags() -> None:
                     group="outputs")
     flagutil.define("integer", "print_limit", DEFAULT_PRINT_LIMIT, "Images printed on stdout (-1: all); the CSV "
                     "has every row.", group="outputs")
+    beam_options.define_flags()
+    flags.adopt_module_key_flags(beam_options)  # --runner, --beam_options: this command's own
 
 
 def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
@@ -80,6 +86,9 @@ def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
         raise flagutil.FlagError("--export_dir is required: pass an export folder (MODEL_DIR/export/N) or a MODEL_DIR")
     if not FLAGS.output:
         raise flagutil.FlagError("--output is required: pass the CSV path to write (local or gs://)")
+    if FLAGS.max_image_side < 0:
+        raise flagutil.FlagError(f"--max_image_side={FLAGS.max_image_side}: pass a side in pixels or 0 to read photos "
+                                 "as they are")
     if FLAGS.top_k < 1:
         raise flagutil.FlagError(f"--top_k={FLAGS.top_k}: pass 1 or more")
     if FLAGS.batch_size < 1:
@@ -92,6 +101,7 @@ def _check_flags(argv: Sequence[str]) -> Tuple[List[str], int]:
 
 def run(*, model: Union[str, Export], specs: Sequence[str], output: str, features_output: Optional[str], top_k: int,
         batch_size: int, print_limit: int = DEFAULT_PRINT_LIMIT,
+        max_image_side: int = downscale.DEFAULT_MAX_IMAGE_SIDE,
         explain_output: Optional[str] = None) -> prediction.Predictions:
     """The command: predicts, writes the CSV (and .npy, and explanations), prints rows and skipped images."""
     paths = prediction.list_inputs(specs)
@@ -100,7 +110,8 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     k = min(top_k, len(export.class_names))
     if k < top_k:
         logging.info("--top_k=%d is more than the model's %d classes: writing %d", top_k, k, k)
-    predictions = prediction.predict_files(export, paths, batch_size=batch_size, with_features=bool(features_output))
+    predictions = prediction.predict_files(export, paths, batch_size=batch_size, with_features=bool(features_output),
+                                           max_image_side=max_image_side)
     _log_skipped(predictions.skipped)
     if not predictions.paths:
         raise PredictError(f"none of the {len(paths)} input image(s) could be read or decoded (see the list "
@@ -111,7 +122,8 @@ def run(*, model: Union[str, Export], specs: Sequence[str], output: str, feature
     if features_output:
         prediction.write_features(features_output, predictions.features)
     explained = explainer and gradcam.explain_files(
-        explainer, export, prediction.read_files(predictions.paths, batch_size=batch_size),
+        explainer, export,
+        prediction.read_files(predictions.paths, batch_size=batch_size, max_image_side=max_image_side),
         expected=predictions.probabilities, output_dir=explain_output)
     print(format_rows(rows, limit=print_limit, multi_label=multi))
     print(f"wrote {len(rows)} row(s) to {output}" +
@@ -144,10 +156,36 @@ def _log_skipped(skipped: Sequence[Tuple[str, str]]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def _run_on_beam(settings: beam_options.BeamSettings, *, specs: Sequence[str], batch_size: int) -> None:
+    """--runner=<a Beam runner>: a pipeline (trainer.beam.predicting) writes the CSV (rows in no
+    particular order), NAME.skipped.csv beside it and the features as TFRecord shards."""
+    if FLAGS.explain_output:
+        raise flagutil.FlagError("--explain_output runs on this machine only: drop it or pass --runner=local")
+    if (FLAGS.features_output or "").endswith(".npy"):
+        raise flagutil.FlagError(f"--features_output={FLAGS.features_output}: on --runner={FLAGS.runner} features are "
+                                 "TFRecord shards PREFIX-NNNNN-of-NNNNN.tfrecord; pass a prefix, e.g. gs://B/run/features")
+    from trainer.beam import predicting  # Apache Beam only where a Beam runner is asked for
+    summary = predicting.predict(settings, predicting.Request(
+        export_dir=FLAGS.export_dir, output=FLAGS.output, features_output=FLAGS.features_output, top_k=FLAGS.top_k,
+        batch_size=batch_size, max_image_side=FLAGS.max_image_side), specs=specs)
+    if summary.dry_run_steps:
+        print(f"dry run: the predict job's steps {', '.join(summary.dry_run_steps)}; job file "
+              f"{settings.job_file or '(no --dataflow_job_file)'}; nothing submitted")
+        return
+    _log_skipped(summary.skipped)
+    print(f"wrote {summary.rows if summary.rows is not None else 'the'} row(s) to {FLAGS.output} on {settings.runner}"
+          + (f" and feature shards {FLAGS.features_output}-*.tfrecord" if FLAGS.features_output else ""))
+
+
 def main(argv) -> None:
     specs, batch_size = _check_flags(argv)
+    settings = beam_options.from_flags(runner=FLAGS.runner, beam_options=FLAGS.beam_options)
+    if settings:
+        _run_on_beam(settings, specs=specs, batch_size=batch_size)
+        return
     run(model=FLAGS.export_dir, specs=specs, output=FLAGS.output, features_output=FLAGS.features_output,
-        top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit, explain_output=FLAGS.explain_output)
+        top_k=FLAGS.top_k, batch_size=batch_size, print_limit=FLAGS.print_limit, max_image_side=FLAGS.max_image_side,
+        explain_output=FLAGS.explain_output)
 
 
 def run_main() -> None:

@@ -3,7 +3,8 @@ file -> TFRecord shards.
 
     python -m trainer.prepare --input_dir=IMAGES --output_dir=DATA --validation_fraction=0.1 \
         [--test_fraction=F] [--num_shards=N | --shard_size_mb=M] [--seed=S] \
-        [--csv=FILE | --import_file=FILE] [--multi_label]
+        [--csv=FILE | --import_file=FILE] [--multi_label] [--max_image_side=1024] \
+        [--runner=local|DirectRunner|DataflowRunner|... --beam_options="--project=P ..."]
 
 writes, per the data contract (docs/data.md), `train-00000-of-0000N.tfrecord`, `validation-...`
 and (with --test_fraction, or an import file naming a test split) `test-...` shards, `labels.txt` (sorted class
@@ -18,11 +19,19 @@ multi-label dataset (a row with several labels, JSONL `classificationAnnotations
 Every file is read and decoded once, in parallel, to check it; a file that is empty, truncated,
 not an image, or an image TensorFlow cannot decode is skipped and listed with its reason. A
 valid image keeps its bytes and gets the `image/format` its content says (a PNG named .jpg is
-stored as PNG), so nothing is re-encoded and nothing loses quality. The split is stratified over
+stored as PNG), unless its longer side is over --max_image_side (default
+1024; 0 keeps originals): a phone photo is then stored downscaled to that side, upright and
+re-encoded once, so every epoch decodes a fraction of the bytes (docs/data.md measures what the
+model's input loses: nothing visible at any backbone's native size). The split is stratified over
 the valid images (random for multi-label data). A class without a training image is an error; a
 class missing from validation or test, a warning. Output is written under a temporary sibling
 folder and swapped into place when complete, so an interrupted run leaves the previous output
 as it was.
+
+With --runner set to an Apache Beam runner (DirectRunner, DataflowRunner, ...; the `[beam]`
+extra), the checks and the writing run as Beam pipelines (trainer.beam.records) with the options
+of --beam_options; the listing, the split and dataset.json are the same code, so the same input
+and seed give the same records (docs/cloud.md, Dataflow).
 """
 from __future__ import annotations
 
@@ -32,7 +41,8 @@ if __name__ == "__main__":  # run as a command: prepare the process before Tenso
 
 import time
 from absl import flags, logging
-from effnet_common import flagutil
+from effnet_common import downscale, flagutil
+from trainer.beam import options as beam_options
 from trainer.data import preparing
 
 
@@ -41,7 +51,10 @@ def _summary(info: dict, *, output_dir: str, seconds: float) -> str:
              for s, v in info["splits"].items()]
     kind = " (multi-label)" if info["multi_label"] else ""
     warned = f"; {len(info['warnings'])} warning(s) (in dataset.json)" if info["warnings"] else ""
-    return (f"wrote {output_dir}: {info['num_classes']} classes{kind}; {'; '.join(parts)}; "
+    resized = info["resized"]
+    shrunk = (f"; {resized['num_resized']} photo(s) over {resized['max_image_side']} px stored downscaled"
+              if resized["num_resized"] else "")
+    return (f"wrote {output_dir}: {info['num_classes']} classes{kind}; {'; '.join(parts)}{shrunk}; "
             f"skipped {info['num_skipped']} file(s) (reasons in dataset.json){warned}; {seconds:.1f} s")
 
 
@@ -72,9 +85,14 @@ def define_flags() -> None:
                     group="outputs")
     flagutil.define("float", "shard_size_mb", None, f"Target shard size instead of --num_shards "
                        f"(default {preparing.DEFAULT_SHARD_SIZE_MB} MB).", group="outputs")
+    flagutil.define("integer", "max_image_side", downscale.DEFAULT_MAX_IMAGE_SIDE, "Store an image whose longer "
+                    "side is over this many pixels downscaled to it (upright, re-encoded once; docs/data.md says why "
+                    "this default); smaller images keep their bytes. 0: keep every original.", group="outputs")
     flagutil.define("integer", "seed", 0, "Seed of the split and of the order inside shards.", group="splits")
     flagutil.define("integer", "num_workers", None, "Parallel threads (default: the number of cores).",
                     group="performance")
+    beam_options.define_flags()
+    flags.adopt_module_key_flags(beam_options)  # --runner, --beam_options: this command's own
     flags.adopt_module_key_flags(flagutil)  # --help lists them as this command's flags
 
 
@@ -86,11 +104,22 @@ def main(argv) -> None:
         raise flagutil.FlagError(f"unexpected argument(s) {' '.join(argv[1:])}: every setting is a flag, "
                                  "e.g. --input_dir=DIR (see --help)")
     start = time.time()
+    settings = beam_options.from_flags(runner=FLAGS.runner, beam_options=FLAGS.beam_options)
+    workers = None
+    if settings:
+        from trainer.beam import records  # Apache Beam only where a Beam runner is asked for
+        workers = records.BeamWorkers(settings)
+        if settings.dry_run:
+            steps = workers.dry_run(output_dir=FLAGS.output_dir, max_image_side=FLAGS.max_image_side)
+            print("dry run: " + "; ".join(f"the {what} job's steps {', '.join(names)}" for what, names in steps.items())
+                  + f"; job files beside {settings.job_file or '(no --dataflow_job_file)'}; nothing submitted")
+            return
     info = preparing.prepare(input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
                    validation_fraction=FLAGS.validation_fraction, num_shards=FLAGS.num_shards,
                    shard_size_mb=FLAGS.shard_size_mb, seed=FLAGS.seed, csv=FLAGS.csv,
                    num_workers=FLAGS.num_workers, import_file=FLAGS.import_file,
-                   multi_label=FLAGS.multi_label, test_fraction=FLAGS.test_fraction)
+                   multi_label=FLAGS.multi_label, test_fraction=FLAGS.test_fraction,
+                   max_image_side=FLAGS.max_image_side, workers=workers)
     for item in info["skipped"]:
         logging.warning("skipped %s: %s", item["path"], item["reason"])
     print(_summary(info, output_dir=FLAGS.output_dir, seconds=time.time() - start))

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import logging
 import numpy as np
 import tensorflow as tf  # pylint: disable=wrong-import-order
-from effnet_common import decode, fileio, progress
+from effnet_common import decode, downscale, fileio, progress
 from trainer.analysis import findings, thumbnails
 from trainer.configs import config
 from trainer.data import discovery, shards, skips, targets
@@ -115,8 +115,14 @@ def _elements(source: Source, *, label_offset: int) -> tf.data.Dataset:
 
 
 def build_dataset(source: Source, *, num_classes: int, multi_label: bool, image_size: int,
-                  label_offset: int = 0, batch_size: int = BATCH_SIZE) -> tf.data.Dataset:
+                  label_offset: int = 0, batch_size: int = BATCH_SIZE,
+                  max_image_side: int = downscale.DEFAULT_MAX_IMAGE_SIDE) -> tf.data.Dataset:
     """Batches of (file, index, path, multi-hot labels, pixel fingerprint, thumbnail, eval-crop image).
+
+    Every image, record or file, first goes through trainer.prepare's `--max_image_side` rule
+    (`effnet_common.downscale`, in the graph): a phone photo in a folder and its downscaled
+    record then decode to the same pixels and fingerprint, so the copy is found, and the
+    whole-image decode the fingerprint needs costs a fraction.
 
     An image that fails to decode, or whose labels do not fit the data (outside [0, C), or
     other than one label in single-label data), is dropped and counted by trainer.data.skips, as
@@ -129,6 +135,7 @@ def build_dataset(source: Source, *, num_classes: int, multi_label: bool, image_
         if not multi_label:
             ok = tf.logical_and(ok, tf.size(labels) == 1)
         key, image_bytes = counter.enter(image_bytes, ok)
+        image_bytes = downscale.fit_tensor(image_bytes, max_image_side)
         pixels = decode.decode_upright(image_bytes)  # the upright pixels, as the model sees them
         fingerprint = tf.concat([tf.fingerprint(tf.reshape(pixels, [1, -1]))[0],
                                  tf.reshape(tf.bitcast(tf.shape(pixels), tf.uint8), [-1])], 0)
@@ -187,7 +194,8 @@ def read_images(origins: Sequence[Tuple[str, int]]) -> Dict[Tuple[str, int], byt
 def audit(*, train_data: str, eval_data: Sequence[str], output_dir: str, backbone: str, weights: str,
           image_size: int = 0, labels: Optional[str] = None, label_offset: int = 0,
           duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD, pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD,
-          neighbours: int = DEFAULT_NEIGHBOURS, folds: int = DEFAULT_FOLDS, batch_size: int = BATCH_SIZE) -> dict:
+          neighbours: int = DEFAULT_NEIGHBOURS, folds: int = DEFAULT_FOLDS, batch_size: int = BATCH_SIZE,
+          max_image_side: int = downscale.DEFAULT_MAX_IMAGE_SIDE) -> dict:
     """Embeds the data and writes the findings into `output_dir`; returns audit.json's content.
 
     Raises:
@@ -207,7 +215,8 @@ def audit(*, train_data: str, eval_data: Sequence[str], output_dir: str, backbon
         multi |= discovery.check_labels(path, class_names=class_names, label_offset=label_offset)
     total = sum(discovery.count_examples(path) for path in [train_data, *eval_data])
     images = embed_sources(sources, embed=embed, total=total, num_classes=len(class_names), multi_label=multi,
-                           image_size=size, label_offset=label_offset, batch_size=batch_size)
+                           image_size=size, label_offset=label_offset, batch_size=batch_size,
+                           max_image_side=max_image_side)
     if not images.paths:
         raise discovery.DataError(f"--train_data {train_data}: none of its images could be decoded "
                                   f"({images.skipped} skipped); check the files are JPEG, PNG, GIF, BMP or WebP")

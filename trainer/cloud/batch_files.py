@@ -79,30 +79,33 @@ def instance_line(path: str, data: bytes) -> str:
     check(len(line) <= batch_jobs.MAX_INSTANCE_BYTES,
           f"{path} is {len(line) / 1e6:.1f} MB as a Vertex AI instance (base64), over the "
           f"{batch_jobs.MAX_INSTANCE_BYTES / 1e6:.1f} MB Vertex AI accepts per prediction request: downscale it "
-          "(a few hundred pixels a side is plenty for the network) or score it locally with trainer.predict")
+          "(--max_image_side, default 1024, does it for you; a few hundred pixels a side is plenty for the network) "
+          "or score it locally with trainer.predict")
     return line
 
 
-def write_instances(*, specs: Sequence[str], run_folder: str) -> Instances:
-    """Lists and reads the images, writes RUN/instances/instances-NNNNN.jsonl; on a refusal the files
-    written so far are deleted, so a rerun starts clean."""
+def write_instances(*, specs: Sequence[str], run_folder: str, max_image_side: int = 0) -> Instances:
+    """Lists and reads the images (a photo over `max_image_side` downscaled by trainer.prepare's
+    rule, `effnet_common.downscale`: a phone photo fits Vertex AI's request limit and is seen as
+    training saw it), writes RUN/instances/instances-NNNNN.jsonl; on a refusal the files written
+    so far are deleted, so a rerun starts clean."""
     folder = fileio.join(run_folder, batch_jobs.INSTANCES_FOLDER)
     check(not tf.io.gfile.exists(folder) or not tf.io.gfile.listdir(folder),
           f"{folder} already holds instances of an earlier run: pass another --display_name (or delete it)")
     paths = prediction.list_inputs(specs)
     written: List[str] = []
     try:
-        return _write_shards(paths, folder=folder, written=written)
+        return _write_shards(paths, folder=folder, written=written, max_image_side=max_image_side)
     except BaseException:
         for path in written:
             tf.io.gfile.remove(path)
         raise
 
 
-def _write_shards(paths: Sequence[str], *, folder: str, written: List[str]) -> Instances:
+def _write_shards(paths: Sequence[str], *, folder: str, written: List[str], max_image_side: int) -> Instances:
     skipped, count, size, out = [], 0, 0, None
     try:
-        for batch in prediction.read_files(list(paths), batch_size=_READ_BATCH):
+        for batch in prediction.read_files(list(paths), batch_size=_READ_BATCH, max_image_side=max_image_side):
             for path, data, why in batch:
                 if data is None:
                     skipped.append((path, why))

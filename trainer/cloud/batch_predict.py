@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 from absl import flags, logging
 
-from effnet_common import flagutil
+from effnet_common import downscale, flagutil
 from trainer.cloud import batch_jobs, endpoints, jobs, vertex
 from trainer.cloud.errors import CloudError, check
 
@@ -63,6 +63,9 @@ def define_flags() -> None:
            "autoscale).", group="job")
     define("integer", "batch_size", batch_jobs.DEFAULT_BATCH_SIZE, "Images per request to each machine.",
            group="job")
+    define("integer", "max_image_side", downscale.DEFAULT_MAX_IMAGE_SIDE, "Photos whose longer side is over this "
+           "many pixels are sent downscaled to it, by the rule trainer.prepare stores records by (a phone photo then "
+           "fits the 1.5 MB request limit); 0: as they are.", group="input")
     define("bool", "wait", False, "Follow the job, printing its state and progress, then write the CSV; exit 1 "
            "unless it succeeded.", group="request")
     define("float", "poll_interval", 30.0, "Seconds between polls (--wait and the upload).", group="request")
@@ -119,7 +122,8 @@ def _submit(model_body: Optional[dict], job: dict) -> None:
                                        access_token_file=FLAGS.access_token_file)
     export = batch_files.check_export(FLAGS.export_dir or client.get(job["model"]).get("artifactUri", ""))
     run_folder = batch_jobs.run_dir(output_dir=FLAGS.output_dir, display_name=job["displayName"])
-    instances = batch_files.write_instances(specs=FLAGS.input, run_folder=run_folder)
+    instances = batch_files.write_instances(specs=FLAGS.input, run_folder=run_folder,
+                                            max_image_side=FLAGS.max_image_side)
     _print_skipped(instances.skipped, what="left out (could not be read)")
     print(f"instances: {instances.count} image(s) in {len(instances.files)} file(s) under {run_folder}", flush=True)
     if model_body:

@@ -10,10 +10,10 @@ import io
 import math
 import os
 import random
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 import tensorflow as tf
 from absl import logging
-from effnet_common import fileio
+from effnet_common import downscale, fileio
 from trainer.data import discovery, folderswap, importfile, shards
 from trainer.data.importfile import Source
 from trainer.data.shards import Checked
@@ -174,10 +174,11 @@ def shard_counts(splits: Dict[str, List[Checked]], *, num_shards: Optional[int],
 def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, List[Checked]],
                files: Dict[str, List[str]], skipped: List[dict], notes: List[dict],
                warnings: List[str], multi_label: bool, validation_fraction: float, seed: int,
-               test_fraction: float = 0.0) -> dict:
+               test_fraction: float = 0.0, max_image_side: int = 0) -> dict:
     """The dataset.json content: what is where, and what was left out and why. A class's
     per_class count is the number of images holding it (several per image when multi-label)."""
     formats = collections.Counter(c.format for members in splits.values() for c in members)
+    kept = [c for members in splits.values() for c in members]
     return {
         "format_version": 1,
         "created_by": "trainer.prepare",
@@ -196,11 +197,26 @@ def build_info(*, source: str, class_names: Sequence[str], splits: Dict[str, Lis
                           for name in class_names},
         } for split, members in splits.items()},
         "formats": dict(sorted(formats.items())),
+        "resized": resized_summary(kept, max_image_side=max_image_side),
         "num_skipped": len(skipped),
         "skipped": skipped,
         "notes": notes,
         "warnings": warnings,
     }
+
+
+# Original sizes listed one by one in dataset.json's "resized" (the most frequent first).
+_SIZES_LISTED = 20
+
+
+def resized_summary(kept: Sequence[Checked], *, max_image_side: int) -> dict:
+    """dataset.json's "resized": the rule's limit, how many images were stored downscaled, and
+    from which upright sizes (WIDTHxHEIGHT: count; the rarest pooled under "other")."""
+    sizes = collections.Counter(f"{c.original_size[1]}x{c.original_size[0]}" for c in kept if c.original_size)
+    listed = dict(sizes.most_common(_SIZES_LISTED))
+    if len(sizes) > _SIZES_LISTED:
+        listed["other"] = sum(sizes.values()) - sum(listed.values())
+    return {"max_image_side": max_image_side, "num_resized": sum(sizes.values()), "from_sizes": listed}
 
 
 def _check_output_dir(output_dir: str) -> None:
@@ -217,11 +233,38 @@ def _check_output_dir(output_dir: str) -> None:
                              "since prepare replaces the folder's content")
 
 
+class Workers(Protocol):
+    """Who does prepare's per-image work: check every file, then write the shards. The rest of
+    prepare (listing, the split, coverage, shard counts, dataset.json, the swap) is the same
+    code whoever the workers are, so every runner writes the same records."""
+
+    def check_all(self, sources: Sequence[Source], *, max_image_side: int) -> List[Checked]:
+        """`shards.check_image` of every source, in the sources' order."""
+
+    def write_all(self, folder: str, splits: Dict[str, List[Checked]], counts: Dict[str, int], *,
+                  class_index: Dict[str, int]) -> Dict[str, List[str]]:
+        """The shards `shards.shard_layout` says, under `folder`; their file names per split."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalWorkers:
+    """This machine's threads (the default; trainer.beam.records.BeamWorkers runs a Beam pipeline)."""
+    num_workers: int
+
+    def check_all(self, sources: Sequence[Source], *, max_image_side: int) -> List[Checked]:
+        return shards.check_all(sources, num_workers=self.num_workers, max_image_side=max_image_side)
+
+    def write_all(self, folder: str, splits: Dict[str, List[Checked]], counts: Dict[str, int], *,
+                  class_index: Dict[str, int]) -> Dict[str, List[str]]:
+        return shards.write_all(folder, splits, counts, class_index=class_index, num_workers=self.num_workers)
+
+
 def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: float,
             num_shards: Optional[int] = None, shard_size_mb: Optional[float] = None,
             seed: int = 0, csv: Optional[str] = None, num_workers: Optional[int] = None,
             import_file: Optional[str] = None, multi_label: bool = False,
-            test_fraction: float = 0.0) -> dict:
+            test_fraction: float = 0.0, max_image_side: int = downscale.DEFAULT_MAX_IMAGE_SIDE,
+            workers: Optional["Workers"] = None) -> dict:
     """Prepares TFRecord shards, labels.txt and dataset.json; returns the dataset.json content.
 
     Args:
@@ -230,6 +273,9 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
       multi_label: write multi-label records even when no row holds several labels.
       test_fraction: of each class (the rows without ML_USE), the share held out as `test-*`
         shards: images no choice of the training run sees, for a figure that is not optimistic.
+      max_image_side: an image whose upright longer side is over this many pixels is stored
+        downscaled to it (`effnet_common.downscale`); 0 keeps every original byte for byte.
+      workers: who checks and writes (`LocalWorkers` on `num_workers` threads by default).
 
     Raises:
       DataError: bad arguments or rows, no valid image at all, or a class left without
@@ -237,15 +283,15 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     """
     _validate_args(input_dir=input_dir, csv=csv, import_file=import_file, output_dir=output_dir,
                    validation_fraction=validation_fraction, num_shards=num_shards,
-                   shard_size_mb=shard_size_mb, test_fraction=test_fraction)
-    num_workers = num_workers or os.cpu_count() or 1
+                   shard_size_mb=shard_size_mb, test_fraction=test_fraction, max_image_side=max_image_side)
+    workers = workers or LocalWorkers(num_workers=num_workers or os.cpu_count() or 1)
     source = import_file or csv or input_dir
     sources, skipped, classes, multi_label = list_input(input_dir=input_dir, csv=csv, import_file=import_file,
                                                         multi_label=multi_label)
     if not sources:
         raise discovery.DataError(f"no file found in {source}: pass a folder with one subfolder of "
                                   "images per class (or a CSV of path,label rows, or an import file)")
-    checked = shards.check_all(sources, num_workers=num_workers)
+    checked = workers.check_all(sources, max_image_side=max_image_side)
     valid = [c for c in checked if c.ok]
     skipped += [{"path": c.source.name, "reason": c.reason} for c in checked if not c.ok]
     class_names = _class_names(classes, sources, valid, source=source)
@@ -257,13 +303,13 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
     tmp = folderswap.sibling(output_dir, "tmp")
     tf.io.gfile.makedirs(tmp)
     try:
-        files = shards.write_all(tmp, splits, counts, class_index={n: i for i, n in enumerate(class_names)},
-                          num_workers=num_workers)
+        files = workers.write_all(tmp, splits, counts, class_index={n: i for i, n in enumerate(class_names)})
         info = build_info(source=source, class_names=class_names, splits=splits,
                           files=files, skipped=skipped,
                           notes=[{"path": c.source.name, "note": c.note} for c in valid if c.note],
                           warnings=warnings, multi_label=multi_label,
-                          validation_fraction=validation_fraction, seed=seed, test_fraction=test_fraction)
+                          validation_fraction=validation_fraction, seed=seed, test_fraction=test_fraction,
+                          max_image_side=max_image_side)
         _write_text(os.path.join(tmp, discovery.LABELS_FILE), "".join(n + "\n" for n in class_names))
         _write_text(os.path.join(tmp, discovery.INFO_FILE), _to_json(info))
         folderswap.swap_into_place(tmp, output_dir, marker=discovery.INFO_FILE)
@@ -274,7 +320,7 @@ def prepare(*, input_dir: Optional[str], output_dir: str, validation_fraction: f
 
 
 def _validate_args(*, input_dir, csv, import_file, output_dir, validation_fraction, num_shards,
-                   shard_size_mb, test_fraction=0.0) -> None:
+                   shard_size_mb, test_fraction=0.0, max_image_side=0) -> None:
     if sum(bool(x) for x in (input_dir, csv, import_file)) != 1:
         raise discovery.DataError("pass exactly one of --input_dir (a folder of class folders), --csv "
                                   "(a file of path,label rows) and --import_file (a Vertex AI .csv "
@@ -285,6 +331,9 @@ def _validate_args(*, input_dir, csv, import_file, output_dir, validation_fracti
         raise discovery.DataError(f"--validation_fraction={validation_fraction} must be in [0, 1), "
                              "e.g. 0.1")
     _check_test_fraction(test_fraction, validation_fraction=validation_fraction)
+    if max_image_side < 0:
+        raise discovery.DataError(f"--max_image_side={max_image_side} is negative: pass a side in pixels "
+                                  f"(default {downscale.DEFAULT_MAX_IMAGE_SIDE}) or 0 to keep the originals")
     if num_shards is not None and shard_size_mb is not None:
         raise discovery.DataError("pass --num_shards or --shard_size_mb, not both")
     if num_shards is not None and num_shards < 1:

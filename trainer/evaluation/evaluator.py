@@ -104,7 +104,7 @@ class _WorstKeeper:
 
 def evaluate(model: Union[str, exported.Export], *, data_path: str, label_offset: int = 0,
              batch_size: int = DEFAULT_BATCH_SIZE, worst: int = DEFAULT_WORST,
-             known_count: Optional[int] = None) -> Evaluation:
+             known_count: Optional[int] = None, max_image_side: int = 0) -> Evaluation:
     """Runs the export's serving_default over the labelled data at `data_path` (`known_count`:
     its records' count from a check already made, see `labelled.labelled_batches`).
 
@@ -115,7 +115,8 @@ def evaluate(model: Union[str, exported.Export], *, data_path: str, label_offset
     thresholds = model.thresholds if isinstance(model, exported.Export) else exported.export_thresholds(model)
     total, batches = labelled.labelled_batches(data_path, class_names=exported.class_names_of(model),
                                       label_offset=label_offset, batch_size=batch_size,
-                                      multi_label=thresholds is not None, known_count=known_count)
+                                      multi_label=thresholds is not None, known_count=known_count,
+                                      max_image_side=max_image_side)
     export = exported.as_export(model)
     keys, probabilities, skipped, keeper = [], [], [], _WorstKeeper(worst)
     for batch in prediction.run_batches(export, batches, total=total):
@@ -200,6 +201,7 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
                  batch_size: int = DEFAULT_BATCH_SIZE, label_offset: int = 0,
                  top_k: int = metrics_lib.DEFAULT_TOP_K, worst: int = DEFAULT_WORST,
                  extra_metrics: Optional[dict] = None, known_count: Optional[int] = None,
+                 max_image_side: int = 0,
                  explain: Optional[Callable[[Sequence[bytes]], Sequence[bytes]]] = None) -> dict:
     """Evaluates the export on labelled data and writes the report into `output_dir`.
 
@@ -213,7 +215,9 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
       worst: how many worst-classified images to list and show.
       extra_metrics: merged into metrics.json (the run's calibration: temperature, ECE before).
       known_count: the data's record count from a check already made (a training run's data
-        inspection: the data is not scanned again before the pass.
+        inspection): the data is not scanned again before the pass.
+      max_image_side: a folder's photos over this side are downscaled first, as prepare stores
+        records (0: as they are); records are read as stored.
       explain: encoded images -> their Grad-CAM overlays as encoded images, for
         worst_explained.png (trainer.analysis.gradcam.Explainer.overlay_pngs of the export's
         Keras model; the export alone has no gradients to give).
@@ -226,7 +230,7 @@ def write_report(model: Union[str, exported.Export], *, data_path: str, output_d
       PredictError: no usable export at `model`.
     """
     ev = evaluate(model, data_path=data_path, label_offset=label_offset, batch_size=batch_size, worst=worst,
-                  known_count=known_count)
+                  known_count=known_count, max_image_side=max_image_side)
     if not ev.ids:
         raise discovery.DataError(f"--data {data_path}: none of its {len(ev.skipped)} image(s) could be decoded; "
                              "check the files are JPEG, PNG, GIF, BMP or WebP")

@@ -26,7 +26,7 @@ LabelledBatch = List[Tuple[Tuple[str, Union[int, np.ndarray]], Optional[bytes], 
 
 
 def _folder_batches(folder: str, *, class_names: Sequence[str], batch_size: int,
-                    multi_label: bool) -> Tuple[int, Iterator[LabelledBatch]]:
+                    multi_label: bool, max_image_side: int = 0) -> Tuple[int, Iterator[LabelledBatch]]:
     if multi_label:
         raise discovery.DataError(f"--data {folder} is a folder of class folders (one label per image) but the "
                                   "export is multi-label: pass TFRecords with a repeated image/class/label")
@@ -34,7 +34,7 @@ def _folder_batches(folder: str, *, class_names: Sequence[str], batch_size: int,
     label_of = dict(zip(paths, labels))
 
     def batches():
-        for batch in prediction.read_files(paths, batch_size=batch_size):
+        for batch in prediction.read_files(paths, batch_size=batch_size, max_image_side=max_image_side):
             yield [((path, label_of[path]), image, why) for path, image, why in batch]
     return len(paths), batches()
 
@@ -98,11 +98,13 @@ def _record_batches(path: str, *, class_names: Sequence[str], label_offset: int,
 
 def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int = 0,
                      batch_size: int = prediction.DEFAULT_BATCH_SIZE,
-                     multi_label: bool = False, known_count: Optional[int] = None) -> Tuple[int, Iterator[LabelledBatch]]:
+                     multi_label: bool = False, known_count: Optional[int] = None,
+                     max_image_side: int = 0) -> Tuple[int, Iterator[LabelledBatch]]:
     """The example count and the batches of a TFRecord glob or a class-folder tree; labels are
     integers, or multi-hot rows with `multi_label`. `known_count`: the records' count from a
     check already made (a training run's data inspection), so they are not scanned again
-    before the pass (each record's label is still checked as it is read).
+    before the pass (each record's label is still checked as it is read). A folder's photos over
+    `max_image_side` are downscaled as prepare stores records (records are read as stored).
 
     Raises:
       DataError: a path naming nothing, a class folder or label the export does not know.
@@ -110,6 +112,7 @@ def labelled_batches(path: str, *, class_names: Sequence[str], label_offset: int
     if not path:
         raise discovery.DataError("--data is empty: pass a TFRecord glob (DIR/validation-*) or a folder of class folders")
     if discovery.is_image_folder(path):
-        return _folder_batches(path, class_names=class_names, batch_size=batch_size, multi_label=multi_label)
+        return _folder_batches(path, class_names=class_names, batch_size=batch_size, multi_label=multi_label,
+                               max_image_side=max_image_side)
     return _record_batches(path, class_names=class_names, label_offset=label_offset, batch_size=batch_size,
                            multi_label=multi_label, known_count=known_count)

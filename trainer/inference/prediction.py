@@ -16,7 +16,7 @@ import collections
 import concurrent.futures
 import dataclasses
 from typing import Callable, Iterable, Iterator, Union
-from effnet_common import fileio, flagutil, progress
+from effnet_common import downscale, fileio, flagutil, progress
 from trainer.inference.exported import Export, PredictError, as_export
 
 
@@ -54,19 +54,21 @@ def list_inputs(specs: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(paths))
 
 
-def _read(path: str) -> Tuple[Optional[bytes], str]:
-    """(bytes, '') or (None, why) for one file."""
+def read_image(path: str, max_image_side: int = 0) -> Tuple[Optional[bytes], str]:
+    """(bytes, '') or (None, why) for one file; a photo over `max_image_side` downscaled by the
+    rule prepare stores records by (`effnet_common.downscale`)."""
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
     except (tf.errors.OpError, OSError) as e:
         return None, flagutil.one_line(e, limit=300)
-    return (data, "") if data else (None, "empty file")
+    return (downscale.fit(data, max_side=max_image_side), "") if data else (None, "empty file")
 
 
-def read_files(paths: Sequence[str], *, batch_size: int,
-               ahead: int = 2) -> Iterator[List[Tuple[str, Optional[bytes], str]]]:
-    """Batches of (path, bytes or None, why not), read by a thread pool `ahead` batches in
+def read_files(paths: Sequence[str], *, batch_size: int, ahead: int = 2,
+               max_image_side: int = 0) -> Iterator[List[Tuple[str, Optional[bytes], str]]]:
+    """Batches of (path, bytes or None, why not), read (and photos over `max_image_side`
+    downscaled, as prepare stores them; 0: as they are) by a thread pool `ahead` batches in
     advance, so reading (slow on gs://) overlaps the model and memory stays bounded."""
     starts = iter(range(0, len(paths), batch_size))
     queue: collections.deque = collections.deque()
@@ -74,7 +76,7 @@ def read_files(paths: Sequence[str], *, batch_size: int,
         def submit_next() -> None:
             start = next(starts, None)
             if start is not None:
-                queue.append([(p, pool.submit(_read, p)) for p in paths[start:start + batch_size]])
+                queue.append([(p, pool.submit(read_image, p, max_image_side)) for p in paths[start:start + batch_size]])
         for _ in range(ahead):
             submit_next()
         while queue:
@@ -160,11 +162,13 @@ class Predictions:
 
 
 def predict_files(model: Union[str, Export], paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                  with_features: bool = False) -> Predictions:
-    """The export's probabilities (and features) for image files, bad images skipped."""
+                  with_features: bool = False, max_image_side: int = 0) -> Predictions:
+    """The export's probabilities (and features) for image files, bad images skipped; photos
+    over `max_image_side` downscaled first, as prepare stores them."""
     export = as_export(model)
     kept, probabilities, features, skipped = [], [], [], []
-    for batch in run_batches(export, read_files(list(paths), batch_size=batch_size), total=len(paths),
+    reads = read_files(list(paths), batch_size=batch_size, max_image_side=max_image_side)
+    for batch in run_batches(export, reads, total=len(paths),
                              with_features=with_features):
         kept += batch.keys
         probabilities.append(batch.probabilities)
