@@ -22,7 +22,7 @@ valid image keeps its bytes and gets the `image/format` its content says (a PNG 
 stored as PNG), unless its longer side is over --max_image_side (default
 1024; 0 keeps originals): a phone photo is then stored downscaled to that side, upright and
 re-encoded once, so every epoch decodes a fraction of the bytes (docs/data.md measures what the
-model's input loses: nothing visible at any backbone's native size). The split is stratified over
+model's input keeps: >= 34 dB PSNR against the exact crop at every backbone's native size). The split is stratified over
 the valid images (random for multi-label data). A class without a training image is an error; a
 class missing from validation or test, a warning. Output is written under a temporary sibling
 folder and swapped into place when complete, so an interrupted run leaves the previous output
