@@ -159,8 +159,13 @@ def fit(content: bytes, *, max_side: int) -> bytes:
     if max_side <= 0:
         return content
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    try:
-        fitted = fit_tensor(tf.constant(content), tf.constant(max_side, tf.int32)).numpy()
+    data = tf.constant(content)
+    try:  # eagerly first: the longer side needs no orientation, and bad bytes raise here quietly
+        # (a graph that fails logs a 'rendezvous is aborting' warning: noise in the command's log)
+        shape = (tf.io.extract_jpeg_shape(data) if bool(tf.io.is_jpeg(data))
+                 else tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False)))
+        if int(tf.reduce_max(shape[:2])) <= max_side:
+            return content
+        return fit_tensor(data, tf.constant(max_side, tf.int32)).numpy()
     except tf.errors.OpError:
         return content
-    return content if fitted == content else fitted
