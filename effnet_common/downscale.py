@@ -21,7 +21,6 @@ are: the caller's own check (prepare's, the export's) counts and reports them.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import threading
 from typing import Optional, Tuple
@@ -37,21 +36,6 @@ DEFAULT_MAX_IMAGE_SIDE = 1024
 # PSNR at the model's input (37.7 dB at 1024 px either way): the resize, not the encoding, decides.
 JPEG_QUALITY = 90
 _DCT_RATIOS = (8, 4, 2, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Downscaled:
-    """Bytes to store or send, and what the rule did."""
-    content: bytes = dataclasses.field(repr=False)
-    format: str                   # the stored content's format: JPEG, PNG, or as read
-    height: int                   # upright size of `content`
-    width: int
-    original_height: int = 0      # upright size read; 0 where nothing was decoded
-    original_width: int = 0
-
-    @property
-    def resized(self) -> bool:
-        return (self.height, self.width) != (self.original_height, self.original_width) and self.original_height > 0
 
 
 def target_size(height: int, width: int, max_side: int) -> Optional[Tuple[int, int]]:
@@ -132,16 +116,16 @@ def _traced(name: str):
         return _traced_once(name)
 
 
-def downscale(content: bytes, *, height: int, width: int, read_format: str, max_side: int) -> Downscaled:
+def downscale(content: bytes, *, height: int, width: int, read_format: str, max_side: int) -> bytes:
     """The rule applied to an image already decoded once (prepare's check knows its upright
     `height` and `width` and its format): new bytes when it is over `max_side`, else its own."""
     target = target_size(height, width, max_side)
     if target is None:
-        return Downscaled(content, read_format, height, width, height, width)
+        return content
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     fmt = stored_format(read_format)
     encoded = _traced("resize")(tf.constant(content), tf.constant(target, tf.int32), tf.constant(fmt == "JPEG"))
-    return Downscaled(encoded.numpy(), fmt, target[0], target[1], height, width)
+    return encoded.numpy()
 
 
 def fit_tensor(content, max_side):

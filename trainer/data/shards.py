@@ -162,7 +162,7 @@ def stored_bytes(checked: Checked) -> bytes:
         return content
     height, width = checked.original_size
     return downscale.downscale(content, height=height, width=width, read_format=checked.read_format,
-                               max_side=max(checked.height, checked.width)).content
+                               max_side=max(checked.height, checked.width))
 
 
 def serialize_record(checked: Checked, *, class_index: Dict[str, int]) -> bytes:
